@@ -1,0 +1,43 @@
+//! Export stage: write an accepted task into the MLGym output tree, and at the end of a run the
+//! files that summarise it (tasks.json, SFT data, report).
+
+use crate::model::{AcceptedTask, Outcome, RolloutRecord, Stage, Unit, UnitKind};
+use crate::pipeline::Pipeline;
+use crate::ports::{FinalInputs, PortError};
+
+pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
+    let task: AcceptedTask = crate::worker::stored(p, &unit.id, Stage::Debug)?;
+    p.outputs.write_task(&task, &p.paths().final_dir(&unit.id))?;
+    Ok(Outcome::Advance(serde_json::json!({ "task_id": task.task_id })))
+}
+
+/// Reads everything back from the store and writes the run's summary files.
+pub fn finalize(p: &Pipeline, wall_time_secs: f64) -> Result<FinalInputs, PortError> {
+    let units = p.store.units()?;
+    let exported: std::collections::HashSet<String> =
+        p.store.results(Stage::Export)?.into_iter().map(|(id, _)| id).collect();
+    let tasks: Vec<AcceptedTask> = p
+        .store
+        .results(Stage::Debug)?
+        .into_iter()
+        .filter(|(id, _)| exported.contains(id))
+        .filter_map(|(_, v)| serde_json::from_value(v).ok())
+        .collect();
+    let rollouts: Vec<RolloutRecord> = p
+        .store
+        .results(Stage::Rollout)?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_value(v).ok())
+        .collect();
+    debug_assert!(units.iter().filter(|u| u.kind == UnitKind::Rollout).count() >= rollouts.len());
+    let inputs = FinalInputs {
+        units,
+        tasks,
+        rollouts,
+        usage: p.store.usage()?,
+        events: p.store.events()?,
+        wall_time_secs,
+    };
+    p.outputs.finalize(&inputs)?;
+    Ok(inputs)
+}

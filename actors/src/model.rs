@@ -1,0 +1,299 @@
+//! The pipeline's domain types: what one unit of work is, and what each stage produces.
+//!
+//! Every stage result is serialised to JSON and stored before the next stage sees it, so these
+//! types are also the store's payload format. Keep them plain data.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a unit of work (`t0003` for a task unit, `t0003.r1` for one of its rollouts).
+pub type UnitId = String;
+
+/// The stages of the pipeline, in the order a task unit moves through them.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Topic,
+    Dataset,
+    Codegen,
+    Debug,
+    Export,
+    Rollout,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Topic,
+        Stage::Dataset,
+        Stage::Codegen,
+        Stage::Debug,
+        Stage::Export,
+        Stage::Rollout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Topic => "topic",
+            Stage::Dataset => "dataset",
+            Stage::Codegen => "codegen",
+            Stage::Debug => "debug",
+            Stage::Export => "export",
+            Stage::Rollout => "rollout",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == s)
+    }
+
+    /// The stage a task unit enters after this one; `None` after export (the unit then fans out
+    /// into rollout units) and after rollout.
+    pub fn next(self) -> Option<Stage> {
+        match self {
+            Stage::Topic => Some(Stage::Dataset),
+            Stage::Dataset => Some(Stage::Codegen),
+            Stage::Codegen => Some(Stage::Debug),
+            Stage::Debug => Some(Stage::Export),
+            Stage::Export | Stage::Rollout => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a unit is a task being synthesised or one teacher rollout on an accepted task.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    Task,
+    Rollout,
+}
+
+/// Where a unit is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitStatus {
+    /// Waiting for, or being worked on by, the stage in [`Unit::stage`].
+    Pending,
+    /// Finished every stage.
+    Done,
+    /// Dropped with a reason; never retried.
+    Dropped,
+}
+
+/// One unit of work as the store keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Unit {
+    pub id: UnitId,
+    pub kind: UnitKind,
+    /// Creation order among units of the same kind; also the unit's seed offset.
+    pub seq: u64,
+    /// For rollouts: the task unit they belong to.
+    pub parent: Option<UnitId>,
+    pub stage: Stage,
+    pub status: UnitStatus,
+    /// Attempts made at the current stage (crashes and transient failures).
+    pub attempts: u32,
+    pub drop_reason: Option<String>,
+}
+
+/// A point sampled from the topic taxonomy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TopicSample {
+    pub domain: String,
+    pub task_type: String,
+    pub modality: String,
+    pub twist: String,
+}
+
+/// Result of the topic stage: a concrete challenge idea.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TopicIdea {
+    pub sample: TopicSample,
+    pub title: String,
+    pub idea: String,
+}
+
+/// One column of a dataset split, as the dataset viewer's `/info` describes it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Feature {
+    pub name: String,
+    /// `Value` dtype (`float64`, `int64`, `string`, ...) or `int64` for class labels.
+    pub dtype: String,
+    /// Class names when the feature is a `ClassLabel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+}
+
+/// A parquet file of the dataset as listed by the viewer's `/parquet` endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ParquetFile {
+    pub split: String,
+    pub url: String,
+    pub filename: String,
+    pub size: u64,
+}
+
+/// Verified facts about a Hub dataset; travels with the task as its provenance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DatasetMeta {
+    pub id: String,
+    /// Commit sha of the dataset repository at verification time.
+    pub revision: String,
+    pub config: String,
+    pub splits: Vec<String>,
+    pub features: Vec<Feature>,
+    /// Rows per split.
+    pub num_rows: BTreeMap<String, u64>,
+    pub num_bytes_parquet: u64,
+    pub description: String,
+    pub parquet_files: Vec<ParquetFile>,
+}
+
+/// A file downloaded for a task, relative to the task's `raw/` directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StagedFile {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Result of the dataset stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DatasetChoice {
+    pub meta: DatasetMeta,
+    /// Proposals that failed verification, with the reason code for each.
+    pub rejected: Vec<(String, String)>,
+    pub staged: Vec<StagedFile>,
+}
+
+/// Whether larger or smaller values of a metric are better.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Maximize,
+    Minimize,
+}
+
+/// The task bundle the LLM writes: task text, metric spec and code.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskBundle {
+    /// MLGym task id (camelCase, no spaces); gymforge appends the unit id to make it unique.
+    pub name: String,
+    /// Task statement shown to the agent. Contains `{dataset_docs}` exactly where MLGym should
+    /// insert the dataset description; gymforge escapes every other brace on export.
+    pub description: String,
+    pub dataset_description: String,
+    pub priority_metric: String,
+    pub direction: Direction,
+    /// Every key evaluate.py prints.
+    pub metrics: Vec<String>,
+    /// Name of the target column (never present in the agent-visible test file).
+    pub target_column: String,
+    pub training_timeout: u64,
+    /// `prepare.py`, `baseline.py`, `evaluate.py`.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Scores as evaluate.py prints them.
+pub type Scores = BTreeMap<String, f64>;
+
+/// Result of the debug stage for a task that passed every check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AcceptedTask {
+    /// MLGym task id, unique in the run.
+    pub task_id: String,
+    pub unit: UnitId,
+    pub topic: TopicIdea,
+    pub dataset: DatasetMeta,
+    pub bundle: TaskBundle,
+    pub baseline_scores: Scores,
+    /// Debug rounds used (1 = the first draft passed).
+    pub rounds: u32,
+}
+
+/// One executed agent step, in MLGym's trajectory shape.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TrajectoryStep {
+    pub action: String,
+    pub observation: String,
+    pub response: String,
+    /// JSON string: `{"open_file": ..., "working_dir": ...}` before the action.
+    pub state: String,
+    pub thought: String,
+    pub execution_time: f64,
+}
+
+/// One chat message in a trajectory's full history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HistoryItem {
+    pub role: String,
+    pub content: String,
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+/// Token and cost accounting for one trajectory, as MLGym's `model_stats`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ModelStats {
+    pub total_cost: f64,
+    pub task_cost: f64,
+    pub tokens_sent: u64,
+    pub tokens_received: u64,
+    pub api_calls: u64,
+}
+
+/// MLGym's `info` block.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TrajectoryInfo {
+    pub model_stats: ModelStats,
+    pub exit_status: String,
+    pub submission: Option<String>,
+    pub score: Vec<Scores>,
+    pub summarizer: serde_json::Value,
+}
+
+/// A complete MLGym `.traj` document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Trajectory {
+    pub environment: String,
+    pub trajectory: Vec<TrajectoryStep>,
+    pub history: Vec<HistoryItem>,
+    pub info: TrajectoryInfo,
+}
+
+/// Result of one rollout unit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RolloutRecord {
+    pub task_id: String,
+    pub run_index: u32,
+    /// MLGym run directory name (encodes model, task and sampling settings).
+    pub run_name: String,
+    pub model: String,
+    pub baseline_scores: Scores,
+    pub trajectory: Trajectory,
+}
+
+impl RolloutRecord {
+    /// A rollout is worth training on when it produced at least one scored submission.
+    pub fn has_scored_submission(&self) -> bool {
+        !self.trajectory.info.score.is_empty()
+    }
+}
+
+/// A stage's verdict on a unit.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The stage finished; its result is stored and the unit moves on.
+    Advance(serde_json::Value),
+    /// The unit is dropped for good, with a reason code and a human-readable detail.
+    Drop { reason: String, detail: String },
+}

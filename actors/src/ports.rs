@@ -1,0 +1,242 @@
+//! The ports: the only ways the pipeline reaches the outside world.
+//!
+//! The application crate implements each trait with a real adapter (HTTP LLM client, Hub
+//! client, bubblewrap sandbox, SQLite store, file exporter); tests may implement them with
+//! in-memory fakes. Errors say whether trying again could help.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    AcceptedTask, DatasetMeta, RolloutRecord, Stage, StagedFile, Unit, UnitId,
+};
+
+/// Whether a failed call to the outside world is worth repeating.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum PortError {
+    /// Might succeed later (timeouts, 5xx, rate limits that outlived the retry budget).
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail again (bad credentials, missing sandbox, invalid request).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl PortError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PortError::Transient(_))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LLM
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.to_string(), content: content.into() }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    /// Ask the endpoint for a JSON object (`response_format`).
+    pub json: bool,
+    /// Sampling seed, passed to endpoints that honour it.
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ChatReply {
+    pub content: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// An OpenAI-compatible chat endpoint, chosen per stage by the adapter's routing.
+#[async_trait]
+pub trait Llm: Send + Sync {
+    async fn chat(&self, stage: Stage, request: ChatRequest) -> Result<ChatReply, PortError>;
+    /// Model name used for a stage (recorded in trajectories and run names).
+    fn model_for(&self, stage: Stage) -> String;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub
+
+/// The verdict on one proposed dataset id.
+#[derive(Clone, Debug)]
+pub enum DatasetCheck {
+    Verified(DatasetMeta),
+    /// Not usable: `reason` is a short code (`not_found`, `gated`, `too_large`, ...).
+    Rejected { reason: String, detail: String },
+}
+
+#[async_trait]
+pub trait Hub: Send + Sync {
+    /// Checks a dataset id against the Hub API and the dataset viewer.
+    async fn verify(&self, dataset_id: &str) -> Result<DatasetCheck, PortError>;
+    /// Downloads the dataset's parquet files into `dest`, checking sizes.
+    async fn download(&self, meta: &DatasetMeta, dest: &Path) -> Result<Vec<StagedFile>, PortError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sandbox
+
+/// A host directory made visible inside the sandbox.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    pub host: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub inside: String,
+    pub writable: bool,
+}
+
+/// One execution of untrusted code.
+#[derive(Clone, Debug)]
+pub struct SandboxJob {
+    /// Short description for logs and spans (`debug t0003 round 1 prepare`).
+    pub label: String,
+    /// Host directory that becomes the writable working directory.
+    pub workdir: PathBuf,
+    /// Where `workdir` appears inside the sandbox (also the process's cwd).
+    pub workdir_inside: String,
+    pub mounts: Vec<Mount>,
+    /// argv, run with the sandbox's Python environment first on PATH.
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JobOutput {
+    pub exit_code: Option<i32>,
+    /// Signal that ended the process, if any.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    /// Output beyond the cap was discarded.
+    pub output_truncated: bool,
+    pub elapsed_secs: f64,
+}
+
+impl JobOutput {
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+
+    /// A short human description of how the job ended.
+    pub fn status_line(&self) -> String {
+        if self.timed_out {
+            format!("timed out after {:.0} s", self.elapsed_secs)
+        } else if let Some(code) = self.exit_code {
+            format!("exit code {code}")
+        } else if let Some(sig) = self.signal {
+            format!("killed by signal {sig}")
+        } else {
+            "ended without status".to_string()
+        }
+    }
+}
+
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// Runs a job to completion, timeout or kill. `Err` means the sandbox itself failed (not the
+    /// job): the job's own failures are in [`JobOutput`].
+    async fn run(&self, job: SandboxJob) -> Result<JobOutput, PortError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store
+
+/// Token and cost usage of LLM calls, summed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Usage summed per stage and model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UsageRow {
+    pub stage: Stage,
+    pub model: String,
+    pub usage: Usage,
+}
+
+/// Something that happened to a unit and should be counted (`worker_restart`, `retry`, ...).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Event {
+    pub kind: String,
+    pub unit: UnitId,
+    pub stage: Stage,
+    pub detail: String,
+}
+
+/// Durable state. Every method commits before it returns.
+pub trait Store: Send + Sync {
+    fn units(&self) -> Result<Vec<Unit>, PortError>;
+    /// Inserts a unit unless one with the same id exists (resumes are idempotent).
+    fn insert_unit(&self, unit: &Unit) -> Result<(), PortError>;
+    fn result(&self, unit: &str, stage: Stage) -> Result<Option<serde_json::Value>, PortError>;
+    /// All stored results of one stage, in unit creation order.
+    fn results(&self, stage: Stage) -> Result<Vec<(UnitId, serde_json::Value)>, PortError>;
+    /// In one transaction: stores the stage result and moves the unit to `next` (or marks it
+    /// done), resetting its attempt count.
+    fn complete_stage(
+        &self,
+        unit: &str,
+        stage: Stage,
+        result: &serde_json::Value,
+        next: Option<Stage>,
+    ) -> Result<(), PortError>;
+    fn drop_unit(&self, unit: &str, reason: &str, detail: &str) -> Result<(), PortError>;
+    /// Counts one more attempt at the unit's current stage; returns the new count.
+    fn record_attempt(&self, unit: &str) -> Result<u32, PortError>;
+    fn add_usage(&self, unit: &str, stage: Stage, model: &str, usage: &Usage) -> Result<(), PortError>;
+    fn usage(&self) -> Result<Vec<UsageRow>, PortError>;
+    fn add_event(&self, event: &Event) -> Result<(), PortError>;
+    fn events(&self) -> Result<Vec<Event>, PortError>;
+    fn meta(&self, key: &str) -> Result<Option<String>, PortError>;
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+
+/// Everything the final export needs, read back from the store.
+#[derive(Clone, Debug)]
+pub struct FinalInputs {
+    pub units: Vec<Unit>,
+    pub tasks: Vec<AcceptedTask>,
+    pub rollouts: Vec<RolloutRecord>,
+    pub usage: Vec<UsageRow>,
+    pub events: Vec<Event>,
+    pub wall_time_secs: f64,
+}
+
+/// Writes the user-facing output directory. Every write is atomic (temporary file + rename).
+pub trait Outputs: Send + Sync {
+    /// Writes the MLGym task config, dataset config, starter code and data of an accepted task.
+    /// `prepared` is the directory the debug stage left (see [`crate::paths::TaskPaths`]).
+    fn write_task(&self, task: &AcceptedTask, prepared: &Path) -> Result<(), PortError>;
+    /// Writes one rollout's `.traj` and `results.json`.
+    fn write_rollout(&self, rollout: &RolloutRecord) -> Result<(), PortError>;
+    /// Writes `tasks.json`, `sft/train.jsonl` and `report.json`.
+    fn finalize(&self, inputs: &FinalInputs) -> Result<(), PortError>;
+}

@@ -1,0 +1,1763 @@
+//! The user-facing output directory: MLGym task and dataset configs with their starter code and
+//! data, MLGym trajectories, the SFT dataset and the run report.
+//!
+//! [`OutputDir`] implements the pipeline's [`Outputs`] port. Layout under the root `OUT/`:
+//!
+//! ```text
+//! mlgym/configs/tasks/<task_id>.yaml      MLGym TaskConfig (only fields MLGym knows)
+//! mlgym/configs/datasets/<task_id>.yaml   MLGym DatasetConfig (local data, shipped)
+//! mlgym/data/<task_id>/                   baseline.py, evaluate.py, sample_submission.csv
+//! mlgym/data/<task_id>/data/              train/validation/test CSVs and answers.csv
+//! mlgym/tasks.json                        per task: metric spec, provenance, baseline scores
+//! trajectories/<run_name>/<task_id>.traj  MLGym trajectory, results.json beside it
+//! sft/train.jsonl                         one kept trajectory per line, chat messages
+//! report.json                             stage counts, drop reasons, yield, usage, throughput
+//! ```
+//!
+//! Every file is written atomically ([`write_atomic`]): a temporary file in the same directory
+//! is written, synced and renamed over the target, so a reader (or a crash) never sees a partial
+//! file. YAML is produced by serialising typed structs, never by formatting text.
+//!
+//! MLGym runs `str.format(dataset_docs=...)` on a task description, so every literal brace is
+//! doubled on export except the one `{dataset_docs}` placeholder ([`escape_description`]).
+//! MLGym cannot hide files from the agent, so the test answers ship inside the task's local data
+//! folder (as MLGym's own House Price task does); evaluate.py reads `data/answers.csv` relative
+//! to the workspace both there and in gymforge's own sandbox.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gymforge_actors::model::{
+    AcceptedTask, Direction, RolloutRecord, Scores, Stage, UnitKind, UnitStatus,
+};
+use gymforge_actors::ports::{FinalInputs, Outputs, PortError, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The placeholder MLGym fills with the dataset documentation.
+pub const DATASET_DOCS: &str = "{dataset_docs}";
+
+/// Starter files every task ships, copied from `prepared/starter/`.
+pub const STARTER_FILES: [&str; 3] = ["baseline.py", "evaluate.py", "sample_submission.csv"];
+
+/// Version of the `report.json` layout.
+pub const REPORT_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------------------------
+// MLGym config documents
+
+/// MLGym's `TaskConfig`, restricted to the fields gymforge sets. MLGym's loader rejects unknown
+/// keys, so nothing else may appear in the YAML.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Paths relative to MLGym's `configs/`.
+    pub dataset_configs: Vec<String>,
+    pub task_entrypoint: String,
+    pub training_timeout: u64,
+    pub use_generic_conda: bool,
+    /// Repository-relative files copied into the agent's workspace.
+    pub starter_code: Vec<String>,
+    /// Workspace-relative.
+    pub baseline_paths: Vec<String>,
+    pub baseline_scores: Vec<Scores>,
+    /// Workspace-relative.
+    pub evaluation_paths: Vec<String>,
+    pub evaluation_read_only: bool,
+}
+
+/// MLGym's `DatasetConfig` for a local dataset shipped with the task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: String,
+    pub description: String,
+    /// Repository-relative directory copied to the workspace's `data/`.
+    pub data_path: String,
+    pub is_local: bool,
+}
+
+/// Makes a task description safe for Python's `str.format(dataset_docs=...)`: every literal
+/// brace is doubled, and exactly one `{dataset_docs}` placeholder is kept (the first one). When
+/// the description has none, one is inserted before the `SUBMISSION FORMAT` paragraph, or
+/// appended at the end.
+pub fn escape_description(raw: &str) -> String {
+    let (before, after): (String, String) = match raw.find(DATASET_DOCS) {
+        Some(pos) => (raw[..pos].to_string(), raw[pos + DATASET_DOCS.len()..].to_string()),
+        None => match submission_format_line(raw) {
+            Some(start) => {
+                let head = raw[..start].trim_end();
+                let head = if head.is_empty() { String::new() } else { format!("{head}\n\n") };
+                (head, format!("\n\n{}", &raw[start..]))
+            }
+            None => {
+                let head = raw.trim_end();
+                let head = if head.is_empty() { String::new() } else { format!("{head}\n\n") };
+                (head, String::new())
+            }
+        },
+    };
+    format!("{}{DATASET_DOCS}{}", double_braces(&before), double_braces(&after))
+}
+
+/// Byte offset of the start of the line that opens the `SUBMISSION FORMAT` paragraph.
+fn submission_format_line(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_start_matches(|c: char| c.is_whitespace() || c == '#' || c == '*');
+        if bare.to_ascii_uppercase().starts_with("SUBMISSION FORMAT") {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn double_braces(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
+}
+
+/// The MLGym task config of an accepted task.
+pub fn task_config(task: &AcceptedTask) -> TaskConfig {
+    let id = &task.task_id;
+    let name = if task.topic.title.trim().is_empty() {
+        task.bundle.name.clone()
+    } else {
+        task.topic.title.trim().to_string()
+    };
+    TaskConfig {
+        id: id.clone(),
+        name,
+        description: escape_description(&task.bundle.description),
+        dataset_configs: vec![format!("datasets/{id}.yaml")],
+        task_entrypoint: "CSVSubmissionTasks".to_string(),
+        training_timeout: task.bundle.training_timeout,
+        use_generic_conda: true,
+        starter_code: STARTER_FILES.iter().map(|f| format!("data/{id}/{f}")).collect(),
+        baseline_paths: vec!["baseline.py".to_string()],
+        baseline_scores: vec![task.baseline_scores.clone()],
+        evaluation_paths: vec!["evaluate.py".to_string()],
+        evaluation_read_only: true,
+    }
+}
+
+/// The MLGym dataset config of an accepted task: its data ships in the task's data folder.
+pub fn dataset_config(task: &AcceptedTask) -> DatasetConfig {
+    let meta = &task.dataset;
+    let mut description = task.bundle.dataset_description.trim_end().to_string();
+    if !description.is_empty() {
+        description.push_str("\n\n");
+    }
+    description.push_str(&format!(
+        "SOURCE: Hugging Face Hub dataset {} (revision {}, config {}, split{} {}).",
+        meta.id,
+        if meta.revision.is_empty() { "unknown" } else { &meta.revision },
+        if meta.config.is_empty() { "default" } else { &meta.config },
+        if meta.splits.len() == 1 { "" } else { "s" },
+        meta.splits.join(", "),
+    ));
+    DatasetConfig {
+        name: meta.id.clone(),
+        description,
+        data_path: format!("data/{}/data", task.task_id),
+        is_local: true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomic files
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A file being written next to its final path; renamed into place by [`AtomicFile::commit`],
+/// removed if dropped uncommitted.
+struct AtomicFile {
+    target: PathBuf,
+    temp: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    fn create(target: &Path) -> io::Result<AtomicFile> {
+        let dir = parent_dir(target);
+        fs::create_dir_all(dir)?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+            .to_string_lossy()
+            .into_owned();
+        let temp = dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        Ok(AtomicFile { target: target.to_path_buf(), temp, writer: Some(BufWriter::new(file)) })
+    }
+
+    fn writer(&mut self) -> &mut BufWriter<File> {
+        self.writer.as_mut().expect("writer present until commit")
+    }
+
+    fn commit(mut self) -> io::Result<()> {
+        let writer = self.writer.take().expect("writer present until commit");
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&self.temp, &self.target)?;
+        sync_dir(parent_dir(&self.target));
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            self.writer = None;
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes a rename durable. Best effort: some filesystems do not support syncing directories.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
+/// synced and renamed over `path`. Creates missing parent directories.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    file.writer().write_all(bytes)?;
+    file.commit()
+}
+
+/// Copies a regular file atomically.
+fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
+    let mut src = File::open(from)?;
+    let mut file = AtomicFile::create(to)?;
+    io::copy(&mut src, file.writer())?;
+    file.commit()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and paths
+
+fn io_err(context: impl std::fmt::Display, err: io::Error) -> PortError {
+    use io::ErrorKind::*;
+    let msg = format!("output: {context}: {err}");
+    match err.kind() {
+        NotFound | PermissionDenied | InvalidInput | InvalidData | AlreadyExists | IsADirectory
+        | NotADirectory | ReadOnlyFilesystem => PortError::Permanent(msg),
+        _ => PortError::Transient(msg),
+    }
+}
+
+fn permanent(msg: impl std::fmt::Display) -> PortError {
+    PortError::Permanent(format!("output: {msg}"))
+}
+
+/// Turns an id into a single safe path component: path separators and NUL become `-`.
+fn path_component(what: &str, value: &str) -> Result<String, PortError> {
+    let cleaned: String =
+        value.chars().map(|c| if matches!(c, '/' | '\\' | '\0') { '-' } else { c }).collect();
+    if cleaned.trim().is_empty() || cleaned == "." || cleaned == ".." {
+        return Err(permanent(format!("{what} {value:?} cannot be used as a file name")));
+    }
+    Ok(cleaned)
+}
+
+/// Copies the regular files of `from` (recursively) into `to`, then removes files under `to`
+/// that `from` does not have. Symbolic links and other special files are skipped: the source
+/// was written by untrusted code.
+fn mirror_dir(from: &Path, to: &Path) -> Result<(), PortError> {
+    let mut kept = HashSet::new();
+    copy_tree(from, to, Path::new(""), &mut kept)?;
+    prune_tree(to, Path::new(""), &kept)
+}
+
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    rel: &Path,
+    kept: &mut HashSet<PathBuf>,
+) -> Result<(), PortError> {
+    let dir = from.join(rel);
+    let entries =
+        fs::read_dir(&dir).map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
+    let mut names: Vec<_> = entries
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
+    names.sort();
+    for name in names {
+        let rel_path = rel.join(&name);
+        let src = from.join(&rel_path);
+        let meta = fs::symlink_metadata(&src)
+            .map_err(|e| io_err(format!("reading {}", src.display()), e))?;
+        if meta.is_dir() {
+            copy_tree(from, to, &rel_path, kept)?;
+        } else if meta.is_file() {
+            let dst = to.join(&rel_path);
+            copy_atomic(&src, &dst).map_err(|e| {
+                io_err(format!("copying {} to {}", src.display(), dst.display()), e)
+            })?;
+            kept.insert(rel_path);
+        } else {
+            tracing::warn!(path = %src.display(), "skipping a file that is not a regular file");
+        }
+    }
+    Ok(())
+}
+
+fn prune_tree(to: &Path, rel: &Path, kept: &HashSet<PathBuf>) -> Result<(), PortError> {
+    let dir = to.join(rel);
+    let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let rel_path = rel.join(entry.file_name());
+        let path = to.join(&rel_path);
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            prune_tree(to, &rel_path, kept)?;
+            let _ = fs::remove_dir(&path); // only succeeds when empty
+        } else if !kept.contains(&rel_path) {
+            fs::remove_file(&path)
+                .map_err(|e| io_err(format!("removing stale {}", path.display()), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn regular_file(path: &Path) -> Result<(), PortError> {
+    let meta =
+        fs::symlink_metadata(path).map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(permanent(format!("{} is not a regular file", path.display())));
+    }
+    Ok(())
+}
+
+fn to_yaml<T: Serialize>(what: &str, value: &T) -> Result<String, PortError> {
+    serde_norway::to_string(value).map_err(|e| permanent(format!("serialising {what}: {e}")))
+}
+
+fn to_pretty_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, PortError> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| permanent(format!("serialising {what}: {e}")))?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The output directory
+
+/// The output directory `OUT/`.
+#[derive(Clone, Debug)]
+pub struct OutputDir {
+    root: PathBuf,
+    labels: Option<Value>,
+}
+
+impl OutputDir {
+    pub fn new(root: PathBuf) -> OutputDir {
+        OutputDir { root, labels: None }
+    }
+
+    /// Describes the services the run used, e.g.
+    /// `{"llm": {"kind": ..., "simulated": true, ...}, "hub": {...}}`. The labels appear in
+    /// `report.json` under `services`, with a top-level `simulated` flag that is true when any
+    /// service is simulated; every SFT line's `meta.simulated` says whether its teacher was.
+    pub fn with_labels(mut self, labels: Value) -> OutputDir {
+        self.labels = Some(labels);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `OUT/mlgym`, the directory to drop into an MLGym checkout.
+    pub fn mlgym_dir(&self) -> PathBuf {
+        self.root.join("mlgym")
+    }
+
+    pub fn task_config_path(&self, task_id: &str) -> PathBuf {
+        self.mlgym_dir().join("configs/tasks").join(format!("{task_id}.yaml"))
+    }
+
+    pub fn dataset_config_path(&self, task_id: &str) -> PathBuf {
+        self.mlgym_dir().join("configs/datasets").join(format!("{task_id}.yaml"))
+    }
+
+    /// `OUT/mlgym/data/<task_id>`: the task's starter code, with its data in `data/`.
+    pub fn task_data_dir(&self, task_id: &str) -> PathBuf {
+        self.mlgym_dir().join("data").join(task_id)
+    }
+
+    pub fn tasks_index_path(&self) -> PathBuf {
+        self.mlgym_dir().join("tasks.json")
+    }
+
+    /// `OUT/trajectories/<run_name>` (separators in the name become `-`).
+    pub fn run_dir(&self, run_name: &str) -> Result<PathBuf, PortError> {
+        Ok(self.root.join("trajectories").join(path_component("run name", run_name)?))
+    }
+
+    pub fn sft_path(&self) -> PathBuf {
+        self.root.join("sft/train.jsonl")
+    }
+
+    pub fn report_path(&self) -> PathBuf {
+        self.root.join("report.json")
+    }
+
+    /// Writes `sft/train.jsonl` from the kept rollouts, streaming, and returns what was kept.
+    pub fn write_sft(&self, inputs: &FinalInputs) -> Result<SftSummary, PortError> {
+        let path = self.sft_path();
+        let context = format!("writing {}", path.display());
+        let tasks: BTreeMap<&str, &AcceptedTask> =
+            inputs.tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+        let mut summary = SftSummary::default();
+        let mut seen = HashSet::new();
+        let mut file = AtomicFile::create(&path).map_err(|e| io_err(&context, e))?;
+        for rollout in &inputs.rollouts {
+            if !rollout.has_scored_submission() {
+                continue;
+            }
+            summary.scored += 1;
+            let Some(line) = sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied()) else {
+                summary.malformed += 1;
+                tracing::warn!(
+                    task = %rollout.task_id,
+                    run = %rollout.run_name,
+                    "trajectory history does not start with a system message or has no \
+                     assistant turn; left out of the SFT set"
+                );
+                continue;
+            };
+            let digest = Sha256::digest(
+                serde_json::to_vec(&line["messages"])
+                    .map_err(|e| permanent(format!("serialising SFT messages: {e}")))?,
+            );
+            if !seen.insert(digest) {
+                summary.duplicates += 1;
+                continue;
+            }
+            let mut line = line;
+            if let Some(labels) = &self.labels {
+                line["meta"]["simulated"] =
+                    json!(labels.pointer("/llm/simulated") == Some(&json!(true)));
+            }
+            serde_json::to_writer(file.writer(), &line)
+                .map_err(|e| permanent(format!("serialising an SFT line: {e}")))?;
+            file.writer().write_all(b"\n").map_err(|e| io_err(&context, e))?;
+            summary.kept += 1;
+        }
+        file.commit().map_err(|e| io_err(&context, e))?;
+        Ok(summary)
+    }
+}
+
+impl Outputs for OutputDir {
+    fn write_task(&self, task: &AcceptedTask, prepared: &Path) -> Result<(), PortError> {
+        let task_id = path_component("task id", &task.task_id)?;
+        if task_id != task.task_id {
+            return Err(permanent(format!("task id {:?} contains a path separator", task.task_id)));
+        }
+        let starter = prepared.join("starter");
+        let eval_data = prepared.join("eval_data");
+        for name in STARTER_FILES {
+            regular_file(&starter.join(name))?;
+        }
+        if !eval_data.is_dir() {
+            return Err(permanent(format!("{} is not a directory", eval_data.display())));
+        }
+
+        // Data and starter code first, configs last: a config never names missing files.
+        let data_dir = self.task_data_dir(&task_id);
+        mirror_dir(&eval_data, &data_dir.join("data"))?;
+        for name in STARTER_FILES {
+            let (src, dst) = (starter.join(name), data_dir.join(name));
+            copy_atomic(&src, &dst).map_err(|e| {
+                io_err(format!("copying {} to {}", src.display(), dst.display()), e)
+            })?;
+        }
+
+        let dataset_yaml = to_yaml("the dataset config", &dataset_config(task))?;
+        let path = self.dataset_config_path(&task_id);
+        write_atomic(&path, dataset_yaml.as_bytes())
+            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+
+        let task_yaml = to_yaml("the task config", &task_config(task))?;
+        let path = self.task_config_path(&task_id);
+        write_atomic(&path, task_yaml.as_bytes())
+            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        Ok(())
+    }
+
+    fn write_rollout(&self, rollout: &RolloutRecord) -> Result<(), PortError> {
+        let dir = self.run_dir(&rollout.run_name)?;
+        let task_id = path_component("task id", &rollout.task_id)?;
+
+        let traj = to_pretty_json("the trajectory", &rollout.trajectory)?;
+        let path = dir.join(format!("{task_id}.traj"));
+        write_atomic(&path, &traj).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+
+        let results = json!({
+            "agent": rollout.trajectory.info.score,
+            "baseline": rollout.baseline_scores,
+        });
+        let path = dir.join("results.json");
+        write_atomic(&path, &to_pretty_json("results.json", &results)?)
+            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        Ok(())
+    }
+
+    fn finalize(&self, inputs: &FinalInputs) -> Result<(), PortError> {
+        let path = self.tasks_index_path();
+        write_atomic(&path, &to_pretty_json("tasks.json", &tasks_index(&inputs.tasks))?)
+            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+
+        let sft = self.write_sft(inputs)?;
+
+        let mut report = build_report(inputs, &sft);
+        if let Some(labels) = &self.labels {
+            report["simulated"] = json!(any_simulated(labels));
+            report["services"] = labels.clone();
+        }
+        let path = self.report_path();
+        write_atomic(&path, &to_pretty_json("report.json", &report)?)
+            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        Ok(())
+    }
+}
+
+/// True when any service label says `"simulated": true`.
+fn any_simulated(labels: &Value) -> bool {
+    labels.as_object().is_some_and(|m| m.values().any(|v| v["simulated"] == json!(true)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// tasks.json
+
+/// `mlgym/tasks.json`: one entry per accepted task.
+pub fn tasks_index(tasks: &[AcceptedTask]) -> Value {
+    Value::Array(
+        tasks
+            .iter()
+            .map(|t| {
+                let meta = &t.dataset;
+                json!({
+                    "task_id": t.task_id,
+                    "unit": t.unit,
+                    "name": task_config(t).name,
+                    "config": format!("configs/tasks/{}.yaml", t.task_id),
+                    "priority_metric": t.bundle.priority_metric,
+                    "direction": t.bundle.direction,
+                    "metrics": t.bundle.metrics,
+                    "baseline_scores": t.baseline_scores,
+                    "training_timeout": t.bundle.training_timeout,
+                    "provenance": {
+                        "hub_id": meta.id,
+                        "revision": meta.revision,
+                        "config": meta.config,
+                        "splits": meta.splits,
+                        "num_rows": meta.num_rows,
+                        "parquet_files": meta.parquet_files.iter().map(|f| json!({
+                            "split": f.split,
+                            "filename": f.filename,
+                            "url": f.url,
+                            "size": f.size,
+                        })).collect::<Vec<_>>(),
+                    },
+                    "topic": {
+                        "title": t.topic.title,
+                        "sample": t.topic.sample,
+                    },
+                    "debug_rounds": t.rounds,
+                })
+            })
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// SFT
+
+/// What went into `sft/train.jsonl`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SftSummary {
+    /// Rollouts with at least one scored submission.
+    pub scored: u64,
+    /// Lines written.
+    pub kept: u64,
+    /// Scored rollouts whose messages repeat an earlier line exactly.
+    pub duplicates: u64,
+    /// Scored rollouts whose history cannot be a training example (no leading system message,
+    /// or no assistant turn).
+    pub malformed: u64,
+}
+
+/// Best value of `metric` over `scores` in `direction`, ignoring entries without a finite value.
+pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Option<f64> {
+    scores.iter().filter_map(|s| s.get(metric).copied()).filter(|v| v.is_finite()).reduce(|a, b| {
+        match direction {
+            Direction::Maximize => a.max(b),
+            Direction::Minimize => a.min(b),
+        }
+    })
+}
+
+/// One SFT line for a rollout: the trajectory's full chat history (roles and contents only),
+/// trailing non-assistant messages removed, plus metadata. `None` when the rollout has no
+/// scored submission or its history is not a usable conversation.
+pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>) -> Option<Value> {
+    if !rollout.has_scored_submission() {
+        return None;
+    }
+    let history = &rollout.trajectory.history;
+    let last_assistant = history.iter().rposition(|m| m.role == "assistant")?;
+    if history.first()?.role != "system" {
+        return None;
+    }
+    let messages: Vec<Value> = history[..=last_assistant]
+        .iter()
+        .map(|m| json!({"role": m.role, "content": m.content}))
+        .collect();
+
+    let info = &rollout.trajectory.info;
+    let (best, beats_baseline, metric, direction) = match task {
+        Some(t) => {
+            let metric = t.bundle.priority_metric.as_str();
+            let best = best_score(&info.score, metric, t.bundle.direction);
+            let beats = match (best, rollout.baseline_scores.get(metric)) {
+                (Some(b), Some(&base)) => Some(match t.bundle.direction {
+                    Direction::Maximize => b > base,
+                    Direction::Minimize => b < base,
+                }),
+                _ => None,
+            };
+            (best, beats, Some(metric), Some(t.bundle.direction))
+        }
+        None => (None, None, None, None),
+    };
+    Some(json!({
+        "messages": messages,
+        "meta": {
+            "task_id": rollout.task_id,
+            "run_name": rollout.run_name,
+            "run_index": rollout.run_index,
+            "model": rollout.model,
+            "exit_status": info.exit_status,
+            "score": info.score.last(),
+            "best_score": best,
+            "priority_metric": metric,
+            "direction": direction,
+            "baseline": rollout.baseline_scores,
+            "beats_baseline": beats_baseline,
+            "steps": rollout.trajectory.trajectory.len(),
+        },
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// report.json
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "calls": u.calls,
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+        "cost_usd": u.cost_usd,
+    })
+}
+
+fn add_usage(into: &mut Usage, u: &Usage) {
+    into.calls += u.calls;
+    into.input_tokens += u.input_tokens;
+    into.output_tokens += u.output_tokens;
+    into.cost_usd += u.cost_usd;
+}
+
+fn per_hour(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 && secs.is_finite() { count as f64 * 3600.0 / secs } else { 0.0 }
+}
+
+/// The stages a unit of this kind goes through.
+fn stages_of(kind: UnitKind) -> &'static [Stage] {
+    match kind {
+        UnitKind::Task => {
+            &[Stage::Topic, Stage::Dataset, Stage::Codegen, Stage::Debug, Stage::Export]
+        }
+        UnitKind::Rollout => &[Stage::Rollout],
+    }
+}
+
+/// `report.json`: what the run did, derived from the store's contents.
+///
+/// Stage counts come from the units: a unit at stage S (or beyond) has entered S; it passed S
+/// when it is beyond S or done at S; a dropped unit was dropped at its current stage.
+pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
+    #[derive(Default)]
+    struct Counts {
+        entered: u64,
+        passed: u64,
+        dropped: u64,
+        in_progress: u64,
+        reasons: BTreeMap<String, u64>,
+    }
+    let mut counts: BTreeMap<Stage, Counts> = BTreeMap::new();
+    let (mut task_units, mut rollout_units) = (0u64, 0u64);
+    let (mut pending, mut done, mut dropped) = (0u64, 0u64, 0u64);
+    for unit in &inputs.units {
+        match unit.kind {
+            UnitKind::Task => task_units += 1,
+            UnitKind::Rollout => rollout_units += 1,
+        }
+        match unit.status {
+            UnitStatus::Pending => pending += 1,
+            UnitStatus::Done => done += 1,
+            UnitStatus::Dropped => dropped += 1,
+        }
+        for &stage in stages_of(unit.kind) {
+            if stage > unit.stage {
+                break;
+            }
+            let c = counts.entry(stage).or_default();
+            c.entered += 1;
+            if stage < unit.stage {
+                c.passed += 1;
+                continue;
+            }
+            match unit.status {
+                UnitStatus::Done => c.passed += 1,
+                UnitStatus::Pending => c.in_progress += 1,
+                UnitStatus::Dropped => {
+                    c.dropped += 1;
+                    let reason = unit.drop_reason.clone().unwrap_or_else(|| "unknown".into());
+                    *c.reasons.entry(reason).or_default() += 1;
+                }
+            }
+        }
+    }
+    let stages: Vec<Value> = Stage::ALL
+        .iter()
+        .map(|stage| {
+            let c = counts.remove(stage).unwrap_or_default();
+            json!({
+                "stage": stage,
+                "entered": c.entered,
+                "passed": c.passed,
+                "dropped": c.dropped,
+                "in_progress": c.in_progress,
+                "drop_reasons": c.reasons,
+            })
+        })
+        .collect();
+
+    let mut by_stage: BTreeMap<Stage, Usage> = BTreeMap::new();
+    let mut by_model: BTreeMap<&str, Usage> = BTreeMap::new();
+    let mut total = Usage::default();
+    let mut rows = Vec::new();
+    for row in &inputs.usage {
+        add_usage(by_stage.entry(row.stage).or_default(), &row.usage);
+        add_usage(by_model.entry(row.model.as_str()).or_default(), &row.usage);
+        add_usage(&mut total, &row.usage);
+        let mut v = usage_json(&row.usage);
+        v["stage"] = json!(row.stage);
+        v["model"] = json!(row.model);
+        rows.push(v);
+    }
+
+    let mut events: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &inputs.events {
+        *events.entry(e.kind.as_str()).or_default() += 1;
+    }
+
+    let accepted = inputs.tasks.len() as u64;
+    let rollouts_total = inputs.rollouts.len() as u64;
+    let wall = inputs.wall_time_secs;
+    json!({
+        "report_version": REPORT_VERSION,
+        "stages": stages,
+        "units": {
+            "task": task_units,
+            "rollout": rollout_units,
+            "pending": pending,
+            "done": done,
+            "dropped": dropped,
+        },
+        "tasks": {
+            "topic_units": task_units,
+            "accepted": accepted,
+            "accepted_ids": inputs.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
+            "yield": if task_units > 0 { accepted as f64 / task_units as f64 } else { 0.0 },
+        },
+        "rollouts": {
+            "total": rollouts_total,
+            "scored": sft.scored,
+            "kept": sft.kept,
+            "duplicates": sft.duplicates,
+            "malformed": sft.malformed,
+        },
+        "llm": {
+            "by_stage_model": rows,
+            "by_stage": by_stage.iter().map(|(s, u)| (s.as_str(), usage_json(u))).collect::<BTreeMap<_, _>>(),
+            "by_model": by_model.iter().map(|(m, u)| (*m, usage_json(u))).collect::<BTreeMap<_, _>>(),
+            "total": usage_json(&total),
+        },
+        "events": {
+            "total": inputs.events.len(),
+            "by_kind": events,
+        },
+        "wall_time_secs": wall,
+        "throughput": {
+            "accepted_tasks_per_hour": per_hour(accepted, wall),
+            "trajectories_per_hour": per_hour(rollouts_total, wall),
+            "kept_trajectories_per_hour": per_hour(sft.kept, wall),
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal summary
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// `1234567` -> `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "n/a".into();
+    }
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let total = secs.round() as u64;
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    if h > 0 { format!("{h}h {m:02}m {s:02}s") } else { format!("{m}m {s:02}s") }
+}
+
+/// Renders a report (as [`build_report`] makes it) as an aligned plain-text table for the
+/// terminal: per stage entered / passed / dropped with the top drop reasons, then yield,
+/// rollouts kept, tokens, cost, wall time, throughput, and the services the run used (marked
+/// when simulated) if the report names them.
+pub fn summary_table(report: &Value) -> String {
+    let mut table: Vec<[String; 6]> = vec![[
+        "stage".into(),
+        "entered".into(),
+        "passed".into(),
+        "dropped".into(),
+        "running".into(),
+        "top drop reasons".into(),
+    ]];
+    for stage in report.get("stages").and_then(Value::as_array).into_iter().flatten() {
+        let mut reasons: Vec<(&str, u64)> = stage
+            .get("drop_reasons")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_u64().unwrap_or(0))).collect())
+            .unwrap_or_default();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let mut top: Vec<String> =
+            reasons.iter().take(3).map(|(r, n)| format!("{r} {n}")).collect();
+        if reasons.len() > 3 {
+            top.push(format!("+{} more", reasons.len() - 3));
+        }
+        table.push([
+            stage.get("stage").and_then(Value::as_str).unwrap_or("?").to_string(),
+            u(stage, &["entered"]).to_string(),
+            u(stage, &["passed"]).to_string(),
+            u(stage, &["dropped"]).to_string(),
+            u(stage, &["in_progress"]).to_string(),
+            top.join(", "),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &table {
+        let line = format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push('\n');
+
+    let accepted = u(report, &["tasks", "accepted"]);
+    let topics = u(report, &["tasks", "topic_units"]);
+    let yield_pct = f(report, &["tasks", "yield"]) * 100.0;
+    let total_tokens = u(report, &["llm", "total", "total_tokens"]);
+    let events: Vec<String> = report
+        .pointer("/events/by_kind")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let mut facts: Vec<(&str, String)> = vec![
+        ("accepted tasks", format!("{accepted} of {topics} topics (yield {yield_pct:.1}%)")),
+        (
+            "rollouts kept",
+            format!(
+                "{} of {} ({} scored, {} duplicate)",
+                u(report, &["rollouts", "kept"]),
+                u(report, &["rollouts", "total"]),
+                u(report, &["rollouts", "scored"]),
+                u(report, &["rollouts", "duplicates"]),
+            ),
+        ),
+        ("llm calls", thousands(u(report, &["llm", "total", "calls"]))),
+        (
+            "tokens",
+            format!(
+                "{} ({} in, {} out)",
+                thousands(total_tokens),
+                thousands(u(report, &["llm", "total", "input_tokens"])),
+                thousands(u(report, &["llm", "total", "output_tokens"])),
+            ),
+        ),
+        ("cost", format!("${:.4}", f(report, &["llm", "total", "cost_usd"]))),
+        ("wall time", duration(f(report, &["wall_time_secs"]))),
+        (
+            "throughput",
+            format!(
+                "{:.1} tasks/h, {:.1} trajectories/h",
+                f(report, &["throughput", "accepted_tasks_per_hour"]),
+                f(report, &["throughput", "trajectories_per_hour"]),
+            ),
+        ),
+    ];
+    if !events.is_empty() {
+        facts.push(("events", events.join(", ")));
+    }
+    if let Some(services) = report.get("services").and_then(Value::as_object) {
+        for (name, label) in services {
+            let mut text = label.get("kind").and_then(Value::as_str).unwrap_or("?").to_string();
+            if let Some(model) = label.get("model").and_then(Value::as_str) {
+                text.push_str(&format!(", model {model}"));
+            }
+            if label["simulated"] == json!(true) {
+                text.push_str(" [SIMULATED]");
+            }
+            facts.push((name.as_str(), text));
+        }
+    }
+    let w = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in facts {
+        out.push_str(&format!("{k:<w$}  {v}\n"));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gymforge_actors::model::{
+        DatasetMeta, HistoryItem, ModelStats, ParquetFile, TaskBundle, TopicIdea, TopicSample,
+        Trajectory, TrajectoryInfo, TrajectoryStep, Unit,
+    };
+    use gymforge_actors::ports::{Event, UsageRow};
+
+    /// Every field of MLGym's TaskConfig; unknown keys are an error, as in MLGym's loader.
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct MlgymTaskConfig {
+        id: String,
+        name: String,
+        description: String,
+        #[serde(default)]
+        dataset_configs: Vec<String>,
+        #[serde(default)]
+        task_entrypoint: Option<String>,
+        #[serde(default)]
+        training_timeout: Option<u64>,
+        #[serde(default)]
+        requirements_path: Option<String>,
+        #[serde(default)]
+        use_generic_conda: Option<bool>,
+        #[serde(default)]
+        starter_code: Vec<String>,
+        #[serde(default)]
+        baseline_paths: Vec<String>,
+        #[serde(default)]
+        baseline_scores: Vec<BTreeMap<String, f64>>,
+        #[serde(default)]
+        sample_submission: Option<String>,
+        #[serde(default)]
+        evaluation_paths: Vec<String>,
+        #[serde(default)]
+        evaluation_read_only: Option<bool>,
+        #[serde(default)]
+        secret_files: Vec<String>,
+        #[serde(default)]
+        memory_path: Option<String>,
+        #[serde(default)]
+        benchmark_name: Option<String>,
+    }
+
+    /// Every field of MLGym's DatasetConfig.
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct MlgymDatasetConfig {
+        name: String,
+        description: String,
+        data_path: String,
+        #[serde(default)]
+        is_local: Option<bool>,
+        #[serde(default)]
+        train_split: Option<serde_json::Value>,
+        #[serde(default)]
+        valid_split: Option<serde_json::Value>,
+        #[serde(default)]
+        test_split: Option<serde_json::Value>,
+    }
+
+    /// Python's `str.format(dataset_docs=docs)` brace handling.
+    fn py_format(template: &str, docs: &str) -> Result<String, String> {
+        let mut out = String::new();
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    out.push('{');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some('{') => return Err("unexpected '{' in field name".into()),
+                            Some(ch) => name.push(ch),
+                            None => return Err("expected '}' before end of string".into()),
+                        }
+                    }
+                    if name == "dataset_docs" {
+                        out.push_str(docs);
+                    } else {
+                        return Err(format!("KeyError: {name:?}"));
+                    }
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    out.push('}');
+                }
+                '}' => return Err("single '}' encountered in format string".into()),
+                ch => out.push(ch),
+            }
+        }
+        Ok(out)
+    }
+
+    fn scores(pairs: &[(&str, f64)]) -> Scores {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn accepted(task_id: &str, description: &str) -> AcceptedTask {
+        AcceptedTask {
+            task_id: task_id.to_string(),
+            unit: "t0001".into(),
+            topic: TopicIdea {
+                sample: TopicSample {
+                    domain: "chemistry".into(),
+                    task_type: "classification".into(),
+                    modality: "tabular".into(),
+                    twist: "few features".into(),
+                },
+                title: "Wine cultivar classification".into(),
+                idea: "Predict the cultivar from chemical analysis.".into(),
+            },
+            dataset: DatasetMeta {
+                id: "sklearn/wine".into(),
+                revision: "0123abcd".into(),
+                config: "default".into(),
+                splits: vec!["train".into()],
+                features: vec![],
+                num_rows: [("train".to_string(), 178u64)].into_iter().collect(),
+                num_bytes_parquet: 10_000,
+                description: "Wine recognition".into(),
+                parquet_files: vec![ParquetFile {
+                    split: "train".into(),
+                    url: "http://127.0.0.1:1/wine/train/0000.parquet".into(),
+                    filename: "0000.parquet".into(),
+                    size: 10_000,
+                }],
+            },
+            bundle: TaskBundle {
+                name: "wineCultivar".into(),
+                description: description.to_string(),
+                dataset_description: "Columns: alcohol, ... ; label `cultivar` in {0, 1, 2}."
+                    .into(),
+                priority_metric: "accuracy".into(),
+                direction: Direction::Maximize,
+                metrics: vec!["accuracy".into(), "f1".into()],
+                target_column: "cultivar".into(),
+                training_timeout: 1800,
+                files: BTreeMap::new(),
+            },
+            baseline_scores: scores(&[("accuracy", 0.75), ("f1", 0.7)]),
+            rounds: 2,
+        }
+    }
+
+    fn prepared(dir: &Path) -> PathBuf {
+        let p = dir.join("prepared");
+        for (rel, body) in [
+            ("starter/baseline.py", "print('baseline')\n"),
+            ("starter/evaluate.py", "import json\nprint(json.dumps({'accuracy': 1.0}))\n"),
+            ("starter/sample_submission.csv", "cultivar\n0\n"),
+            ("public_data/train.csv", "a,cultivar\n1,0\n"),
+            ("public_data/validation.csv", "a,cultivar\n2,1\n"),
+            ("public_data/test.csv", "a\n3\n"),
+            ("eval_data/train.csv", "a,cultivar\n1,0\n"),
+            ("eval_data/validation.csv", "a,cultivar\n2,1\n"),
+            ("eval_data/test.csv", "a\n3\n"),
+            ("eval_data/answers.csv", "cultivar\n2\n"),
+        ] {
+            let path = p.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, body).unwrap();
+        }
+        p
+    }
+
+    fn all_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let bytes = fs::read(&path).unwrap();
+                    out.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn no_temp_files(root: &Path) {
+        for (path, _) in all_files(root) {
+            let name = path.file_name().unwrap().to_string_lossy();
+            assert!(!name.ends_with(".tmp"), "temporary file left behind: {}", path.display());
+        }
+    }
+
+    const DESCRIPTION: &str = "Classify wines. Predictions look like {\"cultivar\": 0}; sets {a, b}.\n\
+        {dataset_docs}\n\
+        Use `df.groupby('x').agg({'y': 'mean'})` if you like. A lone } or { must survive.\n\n\
+        SUBMISSION FORMAT:\nWrite submission.csv with one column `cultivar`.";
+
+    #[test]
+    fn task_yaml_has_only_mlgym_fields_and_formats_in_python() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let task = accepted("wineCultivarT0001", DESCRIPTION);
+        out.write_task(&task, &prepared(dir.path())).unwrap();
+
+        let yaml = fs::read_to_string(out.task_config_path("wineCultivarT0001")).unwrap();
+        let cfg: MlgymTaskConfig = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(cfg.id, "wineCultivarT0001");
+        assert_eq!(cfg.dataset_configs, ["datasets/wineCultivarT0001.yaml"]);
+        assert_eq!(cfg.task_entrypoint.as_deref(), Some("CSVSubmissionTasks"));
+        assert_eq!(cfg.training_timeout, Some(1800));
+        assert_eq!(cfg.use_generic_conda, Some(true));
+        assert_eq!(
+            cfg.starter_code,
+            [
+                "data/wineCultivarT0001/baseline.py",
+                "data/wineCultivarT0001/evaluate.py",
+                "data/wineCultivarT0001/sample_submission.csv"
+            ]
+        );
+        assert_eq!(cfg.baseline_paths, ["baseline.py"]);
+        assert_eq!(cfg.evaluation_paths, ["evaluate.py"]);
+        assert_eq!(cfg.evaluation_read_only, Some(true));
+        assert_eq!(cfg.baseline_scores, vec![scores(&[("accuracy", 0.75), ("f1", 0.7)])]);
+        // Our own typed struct reads it back identically.
+        let typed: TaskConfig = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(typed, task_config(&task));
+
+        // The description formats in Python and restores the original text around the docs.
+        let formatted = py_format(&cfg.description, "WINE:\nthe docs\n\n").unwrap();
+        assert_eq!(formatted, DESCRIPTION.replace("{dataset_docs}", "WINE:\nthe docs\n\n"));
+
+        // Starter paths resolve relative to OUT/mlgym, and the dataset config is a DatasetConfig.
+        for rel in &cfg.starter_code {
+            assert!(out.mlgym_dir().join(rel).is_file(), "{rel} missing");
+        }
+        for rel in &cfg.dataset_configs {
+            let yaml = fs::read_to_string(out.mlgym_dir().join("configs").join(rel)).unwrap();
+            let ds: MlgymDatasetConfig = serde_norway::from_str(&yaml).unwrap();
+            assert_eq!(ds.is_local, Some(true));
+            assert_eq!(ds.data_path, "data/wineCultivarT0001/data");
+            assert!(ds.description.contains("sklearn/wine"));
+            assert!(ds.description.contains("0123abcd"));
+            assert!(ds.description.starts_with("Columns:"));
+            for f in ["train.csv", "validation.csv", "test.csv", "answers.csv"] {
+                assert!(out.mlgym_dir().join(&ds.data_path).join(f).is_file(), "{f} missing");
+            }
+        }
+        assert_eq!(
+            fs::read_to_string(out.task_data_dir("wineCultivarT0001").join("data/answers.csv"))
+                .unwrap(),
+            "cultivar\n2\n"
+        );
+        no_temp_files(dir.path());
+    }
+
+    #[test]
+    fn task_yaml_loads_in_python_when_available() {
+        let probe = std::process::Command::new("python3").args(["-c", "import yaml"]).output();
+        if !probe.map(|o| o.status.success()).unwrap_or(false) {
+            eprintln!("python3 with PyYAML not available; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        out.write_task(&accepted("wineT1", DESCRIPTION), &prepared(dir.path())).unwrap();
+        let script = "import sys, yaml\n\
+            t = yaml.safe_load(open(sys.argv[1]))\n\
+            d = yaml.safe_load(open(sys.argv[2]))\n\
+            docs = d['name'].upper() + ':\\n' + d['description'] + '\\n\\n'\n\
+            text = t['description'].format(dataset_docs=docs)\n\
+            assert t['baseline_scores'] == [{'accuracy': 0.75, 'f1': 0.7}], t['baseline_scores']\n\
+            assert t['use_generic_conda'] is True and d['is_local'] is True\n\
+            sys.stdout.write(text)\n";
+        let output = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(out.task_config_path("wineT1"))
+            .arg(out.dataset_config_path("wineT1"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.starts_with("Classify wines. Predictions look like {\"cultivar\": 0}"));
+        assert!(text.contains("SKLEARN/WINE:\nColumns:"));
+        assert!(text.contains("agg({'y': 'mean'})"));
+    }
+
+    #[test]
+    fn description_escaping() {
+        for raw in [
+            "plain text",
+            "",
+            "{",
+            "}}",
+            "{dataset_docs}",
+            "a {dataset_docs} b {dataset_docs} c",
+            "{{dataset_docs}}",
+            "{ dataset_docs }",
+            "weird {dataset_docs",
+            "x {0} {name} {} y",
+        ] {
+            let escaped = escape_description(raw);
+            let formatted = py_format(&escaped, "DOCS").unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            assert_eq!(formatted.matches("DOCS").count(), 1, "{raw:?} -> {escaped:?}");
+            if raw.contains(DATASET_DOCS) {
+                assert_eq!(formatted, raw.replacen(DATASET_DOCS, "DOCS", 1), "{raw:?}");
+            }
+        }
+        // Missing placeholder: inserted before the SUBMISSION FORMAT paragraph.
+        let raw = "Goal {x}.\n\nSUBMISSION FORMAT:\nsubmission.csv";
+        assert_eq!(
+            escape_description(raw),
+            "Goal {{x}}.\n\n{dataset_docs}\n\nSUBMISSION FORMAT:\nsubmission.csv"
+        );
+        assert_eq!(escape_description("Goal."), "Goal.\n\n{dataset_docs}");
+        assert_eq!(
+            escape_description("## Submission format\nx"),
+            "{dataset_docs}\n\n## Submission format\nx"
+        );
+    }
+
+    #[test]
+    fn rewriting_a_task_is_idempotent_and_prunes_stale_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let task = accepted("wineT1", DESCRIPTION);
+        let prep = prepared(dir.path());
+        out.write_task(&task, &prep).unwrap();
+        let first = all_files(out.root());
+        out.write_task(&task, &prep).unwrap();
+        assert_eq!(all_files(out.root()), first);
+
+        // A stale file from an earlier version of the data disappears on rewrite.
+        fs::write(out.task_data_dir("wineT1").join("data/old.csv"), "x").unwrap();
+        out.write_task(&task, &prep).unwrap();
+        assert_eq!(all_files(out.root()), first);
+        no_temp_files(out.root());
+    }
+
+    #[test]
+    fn write_task_rejects_incomplete_bundles_and_skips_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let prep = prepared(dir.path());
+        std::os::unix::fs::symlink("/etc/hostname", prep.join("eval_data/leak.csv")).unwrap();
+        out.write_task(&accepted("wineT1", DESCRIPTION), &prep).unwrap();
+        assert!(!out.task_data_dir("wineT1").join("data/leak.csv").exists());
+
+        fs::remove_file(prep.join("starter/evaluate.py")).unwrap();
+        let err = out.write_task(&accepted("wineT2", DESCRIPTION), &prep).unwrap_err();
+        assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
+        assert!(!out.task_config_path("wineT2").exists());
+
+        let err = out.write_task(&accepted("../escape", DESCRIPTION), &prep).unwrap_err();
+        assert!(matches!(err, PortError::Permanent(_)));
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c.txt");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path().join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["c.txt"]);
+        // A failed write leaves the old content and no temporary file.
+        let mut file = AtomicFile::create(&path).unwrap();
+        file.writer().write_all(b"partial").unwrap();
+        drop(file);
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1);
+    }
+
+    fn history(turns: &[(&str, &str)]) -> Vec<HistoryItem> {
+        turns
+            .iter()
+            .map(|(role, content)| HistoryItem {
+                role: role.to_string(),
+                content: content.to_string(),
+                agent: "primary_0".into(),
+                thought: None,
+                action: (*role == "assistant").then(|| "ls\n".to_string()),
+            })
+            .collect()
+    }
+
+    fn rollout(
+        task_id: &str,
+        run_index: u32,
+        score: Vec<Scores>,
+        turns: &[(&str, &str)],
+    ) -> RolloutRecord {
+        RolloutRecord {
+            task_id: task_id.into(),
+            run_index,
+            run_name: format!("sim-teacher__{task_id}__default__t-0.70__run_{run_index}"),
+            model: "sim-teacher".into(),
+            baseline_scores: scores(&[("accuracy", 0.75), ("f1", 0.7)]),
+            trajectory: Trajectory {
+                environment: "mlgym_main".into(),
+                trajectory: vec![TrajectoryStep {
+                    action: "validate\n".into(),
+                    observation: "ok".into(),
+                    response: "DISCUSSION\nvalidate\n\n```\nvalidate\n```".into(),
+                    state: "{\"open_file\": \"n/a\", \"working_dir\": \"/home/agent/workspace\"}"
+                        .into(),
+                    thought: "DISCUSSION\nvalidate".into(),
+                    execution_time: 0.5,
+                }],
+                history: history(turns),
+                info: TrajectoryInfo {
+                    model_stats: ModelStats::default(),
+                    exit_status: if score.is_empty() {
+                        "submission_not_found (submit)"
+                    } else {
+                        "submitted"
+                    }
+                    .into(),
+                    submission: None,
+                    score,
+                    summarizer: json!({}),
+                },
+            },
+        }
+    }
+
+    const TURNS: &[(&str, &str)] = &[
+        ("system", "You are an ML researcher."),
+        ("user", "TASK DESCRIPTION: classify wines"),
+        ("assistant", "DISCUSSION\nlook\n\n```\nls\n```"),
+        ("user", "baseline.py evaluate.py"),
+        ("assistant", "DISCUSSION\nsubmit\n\n```\nsubmit\n```"),
+        ("user", "Exited (submit)"),
+    ];
+
+    #[test]
+    fn rollout_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let r = rollout("wineT1", 0, vec![scores(&[("accuracy", 0.8)])], TURNS);
+        out.write_rollout(&r).unwrap();
+        let run = out.run_dir(&r.run_name).unwrap();
+        let traj: Trajectory =
+            serde_json::from_slice(&fs::read(run.join("wineT1.traj")).unwrap()).unwrap();
+        assert_eq!(traj, r.trajectory);
+        let results: Value =
+            serde_json::from_slice(&fs::read(run.join("results.json")).unwrap()).unwrap();
+        assert_eq!(
+            results,
+            json!({"agent": [{"accuracy": 0.8}], "baseline": {"accuracy": 0.75, "f1": 0.7}})
+        );
+
+        let mut slashed = r.clone();
+        slashed.run_name = "org/model__wineT1__run_1".into();
+        out.write_rollout(&slashed).unwrap();
+        assert!(out.root().join("trajectories/org-model__wineT1__run_1/wineT1.traj").is_file());
+        no_temp_files(out.root());
+    }
+
+    fn unit(
+        id: &str,
+        kind: UnitKind,
+        seq: u64,
+        stage: Stage,
+        status: UnitStatus,
+        reason: Option<&str>,
+    ) -> Unit {
+        Unit {
+            id: id.into(),
+            kind,
+            seq,
+            parent: (kind == UnitKind::Rollout).then(|| "t0001".to_string()),
+            stage,
+            status,
+            attempts: 0,
+            drop_reason: reason.map(str::to_string),
+        }
+    }
+
+    fn final_inputs() -> FinalInputs {
+        use Stage::*;
+        use UnitKind::{Rollout as R, Task};
+        use UnitStatus::*;
+        let task = accepted("wineT1", DESCRIPTION);
+        let mut minimize_task = accepted("wineT2", DESCRIPTION);
+        minimize_task.bundle.priority_metric = "rmse".into();
+        minimize_task.bundle.direction = Direction::Minimize;
+        let mut other_turns = TURNS.to_vec();
+        other_turns[2].1 = "DISCUSSION\nother\n\n```\nls -la\n```";
+        let mut t2 = rollout(
+            "wineT2",
+            0,
+            vec![scores(&[("rmse", 3.0)]), scores(&[("rmse", 2.0)]), scores(&[("rmse", 2.5)])],
+            &other_turns,
+        );
+        t2.baseline_scores = scores(&[("rmse", 2.2)]);
+        FinalInputs {
+            units: vec![
+                unit("t0001", Task, 1, Export, Done, None),
+                unit("t0002", Task, 2, Dataset, Dropped, Some("not_found")),
+                unit("t0003", Task, 3, Debug, Dropped, Some("baseline_failed")),
+                unit("t0004", Task, 4, Codegen, Pending, None),
+                unit("t0005", Task, 5, Dataset, Dropped, Some("not_found")),
+                unit("t0006", Task, 6, Export, Done, None),
+                unit("t0001.r0", R, 0, Rollout, Done, None),
+                unit("t0001.r1", R, 1, Rollout, Done, None),
+                unit("t0001.r2", R, 2, Rollout, Done, None),
+                unit("t0001.r3", R, 3, Rollout, Dropped, Some("llm_error")),
+                unit("t0006.r0", R, 4, Rollout, Done, None),
+            ],
+            tasks: vec![task, minimize_task],
+            rollouts: vec![
+                rollout(
+                    "wineT1",
+                    0,
+                    vec![
+                        scores(&[("accuracy", 0.7)]),
+                        scores(&[("accuracy", 0.9)]),
+                        scores(&[("accuracy", 0.8)]),
+                    ],
+                    TURNS,
+                ),
+                rollout("wineT1", 1, vec![], TURNS),
+                rollout("wineT1", 2, vec![scores(&[("accuracy", 0.6)])], TURNS),
+                t2,
+            ],
+            usage: vec![
+                UsageRow {
+                    stage: Topic,
+                    model: "sim".into(),
+                    usage: Usage { calls: 6, input_tokens: 600, output_tokens: 60, cost_usd: 0.06 },
+                },
+                UsageRow {
+                    stage: Codegen,
+                    model: "sim".into(),
+                    usage: Usage {
+                        calls: 3,
+                        input_tokens: 3000,
+                        output_tokens: 900,
+                        cost_usd: 0.5,
+                    },
+                },
+                UsageRow {
+                    stage: Rollout,
+                    model: "teacher".into(),
+                    usage: Usage {
+                        calls: 20,
+                        input_tokens: 20000,
+                        output_tokens: 2000,
+                        cost_usd: 1.0,
+                    },
+                },
+            ],
+            events: vec![
+                Event {
+                    kind: "retry".into(),
+                    unit: "t0002".into(),
+                    stage: Dataset,
+                    detail: "429".into(),
+                },
+                Event {
+                    kind: "worker_restart".into(),
+                    unit: "t0003".into(),
+                    stage: Debug,
+                    detail: "panic".into(),
+                },
+                Event {
+                    kind: "retry".into(),
+                    unit: "t0004".into(),
+                    stage: Codegen,
+                    detail: "timeout".into(),
+                },
+            ],
+            wall_time_secs: 1800.0,
+        }
+    }
+
+    #[test]
+    fn sft_lines_are_chat_examples_with_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let inputs = final_inputs();
+        out.finalize(&inputs).unwrap();
+        let text = fs::read_to_string(out.sft_path()).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // Rollout 1 has no score; rollout 2 repeats rollout 0's messages exactly.
+        assert_eq!(lines.len(), 2);
+        for line in &lines {
+            let messages = line["messages"].as_array().unwrap();
+            assert_eq!(messages.first().unwrap()["role"], "system");
+            assert_eq!(messages.last().unwrap()["role"], "assistant");
+            for m in messages {
+                let obj = m.as_object().unwrap();
+                assert_eq!(obj.len(), 2, "only role and content: {m}");
+            }
+        }
+        assert_eq!(lines[0]["messages"].as_array().unwrap().len(), 5);
+        assert_eq!(lines[0]["messages"][1]["content"], "TASK DESCRIPTION: classify wines");
+        let meta = &lines[0]["meta"];
+        assert_eq!(meta["task_id"], "wineT1");
+        assert_eq!(meta["exit_status"], "submitted");
+        assert_eq!(meta["score"], json!({"accuracy": 0.8}));
+        assert_eq!(meta["best_score"], json!(0.9));
+        assert_eq!(meta["beats_baseline"], json!(true));
+        assert_eq!(meta["baseline"], json!({"accuracy": 0.75, "f1": 0.7}));
+        assert_eq!(meta["steps"], json!(1));
+        // Minimised metric: best is the smallest.
+        assert_eq!(lines[1]["meta"]["best_score"], json!(2.0));
+        assert_eq!(lines[1]["meta"]["direction"], "minimize");
+        assert_eq!(lines[1]["meta"]["beats_baseline"], json!(true));
+
+        // Histories that cannot be training examples are left out.
+        let no_system = rollout("wineT1", 5, vec![scores(&[("accuracy", 0.8)])], &TURNS[1..]);
+        assert!(sft_line(&no_system, None).is_none());
+        let no_assistant = rollout("wineT1", 6, vec![scores(&[("accuracy", 0.8)])], &TURNS[..2]);
+        assert!(sft_line(&no_assistant, None).is_none());
+    }
+
+    #[test]
+    fn report_counts_and_tasks_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let inputs = final_inputs();
+        out.finalize(&inputs).unwrap();
+        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+
+        let stage = |name: &str| {
+            report["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["stage"] == name)
+                .unwrap()
+                .clone()
+        };
+        let counts = |name: &str| {
+            let s = stage(name);
+            (
+                s["entered"].as_u64().unwrap(),
+                s["passed"].as_u64().unwrap(),
+                s["dropped"].as_u64().unwrap(),
+                s["in_progress"].as_u64().unwrap(),
+            )
+        };
+        assert_eq!(counts("topic"), (6, 6, 0, 0));
+        assert_eq!(counts("dataset"), (6, 4, 2, 0));
+        assert_eq!(counts("codegen"), (4, 3, 0, 1));
+        assert_eq!(counts("debug"), (3, 2, 1, 0));
+        assert_eq!(counts("export"), (2, 2, 0, 0));
+        assert_eq!(counts("rollout"), (5, 4, 1, 0));
+        assert_eq!(stage("dataset")["drop_reasons"], json!({"not_found": 2}));
+        assert_eq!(stage("debug")["drop_reasons"], json!({"baseline_failed": 1}));
+        assert_eq!(stage("rollout")["drop_reasons"], json!({"llm_error": 1}));
+
+        assert_eq!(report["tasks"]["accepted"], 2);
+        assert_eq!(report["tasks"]["topic_units"], 6);
+        assert!((report["tasks"]["yield"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-12);
+        assert_eq!(
+            report["rollouts"],
+            json!({"total": 4, "scored": 3, "kept": 2, "duplicates": 1, "malformed": 0})
+        );
+        assert_eq!(report["llm"]["total"]["calls"], 29);
+        assert_eq!(report["llm"]["total"]["input_tokens"], 23600);
+        assert_eq!(report["llm"]["total"]["total_tokens"], 23600 + 2960);
+        assert!((report["llm"]["total"]["cost_usd"].as_f64().unwrap() - 1.56).abs() < 1e-9);
+        assert_eq!(report["llm"]["by_stage"]["codegen"]["calls"], 3);
+        assert_eq!(report["llm"]["by_model"]["sim"]["calls"], 9);
+        assert_eq!(report["llm"]["by_stage_model"].as_array().unwrap().len(), 3);
+        assert_eq!(report["events"]["by_kind"], json!({"retry": 2, "worker_restart": 1}));
+        assert_eq!(report["wall_time_secs"], json!(1800.0));
+        assert_eq!(report["throughput"]["accepted_tasks_per_hour"], json!(4.0));
+        assert_eq!(report["throughput"]["trajectories_per_hour"], json!(8.0));
+
+        let index: Value =
+            serde_json::from_slice(&fs::read(out.tasks_index_path()).unwrap()).unwrap();
+        let first = &index[0];
+        assert_eq!(first["task_id"], "wineT1");
+        assert_eq!(first["priority_metric"], "accuracy");
+        assert_eq!(first["direction"], "maximize");
+        assert_eq!(first["metrics"], json!(["accuracy", "f1"]));
+        assert_eq!(first["baseline_scores"], json!({"accuracy": 0.75, "f1": 0.7}));
+        assert_eq!(first["provenance"]["hub_id"], "sklearn/wine");
+        assert_eq!(first["provenance"]["revision"], "0123abcd");
+        assert_eq!(first["provenance"]["config"], "default");
+        assert_eq!(first["provenance"]["splits"], json!(["train"]));
+        assert_eq!(first["provenance"]["parquet_files"][0]["filename"], "0000.parquet");
+        assert_eq!(first["topic"]["sample"]["domain"], "chemistry");
+        assert_eq!(first["debug_rounds"], 2);
+        assert_eq!(index[1]["direction"], "minimize");
+        no_temp_files(out.root());
+
+        let table = summary_table(&report);
+        assert!(table.contains("dataset"), "{table}");
+        assert!(table.contains("not_found 2"), "{table}");
+        assert!(table.contains("2 of 6 topics (yield 33.3%)"), "{table}");
+        assert!(table.contains("26,560"), "{table}");
+        assert!(table.contains("$1.5600"), "{table}");
+        assert!(table.contains("30m 00s"), "{table}");
+        // Columns line up: every stage row has its counts ending at the same offset.
+        let rows: Vec<&str> = table.lines().take(7).collect();
+        let header_end = rows[0].find("running").unwrap() + "running".len();
+        for row in &rows[1..] {
+            assert!(row.as_bytes()[header_end - 1].is_ascii_digit(), "{table}");
+        }
+    }
+
+    #[test]
+    fn labels_mark_simulated_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = json!({
+            "llm": {"kind": "simulated teacher", "simulated": true, "model": "sim-teacher"},
+            "hub": {"kind": "embedded mirror", "simulated": true},
+        });
+        let out = OutputDir::new(dir.path().join("out")).with_labels(labels.clone());
+        out.finalize(&final_inputs()).unwrap();
+        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        assert_eq!(report["simulated"], json!(true));
+        assert_eq!(report["services"], labels);
+        let text = fs::read_to_string(out.sft_path()).unwrap();
+        for line in text.lines() {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["meta"]["simulated"], json!(true));
+        }
+        let table = summary_table(&report);
+        assert!(table.contains("simulated teacher, model sim-teacher [SIMULATED]"), "{table}");
+
+        let real = json!({"llm": {"kind": "OpenAI-compatible endpoint", "simulated": false}});
+        let out = OutputDir::new(dir.path().join("real")).with_labels(real);
+        out.finalize(&final_inputs()).unwrap();
+        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        assert_eq!(report["simulated"], json!(false));
+        assert!(!summary_table(&report).contains("SIMULATED"));
+    }
+
+    #[test]
+    fn empty_run_reports_zeroes() {
+        let inputs = FinalInputs {
+            units: vec![],
+            tasks: vec![],
+            rollouts: vec![],
+            usage: vec![],
+            events: vec![],
+            wall_time_secs: 0.0,
+        };
+        let report = build_report(&inputs, &SftSummary::default());
+        assert_eq!(report["tasks"]["yield"], json!(0.0));
+        assert_eq!(report["throughput"]["trajectories_per_hour"], json!(0.0));
+        let table = summary_table(&report);
+        assert!(table.contains("0 of 0 topics"), "{table}");
+    }
+}

@@ -1,0 +1,16 @@
+//! gymforge: manufactures MLGym-compatible ML research tasks and teacher trajectories.
+//!
+//! This crate is the application around the pipeline in `gymforge-actors`: it implements the
+//! pipeline's ports (LLM client, Hub client, sandbox, store, exporter), the embedded stand-ins
+//! (simulated teacher, Hub mirror) and the command line. `ARCHITECTURE.md` has the map.
+
+pub mod check;
+pub mod config;
+pub mod export;
+pub mod hub;
+pub mod llm;
+pub mod progress;
+pub mod run;
+pub mod sandbox;
+pub mod sim;
+pub mod store;

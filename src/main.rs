@@ -1,0 +1,207 @@
+//! The `gymforge` command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gymforge::config::Config;
+use gymforge::progress::Display;
+
+#[derive(Parser)]
+#[command(name = "gymforge", version, about = "Manufactures MLGym-compatible ML research tasks and teacher trajectories")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one batch: synthesize tasks, run teacher rollouts, export MLGym tasks and SFT data.
+    /// Running again on the same --out resumes an interrupted batch.
+    Run {
+        /// Config file merged over the embedded default (default: the embedded default alone).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "gymforge-out")]
+        out: PathBuf,
+        /// Accepted tasks to produce (overrides run.tasks).
+        #[arg(long)]
+        tasks: Option<u32>,
+        /// Teacher rollouts per accepted task (overrides run.rollouts).
+        #[arg(long)]
+        rollouts: Option<u32>,
+        /// Seed of everything random in the run (overrides seed and sim.seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Audit task bundles.
+    Check {
+        #[command(subcommand)]
+        what: CheckCommand,
+    },
+    /// The simulated teacher LLM (an OpenAI-compatible test and demo server).
+    Sim {
+        #[command(subcommand)]
+        what: ServeCommand,
+    },
+    /// The embedded Hugging Face Hub mirror (datasets bundled with scikit-learn).
+    Hub {
+        #[command(subcommand)]
+        what: ServeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckCommand {
+    /// Run every validity check of one task bundle in the sandbox; prints a JSON report and
+    /// exits non-zero when the task is not valid.
+    Task {
+        /// Bundle directory: task.json, prepare.py, baseline.py, evaluate.py, raw/.
+        dir: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServeCommand {
+    /// Serve on a loopback port until interrupted.
+    Serve {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, out, tasks, rollouts, seed } => {
+            let mut config = load_config(config.as_deref())?;
+            if let Some(n) = tasks {
+                anyhow::ensure!(n > 0, "--tasks must be at least 1");
+                config.run.tasks = n;
+            }
+            if let Some(k) = rollouts {
+                anyhow::ensure!(k > 0, "--rollouts must be at least 1");
+                config.run.rollouts = k;
+            }
+            if let Some(s) = seed {
+                config.seed = s;
+                config.sim.seed = s;
+            }
+            run(config, out).await
+        }
+        Command::Check { what: CheckCommand::Task { dir, config } } => {
+            let config = load_config(config.as_deref())?;
+            let display = Display::new();
+            let result = gymforge::check::check_task(&config, &dir, &|m: &str| display.status(m)).await;
+            display.finish();
+            let (report, valid) = result?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Sim { what: ServeCommand::Serve { port, config } } => {
+            let config = load_config(config.as_deref())?;
+            let (addr, handle) = gymforge::sim::serve(config.sim.clone(), loopback(port)).await?;
+            eprintln!("simulated teacher (a test and demo instrument, not a real model) listening on http://{addr}/v1");
+            wait_for_interrupt(handle).await
+        }
+        Command::Hub { what: ServeCommand::Serve { port, config } } => {
+            let config = load_config(config.as_deref())?;
+            let display = Display::new();
+            let setup = async {
+                let (python, _) = gymforge::run::sandbox(&config, &|m: &str| display.status(m)).await?;
+                gymforge::hub::HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(&config), &python.python(), &|m: &str| display.status(m)).await
+            };
+            let root = setup.await;
+            display.finish();
+            let (addr, handle) = gymforge::hub::HubMirror::serve(root?, loopback(port)).await?;
+            eprintln!("embedded Hub mirror (scikit-learn's bundled datasets) listening on http://{addr}");
+            wait_for_interrupt(handle).await
+        }
+    }
+}
+
+async fn run(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
+    let display = Display::new();
+    let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
+    let request = gymforge::run::RunRequest { config, out: out.clone() };
+    let status = |m: &str| display.status(m);
+    let run = gymforge::run::run_batch(request, &status, tx);
+    let follow = display.follow(rx);
+    let (result, ()) = tokio::join!(run, follow);
+    display.finish();
+    let (outcome, _labels) = result?;
+    let report_path = out.join("report.json");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
+    println!("{}", gymforge::export::summary_table(&report));
+    println!("outputs in {}", out.display());
+    if outcome.accepted_tasks < outcome.target_tasks {
+        eprintln!(
+            "warning: {} of {} tasks accepted; the topic budget (run.max_topics_per_task) ran out first",
+            outcome.accepted_tasks, outcome.target_tasks
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::embedded()),
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn wait_for_interrupt(handle: tokio::task::JoinHandle<()>) -> anyhow::Result<ExitCode> {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+        r = handle => {
+            r?;
+            anyhow::bail!("the server stopped unexpectedly")
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the default level. Panics (including deliberately
+/// injected worker faults, which the supervisor recovers from) are logged as one line.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        tracing::error!("panic{location}: {message}");
+    }));
+}

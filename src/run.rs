@@ -1,0 +1,213 @@
+//! Wiring one batch: provision the sandbox, start the embedded stand-ins the config asks for,
+//! open the store in the output directory, and run the pipeline to its end.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gymforge_actors::pipeline::{AgentSettings, Faults};
+use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
+
+use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
+use crate::export::OutputDir;
+use crate::hub::{HubClient, HubMirror};
+use crate::llm::OpenAiClient;
+use crate::sandbox::{BwrapSandbox, PythonEnv};
+use crate::store::SqliteStore;
+
+/// The real dataset-viewer API, used when `hub.viewer_endpoint` is empty and the Hub is real.
+const DEFAULT_VIEWER: &str = "https://datasets-server.huggingface.co";
+
+/// What `gymforge run` was asked to do.
+pub struct RunRequest {
+    pub config: Config,
+    pub out: PathBuf,
+}
+
+/// The services a run talks to, started or connected.
+pub struct Services {
+    pub sandbox: Arc<BwrapSandbox>,
+    pub python: PythonEnv,
+    pub hub: Arc<HubClient>,
+    pub llm: Arc<OpenAiClient>,
+    /// Human-readable description of each service, for the summary and report.
+    pub labels: serde_json::Value,
+}
+
+/// The prompt templates shipped in `config/prompts/`.
+pub fn prompts() -> Prompts {
+    Prompts {
+        topic_system: include_str!("../config/prompts/topic_system.md").into(),
+        topic_user: include_str!("../config/prompts/topic_user.md").into(),
+        dataset_system: include_str!("../config/prompts/dataset_system.md").into(),
+        dataset_user: include_str!("../config/prompts/dataset_user.md").into(),
+        codegen_system: include_str!("../config/prompts/codegen_system.md").into(),
+        codegen_user: include_str!("../config/prompts/codegen_user.md").into(),
+        debug_user: include_str!("../config/prompts/debug_user.md").into(),
+        agent_system: include_str!("../config/prompts/agent_system.md").into(),
+        agent_task: include_str!("../config/prompts/agent_task.md").into(),
+        agent_next: include_str!("../config/prompts/agent_next.md").into(),
+    }
+}
+
+pub fn taxonomy() -> Taxonomy {
+    let t: Taxonomy = toml::from_str(TAXONOMY_TOML).expect("the embedded taxonomy parses");
+    t.validate().expect("the embedded taxonomy is valid");
+    t
+}
+
+/// Provisions the Python environment and checks the sandbox works.
+pub async fn sandbox(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow::Result<(PythonEnv, Arc<BwrapSandbox>)> {
+    let cfg = config.sandbox.clone();
+    status("checking the sandbox's Python environment");
+    let python = {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let task = tokio::task::spawn_blocking(move || {
+            PythonEnv::ensure(&cfg, PYTHON_REQUIREMENTS, &|line: &str| {
+                tx.send(line.to_string()).ok();
+            })
+        });
+        while let Some(line) = rx.recv().await {
+            status(&format!("provisioning the sandbox's Python environment: {}", line.trim()));
+        }
+        task.await.context("the Python provisioning task failed")??
+    };
+    let sandbox = BwrapSandbox::new(&config.sandbox, python.clone())?;
+    sandbox.probe().await?;
+    Ok((python, Arc::new(sandbox)))
+}
+
+/// Starts or connects every service the config names.
+pub async fn services(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Services> {
+    let (python, sandbox) = sandbox(config, status).await?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+
+    let hub_timeout = Duration::from_secs(config.hub.timeout_secs);
+    let (hub, hub_label) = if config.hub.is_mirror() {
+        status("building the embedded Hub mirror");
+        let root = HubMirror::ensure_built(&mirror_cache_dir(config), &python.python(), &|line: &str| {
+            status(&format!("building the embedded Hub mirror: {}", line.trim()))
+        })
+        .await?;
+        let (addr, _handle) = HubMirror::serve(root, loopback).await?;
+        let base = format!("http://{addr}");
+        let client = HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, hub_timeout)?;
+        (client, serde_json::json!({ "kind": "embedded mirror of datasets bundled with scikit-learn", "simulated": true, "endpoint": base }))
+    } else {
+        let viewer = if config.hub.viewer_endpoint.is_empty() { DEFAULT_VIEWER.to_string() } else { config.hub.viewer_endpoint.clone() };
+        let client = HubClient::new(config.hub.endpoint.clone(), viewer, config.hub_token(), config.hub.max_dataset_bytes, hub_timeout)?;
+        (client, serde_json::json!({ "kind": "Hugging Face Hub", "simulated": false, "endpoint": config.hub.endpoint }))
+    };
+
+    let (base_url, llm_label) = if config.llm.is_sim() {
+        let (addr, _handle) = crate::sim::serve(config.sim.clone(), loopback).await?;
+        let base = format!("http://{addr}/v1");
+        (base.clone(), serde_json::json!({ "kind": "simulated teacher (a test and demo instrument, not a real model)", "simulated": true, "endpoint": base, "model": config.llm.model }))
+    } else {
+        (config.llm.endpoint.clone(), serde_json::json!({ "kind": "OpenAI-compatible endpoint", "simulated": false, "endpoint": config.llm.endpoint, "model": config.llm.model }))
+    };
+    let llm = OpenAiClient::new(&config.llm, base_url, config.llm_api_key())?;
+    llm.check_reachable().await?;
+
+    Ok(Services {
+        sandbox,
+        python,
+        hub: Arc::new(hub),
+        llm: Arc::new(llm),
+        labels: serde_json::json!({ "llm": llm_label, "hub": hub_label }),
+    })
+}
+
+/// Where the embedded Hub mirror's data is built (next to the Python environment).
+pub fn mirror_cache_dir(config: &Config) -> PathBuf {
+    config.sandbox.python_env_dir().with_file_name("hub-mirror")
+}
+
+/// The run's settings, from its configuration.
+pub fn settings(config: &Config, work_root: PathBuf) -> Settings {
+    let p = &config.pipeline;
+    Settings {
+        seed: config.seed,
+        tasks: config.run.tasks,
+        rollouts: config.run.rollouts,
+        max_topics: config.run.tasks * config.run.max_topics_per_task,
+        max_attempts: config.run.max_attempts,
+        max_restarts: 20 + 4 * config.run.tasks * (1 + config.run.rollouts) * config.run.max_attempts,
+        workers: vec![
+            (Stage::Topic, p.topic_workers),
+            (Stage::Dataset, p.dataset_workers),
+            (Stage::Codegen, p.codegen_workers),
+            (Stage::Debug, p.debug_workers),
+            (Stage::Export, p.export_workers),
+            (Stage::Rollout, p.rollout_workers),
+        ],
+        debug_rounds: p.debug_rounds,
+        prepare_timeout: Duration::from_secs(p.prepare_timeout_secs),
+        agent: AgentSettings {
+            max_steps: config.agent.max_steps,
+            short_timeout: Duration::from_secs(config.agent.short_timeout_secs),
+            temperature: config.agent.temperature,
+            top_p: config.agent.top_p,
+            cost_limit: config.agent.cost_limit,
+            max_tokens: config.agent.max_tokens,
+        },
+        faults: Faults {
+            panic_rate: config.faults.worker_panic_rate,
+            error_rate: config.faults.worker_error_rate,
+            stages: config.faults.stages.iter().filter_map(|s| Stage::parse(s)).collect(),
+        },
+        work_root,
+    }
+}
+
+/// The state directory inside an output directory.
+pub fn state_dir(out: &Path) -> PathBuf {
+    out.join(".gymforge")
+}
+
+/// Runs one batch to its end. `progress` receives live snapshots.
+pub async fn run_batch(
+    request: RunRequest,
+    status: &(dyn Fn(&str) + Sync),
+    progress: tokio::sync::watch::Sender<Progress>,
+) -> anyhow::Result<(gymforge_actors::RunOutcome, serde_json::Value)> {
+    let RunRequest { config, out } = request;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let state = state_dir(&out);
+    let store = SqliteStore::open(&state.join("state.db"))?;
+    check_resumable(&store, &config, &out)?;
+    let services = services(&config, status).await?;
+    let outputs = OutputDir::new(out.clone()).with_labels(services.labels.clone());
+    let pipeline = Arc::new(Pipeline {
+        llm: services.llm.clone(),
+        hub: services.hub.clone(),
+        sandbox: services.sandbox.clone(),
+        store: Arc::new(store),
+        outputs: Arc::new(outputs),
+        settings: settings(&config, state.join("work")),
+        prompts: prompts(),
+        taxonomy: taxonomy(),
+        progress,
+    });
+    status("running the pipeline");
+    let outcome = gymforge_actors::run_pipeline(pipeline).await.map_err(anyhow::Error::msg)?;
+    Ok((outcome, services.labels))
+}
+
+/// A directory holding an earlier run resumes it only with the same seed: a different seed
+/// would mix two runs' tasks.
+fn check_resumable(store: &SqliteStore, config: &Config, out: &Path) -> anyhow::Result<()> {
+    use gymforge_actors::ports::Store;
+    let seed = config.seed.to_string();
+    match store.meta("seed").map_err(anyhow::Error::msg)? {
+        Some(previous) if previous != seed => anyhow::bail!(
+            "{} holds a run with seed {previous}; resume it with --seed {previous} or choose another --out",
+            out.display()
+        ),
+        Some(_) => {}
+        None => store.set_meta("seed", &seed).map_err(anyhow::Error::msg)?,
+    }
+    Ok(())
+}

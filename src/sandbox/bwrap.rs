@@ -1,0 +1,686 @@
+//! The bubblewrap sandbox: runs one untrusted command in fresh namespaces with no network, a
+//! read-only view of /usr and of the Python environment, one writable work directory, resource
+//! limits, a wall-clock timeout and capped output.
+//!
+//! bwrap itself always runs unprivileged: when gymforge runs as root, the child drops to
+//! uid/gid 65534 before bwrap starts, so the sandbox holds no capability on the host and can only
+//! reach what `nobody` could. The job is started through a tiny `sh` wrapper that writes a marker
+//! to stderr once bwrap has finished setting up; a run without the marker is a sandbox failure,
+//! not a failure of the job.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use async_trait::async_trait;
+use gymforge_actors::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::Instrument;
+
+use super::pyenv::PythonEnv;
+use crate::config::SandboxConfig;
+
+/// The unprivileged uid and gid jobs run as when gymforge runs as root (`nobody`).
+pub const SANDBOX_UID: u32 = 65534;
+
+/// Written to stderr by the wrapper right before it execs the job; stripped from the output.
+const READY_MARKER: &[u8] = b"gymforge-sandbox-ready\n";
+/// The wrapper: announce that setup is done, then become the job.
+const WRAPPER: &str = "printf 'gymforge-sandbox-ready\\n' >&2; exec \"$@\"";
+/// How long output is still read after the job ended (a leftover holder of the pipes).
+const READ_GRACE: Duration = Duration::from_secs(5);
+/// Where the probe's work directory appears inside the sandbox.
+const PROBE_INSIDE: &str = "/home/agent/workspace";
+const MIB: u64 = 1024 * 1024;
+
+/// Host directories under /etc that are made visible (read-only) when they exist.
+const ETC_BINDS: [&str; 4] = ["/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"];
+/// Top-level directories that are symlinks into /usr on merged-/usr systems.
+const USR_LINKS: [&str; 4] = ["lib", "lib64", "bin", "sbin"];
+/// Sandbox paths that a job's work directory or mounts may not cover.
+const RESERVED: [&str; 9] = ["/usr", "/proc", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/tmp"];
+
+/// Resource limits applied to every job (setrlimit in the child before bwrap starts).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    address_space: u64,
+    cpu_secs: u64,
+    processes: u64,
+    file_size: u64,
+}
+
+/// Runs jobs under bubblewrap. See the module documentation.
+pub struct BwrapSandbox {
+    bwrap: PathBuf,
+    env: PythonEnv,
+    limits: Limits,
+    tmp_size: u64,
+    max_output_bytes: usize,
+    as_root: bool,
+}
+
+impl BwrapSandbox {
+    /// Checks that bwrap exists and the environment is usable by the sandbox user.
+    pub fn new(cfg: &SandboxConfig, env: PythonEnv) -> anyhow::Result<BwrapSandbox> {
+        let bwrap = find_bwrap().ok_or_else(|| anyhow!(BWRAP_MISSING))?;
+        if !env.python().exists() {
+            bail!(
+                "the sandbox's Python environment {} has no interpreter: provision it first",
+                env.dir.display()
+            );
+        }
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root {
+            reachable_by_sandbox_user(&env.dir, false).map_err(|e| anyhow!(e))?;
+        }
+        Ok(BwrapSandbox {
+            bwrap,
+            env,
+            limits: Limits {
+                address_space: cfg.memory_mb.saturating_mul(MIB),
+                cpu_secs: cfg.cpu_secs,
+                processes: cfg.max_processes,
+                file_size: cfg.max_file_mb.saturating_mul(MIB),
+            },
+            tmp_size: cfg.memory_mb.saturating_mul(MIB),
+            max_output_bytes: cfg.max_output_bytes,
+            as_root,
+        })
+    }
+
+    /// Runs `python -c "print(1)"` in the sandbox and checks that it printed 1 with no
+    /// capabilities. Any failure becomes one sentence saying what to fix.
+    pub async fn probe(&self) -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!(
+            "gymforge-probe-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow!("cannot create the probe directory {}: {e}", dir.display()))?;
+        let script = "print(1)\n\
+                      caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff:')]\n\
+                      print('CapEff', caps[0] if caps else 'unknown')";
+        let job = SandboxJob {
+            label: "sandbox probe".to_string(),
+            workdir: dir.clone(),
+            workdir_inside: PROBE_INSIDE.to_string(),
+            mounts: Vec::new(),
+            command: vec!["python".into(), "-c".into(), script.into()],
+            timeout: Duration::from_secs(120),
+        };
+        let result = self.run(job).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = result.map_err(|e| anyhow!("{e}"))?;
+        if !out.success() || out.stdout.lines().next() != Some("1") {
+            bail!(
+                "the sandbox started but `python -c \"print(1)\"` failed ({}): {}",
+                out.status_line(),
+                one_line(&out.stderr, 600)
+            );
+        }
+        let caps = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff "))
+            .unwrap_or("unknown")
+            .trim();
+        if caps.is_empty() || caps.chars().any(|c| c != '0') {
+            bail!(
+                "the sandbox keeps capabilities (CapEff {caps}), so it is not safe to run \
+                 generated code in it"
+            );
+        }
+        Ok(())
+    }
+
+    /// bwrap's arguments for a job (everything after the program name).
+    fn args(&self, job: &SandboxJob) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.push(&["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]);
+        a.push(&["--new-session", "--hostname", "sandbox"]);
+        // The tmpfs comes first: a later one would hide binds beneath it.
+        a.push(&["--size", &self.tmp_size.to_string(), "--tmpfs", "/tmp"]);
+        a.push(&["--ro-bind", "/usr", "/usr"]);
+        for name in USR_LINKS {
+            let host = Path::new("/").join(name);
+            match std::fs::symlink_metadata(&host) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    let target = std::fs::read_link(&host)
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| format!("usr/{name}"));
+                    a.push(&["--symlink", &target, &path_str(&host)]);
+                }
+                Ok(_) => a.push(&["--ro-bind", &path_str(&host), &path_str(&host)]),
+                Err(_) => {}
+            }
+        }
+        for etc in ETC_BINDS {
+            if Path::new(etc).exists() {
+                a.push(&["--ro-bind", etc, etc]);
+            }
+        }
+        let env_dir = path_str(&self.env.dir);
+        a.push(&["--ro-bind", &env_dir, &env_dir]);
+        a.push(&["--proc", "/proc", "--dev", "/dev"]);
+        for parent in parents(&job.workdir_inside) {
+            a.push(&["--dir", &parent]);
+        }
+        a.push_os("--bind", &job.workdir, &job.workdir_inside);
+
+        let mut mounts: Vec<&Mount> = job.mounts.iter().collect();
+        mounts.sort_by_key(|m| Path::new(&m.inside).components().count());
+        for m in mounts {
+            if !Path::new(&m.inside).starts_with(&job.workdir_inside) {
+                for parent in parents(&m.inside) {
+                    a.push(&["--dir", &parent]);
+                }
+            }
+            a.push_os(if m.writable { "--bind" } else { "--ro-bind" }, &m.host, &m.inside);
+        }
+
+        a.push(&["--chdir", &job.workdir_inside, "--clearenv"]);
+        let path = format!("{env_dir}/bin:/usr/bin:/bin");
+        for (k, v) in [
+            ("PATH", path.as_str()),
+            ("HOME", job.workdir_inside.as_str()),
+            ("OMP_NUM_THREADS", "1"),
+            ("OPENBLAS_NUM_THREADS", "1"),
+            ("MKL_NUM_THREADS", "1"),
+            ("MPLCONFIGDIR", "/tmp"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+            ("PYTHONUNBUFFERED", "1"),
+            ("LANG", "C.UTF-8"),
+        ] {
+            a.push(&["--setenv", k, v]);
+        }
+        a.push(&["--", "/bin/sh", "-c", WRAPPER, "sh"]);
+        a.0.extend(job.command.iter().map(OsString::from));
+        a.0
+    }
+
+    async fn run_job(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
+        let prepared = {
+            let (job, env_dir, as_root) = (job.clone(), self.env.dir.clone(), self.as_root);
+            tokio::task::spawn_blocking(move || prepare(&job, &env_dir, as_root)).await
+        };
+        match prepared {
+            Ok(r) => r?,
+            Err(e) => return Err(PortError::Transient(format!("sandbox preparation failed: {e}"))),
+        }
+
+        let mut cmd = tokio::process::Command::new(&self.bwrap);
+        cmd.args(self.args(&job))
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        let limits = self.limits;
+        let drop_to_nobody = self.as_root;
+        // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || child_setup(limits, drop_to_nobody));
+        }
+
+        let start = Instant::now();
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        let pid = child.id().map(|p| p as libc::pid_t);
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(PortError::Transient("the sandbox's output pipes are missing".into()));
+        };
+
+        let cap = self.max_output_bytes;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut out_cut, mut err_cut) = (false, false);
+        let (status, timed_out) = {
+            let mut reading = Box::pin(async {
+                tokio::join!(
+                    read_capped(stdout, cap, &mut out, &mut out_cut),
+                    read_capped(stderr, cap + READY_MARKER.len(), &mut err, &mut err_cut),
+                )
+            });
+            let mut waiting = Box::pin(async {
+                match tokio::time::timeout(job.timeout, child.wait()).await {
+                    Ok(status) => (status, false),
+                    Err(_) => {
+                        if let Some(pid) = pid {
+                            // SAFETY: the child is not reaped yet, so its group id is still ours.
+                            unsafe { libc::killpg(pid, libc::SIGKILL) };
+                        }
+                        (child.wait().await, true)
+                    }
+                }
+            });
+            let mut ended = None;
+            let mut read_done = false;
+            let mut grace_until = None;
+            loop {
+                let grace = tokio::time::sleep_until(
+                    grace_until.unwrap_or_else(|| tokio::time::Instant::now() + READ_GRACE),
+                );
+                tokio::select! {
+                    r = &mut waiting, if ended.is_none() => {
+                        ended = Some(r);
+                        grace_until = Some(tokio::time::Instant::now() + READ_GRACE);
+                    }
+                    _ = &mut reading, if !read_done => read_done = true,
+                    _ = grace, if grace_until.is_some() && !read_done => break,
+                }
+                if ended.is_some() && read_done {
+                    break;
+                }
+            }
+            match ended {
+                Some(r) => r,
+                None => unreachable!("the loop ends only after the child ended"),
+            }
+        };
+        let status = status
+            .map_err(|e| PortError::Transient(format!("cannot wait for the sandbox: {e}")))?;
+        let elapsed = start.elapsed().as_secs_f64();
+
+        let ready = strip_marker(&mut err);
+        if !ready && !timed_out {
+            return Err(setup_failure(&String::from_utf8_lossy(&err)));
+        }
+        Ok(JobOutput {
+            exit_code: status.code(),
+            signal: status.signal(),
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+            timed_out,
+            output_truncated: out_cut || err_cut,
+            elapsed_secs: elapsed,
+        })
+    }
+}
+
+#[async_trait]
+impl Sandbox for BwrapSandbox {
+    async fn run(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
+        let span = tracing::debug_span!("sandbox_job", label = %job.label);
+        async move {
+            let label = job.label.clone();
+            let result = self.run_job(job).await;
+            match &result {
+                Ok(out) => tracing::debug!(
+                    label = %label,
+                    elapsed_secs = out.elapsed_secs,
+                    status = %out.status_line(),
+                    output_truncated = out.output_truncated,
+                    "sandbox job finished"
+                ),
+                Err(e) => tracing::debug!(label = %label, error = %e, "sandbox job failed to run"),
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Host-side preparation: validates paths, creates mountpoints inside the work directory and,
+/// as root, hands the writable trees to the sandbox user. Blocking.
+fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool) -> Result<(), PortError> {
+    let perm = |m: String| PortError::Permanent(m);
+    if job.command.is_empty() {
+        return Err(perm(format!("sandbox job `{}` has an empty command", job.label)));
+    }
+    check_inside(&job.workdir_inside, env_dir).map_err(perm)?;
+    for m in &job.mounts {
+        check_inside(&m.inside, env_dir).map_err(perm)?;
+        if Path::new(&m.inside) == Path::new(&job.workdir_inside) {
+            return Err(perm(format!(
+                "mount {} would hide the work directory {}",
+                m.host.display(),
+                job.workdir_inside
+            )));
+        }
+        if !m.host.exists() {
+            return Err(perm(format!(
+                "cannot mount {} into the sandbox: it does not exist",
+                m.host.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&job.workdir).map_err(|e| {
+        perm(format!("cannot create the work directory {}: {e}", job.workdir.display()))
+    })?;
+    for m in &job.mounts {
+        if let Ok(rel) = Path::new(&m.inside).strip_prefix(&job.workdir_inside) {
+            make_mountpoint(&job.workdir, rel, m.host.is_dir()).map_err(perm)?;
+        }
+    }
+    if as_root {
+        reachable_by_sandbox_user(&job.workdir, true).map_err(perm)?;
+        chown_tree(&job.workdir).map_err(perm)?;
+        for m in &job.mounts {
+            reachable_by_sandbox_user(&m.host, m.writable).map_err(perm)?;
+            if m.writable {
+                chown_tree(&m.host).map_err(perm)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+const BWRAP_MISSING: &str = "bubblewrap (bwrap) is not installed: run `apt-get install -y bubblewrap`";
+
+/// Finds `bwrap` on PATH or in the usual places.
+fn find_bwrap() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/local/bin", "/bin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join("bwrap")).find(|p| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
+}
+
+/// Runs in the forked child before exec: limits, then (as root) the switch to `nobody`, then
+/// no_new_privs. Only async-signal-safe calls, no allocation.
+fn child_setup(limits: Limits, drop_to_nobody: bool) -> std::io::Result<()> {
+    macro_rules! limit {
+        ($res:expr, $soft:expr, $hard:expr) => {{
+            let rl = libc::rlimit { rlim_cur: $soft as libc::rlim_t, rlim_max: $hard as libc::rlim_t };
+            // SAFETY: setrlimit with a valid pointer to a stack value.
+            if unsafe { libc::setrlimit($res, &rl) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }};
+    }
+    limit!(libc::RLIMIT_AS, limits.address_space, limits.address_space);
+    // SIGXCPU at the soft limit, SIGKILL a little later for jobs that ignore it.
+    limit!(libc::RLIMIT_CPU, limits.cpu_secs, limits.cpu_secs.saturating_add(5));
+    limit!(libc::RLIMIT_NPROC, limits.processes, limits.processes);
+    limit!(libc::RLIMIT_FSIZE, limits.file_size, limits.file_size);
+    limit!(libc::RLIMIT_NOFILE, 1024u64, 1024u64);
+    limit!(libc::RLIMIT_CORE, 0u64, 0u64);
+    if drop_to_nobody {
+        // SAFETY: plain credential system calls.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(SANDBOX_UID as libc::gid_t) != 0
+                || libc::setuid(SANDBOX_UID as libc::uid_t) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn spawn_error(e: std::io::Error) -> PortError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotFound => PortError::Permanent(BWRAP_MISSING.to_string()),
+        WouldBlock | OutOfMemory | Interrupted => {
+            PortError::Transient(format!("cannot start the sandbox: {e}"))
+        }
+        _ if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::ENOMEM) => {
+            PortError::Transient(format!("cannot start the sandbox: {e}"))
+        }
+        _ => PortError::Permanent(format!("cannot start the sandbox (bwrap): {e}")),
+    }
+}
+
+/// Turns bwrap's complaint (the job never started) into an error saying what to fix.
+fn setup_failure(stderr: &str) -> PortError {
+    let said = one_line(stderr, 400);
+    let said = if said.is_empty() { "no message".to_string() } else { said };
+    if said.contains("namespace") || said.contains("uid map") || said.contains("setting up uid") {
+        return PortError::Permanent(format!(
+            "bubblewrap may not create user namespaces on this machine, so the sandbox cannot \
+             start (bwrap said: {said}); allow unprivileged user namespaces, e.g. \
+             `sysctl -w user.max_user_namespaces=10000` (Debian: also \
+             `sysctl -w kernel.unprivileged_userns_clone=1`; Ubuntu 24.04+: \
+             `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`)"
+        ));
+    }
+    let msg = format!("the sandbox failed to start (bwrap said: {said})");
+    if said.contains("Resource temporarily unavailable") || said.contains("Cannot allocate memory") {
+        PortError::Transient(msg)
+    } else {
+        PortError::Permanent(msg)
+    }
+}
+
+/// Reads `r` to the end, keeping the first `cap` bytes in `buf` and discarding the rest.
+async fn read_capped<R: AsyncRead + Unpin>(
+    mut r: R,
+    cap: usize,
+    buf: &mut Vec<u8>,
+    truncated: &mut bool,
+) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(buf.len());
+                if n > room {
+                    *truncated = true;
+                }
+                buf.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// Removes the wrapper's readiness marker from stderr; false when it is not there.
+fn strip_marker(err: &mut Vec<u8>) -> bool {
+    match err.windows(READY_MARKER.len()).position(|w| w == READY_MARKER) {
+        Some(at) => {
+            err.drain(at..at + READY_MARKER.len());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Rejects sandbox paths that are relative, contain `..`, or would cover the system mounts.
+fn check_inside(inside: &str, env_dir: &Path) -> Result<(), String> {
+    let p = Path::new(inside);
+    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("sandbox path `{inside}` must be absolute and without `..`"));
+    }
+    if p.components().count() < 2 {
+        return Err("sandbox path `/` cannot be used as a work directory or mount".to_string());
+    }
+    if RESERVED.iter().any(|r| p.starts_with(r)) || p.starts_with(env_dir) || env_dir.starts_with(p) {
+        return Err(format!(
+            "sandbox path `{inside}` overlaps a system directory or the Python environment"
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the mountpoint `workdir/rel` on the host (a directory or an empty file), replacing
+/// symlinks the previous job may have left so nothing outside the work directory is touched.
+fn make_mountpoint(workdir: &Path, rel: &Path, dir: bool) -> Result<(), String> {
+    let comps: Vec<Component> = rel.components().collect();
+    let mut cur = workdir.to_path_buf();
+    for (i, c) in comps.iter().enumerate() {
+        let Component::Normal(name) = c else {
+            return Err(format!("invalid mount path {}", rel.display()));
+        };
+        cur.push(name);
+        let last = i + 1 == comps.len();
+        let want_dir = !last || dir;
+        let fail = |e: std::io::Error| format!("cannot create the mountpoint {}: {e}", cur.display());
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&cur).map_err(fail)?,
+            Ok(m) if m.is_dir() == want_dir => continue,
+            Ok(_) => {
+                return Err(format!(
+                    "cannot mount onto {}: it exists in the work directory as a {}",
+                    cur.display(),
+                    if want_dir { "file" } else { "directory" }
+                ));
+            }
+            Err(_) => {}
+        }
+        if want_dir {
+            std::fs::create_dir(&cur).map_err(fail)?;
+        } else {
+            std::fs::File::create(&cur).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// `chown -R 65534:65534` without following symlinks.
+fn chown_tree(root: &Path) -> Result<(), String> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        if meta.uid() != SANDBOX_UID || meta.gid() != SANDBOX_UID {
+            std::os::unix::fs::lchown(&path, Some(SANDBOX_UID), Some(SANDBOX_UID))
+                .map_err(|e| format!("cannot hand {} to the sandbox user: {e}", path.display()))?;
+        }
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path)
+                .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// As root, bwrap runs as uid 65534: every ancestor of `path` must be searchable by others
+/// and `path` itself readable (and, for writable trees, handed over by `chown_tree`).
+fn reachable_by_sandbox_user(path: &Path, writable: bool) -> Result<(), String> {
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    for ancestor in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor)
+            .map_err(|e| format!("cannot stat {}: {e}", ancestor.display()))?;
+        if meta.mode() & 0o001 == 0 && meta.uid() != SANDBOX_UID {
+            return Err(format!(
+                "the sandbox user (uid {SANDBOX_UID}) cannot reach {}: {} is not searchable by \
+                 others (`chmod o+x {}`, or use a directory elsewhere)",
+                path.display(),
+                ancestor.display(),
+                ancestor.display()
+            ));
+        }
+    }
+    if !writable {
+        let meta = std::fs::metadata(&real)
+            .map_err(|e| format!("cannot stat {}: {e}", real.display()))?;
+        let need = if meta.is_dir() { 0o005 } else { 0o004 };
+        if meta.mode() & need != need && meta.uid() != SANDBOX_UID {
+            return Err(format!(
+                "the sandbox user (uid {SANDBOX_UID}) cannot read {} (`chmod -R a+rX {}`)",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The proper ancestors of an absolute sandbox path, outermost first, without `/`.
+fn parents(inside: &str) -> Vec<String> {
+    let mut out: Vec<String> = Path::new(inside)
+        .ancestors()
+        .skip(1)
+        .filter(|p| p.components().count() > 1)
+        .map(path_str)
+        .collect();
+    out.reverse();
+    out
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// At most `max` characters of `text` on one line.
+fn one_line(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &joined[..at]),
+        None => joined,
+    }
+}
+
+/// bwrap's argument vector under construction.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push(&mut self, items: &[&str]) {
+        self.0.extend(items.iter().map(OsString::from));
+    }
+
+    fn push_os(&mut self, flag: &str, host: &Path, inside: &str) {
+        self.0.push(flag.into());
+        self.0.push(host.as_os_str().to_owned());
+        self.0.push(inside.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_are_listed_outermost_first() {
+        assert_eq!(parents("/home/agent/workspace"), vec!["/home", "/home/agent"]);
+        assert!(parents("/data").is_empty());
+    }
+
+    #[test]
+    fn inside_paths_are_checked() {
+        let env = Path::new("/opt/gymforge/pyenv");
+        assert!(check_inside("/home/agent/workspace", env).is_ok());
+        assert!(check_inside("relative", env).is_err());
+        assert!(check_inside("/home/../usr", env).is_err());
+        assert!(check_inside("/usr/local", env).is_err());
+        assert!(check_inside("/", env).is_err());
+        assert!(check_inside("/opt/gymforge/pyenv/lib", env).is_err());
+        assert!(check_inside("/opt", env).is_err());
+    }
+
+    #[test]
+    fn marker_is_stripped_once() {
+        let mut err = b"gymforge-sandbox-ready\nboom\ngymforge-sandbox-ready\n".to_vec();
+        assert!(strip_marker(&mut err));
+        assert_eq!(err, b"boom\ngymforge-sandbox-ready\n");
+        let mut none = b"bwrap: Can't mount proc".to_vec();
+        assert!(!strip_marker(&mut none));
+    }
+
+    #[test]
+    fn namespace_refusal_is_explained() {
+        let e = setup_failure("bwrap: No permissions to creating new namespace, likely because");
+        assert!(matches!(&e, PortError::Permanent(m) if m.contains("user namespaces")), "{e}");
+    }
+
+    #[test]
+    fn one_line_truncates() {
+        assert_eq!(one_line("a\n b\tc", 10), "a b c");
+        assert_eq!(one_line("abcdef", 3), "abc...");
+    }
+}

@@ -1,0 +1,13 @@
+//! Running untrusted, generated Python code.
+//!
+//! [`PythonEnv`] provisions the Python environment the code runs with (a venv holding the pinned
+//! requirements, built once and shared). [`BwrapSandbox`] runs each job under bubblewrap: no
+//! network, no view of the host beyond /usr, the environment and the job's own directories, no
+//! capabilities, resource limits, a wall-clock timeout and capped output. Without a working
+//! sandbox ([`BwrapSandbox::probe`]) generated code is never run.
+
+mod bwrap;
+mod pyenv;
+
+pub use bwrap::{BwrapSandbox, SANDBOX_UID};
+pub use pyenv::PythonEnv;

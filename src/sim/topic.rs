@@ -1,0 +1,412 @@
+//! Topic stage of the simulated teacher: turns a point of the taxonomy (domain, task type,
+//! modality, twist) into a specific challenge title and a three-to-five sentence idea, avoiding
+//! the titles already taken.
+//!
+//! Ideas are assembled from per-domain vocabularies and several phrasings of each sentence, so
+//! that ideas in the same domain read differently (the pipeline drops near duplicates).
+
+use super::text::{Draw, block_after, bullet_items, capitalise, labelled_line, normalise, title_case};
+
+/// What the simulator knows about a research domain.
+struct Domain {
+    /// What one row is ("specimen", "patient").
+    units: &'static [&'static str],
+    /// Things to classify, as title words.
+    classes: &'static [&'static str],
+    /// Quantities to predict, as title words.
+    quantities: &'static [&'static str],
+    /// Where the features come from.
+    measurements: &'static [&'static str],
+    /// Who needs the model.
+    contexts: &'static [&'static str],
+    /// Why the problem is hard or matters (clauses).
+    stakes: &'static [&'static str],
+}
+
+const BOTANY: Domain = Domain {
+    units: &["specimen", "plant", "accession"],
+    classes: &["Species", "Cultivar", "Flower Variety", "Leaf Morphotype", "Plant Subspecies", "Seed Lineage"],
+    quantities: &["Leaf Area", "Biomass Yield", "Growth Rate", "Chlorophyll Content", "Seed Weight"],
+    measurements: &[
+        "floral morphometrics",
+        "petal and sepal measurements",
+        "leaf shape descriptors",
+        "field survey measurements",
+        "herbarium sheet measurements",
+    ],
+    contexts: &[
+        "field botanists cataloguing specimens",
+        "a seed bank triaging new accessions",
+        "a herbarium digitisation project",
+        "plant breeders screening seedlings",
+    ],
+    stakes: &[
+        "a misidentified specimen propagates into every downstream ecological survey",
+        "keying a specimen by hand takes an expert several minutes",
+        "closely related varieties overlap in almost every single measurement",
+    ],
+};
+
+const MEDICINE: Domain = Domain {
+    units: &["patient", "case", "biopsy"],
+    classes: &["Tumour Malignancy", "Diagnosis", "Lesion Type", "Disease Subtype", "Triage Category"],
+    quantities: &["Disease Progression", "Biomarker Level", "Treatment Response", "Risk Score", "Length of Stay"],
+    measurements: &[
+        "routine clinical measurements",
+        "cytology features from digitised slides",
+        "baseline lab panels",
+        "vital signs and laboratory values",
+        "imaging-derived descriptors",
+    ],
+    contexts: &[
+        "a hospital screening programme",
+        "clinicians prioritising follow-up appointments",
+        "a pathology lab with a backlog of slides",
+        "a trial team stratifying participants",
+    ],
+    stakes: &[
+        "a missed positive case costs far more than a false alarm",
+        "specialist review time is the bottleneck of the service",
+        "measurement protocols differ slightly between sites",
+    ],
+};
+
+const CHEMISTRY: Domain = Domain {
+    units: &["sample", "batch", "compound"],
+    classes: &["Cultivar Origin", "Product Grade", "Compound Class", "Batch Origin", "Quality Tier"],
+    quantities: &["Reaction Yield", "Concentration", "Reaction Rate", "Quality Score", "Solubility"],
+    measurements: &[
+        "chemical assay results",
+        "spectroscopic constituent levels",
+        "a panel of chemical constituents",
+        "routine laboratory analysis",
+    ],
+    contexts: &[
+        "a quality-control laboratory",
+        "a winery authenticating its supply chain",
+        "an analytical chemistry service",
+        "a process engineering team",
+    ],
+    stakes: &[
+        "every wet-lab re-analysis costs hours of instrument time",
+        "a mislabelled batch can reach customers before anyone notices",
+        "many constituents are strongly correlated with each other",
+    ],
+};
+
+const VISION: Domain = Domain {
+    units: &["image", "scan", "glyph"],
+    classes: &["Handwritten Digit", "Glyph", "Character", "Symbol", "Shape Category"],
+    quantities: &["Stroke Thickness", "Brightness Level", "Object Size", "Image Quality Score"],
+    measurements: &[
+        "low-resolution pixel intensities",
+        "downsampled grayscale pixels",
+        "coarse intensity grids",
+        "flattened pixel features",
+    ],
+    contexts: &[
+        "a postal sorting pipeline",
+        "a form digitisation service",
+        "an OCR module running on a microcontroller",
+        "an archive scanning project",
+    ],
+    stakes: &[
+        "the model has to run without a GPU",
+        "handwriting varies widely from one writer to the next",
+        "neighbouring pixels are highly correlated and individually weak",
+    ],
+};
+
+const PUBLIC_HEALTH: Domain = Domain {
+    units: &["participant", "patient", "screening record"],
+    classes: &["Screening Outcome", "Risk Group", "Referral Need", "Case Status", "Diagnosis"],
+    quantities: &["Disease Progression", "Risk Index", "Outcome Severity", "Health Score"],
+    measurements: &[
+        "population screening measurements",
+        "basic demographic and clinical variables",
+        "community clinic records",
+        "survey answers and lab measurements",
+    ],
+    contexts: &[
+        "a regional screening programme",
+        "public health planners allocating follow-up capacity",
+        "a community health service",
+        "an epidemiology team",
+    ],
+    stakes: &[
+        "follow-up capacity is limited, so the ranking of cases matters",
+        "cohorts differ between regions",
+        "the data is collected by non-specialists under time pressure",
+    ],
+};
+
+const GENERIC: Domain = Domain {
+    units: &["record", "sample", "observation"],
+    classes: &["Outcome Category", "Class Label", "Group Membership"],
+    quantities: &["Outcome", "Target Quantity", "Response Value"],
+    measurements: &["tabular measurements", "a compact set of numeric features", "routinely collected measurements"],
+    contexts: &["a research team", "an operations group", "a small analytics team"],
+    stakes: &[
+        "labelled data is expensive to collect",
+        "the features interact in non-obvious ways",
+        "decisions based on the model are made daily",
+    ],
+};
+
+fn domain(name: &str) -> &'static Domain {
+    match normalise(name).as_str() {
+        "botany" | "plant science" | "agriculture" => &BOTANY,
+        "medicine" | "healthcare" | "clinical" => &MEDICINE,
+        "chemistry" | "food science" => &CHEMISTRY,
+        "vision" | "computer vision" | "imaging" => &VISION,
+        "public health" | "epidemiology" => &PUBLIC_HEALTH,
+        _ => &GENERIC,
+    }
+}
+
+/// The taxonomy point and the taken titles, read from the topic prompt.
+#[derive(Debug)]
+struct Request {
+    domain: String,
+    task_type: String,
+    modality: String,
+    twist: String,
+    taken: Vec<String>,
+}
+
+fn parse(user: &str) -> Result<Request, String> {
+    let field = |label: &str| labelled_line(user, label).ok_or_else(|| format!("topic prompt has no `{label}` line"));
+    let taken = block_after(user, "Ideas already taken").map(bullet_items).unwrap_or_default();
+    Ok(Request {
+        domain: field("Domain:")?,
+        task_type: field("Task type:")?,
+        modality: labelled_line(user, "Modality:").unwrap_or_else(|| "tabular".into()),
+        twist: labelled_line(user, "Twist:").unwrap_or_else(|| "none".into()),
+        taken,
+    })
+}
+
+fn is_regression(task_type: &str) -> bool {
+    task_type.to_lowercase().contains("regress")
+}
+
+fn twist_suffixes(twist: &str) -> &'static [&'static str] {
+    match normalise(twist).as_str() {
+        "few labels" => &[" with Few Labels", " from a Handful of Labels", " under Label Scarcity"],
+        "class imbalance" => &[" under Class Imbalance", " with Rare Classes", " on a Skewed Training Set"],
+        "noisy labels" => &[" with Noisy Labels", " under Label Noise", " from Imperfect Annotations"],
+        "compute budget" => &[" on a Compute Budget", " under a Tight Training Budget", " in a Minute of CPU"],
+        _ => &[""],
+    }
+}
+
+fn twist_sentences(twist: &str, regression: bool) -> &'static [&'static str] {
+    match (normalise(twist).as_str(), regression) {
+        ("few labels", _) => &[
+            "Only about a quarter of the training rows keep their label, so the agent has to make the most of scarce supervision, for example with strong regularisation or self-training on the unlabelled rows.",
+            "Labels are expensive here: roughly one training row in four is labelled and the rest come without a target, which rewards methods that use the unlabelled rows.",
+        ],
+        ("class imbalance", false) => &[
+            "The training split is deliberately imbalanced, with the rarer classes heavily down-sampled, while the test split keeps the natural class distribution.",
+            "Rare classes are under-represented in training but count fully at test time, so calibration and class weighting matter as much as raw capacity.",
+        ],
+        ("class imbalance", true) => &[
+            "High target values are rare in the training split while the test split keeps the natural distribution, so the model must cope with an under-represented range.",
+            "The upper end of the target range is thinly sampled in training, which punishes models that simply regress to the mean.",
+        ],
+        ("noisy labels", false) => &[
+            "A tenth of the training labels are flipped at random, so robust models and validation-based model selection matter more than fitting the training set perfectly.",
+            "Annotators made mistakes on about one training row in ten, and the clean validation split is the only trustworthy signal for model selection.",
+        ],
+        ("noisy labels", true) => &[
+            "A tenth of the training targets carry heavy random noise, so robust losses and validation-based model selection matter more than fitting the training set.",
+            "About one training target in ten is badly mismeasured, and the clean validation split is the only trustworthy signal for model selection.",
+        ],
+        ("compute budget", _) => &[
+            "Training has to finish within a minute on a single CPU core, so the agent must trade accuracy against cost.",
+            "The deployment target is a small CPU-only machine, so every training run must stay within a one-minute budget.",
+        ],
+        (_, false) => &[
+            "Classes overlap in several features, so a linear baseline leaves clear headroom for non-linear models.",
+            "All features are numeric, which keeps the focus on model choice, regularisation and tuning rather than on parsing.",
+            "The dataset is small enough that careful validation and model selection decide the ranking.",
+        ],
+        (_, true) => &[
+            "The relationship between the measurements and the target is noisy and partly non-linear, so careful regularisation pays off.",
+            "With only a few hundred rows, variance dominates and the gains come from sensible model choice and validation.",
+        ],
+    }
+}
+
+/// Choices for one idea. Every slot starts from a position drawn from the seed and the
+/// taxonomy point, shifted by the number of ideas already taken: consecutive ideas in a run
+/// differ in every slot, so they never read alike.
+struct Slots {
+    draw: Draw,
+    offset: usize,
+}
+
+impl Slots {
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.draw.index(items.len()) + self.offset) % items.len()]
+    }
+}
+
+/// One candidate idea; `attempt` shifts every choice when a title is already taken.
+fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String) {
+    let d = domain(&r.domain);
+    let regression = is_regression(&r.task_type);
+    let mut s = Slots {
+        draw: Draw::new(seed, &["topic", &r.domain, &r.task_type, &r.modality, &r.twist]),
+        offset: r.taken.len() + attempt,
+    };
+
+    let subject = *s.pick(if regression { d.quantities } else { d.classes });
+    let measurement = *s.pick(d.measurements);
+    let unit = *s.pick(d.units);
+    let context = *s.pick(d.contexts);
+    let stake = *s.pick(d.stakes);
+    let suffix = *s.pick(twist_suffixes(&r.twist));
+    let noun = if regression {
+        *s.pick(&["Regression", "Prediction", "Estimation", "Forecasting"])
+    } else {
+        *s.pick(&["Classification", "Identification", "Recognition", "Prediction"])
+    };
+    let gerund = if regression {
+        *s.pick(&["Predicting", "Estimating", "Forecasting"])
+    } else {
+        *s.pick(&["Identifying", "Classifying", "Recognising"])
+    };
+    let title = match *s.pick(&[0, 1, 2]) {
+        0 => format!("{subject} {noun} from {}{suffix}", title_case(measurement)),
+        1 => format!("{subject} {noun}{suffix}"),
+        _ => format!("{gerund} {subject} from {}{suffix}", title_case(measurement)),
+    };
+
+    let subject_lc = subject.to_lowercase();
+    let verb = if regression { *s.pick(&["predict", "estimate"]) } else { *s.pick(&["classify", "identify", "predict"]) };
+    let problem = match *s.pick(&[0, 1, 2]) {
+        0 => format!("For {context}, the task is to {verb} the {subject_lc} of each {unit} from {measurement}."),
+        1 => format!("Build a model that can {verb} the {subject_lc} of a {unit} from {measurement}, as needed by {context}."),
+        _ => format!("The challenge is to {verb} the {subject_lc} of every {unit} from {measurement}; the intended user is {context}."),
+    };
+    let why = match *s.pick(&[0, 1, 2]) {
+        0 => format!("It matters because {stake}."),
+        1 => format!("This is harder than it looks: {stake}."),
+        _ => format!("In practice {stake}, which is what makes the problem worth benchmarking."),
+    };
+    let twist = s.pick(twist_sentences(&r.twist, regression)).to_string();
+    let modality = if normalise(&r.modality) == "tabular" || r.modality.is_empty() {
+        None
+    } else {
+        Some(format!("The inputs are {} features.", r.modality.to_lowercase()))
+    };
+    let scoring = if regression {
+        *s.pick(&[
+            "Submissions are scored by root mean squared error on a held-out test split (lower is better), with mean absolute error reported alongside.",
+            "The score is test-set RMSE, lower being better; MAE is tracked as a secondary metric.",
+        ])
+    } else {
+        *s.pick(&[
+            "Submissions are scored by accuracy on a held-out test split, with macro-averaged F1 reported alongside.",
+            "The score is test-set accuracy (higher is better); macro-F1 is tracked as a secondary metric.",
+        ])
+    };
+    let mut sentences = vec![problem];
+    if s.draw.chance(0.7) {
+        sentences.push(why);
+    }
+    sentences.push(twist);
+    sentences.extend(modality);
+    sentences.push(scoring.to_string());
+    (capitalise(&title), sentences.join(" "))
+}
+
+/// Word-set overlap of two titles, to avoid near-copies of a taken title.
+fn title_overlap(a: &str, b: &str) -> f64 {
+    let wa: std::collections::BTreeSet<String> = normalise(a).split(' ').map(str::to_string).collect();
+    let wb: std::collections::BTreeSet<String> = normalise(b).split(' ').map(str::to_string).collect();
+    let union = wa.union(&wb).count();
+    if union == 0 { 1.0 } else { wa.intersection(&wb).count() as f64 / union as f64 }
+}
+
+pub(crate) fn answer(cfg: &crate::config::SimConfig, user: &str) -> Result<String, String> {
+    let request = parse(user)?;
+    let fresh = |title: &str| request.taken.iter().all(|t| normalise(t) != normalise(title) && title_overlap(t, title) < 0.75);
+    let (title, idea) = (0..64)
+        .map(|attempt| compose(cfg.seed, &request, attempt))
+        .find(|(title, _)| fresh(title))
+        .unwrap_or_else(|| {
+            // Every phrasing is taken: number the idea so the title is still new.
+            let (title, idea) = compose(cfg.seed, &request, 0);
+            (format!("{title} (variant {})", request.taken.len() + 1), idea)
+        });
+    Ok(serde_json::to_string_pretty(&serde_json::json!({ "title": title, "idea": idea })).expect("serialisable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{cfg, render};
+    use super::*;
+
+    fn user(domain: &str, task: &str, twist: &str, taken: &str) -> String {
+        render("topic_user", &[("domain", domain), ("task_type", task), ("modality", "tabular"), ("twist", twist), ("taken", taken)])
+    }
+
+    fn parsed(answer: &str) -> (String, String) {
+        let v: serde_json::Value = serde_json::from_str(answer).unwrap();
+        (v["title"].as_str().unwrap().to_string(), v["idea"].as_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn parses_the_prompt() {
+        let r = parse(&user("public health", "regression", "few labels", "- A\n- B")).unwrap();
+        assert_eq!((r.domain.as_str(), r.task_type.as_str(), r.twist.as_str()), ("public health", "regression", "few labels"));
+        assert_eq!(r.taken, vec!["A", "B"]);
+        assert!(parse(&user("x", "y", "z", "(none yet)")).unwrap().taken.is_empty());
+    }
+
+    #[test]
+    fn answers_with_a_specific_idea_of_three_to_five_sentences() {
+        for (domain, task, twist) in [
+            ("botany", "classification", "few labels"),
+            ("medicine", "regression", "noisy labels"),
+            ("vision", "classification", "compute budget"),
+            ("oceanography", "classification", "none"),
+        ] {
+            let (title, idea) = parsed(&answer(&cfg(3), &user(domain, task, twist, "(none yet)")).unwrap());
+            assert!(!title.is_empty() && title.len() < 90, "{title}");
+            let sentences = idea.matches(". ").count() + 1;
+            assert!((3..=5).contains(&sentences), "{idea}");
+            let scored_by = if task == "regression" { "RMSE" } else { "accuracy" };
+            assert!(idea.to_lowercase().contains(&scored_by.to_lowercase()) || idea.contains("root mean squared"), "{idea}");
+            assert!(!idea.contains('{') && !title.contains('{'));
+        }
+    }
+
+    #[test]
+    fn never_repeats_a_taken_title_and_varies_ideas() {
+        let mut taken: Vec<String> = Vec::new();
+        let mut ideas: Vec<String> = Vec::new();
+        for _ in 0..8 {
+            let list = if taken.is_empty() { "(none yet)".to_string() } else { taken.iter().map(|t| format!("- {t}")).collect::<Vec<_>>().join("\n") };
+            let (title, idea) = parsed(&answer(&cfg(11), &user("botany", "classification", "none", &list)).unwrap());
+            assert!(!taken.iter().any(|t| normalise(t) == normalise(&title)), "{title} repeated");
+            let idea = format!("{title} {idea}");
+            for earlier in &ideas {
+                let sim = gymforge_actors::topic::similarity(&idea, earlier);
+                assert!(sim < 0.6, "near duplicate ({sim}):\n{idea}\n{earlier}");
+            }
+            taken.push(title);
+            ideas.push(idea);
+        }
+    }
+
+    #[test]
+    fn deterministic_per_seed() {
+        let u = user("chemistry", "classification", "class imbalance", "(none yet)");
+        assert_eq!(answer(&cfg(5), &u).unwrap(), answer(&cfg(5), &u).unwrap());
+        let differs = (6..12).any(|s| answer(&cfg(s), &u).unwrap() != answer(&cfg(5), &u).unwrap());
+        assert!(differs);
+    }
+}

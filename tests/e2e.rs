@@ -1,0 +1,343 @@
+//! End-to-end tests of `gymforge run` on the embedded default: the real binary, the simulated
+//! teacher and the Hub mirror on loopback, generated code in the bubblewrap sandbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gymforge::config::Config;
+use gymforge_actors::ports::{Mount, Sandbox, SandboxJob};
+use serde::Deserialize;
+
+fn gymforge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gymforge"));
+    cmd.env("RUST_LOG", "warn").env_remove("RUST_BACKTRACE");
+    cmd
+}
+
+fn run_to_end(out: &Path, extra: &[&str]) -> String {
+    let output = gymforge()
+        .args(["run", "--out"])
+        .arg(out)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("gymforge runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "gymforge run failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// MLGym's TaskConfig fields; an unknown key fails to load, as in MLGym's own loader.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TaskConfig {
+    id: String,
+    name: String,
+    description: String,
+    #[serde(default)]
+    dataset_configs: Vec<String>,
+    #[serde(default)]
+    task_entrypoint: Option<String>,
+    #[serde(default)]
+    training_timeout: Option<u64>,
+    #[serde(default)]
+    requirements_path: Option<String>,
+    #[serde(default)]
+    use_generic_conda: Option<bool>,
+    #[serde(default)]
+    starter_code: Vec<String>,
+    #[serde(default)]
+    baseline_paths: Vec<String>,
+    #[serde(default)]
+    baseline_scores: Vec<BTreeMap<String, f64>>,
+    #[serde(default)]
+    sample_submission: Option<String>,
+    #[serde(default)]
+    evaluation_paths: Vec<String>,
+    #[serde(default)]
+    evaluation_read_only: Option<bool>,
+    #[serde(default)]
+    secret_files: Vec<String>,
+    #[serde(default)]
+    memory_path: Option<String>,
+    #[serde(default)]
+    benchmark_name: Option<String>,
+}
+
+/// MLGym's DatasetConfig fields.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct DatasetConfig {
+    name: String,
+    description: String,
+    data_path: String,
+    #[serde(default)]
+    is_local: Option<bool>,
+    #[serde(default)]
+    train_split: Option<serde_json::Value>,
+    #[serde(default)]
+    valid_split: Option<serde_json::Value>,
+    #[serde(default)]
+    test_split: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Step {
+    action: String,
+    observation: String,
+    response: String,
+    state: String,
+    thought: String,
+    execution_time: f64,
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn traj_files(out: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for run in std::fs::read_dir(out.join("trajectories")).unwrap() {
+        for f in std::fs::read_dir(run.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|x| x == "traj") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Python's own `str.format(dataset_docs=...)` on the description.
+fn python_formats(description: &str) -> bool {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), description).unwrap();
+    Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; open(sys.argv[1]).read().format(dataset_docs='DOCS')"])
+        .arg(file.path())
+        .status()
+        .unwrap()
+        .success()
+}
+
+async fn sandbox() -> gymforge::sandbox::BwrapSandbox {
+    let config = Config::embedded();
+    let (_, sandbox) = gymforge::run::sandbox(&config, &|_| {}).await.expect("sandbox works");
+    std::sync::Arc::try_unwrap(sandbox).ok().expect("sole owner")
+}
+
+/// Copies an exported task's starter code and data into a fresh workspace, runs the baseline
+/// and the evaluation there (in the sandbox), and returns the scores evaluate.py printed.
+async fn rerun_exported_baseline(sandbox: &gymforge::sandbox::BwrapSandbox, task_dir: &Path) -> BTreeMap<String, f64> {
+    let ws = tempfile::tempdir().unwrap();
+    copy_tree(task_dir, ws.path());
+    let job = |command: &str| SandboxJob {
+        label: "e2e baseline".into(),
+        workdir: ws.path().to_path_buf(),
+        workdir_inside: "/home/agent/workspace".into(),
+        mounts: Vec::<Mount>::new(),
+        command: vec!["bash".into(), "-c".into(), command.into()],
+        timeout: Duration::from_secs(600),
+    };
+    let out = sandbox.run(job("python baseline.py")).await.unwrap();
+    assert!(out.success(), "baseline failed: {}", out.stderr);
+    let out = sandbox.run(job("python evaluate.py --submission_file submission.csv")).await.unwrap();
+    assert!(out.success(), "evaluate failed: {}", out.stderr);
+    assert!(out.stderr.trim().is_empty(), "evaluate wrote to stderr: {}", out.stderr);
+    let value: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("exactly one JSON object");
+    serde_json::from_value(value).expect("a JSON object of numbers")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn count_code_blocks(text: &str) -> usize {
+    text.lines().filter(|l| l.trim_start().starts_with("```")).count() / 2
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
+    let out = tempfile::tempdir().unwrap();
+    let stdout = run_to_end(out.path(), &["--tasks", "3", "--rollouts", "2"]);
+    assert!(stdout.contains("simulated"), "the summary says the teacher is simulated:\n{stdout}");
+
+    // Tasks: MLGym loads them, the description survives str.format, the data is local.
+    let tasks = yaml_files(&out.path().join("mlgym/configs/tasks"));
+    assert_eq!(tasks.len(), 3, "three accepted tasks");
+    let sandbox = sandbox().await;
+    let mut datasets = BTreeSet::new();
+    for path in &tasks {
+        let task: TaskConfig = serde_norway::from_str(&std::fs::read_to_string(path).unwrap())
+            .unwrap_or_else(|e| panic!("{} does not load as an MLGym TaskConfig: {e}", path.display()));
+        assert!(python_formats(&task.description), "{}: description breaks str.format", task.id);
+        assert_eq!(task.dataset_configs.len(), 1);
+        let dataset_path = out.path().join("mlgym/configs").join(&task.dataset_configs[0]);
+        let dataset: DatasetConfig = serde_norway::from_str(&std::fs::read_to_string(&dataset_path).unwrap())
+            .unwrap_or_else(|e| panic!("{} does not load as an MLGym DatasetConfig: {e}", dataset_path.display()));
+        assert_eq!(dataset.is_local, Some(true));
+        datasets.insert(dataset.name.clone());
+        for starter in &task.starter_code {
+            assert!(out.path().join("mlgym").join(starter).is_file(), "starter file {starter} exists");
+        }
+        assert!(out.path().join("mlgym").join(&dataset.data_path).join("train.csv").is_file());
+        // The baseline, rerun in a copy of the workspace, reproduces the recorded score.
+        let recorded = &task.baseline_scores[0];
+        let task_dir = out.path().join("mlgym/data").join(&task.id);
+        let scores = rerun_exported_baseline(&sandbox, &task_dir).await;
+        assert_eq!(scores.keys().collect::<Vec<_>>(), recorded.keys().collect::<Vec<_>>());
+        for (k, v) in recorded {
+            assert!((scores[k] - v).abs() <= 1e-6 * v.abs().max(1.0), "{}: {k} {} vs recorded {v}", task.id, scores[k]);
+        }
+    }
+
+    // tasks.json carries the metric spec and provenance.
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("mlgym/tasks.json")).unwrap()).unwrap();
+    assert_eq!(index.as_array().unwrap().len(), 3);
+
+    // Trajectories: every step has MLGym's fields; every assistant turn holds one command.
+    let trajs = traj_files(out.path());
+    assert_eq!(trajs.len(), 6, "two rollouts for each of three tasks");
+    let mut kept_per_task: BTreeMap<String, usize> = BTreeMap::new();
+    for path in &trajs {
+        let traj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let steps: Vec<Step> = serde_json::from_value(traj["trajectory"].clone()).expect("steps have MLGym's fields");
+        assert!(!steps.is_empty());
+        for step in &steps {
+            serde_json::from_str::<serde_json::Value>(&step.state).expect("state is a JSON string");
+        }
+        for item in traj["history"].as_array().unwrap() {
+            if item["role"] == "assistant" {
+                assert_eq!(count_code_blocks(item["content"].as_str().unwrap()), 1, "one code block per assistant turn");
+            }
+        }
+        assert!(path.with_file_name("results.json").is_file());
+        if !traj["info"]["score"].as_array().unwrap().is_empty() {
+            let task = path.file_stem().unwrap().to_string_lossy().to_string();
+            *kept_per_task.entry(task).or_default() += 1;
+        }
+    }
+
+    // SFT: at least one kept trajectory per task; conversations start with the system message
+    // and end with an assistant turn.
+    let sft = std::fs::read_to_string(out.path().join("sft/train.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = sft.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut sft_tasks = BTreeSet::new();
+    for line in &lines {
+        let messages = line["messages"].as_array().unwrap();
+        assert_eq!(messages.first().unwrap()["role"], "system");
+        assert_eq!(messages.last().unwrap()["role"], "assistant");
+        sft_tasks.insert(line["meta"]["task_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(sft_tasks.len(), 3, "every task has a kept trajectory: {kept_per_task:?}");
+
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    assert!(report.is_object());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = gymforge()
+        .args(["run", "--tasks", "3", "--rollouts", "2", "--out"])
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until some tasks are accepted but the batch is not over, then kill without warning.
+    let db = out.path().join(".gymforge/state.db");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        if db.exists() {
+            let store = gymforge::store::SqliteStore::open(&db).unwrap();
+            let times = store.stage_result_times().unwrap();
+            if times.iter().any(|(_, stage, _)| stage == "export") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = gymforge::store::SqliteStore::open(&db).unwrap().stage_result_times().unwrap();
+    assert!(!out.path().join("report.json").exists(), "killed before the end");
+
+    run_to_end(out.path(), &["--tasks", "3", "--rollouts", "2"]);
+
+    let after: BTreeMap<(String, String), String> = gymforge::store::SqliteStore::open(&db)
+        .unwrap()
+        .stage_result_times()
+        .unwrap()
+        .into_iter()
+        .map(|(u, s, t)| ((u, s), t))
+        .collect();
+    for (unit, stage, time) in &before {
+        assert_eq!(after.get(&(unit.clone(), stage.clone())), Some(time), "{unit} {stage} was redone after the resume");
+    }
+    assert_eq!(yaml_files(&out.path().join("mlgym/configs/tasks")).len(), 3);
+    let trajs = traj_files(out.path());
+    assert_eq!(trajs.len(), 6, "exactly two rollouts per task, no duplicates: {trajs:?}");
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("mlgym/tasks.json")).unwrap()).unwrap();
+    let ids: BTreeSet<&str> = index.as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    // No temporary files left among the outputs.
+    let leftovers: Vec<PathBuf> = walk(out.path()).into_iter().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn panicking_stage_workers_are_restarted_and_the_batch_completes() {
+    let out = tempfile::tempdir().unwrap();
+    let config = out.path().join("faults.toml");
+    std::fs::write(&config, "[faults]\nworker_panic_rate = 0.35\nstages = [\"topic\", \"codegen\", \"rollout\"]\n\n[run]\nmax_attempts = 6\n").unwrap();
+    let results = out.path().join("results");
+    run_to_end(&results, &["--config", config.to_str().unwrap(), "--tasks", "2", "--rollouts", "1"]);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("report.json")).unwrap()).unwrap();
+    let restarts = report["events"]["by_kind"]["worker_restart"].as_u64().unwrap_or(0);
+    assert!(restarts > 0, "faults were injected: {report}");
+    assert_eq!(yaml_files(&results.join("mlgym/configs/tasks")).len(), 2);
+    assert_eq!(traj_files(&results).len(), 2);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == ".gymforge") {
+            continue;
+        }
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

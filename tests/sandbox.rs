@@ -1,0 +1,328 @@
+//! The bubblewrap sandbox against the real Python environment: what a job can do, and what it
+//! cannot (network, host files, other jobs, the parent's environment, running forever, flooding
+//! output).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use gymforge::config::{Config, PYTHON_REQUIREMENTS, SandboxConfig};
+use gymforge::sandbox::{BwrapSandbox, PythonEnv};
+use gymforge_actors::ports::{JobOutput, Mount, Sandbox, SandboxJob};
+
+const INSIDE: &str = "/home/agent/workspace";
+
+fn config() -> SandboxConfig {
+    Config::embedded().sandbox
+}
+
+/// The provisioned environment (the first call in any process builds it; the file lock makes
+/// concurrent tests wait for one build).
+fn env() -> PythonEnv {
+    static ENV: OnceLock<PythonEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        // Set before any job starts; `parent_environment_does_not_leak` looks for it.
+        // SAFETY: every test reaches this point before it starts threads or processes of its
+        // own, and the standard library serialises its own environment accesses.
+        unsafe { std::env::set_var("GYMFORGE_TEST_SECRET", "sk-must-not-leak") };
+        PythonEnv::ensure(&config(), PYTHON_REQUIREMENTS, &|_| {})
+            .unwrap_or_else(|e| panic!("provisioning the Python environment failed: {e:#}"))
+    })
+    .clone()
+}
+
+fn sandbox() -> BwrapSandbox {
+    let env = tokio::task::block_in_place(env);
+    BwrapSandbox::new(&config(), env).expect("bwrap is available")
+}
+
+fn job(workdir: &Path, command: &[&str], timeout_secs: u64) -> SandboxJob {
+    SandboxJob {
+        label: format!("test {}", command.join(" ")),
+        workdir: workdir.to_path_buf(),
+        workdir_inside: INSIDE.to_string(),
+        mounts: Vec::new(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        timeout: Duration::from_secs(timeout_secs),
+    }
+}
+
+fn python(workdir: &Path, code: &str) -> SandboxJob {
+    job(workdir, &["python", "-c", code], 120)
+}
+
+async fn run(sb: &BwrapSandbox, job: SandboxJob) -> JobOutput {
+    sb.run(job).await.unwrap_or_else(|e| panic!("the sandbox itself failed: {e}"))
+}
+
+fn describe(out: &JobOutput) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status_line(),
+        out.stdout,
+        out.stderr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_succeeds() {
+    sandbox().probe().await.expect("the probe passes on this machine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_prints_writes_and_imports_the_stack() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let code = "import numpy, pandas, sklearn, pyarrow, os\n\
+                print('hello from', os.getcwd())\n\
+                open('result.txt', 'w').write('written')\n\
+                print('numpy', numpy.__version__)";
+    let out = run(&sb, python(work.path(), code)).await;
+    assert!(out.success(), "{}", describe(&out));
+    assert!(out.stdout.contains(&format!("hello from {INSIDE}")), "{}", describe(&out));
+    assert!(out.stdout.contains("numpy "), "{}", describe(&out));
+    assert!(!out.timed_out && !out.output_truncated);
+    assert_eq!(std::fs::read_to_string(work.path().join("result.txt")).unwrap(), "written");
+    assert!(out.elapsed_secs > 0.0 && out.elapsed_secs < 120.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_failures_are_outputs_not_errors() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let out = run(&sb, python(work.path(), "import sys; print('oops', file=sys.stderr); sys.exit(3)")).await;
+    assert_eq!(out.exit_code, Some(3), "{}", describe(&out));
+    assert_eq!(out.stderr.trim(), "oops");
+    let out = run(&sb, job(work.path(), &["no-such-command"], 30)).await;
+    assert!(!out.success(), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_capabilities_and_unprivileged() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let code = "import os\n\
+                caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff:')]\n\
+                print(caps[0])";
+    let out = run(&sb, python(work.path(), code)).await;
+    assert!(out.success(), "{}", describe(&out));
+    assert_eq!(out.stdout.trim(), "0000000000000000", "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_network() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\n\
+         s = socket.socket()\n\
+         s.settimeout(5)\n\
+         try:\n    s.connect(('127.0.0.1', {port}))\n    print('CONNECTED')\n\
+         except OSError as e:\n    print('refused', e)\n"
+    );
+    let out = run(&sb, python(work.path(), &code)).await;
+    assert!(out.success(), "{}", describe(&out));
+    assert!(out.stdout.contains("refused"), "{}", describe(&out));
+    assert!(!out.stdout.contains("CONNECTED"), "{}", describe(&out));
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the listener saw a connection: {other:?}"),
+    }
+    // Outside hosts are unreachable too.
+    let out = run(
+        &sb,
+        python(
+            work.path(),
+            "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=5)\n    print('CONNECTED')\nexcept OSError as e:\n    print('unreachable', e)",
+        ),
+    )
+    .await;
+    assert!(out.stdout.contains("unreachable"), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_files_and_other_jobs_are_out_of_reach() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let secret = other.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+
+    // Another job's workdir holds a file the first job must not see.
+    let neighbour = tempfile::tempdir().unwrap();
+    let out = run(&sb, python(neighbour.path(), "open('neighbour.txt', 'w').write('mine')")).await;
+    assert!(out.success(), "{}", describe(&out));
+
+    let code = format!(
+        "import os\n\
+         def probe(path):\n\
+         \x20   try:\n\
+         \x20       with open(path) as f:\n\
+         \x20           return 'READ ' + f.read(20)\n\
+         \x20   except OSError as e:\n\
+         \x20       return 'denied ' + type(e).__name__\n\
+         print('secret', probe({secret:?}))\n\
+         print('root', probe('/root/.bashrc'), os.path.exists('/root'))\n\
+         print('shadow', probe('/etc/shadow'))\n\
+         print('neighbour', probe({neighbour:?}))\n\
+         try:\n\
+         \x20   open('/usr/gymforge-test', 'w')\n\
+         \x20   print('usr WRITABLE')\n\
+         except OSError as e:\n\
+         \x20   print('usr denied', type(e).__name__)\n\
+         print('entries', sorted(os.listdir('.')))\n",
+        secret = secret.to_string_lossy(),
+        neighbour = neighbour.path().join("neighbour.txt").to_string_lossy(),
+    );
+    let out = run(&sb, python(work.path(), &code)).await;
+    assert!(out.success(), "{}", describe(&out));
+    let text = &out.stdout;
+    assert!(!text.contains("READ"), "{}", describe(&out));
+    assert!(!text.contains("WRITABLE"), "{}", describe(&out));
+    assert!(text.contains("secret denied"), "{}", describe(&out));
+    assert!(text.contains("root denied"), "{}", describe(&out));
+    assert!(text.contains("neighbour denied"), "{}", describe(&out));
+    assert!(text.contains("usr denied"), "{}", describe(&out));
+    assert!(text.contains("entries []"), "{}", describe(&out));
+    assert!(!Path::new("/usr/gymforge-test").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parent_environment_does_not_leak() {
+    let sb = sandbox();
+    assert_eq!(std::env::var("GYMFORGE_TEST_SECRET").as_deref(), Ok("sk-must-not-leak"));
+    let work = tempfile::tempdir().unwrap();
+    let out = run(&sb, job(work.path(), &["sh", "-c", "env; cat /proc/1/environ 2>/dev/null"], 60)).await;
+    assert!(out.success(), "{}", describe(&out));
+    assert!(!out.stdout.contains("sk-must-not-leak"), "{}", describe(&out));
+    assert!(!out.stdout.contains("GYMFORGE_TEST_SECRET"), "{}", describe(&out));
+    assert!(out.stdout.contains(&format!("HOME={INSIDE}")), "{}", describe(&out));
+    assert!(out.stdout.contains("OMP_NUM_THREADS=1"), "{}", describe(&out));
+}
+
+/// Processes whose command line is exactly `sleep 1000`.
+fn sleepers() -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if cmdline == b"sleep\x001000\x00" {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Waits (generously) for the kernel to finish tearing a killed sandbox down.
+async fn no_sleepers_left() -> Vec<u32> {
+    for _ in 0..50 {
+        let left = sleepers();
+        if left.is_empty() {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sleepers()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_kills_the_whole_job() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    for command in [&["sleep", "1000"][..], &["sh", "-c", "sleep 1000 & sleep 1000"][..]] {
+        let started = std::time::Instant::now();
+        let out = run(&sb, job(work.path(), command, 2)).await;
+        assert!(out.timed_out, "{command:?}: {}", describe(&out));
+        assert!(!out.success());
+        assert!(out.elapsed_secs >= 1.9, "{command:?}: {}", describe(&out));
+        assert!(started.elapsed() < Duration::from_secs(60), "{command:?} took {:?}", started.elapsed());
+        let left = no_sleepers_left().await;
+        assert!(left.is_empty(), "{command:?}: `sleep 1000` survived as {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_capped() {
+    let sb = sandbox();
+    let cap = config().max_output_bytes;
+    let work = tempfile::tempdir().unwrap();
+    let code = "import sys\n\
+                chunk = 'x' * 1024 * 1024\n\
+                for _ in range(50):\n    sys.stdout.write(chunk)\n\
+                sys.stderr.write('e' * 3 * 1024 * 1024)\n\
+                print('done', file=sys.stderr)";
+    let out = run(&sb, python(work.path(), code)).await;
+    assert_eq!(out.exit_code, Some(0), "{}", out.status_line());
+    assert!(out.output_truncated);
+    assert_eq!(out.stdout.len(), cap);
+    assert_eq!(out.stderr.len(), cap);
+    assert!(out.stderr.bytes().all(|b| b == b'e'));
+
+    let out = run(&sb, python(work.path(), "print('small')")).await;
+    assert!(!out.output_truncated);
+    assert_eq!(out.stdout, "small\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_are_read_only_or_writable_as_asked() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("train.csv"), "a,b\n1,2\n").unwrap();
+    // tempdirs are private to their owner; the sandbox user needs to read this one.
+    set_mode(data.path(), 0o755);
+    set_mode(&data.path().join("train.csv"), 0o644);
+    let out_dir = tempfile::tempdir().unwrap();
+
+    let mut j = python(
+        work.path(),
+        "import os\n\
+         print('data', open('data/train.csv').read().splitlines()[1])\n\
+         try:\n    open('data/new.txt', 'w')\n    print('data WRITABLE')\n\
+         except OSError as e:\n    print('data read-only', type(e).__name__)\n\
+         open('/output/model.txt', 'w').write('weights')\n\
+         print('output ok')",
+    );
+    j.mounts = vec![
+        Mount { host: data.path().to_path_buf(), inside: format!("{INSIDE}/data"), writable: false },
+        Mount { host: out_dir.path().to_path_buf(), inside: "/output".to_string(), writable: true },
+    ];
+    let out = run(&sb, j).await;
+    assert!(out.success(), "{}", describe(&out));
+    assert!(out.stdout.contains("data 1,2"), "{}", describe(&out));
+    assert!(out.stdout.contains("data read-only"), "{}", describe(&out));
+    assert!(out.stdout.contains("output ok"), "{}", describe(&out));
+    assert!(!data.path().join("new.txt").exists());
+    assert_eq!(std::fs::read_to_string(out_dir.path().join("model.txt")).unwrap(), "weights");
+    // The mountpoint was created in the work directory on the host, empty.
+    assert!(work.path().join("data").is_dir());
+    assert!(!work.path().join("data/train.csv").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_jobs_are_sandbox_errors() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let mut j = python(work.path(), "print(1)");
+    j.mounts = vec![Mount {
+        host: PathBuf::from("/nonexistent/gymforge"),
+        inside: "/data".to_string(),
+        writable: false,
+    }];
+    let err = sb.run(j).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("/nonexistent/gymforge"), "{err}");
+
+    let mut j = python(work.path(), "print(1)");
+    j.workdir_inside = "/usr/local/work".to_string();
+    assert!(sb.run(j).await.is_err());
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}

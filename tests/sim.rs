@@ -1,0 +1,603 @@
+//! The simulated teacher against real Python: its task bundles run, pass the pipeline's own
+//! checks, its injected bugs fail and its repairs pass, its agent solves the tasks, and its
+//! HTTP server speaks the OpenAI protocol.
+//!
+//! The Python environment is the sandbox's ([`PythonEnv::ensure`], provisioned on first use);
+//! the scripts run directly with its interpreter. The raw data is made here from
+//! scikit-learn's bundled datasets, with the Hub mirror's layout and column naming.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use gymforge::config::{Config, PYTHON_REQUIREMENTS, SimConfig};
+use gymforge::sandbox::PythonEnv;
+use gymforge::sim::{self, Bug};
+use gymforge_actors::agent::{COMMAND_DOCS, format_error, parse_action};
+use gymforge_actors::model::{AcceptedTask, DatasetMeta, Feature, ParquetFile, TaskBundle, TopicIdea, TopicSample};
+use gymforge_actors::paths::{PreparedTask, WORKSPACE};
+use gymforge_actors::ports::{JobOutput, PortError, Sandbox, SandboxJob};
+use gymforge_actors::template::render;
+use gymforge_actors::validate::{Failure, TaskCheck, check_bundle, evaluate_submission, format_scores, parse_scores};
+
+// ---------------------------------------------------------------------------------------------
+// Python and data
+
+fn python_env() -> &'static PythonEnv {
+    static ENV: OnceLock<PythonEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        PythonEnv::ensure(&Config::embedded().sandbox, PYTHON_REQUIREMENTS, &|_| {}).expect("the sandbox's Python environment")
+    })
+}
+
+/// PATH with the environment's interpreter first.
+fn python_path() -> String {
+    let bin = python_env().dir.join("bin");
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+}
+
+/// Writes `<out>/<name>/train/0000.parquet` for each scikit-learn dataset, as the Hub mirror
+/// lays it out, and prints its features.
+const MAKE_RAW: &str = r#"
+import json, os, re, sys
+import numpy as np
+import pandas as pd
+from sklearn import datasets
+
+def sanitise(name):
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+
+out, names = sys.argv[1], sys.argv[2:]
+facts = {}
+for name in names:
+    bunch = getattr(datasets, "load_" + name)(as_frame=True, **({"scaled": False} if name == "diabetes" else {}))
+    columns = [sanitise(f) for f in bunch.feature_names]
+    data = pd.DataFrame({c: bunch.frame[f].to_numpy() for c, f in zip(columns, bunch.feature_names)})
+    features = [{"name": c, "dtype": str(data[c].dtype)} for c in columns]
+    if name == "diabetes":
+        data["target"] = np.asarray(bunch.target, dtype=np.float64)
+        features.append({"name": "target", "dtype": "float64"})
+    else:
+        data["target"] = np.asarray(bunch.target, dtype=np.int64)
+        features.append({"name": "target", "dtype": "int64", "class_names": [str(c) for c in bunch.target_names]})
+    os.makedirs(os.path.join(out, name, "train"), exist_ok=True)
+    data.to_parquet(os.path.join(out, name, "train", "0000.parquet"), index=False)
+    facts[name] = {"features": features, "rows": len(data)}
+print(json.dumps(facts))
+"#;
+
+/// One dataset made for a test: its raw directory and the verified metadata.
+struct RawDataset {
+    raw_dir: PathBuf,
+    meta: DatasetMeta,
+}
+
+fn make_raw(dir: &Path, names: &[&str]) -> BTreeMap<String, RawDataset> {
+    let out = std::process::Command::new(python_env().python())
+        .arg("-c")
+        .arg(MAKE_RAW)
+        .arg(dir)
+        .args(names)
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "making the raw data failed: {}", String::from_utf8_lossy(&out.stderr));
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("facts JSON");
+    names
+        .iter()
+        .map(|name| {
+            let f = &facts[*name];
+            let features: Vec<Feature> = serde_json::from_value(f["features"].clone()).unwrap();
+            let rows = f["rows"].as_u64().unwrap();
+            let raw_dir = dir.join(name);
+            let size = std::fs::metadata(raw_dir.join("train/0000.parquet")).unwrap().len();
+            let meta = DatasetMeta {
+                id: format!("sklearn/{name}"),
+                revision: "0".repeat(40),
+                config: "default".into(),
+                splits: vec!["train".into()],
+                features,
+                num_rows: BTreeMap::from([("train".to_string(), rows)]),
+                num_bytes_parquet: size,
+                description: format!("scikit-learn's bundled {name} dataset."),
+                parquet_files: vec![ParquetFile { split: "train".into(), url: "mirror".into(), filename: "0000.parquet".into(), size }],
+            };
+            (name.to_string(), RawDataset { raw_dir, meta })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompts, rendered like the pipeline renders them
+
+fn prompt(name: &str) -> String {
+    let path = format!("{}/config/prompts/{name}.md", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+fn idea(title: &str, task_type: &str, twist: &str) -> TopicIdea {
+    TopicIdea {
+        sample: TopicSample { domain: "botany".into(), task_type: task_type.into(), modality: "tabular".into(), twist: twist.into() },
+        title: title.into(),
+        idea: "A challenge idea.".into(),
+    }
+}
+
+fn codegen_messages(idea: &TopicIdea, meta: &DatasetMeta) -> Vec<(String, String)> {
+    let mut meta_json = serde_json::to_value(meta).unwrap();
+    meta_json.as_object_mut().unwrap().remove("parquet_files");
+    let user = render(
+        &prompt("codegen_user"),
+        &[
+            ("idea_json", &serde_json::to_string_pretty(idea).unwrap()),
+            ("dataset_json", &serde_json::to_string_pretty(&meta_json).unwrap()),
+            ("raw_files", "- raw/train/0000.parquet"),
+        ],
+    )
+    .unwrap();
+    vec![("system".into(), prompt("codegen_system")), ("user".into(), user)]
+}
+
+fn debug_messages(codegen: &[(String, String)], bundle: &TaskBundle, failure: &Failure) -> Vec<(String, String)> {
+    let user = render(
+        &prompt("debug_user"),
+        &[
+            ("step", &failure.step),
+            ("problem", &failure.problem),
+            ("output", &failure.output),
+            ("bundle_json", &serde_json::to_string_pretty(bundle).unwrap()),
+        ],
+    )
+    .unwrap();
+    let mut messages = codegen.to_vec();
+    messages.push(("assistant".into(), serde_json::to_string(bundle).unwrap()));
+    messages.push(("user".into(), user));
+    messages
+}
+
+fn sim_cfg(seed: u64, buggy_draft_rate: f64) -> SimConfig {
+    SimConfig { seed, latency_ms: 0, buggy_draft_rate }
+}
+
+fn bundle_from(answer: &str) -> TaskBundle {
+    gymforge_actors::json::extract(answer).expect("the answer is a task bundle")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running scripts without a sandbox
+
+/// The sandbox port with no isolation: mounts are copied into the working directory and the
+/// command runs with the environment's Python first on PATH.
+struct DirectSandbox;
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for DirectSandbox {
+    async fn run(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
+        for mount in &job.mounts {
+            let relative = mount.inside.strip_prefix(&format!("{}/", job.workdir_inside)).expect("mount inside the workdir");
+            copy_tree(&mount.host, &job.workdir.join(relative));
+        }
+        let started = Instant::now();
+        let mut command = tokio::process::Command::new(&job.command[0]);
+        command
+            .args(&job.command[1..])
+            .current_dir(&job.workdir)
+            .env("PATH", python_path())
+            .env("OMP_NUM_THREADS", "1")
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(job.timeout, command.output()).await {
+            Ok(out) => out.map_err(|e| PortError::Permanent(format!("cannot run {:?}: {e}", job.command)))?,
+            Err(_) => {
+                return Ok(JobOutput { timed_out: true, elapsed_secs: started.elapsed().as_secs_f64(), ..Default::default() });
+            }
+        };
+        Ok(JobOutput {
+            exit_code: out.status.code(),
+            signal: None,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            timed_out: false,
+            output_truncated: false,
+            elapsed_secs: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Runs the pipeline's task checks on a bundle.
+async fn check(bundle: &TaskBundle, raw_dir: &Path, work_dir: &Path) -> (Option<Failure>, Option<gymforge_actors::validate::Passed>) {
+    let c = TaskCheck {
+        sandbox: &DirectSandbox,
+        bundle,
+        raw_dir,
+        work_dir,
+        prepare_timeout: Duration::from_secs(300),
+        label: "sim test".into(),
+    };
+    let (report, passed) = check_bundle(&c).await.expect("the checks run");
+    (report.failure, passed)
+}
+
+fn run_python(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(python_env().python()).args(args).current_dir(dir).env("OMP_NUM_THREADS", "1").output().expect("python runs")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+const ALL_DATASETS: [&str; 5] = ["iris", "wine", "breast_cancer", "digits", "diabetes"];
+
+fn task_type(dataset: &str) -> &'static str {
+    if dataset == "diabetes" { "regression" } else { "classification" }
+}
+
+/// Every mirror dataset: prepare.py, baseline.py and evaluate.py run in a plain directory, and
+/// evaluate prints exactly one JSON object of finite, non-negative metrics.
+#[test]
+fn clean_bundles_run_for_every_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = make_raw(&tmp.path().join("raw"), &ALL_DATASETS);
+    for name in ALL_DATASETS {
+        let d = &raw[name];
+        let answer = sim::answer(&sim_cfg(7, 0.0), &codegen_messages(&idea(&format!("{name} challenge"), task_type(name), "none"), &d.meta)).unwrap();
+        let bundle = bundle_from(&answer);
+        let dir = tmp.path().join(format!("task-{name}"));
+        copy_tree(&d.raw_dir, &dir.join("raw"));
+        for (file, source) in &bundle.files {
+            std::fs::write(dir.join(file), source).unwrap();
+        }
+        for script in ["prepare.py", "baseline.py"] {
+            let out = run_python(&dir, &[script]);
+            assert!(out.status.success(), "{name}: {script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let test_header = std::fs::read_to_string(dir.join("data/test.csv")).unwrap().lines().next().unwrap().to_string();
+        assert!(test_header.starts_with("id,") && !test_header.split(',').any(|c| c == "target"), "{name}: {test_header}");
+        let out = run_python(&dir, &["evaluate.py", "--submission_file", "submission.csv"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && out.stderr.is_empty(), "{name}: evaluate failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.trim().lines().count(), 1, "{name}: {stdout}");
+        let scores: BTreeMap<String, f64> = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        let keys: Vec<&String> = scores.keys().collect();
+        let mut declared: Vec<&String> = bundle.metrics.iter().collect();
+        declared.sort();
+        assert_eq!(keys, declared, "{name}");
+        assert!(scores.values().all(|v| v.is_finite() && *v >= 0.0), "{name}: {scores:?}");
+        if name == "diabetes" {
+            assert!(scores["rmse"] > 10.0 && scores["rmse"] < 100.0, "{scores:?}");
+        } else {
+            assert!(scores["accuracy"] > 0.8, "{name}: {scores:?}");
+        }
+    }
+}
+
+/// Every twist, for classification and regression, passes the pipeline's own task checks
+/// (leak check, reproducibility, baseline beats the naive submission, wrong shape rejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_twist_passes_the_task_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = make_raw(&tmp.path().join("raw"), &["iris", "diabetes"]);
+    let twists = ["none", "few labels", "class imbalance", "noisy labels", "compute budget"];
+    for name in ["iris", "diabetes"] {
+        for twist in twists {
+            if name == "diabetes" && twist == "none" {
+                continue; // covered by clean_bundles_run_for_every_dataset
+            }
+            let d = &raw[name];
+            let answer = sim::answer(&sim_cfg(11, 0.0), &codegen_messages(&idea("Twisted", task_type(name), twist), &d.meta)).unwrap();
+            let bundle = bundle_from(&answer);
+            let work = tmp.path().join(format!("check-{name}-{}", twist.replace(' ', "-")));
+            let (failure, passed) = check(&bundle, &d.raw_dir, &work).await;
+            assert!(failure.is_none(), "{name} / {twist}: {failure:#?}");
+            let passed = passed.unwrap();
+            assert!(passed.baseline_scores.values().all(|v| v.is_finite() && *v >= 0.0));
+            if twist == "few labels" {
+                let train = std::fs::read_to_string(passed.prepared.public_data().join("train.csv")).unwrap();
+                let unlabelled = train.lines().skip(1).filter(|l| l.ends_with(',')).count();
+                let rows = train.lines().count() - 1;
+                assert!(unlabelled * 2 > rows, "{name}: {unlabelled} of {rows} unlabelled");
+            }
+        }
+    }
+}
+
+fn seed_with_bug(bug: Bug, title: &str) -> u64 {
+    (0..10_000).find(|&s| sim::draft_bug(&sim_cfg(s, 1.0), title) == Some(bug)).expect("a seed for every bug")
+}
+
+/// Each bug of the catalogue makes the first draft fail the checks, and the simulated debug
+/// answer, built from the real failing output, passes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_injected_bug_fails_and_its_repair_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = make_raw(&tmp.path().join("raw"), &ALL_DATASETS);
+    for (i, bug) in Bug::ALL.into_iter().enumerate() {
+        let name = ALL_DATASETS[i % ALL_DATASETS.len()];
+        let d = &raw[name];
+        let title = format!("Challenge with {}", bug.as_str());
+        let cfg = sim_cfg(seed_with_bug(bug, &title), 1.0);
+        let codegen = codegen_messages(&idea(&title, task_type(name), "none"), &d.meta);
+        let draft = bundle_from(&sim::answer(&cfg, &codegen).unwrap());
+
+        let (failure, passed) = check(&draft, &d.raw_dir, &tmp.path().join(format!("{name}-draft"))).await;
+        assert!(passed.is_none(), "{name}: the draft with {bug:?} passed");
+        let failure = failure.unwrap();
+        let expected_reason = match bug {
+            Bug::MisspelledColumn => "prepare_failed",
+            Bug::MissingNumpyImport => "baseline_failed",
+            Bug::ExtraEvaluateOutput => "eval_format",
+            Bug::TargetInTestFile => "leak",
+            Bug::WrongAnswersPath => "eval_failed",
+        };
+        assert_eq!(failure.reason, expected_reason, "{bug:?}: {failure:#?}");
+
+        let fixed = bundle_from(&sim::answer(&cfg, &debug_messages(&codegen, &draft, &failure)).unwrap());
+        assert_ne!(fixed, draft, "{bug:?}: the debug answer changed nothing");
+        let clean = bundle_from(&sim::answer(&sim_cfg(cfg.seed, 0.0), &codegen).unwrap());
+        assert_eq!(fixed, clean, "{bug:?}: the repair differs from the clean bundle");
+        let (failure, passed) = check(&fixed, &d.raw_dir, &tmp.path().join(format!("{name}-fixed"))).await;
+        assert!(passed.is_some(), "{bug:?}: the repaired bundle fails: {failure:#?}");
+    }
+}
+
+/// A failure the simulator does not recognise gets the bundle back unchanged.
+#[test]
+fn unrecognised_failures_are_not_fixed() {
+    let meta = DatasetMeta {
+        id: "sklearn/iris".into(),
+        revision: "0".into(),
+        config: "default".into(),
+        splits: vec!["train".into()],
+        features: vec![
+            Feature { name: "sepal_length_cm".into(), dtype: "float64".into(), class_names: None },
+            Feature { name: "target".into(), dtype: "int64".into(), class_names: Some(vec!["a".into(), "b".into()]) },
+        ],
+        num_rows: BTreeMap::from([("train".to_string(), 150)]),
+        num_bytes_parquet: 1,
+        description: String::new(),
+        parquet_files: vec![],
+    };
+    let codegen = codegen_messages(&idea("Iris", "classification", "none"), &meta);
+    let bundle = bundle_from(&sim::answer(&sim_cfg(1, 0.0), &codegen).unwrap());
+    let failure = Failure {
+        step: "baseline".into(),
+        reason: "baseline_not_reproducible".into(),
+        problem: "the baseline scored {'accuracy': 0.9} then {'accuracy': 0.8}: fix every random seed".into(),
+        output: String::new(),
+    };
+    let answer = bundle_from(&sim::answer(&sim_cfg(1, 0.0), &debug_messages(&codegen, &bundle, &failure)).unwrap());
+    assert_eq!(answer, bundle);
+}
+
+/// Runs one agent rollout the way the pipeline does, executing commands with bash in a real
+/// workspace; returns the actions and the scores of validate and submit.
+async fn rollout(seed: u64, task: &AcceptedTask, prepared: &PreparedTask, dir: &Path, max_steps: u32) -> (Vec<String>, Vec<String>, Vec<BTreeMap<String, f64>>) {
+    let workspace = dir.join("workspace");
+    copy_tree(&prepared.starter(), &workspace);
+    copy_tree(&prepared.public_data(), &workspace.join("data"));
+    let system = render(&prompt("agent_system"), &[("command_docs", COMMAND_DOCS), ("training_timeout", &task.bundle.training_timeout.to_string())]).unwrap();
+    let description = gymforge_actors::rollout::agent_description(task);
+    let footer = |step: u32| gymforge_actors::agent::footer(step, max_steps, WORKSPACE);
+    let first = render(&prompt("agent_task"), &[("description", &description), ("footer", &footer(0))]).unwrap();
+    let mut history: Vec<(String, String)> = vec![("system".into(), system), ("user".into(), first)];
+    let (mut actions, mut observations, mut scores) = (Vec::new(), Vec::new(), Vec::new());
+    let cfg = sim_cfg(seed, 0.0);
+    for step in 1..=max_steps {
+        let mut messages = history.clone();
+        let mut errors = 0;
+        let (response, action) = loop {
+            let reply = sim::answer(&cfg, &messages).unwrap();
+            match parse_action(&reply) {
+                Ok((_, action)) => break (reply, action),
+                Err(problem) => {
+                    errors += 1;
+                    assert!(errors < 3, "three malformed answers in a row");
+                    messages.push(("assistant".into(), reply));
+                    messages.push(("user".into(), format_error(&problem)));
+                }
+            }
+        };
+        history.push(("assistant".into(), response));
+        actions.push(action.trim().to_string());
+        let evaluate = |n: usize| {
+            let eval_dir = dir.join(format!("eval-{n}"));
+            let submission = workspace.join("submission.csv");
+            async move { evaluate_submission(&DirectSandbox, prepared, &submission, &eval_dir, Duration::from_secs(600), "eval").await.unwrap() }
+        };
+        let observation = match action.trim() {
+            "submit" => {
+                let out = evaluate(scores.len()).await;
+                scores.push(parse_scores(&out).expect("the submission scores"));
+                break;
+            }
+            "validate" => {
+                let out = evaluate(scores.len()).await;
+                match parse_scores(&out) {
+                    Ok(s) => {
+                        let text = format!(
+                            "Your code produced a valid submission artefact at {WORKSPACE}/submission.csv.\nBaseline Score: {}\nEvaluation Score: {}",
+                            format_scores(&task.baseline_scores),
+                            format_scores(&s)
+                        );
+                        scores.push(s);
+                        text
+                    }
+                    Err(e) => format!("Evaluation of your submission failed: {e}"),
+                }
+            }
+            command => {
+                let out = tokio::time::timeout(
+                    Duration::from_secs(600),
+                    tokio::process::Command::new("bash").arg("-c").arg(command).current_dir(&workspace).env("PATH", python_path()).env("OMP_NUM_THREADS", "1").output(),
+                )
+                .await
+                .expect("the command finishes")
+                .unwrap();
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                text.trim_end().to_string()
+            }
+        };
+        observations.push(observation.clone());
+        let body = if observation.trim().is_empty() { "Your command ran successfully and did not produce any output.".to_string() } else { observation };
+        history.push(("user".into(), render(&prompt("agent_next"), &[("observation", &body), ("footer", &footer(step))]).unwrap()));
+    }
+    (actions, observations, scores)
+}
+
+/// The simulated agent solves real tasks: its train.py runs, validates and beats or matches
+/// a sensible level, and the run ends with a scored submission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_solves_real_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = make_raw(&tmp.path().join("raw"), &["wine", "diabetes"]);
+    for name in ["wine", "diabetes"] {
+        let d = &raw[name];
+        let topic = idea(&format!("{name} agent task"), task_type(name), if name == "wine" { "class imbalance" } else { "few labels" });
+        let bundle = bundle_from(&sim::answer(&sim_cfg(5, 0.0), &codegen_messages(&topic, &d.meta)).unwrap());
+        let (failure, passed) = check(&bundle, &d.raw_dir, &tmp.path().join(format!("{name}-check"))).await;
+        let passed = passed.unwrap_or_else(|| panic!("{failure:#?}"));
+        let task = AcceptedTask {
+            task_id: format!("{}_t0001", bundle.name),
+            unit: "t0001".into(),
+            topic,
+            dataset: d.meta.clone(),
+            bundle,
+            baseline_scores: passed.baseline_scores.clone(),
+            rounds: 1,
+        };
+        let mut classes = std::collections::BTreeSet::new();
+        for seed in 0..3 {
+            let dir = tmp.path().join(format!("{name}-rollout-{seed}"));
+            let (actions, observations, scores) = rollout(seed, &task, &passed.prepared, &dir, 30).await;
+            assert_eq!(actions.last().map(String::as_str), Some("submit"), "{name}/{seed}: {actions:#?}");
+            for (action, observation) in actions.iter().zip(&observations) {
+                if action.starts_with("python") {
+                    assert!(!observation.contains("Traceback"), "{name}/{seed}: {action} crashed:\n{observation}");
+                }
+            }
+            for action in actions.iter().filter(|a| a.starts_with("cat << 'EOF' > train.py")) {
+                let model_line = action.lines().find(|l| l.trim_start().starts_with("model = ")).unwrap();
+                classes.insert(model_line.trim().split('(').next().unwrap().to_string());
+            }
+            let last = scores.last().expect("a scored submission");
+            let (metric, reasonable) = if name == "diabetes" { ("rmse", last["rmse"] < 80.0) } else { ("accuracy", last["accuracy"] > 0.7) };
+            assert!(reasonable, "{name}/{seed}: final {metric} {last:?}");
+        }
+        assert!(!classes.is_empty(), "{name}: the agent never wrote train.py");
+    }
+}
+
+/// The HTTP server: an OpenAI-shaped completion, the model list, the simulated-header on every
+/// response and an OpenAI-shaped error for unknown prompts.
+#[tokio::test]
+async fn the_server_speaks_openai() {
+    let cfg = SimConfig { seed: 3, latency_ms: 5, buggy_draft_rate: 0.5 };
+    let (addr, handle) = sim::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}/v1");
+    let topic_user = render(
+        &prompt("topic_user"),
+        &[("domain", "chemistry"), ("task_type", "classification"), ("modality", "tabular"), ("twist", "none"), ("taken", "(none yet)")],
+    )
+    .unwrap();
+    let body = serde_json::json!({
+        "model": "gymforge-sim-teacher",
+        "messages": [{"role": "system", "content": prompt("topic_system")}, {"role": "user", "content": topic_user}],
+        "max_tokens": 800, "temperature": 0.7, "top_p": 0.95, "seed": 42,
+        "response_format": {"type": "json_object"}, "some_extension": {"x": 1},
+    });
+    let response = client.post(format!("{base}/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gymforge-simulated"], "true");
+    let v: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["system_fingerprint"], "gymforge-simulated-teacher");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let idea: serde_json::Value = serde_json::from_str(content).unwrap();
+    assert!(idea["title"].is_string() && idea["idea"].is_string());
+    let usage = &v["usage"];
+    assert_eq!(usage["completion_tokens"].as_u64().unwrap(), content.chars().count().div_ceil(4) as u64);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+
+    // Deterministic: the same request, the same content; another seed, another idea.
+    let again: serde_json::Value = client.post(format!("{base}/chat/completions")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["choices"][0]["message"]["content"], v["choices"][0]["message"]["content"]);
+    let mut other_seed = body.clone();
+    let differs = {
+        let mut found = false;
+        for s in 0..5 {
+            other_seed["seed"] = serde_json::json!(s);
+            let o: serde_json::Value = client.post(format!("{base}/chat/completions")).json(&other_seed).send().await.unwrap().json().await.unwrap();
+            found |= o["choices"][0]["message"]["content"] != v["choices"][0]["message"]["content"];
+        }
+        found
+    };
+    assert!(differs);
+
+    let models = client.get(format!("{base}/models")).send().await.unwrap();
+    assert_eq!(models.headers()["x-gymforge-simulated"], "true");
+    let models: serde_json::Value = models.json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "gymforge-sim-teacher");
+    assert_eq!(models["data"][0]["owned_by"], "gymforge-simulated");
+
+    let unknown = serde_json::json!({"model": "x", "messages": [{"role": "user", "content": "Write me a poem."}]});
+    let response = client.post(format!("{base}/chat/completions")).json(&unknown).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-gymforge-simulated"], "true");
+    let err: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(err["error"]["message"], "the simulated teacher does not recognise this prompt");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+
+    let broken = client.post(format!("{base}/chat/completions")).body("{not json").send().await.unwrap();
+    assert_eq!(broken.status(), 400);
+    handle.abort();
+}
+
+/// Same seed and messages, same answer at every stage; another seed changes answers.
+#[test]
+fn answers_are_deterministic_per_seed() {
+    let meta = DatasetMeta {
+        id: "sklearn/wine".into(),
+        revision: "0".into(),
+        config: "default".into(),
+        splits: vec!["train".into()],
+        features: vec![
+            Feature { name: "alcohol".into(), dtype: "float64".into(), class_names: None },
+            Feature { name: "malic_acid".into(), dtype: "float64".into(), class_names: None },
+            Feature { name: "target".into(), dtype: "int64".into(), class_names: Some(vec!["class_0".into(), "class_1".into(), "class_2".into()]) },
+        ],
+        num_rows: BTreeMap::from([("train".to_string(), 178)]),
+        num_bytes_parquet: 1,
+        description: String::new(),
+        parquet_files: vec![],
+    };
+    let dataset_user = render(&prompt("dataset_user"), &[("title", "Wine Origin"), ("task_type", "classification"), ("idea", "x"), ("rejected", "(none)")]).unwrap();
+    let conversations = [
+        vec![("system".to_string(), prompt("dataset_system")), ("user".to_string(), dataset_user)],
+        codegen_messages(&idea("Wine Origin", "classification", "few labels"), &meta),
+    ];
+    for messages in &conversations {
+        let a = sim::answer(&sim_cfg(1, 0.5), messages).unwrap();
+        assert_eq!(a, sim::answer(&sim_cfg(1, 0.5), messages).unwrap());
+        let varies = (2..40).any(|s| sim::answer(&sim_cfg(s, 0.5), messages).unwrap() != a);
+        assert!(varies, "no seed changes the answer to {}", &messages[1].1[..40]);
+    }
+}

@@ -4,26 +4,32 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use gymforge_actors::Progress;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Shows setup status and pipeline progress until dropped.
+/// Shows setup status and pipeline progress until finished.
 pub struct Display {
     tty: bool,
+    bars: MultiProgress,
     status: ProgressBar,
+    tasks: ProgressBar,
+    rollouts: ProgressBar,
 }
 
 impl Display {
     pub fn new() -> Display {
         let tty = std::io::stderr().is_terminal();
-        let status = if tty {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        } else {
-            ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
-        };
-        Display { tty, status }
+        let bars = MultiProgress::with_draw_target(if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+        let status = bars.add(ProgressBar::new_spinner());
+        status.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        if tty {
+            status.enable_steady_tick(Duration::from_millis(120));
+        }
+        let bar_style = ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {elapsed_precise}")
+            .expect("valid template")
+            .progress_chars("=> ");
+        let tasks = ProgressBar::new(0).with_style(bar_style.clone()).with_prefix("tasks");
+        let rollouts = ProgressBar::new(0).with_style(bar_style).with_prefix("rollouts");
+        Display { tty, bars, status, tasks, rollouts }
     }
 
     /// A one-line status of setup work (provisioning, mirror build, ...).
@@ -44,7 +50,15 @@ impl Display {
             let snapshot = rx.borrow_and_update().clone();
             let line = render(&snapshot);
             if self.tty {
-                self.status.set_message(line.clone());
+                if self.tasks.length() == Some(0) {
+                    self.bars.insert_before(&self.status, self.tasks.clone());
+                    self.bars.insert_before(&self.status, self.rollouts.clone());
+                }
+                self.tasks.set_length(u64::from(snapshot.target_tasks));
+                self.tasks.set_position(u64::from(snapshot.accepted_tasks));
+                self.rollouts.set_length(u64::from(snapshot.rollouts_total).max(1));
+                self.rollouts.set_position(u64::from(snapshot.rollouts_done));
+                self.status.set_message(stage_line(&snapshot));
             } else if line != last_line && last_print.elapsed() >= Duration::from_secs(2) {
                 eprintln!("gymforge: {line}");
                 last_print = Instant::now();
@@ -57,6 +71,8 @@ impl Display {
     }
 
     pub fn finish(&self) {
+        self.tasks.finish_and_clear();
+        self.rollouts.finish_and_clear();
         self.status.finish_and_clear();
     }
 }
@@ -67,12 +83,14 @@ impl Default for Display {
     }
 }
 
-/// One line: accepted tasks, rollouts, and per stage in-flight/queued counts.
+/// One line: accepted tasks, rollouts, and per stage in-flight/queued/dropped counts.
 pub fn render(p: &Progress) -> String {
-    let mut parts = vec![
-        format!("tasks {}/{}", p.accepted_tasks, p.target_tasks),
-        format!("rollouts {}/{}", p.rollouts_done, p.rollouts_total),
-    ];
+    format!("tasks {}/{} | rollouts {}/{} | {}", p.accepted_tasks, p.target_tasks, p.rollouts_done, p.rollouts_total, stage_line(p))
+}
+
+/// Per stage: units in flight (▶), queued (…) and dropped (✗).
+fn stage_line(p: &Progress) -> String {
+    let mut parts = Vec::new();
     for (stage, c) in &p.stages {
         if c.in_flight + c.queued + c.dropped > 0 {
             let mut s = format!("{stage} {}▶", c.in_flight);

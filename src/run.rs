@@ -120,9 +120,11 @@ pub async fn services(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow
     })
 }
 
-/// Where the embedded Hub mirror's data is built (next to the Python environment).
+/// The directory the embedded Hub mirror is built in (`hub-mirror/` beside the Python
+/// environment).
 pub fn mirror_cache_dir(config: &Config) -> PathBuf {
-    config.sandbox.python_env_dir().with_file_name("hub-mirror")
+    let env = config.sandbox.python_env_dir();
+    env.parent().map(Path::to_path_buf).unwrap_or(env)
 }
 
 /// The run's settings, from its configuration.

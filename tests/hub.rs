@@ -23,8 +23,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-const SKLEARN: [&str; 5] =
-    ["sklearn/iris", "sklearn/wine", "sklearn/breast_cancer", "sklearn/digits", "sklearn/diabetes"];
+const SKLEARN: [&str; 5] = [
+    "sklearn/iris",
+    "sklearn/wine",
+    "sklearn/breast_cancer",
+    "sklearn/digits",
+    "sklearn/diabetes",
+];
 
 // ---------------------------------------------------------------------------------------------
 // The mirror, built once per test binary and served from a runtime of its own.
@@ -69,7 +74,15 @@ fn mirror() -> &'static Mirror {
                         HubMirror::serve(a.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
                     anyhow::Ok((a, format!("http://{addr}")))
                 })?;
-                Ok((runtime, Mirror { base, root, cache, python }))
+                Ok((
+                    runtime,
+                    Mirror {
+                        base,
+                        root,
+                        cache,
+                        python,
+                    },
+                ))
             })();
             match started {
                 Ok((runtime, mirror)) => {
@@ -83,7 +96,9 @@ fn mirror() -> &'static Mirror {
                 Err(e) => tx.send(Err(format!("{e:#}"))).unwrap(),
             }
         });
-        rx.recv().unwrap().unwrap_or_else(|e| panic!("cannot start the Hub mirror: {e}"))
+        rx.recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot start the Hub mirror: {e}"))
     })
 }
 
@@ -112,7 +127,10 @@ fn manifest(id: &str) -> Value {
 
 fn sha256_file(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap();
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test]
@@ -125,20 +143,32 @@ async fn wine_verifies_with_class_names_and_rows() {
     let target = meta.features.iter().find(|f| f.name == "target").unwrap();
     assert_eq!(target.dtype, "int64");
     assert_eq!(target.class_names.as_ref().unwrap().len(), 3);
-    assert_eq!(meta.features.first().unwrap().name, "alcohol", "columns keep their order");
+    assert_eq!(
+        meta.features.first().unwrap().name,
+        "alcohol",
+        "columns keep their order"
+    );
     assert_eq!(meta.features.len(), 14);
-    assert!(meta.features.iter().any(|f| f.name == "od280_od315_of_diluted_wines"));
+    assert!(
+        meta.features
+            .iter()
+            .any(|f| f.name == "od280_od315_of_diluted_wines")
+    );
     let m = manifest("sklearn/wine");
     assert_eq!(meta.revision, m["revision"].as_str().unwrap());
     assert_eq!(meta.revision.len(), 40);
     assert_eq!(meta.num_bytes_parquet, m["parquet_bytes"].as_u64().unwrap());
     assert!(meta.description.contains("Wine"), "{}", meta.description);
-    assert!(meta.description.contains("embedded Hub mirror"), "{}", meta.description);
+    assert!(
+        meta.description.contains("embedded Hub mirror"),
+        "{}",
+        meta.description
+    );
     assert_eq!(meta.parquet_files.len(), 1);
     assert!(
-        meta.parquet_files[0]
-            .url
-            .ends_with("/datasets/sklearn/wine/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet"),
+        meta.parquet_files[0].url.ends_with(
+            "/datasets/sklearn/wine/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet"
+        ),
         "{}",
         meta.parquet_files[0].url
     );
@@ -157,14 +187,23 @@ async fn every_sklearn_dataset_verifies() {
             assert_eq!(target.dtype, "float64");
             assert!(target.class_names.is_none());
         } else {
-            assert!(target.class_names.as_ref().is_some_and(|n| n.len() >= 2), "{id}");
+            assert!(
+                target.class_names.as_ref().is_some_and(|n| n.len() >= 2),
+                "{id}"
+            );
         }
     }
     let iris = verified(&hub, "sklearn/iris").await;
     let names: Vec<&str> = iris.features.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(
         names,
-        ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm", "target"]
+        [
+            "sepal_length_cm",
+            "sepal_width_cm",
+            "petal_length_cm",
+            "petal_width_cm",
+            "target"
+        ]
     );
     let digits = verified(&hub, "sklearn/digits").await;
     assert_eq!(digits.features[0].name, "pixel_0_0");
@@ -182,7 +221,13 @@ async fn unknown_dataset_is_not_found() {
 #[tokio::test]
 async fn malformed_ids_are_invalid() {
     let hub = client(50_000_000);
-    for id in ["", "a/b/c", "has space/x", "../etc/passwd", "https://huggingface.co/datasets/x/y"] {
+    for id in [
+        "",
+        "a/b/c",
+        "has space/x",
+        "../etc/passwd",
+        "https://huggingface.co/datasets/x/y",
+    ] {
         let (reason, _) = rejection(&hub, id).await;
         assert_eq!(reason, "invalid_id", "{id:?}");
     }
@@ -251,12 +296,18 @@ async fn download_over_the_cap_is_refused() {
     let small = client(1_000);
     let dest = tempfile::tempdir().unwrap();
     let err = small.download(&meta, dest.path()).await.unwrap_err();
-    assert!(matches!(&err, PortError::Permanent(m) if m.contains("too_large")), "{err:?}");
+    assert!(
+        matches!(&err, PortError::Permanent(m) if m.contains("too_large")),
+        "{err:?}"
+    );
     // Listed size within the cap but the file larger: stopped while streaming.
     let mut lying = meta.clone();
     lying.parquet_files[0].size = 10;
     let err = small.download(&lying, dest.path()).await.unwrap_err();
-    assert!(matches!(&err, PortError::Permanent(m) if m.contains("too_large")), "{err:?}");
+    assert!(
+        matches!(&err, PortError::Permanent(m) if m.contains("too_large")),
+        "{err:?}"
+    );
     assert!(!dest.path().join("train/0000.parquet").exists());
 }
 
@@ -265,7 +316,11 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     let base = &mirror().base;
     let http = reqwest::Client::new();
 
-    let r = http.get(format!("{base}/api/datasets/sklearn/iris")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/datasets/sklearn/iris"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
     let api: Value = r.json().await.unwrap();
@@ -274,22 +329,56 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(api["_id"].as_str().unwrap().len(), 24);
     assert_eq!(api["gated"], false);
     assert_eq!(api["disabled"], false);
-    let tags: Vec<&str> = api["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    assert!(tags.contains(&"task_categories:tabular-classification"), "{tags:?}");
+    let tags: Vec<&str> = api["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tags.contains(&"task_categories:tabular-classification"),
+        "{tags:?}"
+    );
     assert!(tags.contains(&"size_categories:n<1K"), "{tags:?}");
-    assert_eq!(api["cardData"]["task_categories"][0], "tabular-classification");
+    assert_eq!(
+        api["cardData"]["task_categories"][0],
+        "tabular-classification"
+    );
     assert_eq!(api["cardData"]["gymforge_mirror"]["simulated"], true);
-    assert!(api["description"].as_str().unwrap().contains("scikit-learn's bundled copy"));
-    assert!(api["siblings"].as_array().unwrap().iter().any(|s| s["rfilename"] == "README.md"));
+    assert!(
+        api["description"]
+            .as_str()
+            .unwrap()
+            .contains("scikit-learn's bundled copy")
+    );
+    assert!(
+        api["siblings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["rfilename"] == "README.md")
+    );
     let sha = api["sha"].as_str().unwrap().to_string();
 
-    let r = http.get(format!("{base}/api/datasets/sklearn/iris/revision/{sha}")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/datasets/sklearn/iris/revision/{sha}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http.get(format!("{base}/api/datasets/sklearn/iris/revision/nope")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/datasets/sklearn/iris/revision/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-error-code"], "RevisionNotFound");
 
-    let r = http.get(format!("{base}/api/datasets/sklearn/unknown")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/datasets/sklearn/unknown"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-error-code"], "RepoNotFound");
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
@@ -304,7 +393,9 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["gated"], "manual");
     let v: Value = http
-        .get(format!("{base}/is-valid?dataset=gymforge-fixtures/gated-demo"))
+        .get(format!(
+            "{base}/is-valid?dataset=gymforge-fixtures/gated-demo"
+        ))
         .send()
         .await
         .unwrap()
@@ -314,7 +405,9 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(v["preview"], false);
     assert_eq!(v["viewer"], false);
     let disabled: Value = http
-        .get(format!("{base}/api/datasets/gymforge-fixtures/disabled-demo"))
+        .get(format!(
+            "{base}/api/datasets/gymforge-fixtures/disabled-demo"
+        ))
         .send()
         .await
         .unwrap()
@@ -324,11 +417,30 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(disabled["disabled"], true);
 
     let q = [("dataset", "sklearn/wine")];
-    let v: Value = http.get(format!("{base}/is-valid")).query(&q).send().await.unwrap().json().await.unwrap();
+    let v: Value = http
+        .get(format!("{base}/is-valid"))
+        .query(&q)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["viewer"], true);
     assert_eq!(v["preview"], true);
-    let v: Value = http.get(format!("{base}/splits")).query(&q).send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["splits"], json!([{"dataset": "sklearn/wine", "config": "default", "split": "train"}]));
+    let v: Value = http
+        .get(format!("{base}/splits"))
+        .query(&q)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["splits"],
+        json!([{"dataset": "sklearn/wine", "config": "default", "split": "train"}])
+    );
 
     let text = http
         .get(format!("{base}/info?dataset=sklearn/wine&config=default"))
@@ -338,10 +450,16 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
         .text()
         .await
         .unwrap();
-    assert!(text.find("\"alcohol\"").unwrap() < text.find("\"proline\"").unwrap(), "column order");
+    assert!(
+        text.find("\"alcohol\"").unwrap() < text.find("\"proline\"").unwrap(),
+        "column order"
+    );
     let info: Value = serde_json::from_str(&text).unwrap();
     let di = &info["dataset_info"];
-    assert_eq!(di["features"]["alcohol"], json!({"dtype": "float64", "_type": "Value"}));
+    assert_eq!(
+        di["features"]["alcohol"],
+        json!({"dtype": "float64", "_type": "Value"})
+    );
     assert_eq!(
         di["features"]["target"],
         json!({"names": ["class_0", "class_1", "class_2"], "_type": "ClassLabel"})
@@ -349,11 +467,17 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(di["splits"]["train"]["num_examples"], 178);
     assert!(di["splits"]["train"]["num_bytes"].as_u64().unwrap() > 0);
     assert_eq!(info["partial"], false);
-    let r = http.get(format!("{base}/info?dataset=sklearn/wine&config=nope")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/info?dataset=sklearn/wine&config=nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     let rows: Value = http
-        .get(format!("{base}/first-rows?dataset=sklearn/digits&config=default&split=train"))
+        .get(format!(
+            "{base}/first-rows?dataset=sklearn/digits&config=default&split=train"
+        ))
         .send()
         .await
         .unwrap()
@@ -367,17 +491,37 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(rows["rows"][0]["row_idx"], 0);
     assert!(rows["rows"][0]["row"]["target"].is_i64());
 
-    let size: Value = http.get(format!("{base}/size")).query(&q).send().await.unwrap().json().await.unwrap();
+    let size: Value = http
+        .get(format!("{base}/size"))
+        .query(&q)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(size["size"]["dataset"]["num_rows"], 178);
     assert_eq!(size["size"]["configs"][0]["num_columns"], 14);
     assert_eq!(size["partial"], false);
 
-    let pq: Value = http.get(format!("{base}/parquet")).query(&q).send().await.unwrap().json().await.unwrap();
+    let pq: Value = http
+        .get(format!("{base}/parquet"))
+        .query(&q)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(pq["partial"], false);
     assert_eq!(pq["pending"], json!([]));
     let file = &pq["parquet_files"][0];
     assert_eq!(file["filename"], "0000.parquet");
-    let r = http.get(file["url"].as_str().unwrap()).send().await.unwrap();
+    let r = http
+        .get(file["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
     let bytes = r.bytes().await.unwrap();
@@ -385,7 +529,9 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(&bytes[..4], b"PAR1");
 
     let readme = http
-        .get(format!("{base}/datasets/sklearn/wine/resolve/main/README.md"))
+        .get(format!(
+            "{base}/datasets/sklearn/wine/resolve/main/README.md"
+        ))
         .send()
         .await
         .unwrap()
@@ -395,10 +541,18 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert!(readme.starts_with("---\n"));
     assert!(readme.contains("embedded Hub mirror"));
 
-    let r = http.get(format!("{base}/splits?dataset=nobody/nothing")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/splits?dataset=nobody/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
-    let r = http.get(format!("{base}/no/such/route")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/no/such/route"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
 }
@@ -414,12 +568,21 @@ async fn built_mirror_is_reused_and_catalogued() {
     .await
     .unwrap();
     assert_eq!(root, m.root);
-    assert!(messages.lock().unwrap().is_empty(), "rebuilt: {:?}", messages.lock().unwrap());
+    assert!(
+        messages.lock().unwrap().is_empty(),
+        "rebuilt: {:?}",
+        messages.lock().unwrap()
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     let catalog: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.root.join("catalog.json")).unwrap()).unwrap();
-    let ids: Vec<&str> =
-        catalog["datasets"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+        serde_json::from_str(&std::fs::read_to_string(m.root.join("catalog.json")).unwrap())
+            .unwrap();
+    let ids: Vec<&str> = catalog["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, SKLEARN);
     let wine = manifest("sklearn/wine");
     assert_eq!(wine["task_category"], "classification");
@@ -430,7 +593,10 @@ async fn built_mirror_is_reused_and_catalogued() {
         sha256_file(&m.root.join("sklearn/wine/default/train/0000.parquet")),
         wine["sha256"].as_str().unwrap()
     );
-    assert_eq!(wine["revision"].as_str().unwrap(), &wine["sha256"].as_str().unwrap()[..40]);
+    assert_eq!(
+        wine["revision"].as_str().unwrap(),
+        &wine["sha256"].as_str().unwrap()[..40]
+    );
 }
 
 #[tokio::test]
@@ -447,12 +613,22 @@ async fn python_without_the_libraries_gets_a_clear_error() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("lacks") && err.contains("scikit-learn"), "{err}");
+    assert!(
+        err.contains("lacks") && err.contains("scikit-learn"),
+        "{err}"
+    );
     assert!(!dir.path().join("cache/hub-mirror").exists());
-    let missing = HubMirror::ensure_built(&dir.path().join("cache"), Path::new("/nonexistent/python"), &|_| {})
-        .await
-        .unwrap_err();
-    assert!(format!("{missing:#}").contains("/nonexistent/python"), "{missing:#}");
+    let missing = HubMirror::ensure_built(
+        &dir.path().join("cache"),
+        Path::new("/nonexistent/python"),
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{missing:#}").contains("/nonexistent/python"),
+        "{missing:#}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -473,17 +649,21 @@ async fn spawn(app: Router) -> String {
 
 /// Records the path and Authorization header of every request.
 fn recording(app: Router, seen: Seen) -> Router {
-    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let seen = seen.clone();
-        async move {
-            let auth = req
-                .headers()
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_string());
-            seen.lock().unwrap().push((req.uri().path().to_string(), auth));
-            next.run(req).await
-        }
-    }))
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            async move {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_string());
+                seen.lock()
+                    .unwrap()
+                    .push((req.uri().path().to_string(), auth));
+                next.run(req).await
+            }
+        },
+    ))
 }
 
 fn parquet_bytes(tag: &str) -> Vec<u8> {
@@ -621,7 +801,12 @@ fn fake_files() -> Router {
     Router::new().route(
         "/datasets/acme/reviews/resolve/{rev}/{config}/{split}/{file}",
         get(
-            |axum::extract::Path((rev, config, split, _file)): axum::extract::Path<(String, String, String, String)>| async move {
+            |axum::extract::Path((rev, config, split, _file)): axum::extract::Path<(
+                String,
+                String,
+                String,
+                String,
+            )>| async move {
                 assert_eq!(rev, "refs/convert/parquet");
                 parquet_bytes(&format!("{config}-{split}"))
             },
@@ -630,7 +815,14 @@ fn fake_files() -> Router {
 }
 
 fn fake_client(base: &str, token: Option<&str>, timeout: Duration) -> HubClient {
-    HubClient::new(base.into(), base.into(), token.map(str::to_string), 50_000_000, timeout).unwrap()
+    HubClient::new(
+        base.into(),
+        base.into(),
+        token.map(str::to_string),
+        50_000_000,
+        timeout,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -655,8 +847,16 @@ async fn fake_hub_picks_first_config_and_keeps_feature_order() {
     assert_eq!(meta.num_rows.get("test"), Some(&2000));
     assert_eq!(meta.num_bytes_parquet, 4200);
     assert_eq!(meta.description, "Product reviews labelled by sentiment.");
-    assert_eq!(meta.parquet_files.len(), 2, "only the chosen config's files");
-    assert!(meta.parquet_files.iter().all(|f| f.url.contains("/plain_text/")));
+    assert_eq!(
+        meta.parquet_files.len(),
+        2,
+        "only the chosen config's files"
+    );
+    assert!(
+        meta.parquet_files
+            .iter()
+            .all(|f| f.url.contains("/plain_text/"))
+    );
 
     let dest = tempfile::tempdir().unwrap();
     let staged = hub.download(&meta, dest.path()).await.unwrap();
@@ -668,7 +868,10 @@ async fn fake_hub_picks_first_config_and_keeps_feature_order() {
         assert_eq!(s.sha256, sha256_file(&dest.path().join(&s.path)));
     }
     let expected = parquet_bytes("plain_text-train");
-    assert_eq!(std::fs::read(dest.path().join("train/0000.parquet")).unwrap(), expected);
+    assert_eq!(
+        std::fs::read(dest.path().join("train/0000.parquet")).unwrap(),
+        expected
+    );
 }
 
 #[tokio::test]
@@ -705,29 +908,41 @@ struct Canned {
     body: Value,
 }
 
-fn canned(path: &'static str, status: u16, headers: &[(&'static str, &'static str)], body: Value) -> Canned {
-    Canned { path, status: StatusCode::from_u16(status).unwrap(), headers: headers.to_vec(), body }
+fn canned(
+    path: &'static str,
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    body: Value,
+) -> Canned {
+    Canned {
+        path,
+        status: StatusCode::from_u16(status).unwrap(),
+        headers: headers.to_vec(),
+        body,
+    }
 }
 
 fn with_overrides(app: Router, overrides: Vec<Canned>) -> Router {
     let overrides = Arc::new(overrides);
-    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let overrides = overrides.clone();
-        async move {
-            let Some(c) = overrides.iter().find(|c| c.path == req.uri().path()) else {
-                return next.run(req).await;
-            };
-            let mut body = c.body.clone();
-            if let Some(auth) = req.headers().get("authorization") {
-                body["error"] = json!(format!("denied for {}", auth.to_str().unwrap()));
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let overrides = overrides.clone();
+            async move {
+                let Some(c) = overrides.iter().find(|c| c.path == req.uri().path()) else {
+                    return next.run(req).await;
+                };
+                let mut body = c.body.clone();
+                if let Some(auth) = req.headers().get("authorization") {
+                    body["error"] = json!(format!("denied for {}", auth.to_str().unwrap()));
+                }
+                let mut response: Response = (c.status, axum::Json(body)).into_response();
+                for (k, v) in &c.headers {
+                    response.headers_mut().insert(*k, v.parse().unwrap());
+                }
+                response
             }
-            let mut response: Response = (c.status, axum::Json(body)).into_response();
-            for (k, v) in &c.headers {
-                response.headers_mut().insert(*k, v.parse().unwrap());
-            }
-            response
-        }
-    }))
+        },
+    ))
 }
 
 async fn fake_with(overrides: Vec<Canned>) -> String {
@@ -738,37 +953,101 @@ const API: &str = "/api/datasets/acme/reviews";
 
 #[tokio::test]
 async fn server_errors_and_rate_limits_are_transient() {
-    let base = fake_with(vec![canned(API, 503, &[], json!({"error": "Service Unavailable"}))]).await;
-    let err = fake_client(&base, None, TIMEOUT).verify("acme/reviews").await.unwrap_err();
-    assert!(matches!(&err, PortError::Transient(m) if m.contains("503")), "{err:?}");
+    let base = fake_with(vec![canned(
+        API,
+        503,
+        &[],
+        json!({"error": "Service Unavailable"}),
+    )])
+    .await;
+    let err = fake_client(&base, None, TIMEOUT)
+        .verify("acme/reviews")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PortError::Transient(m) if m.contains("503")),
+        "{err:?}"
+    );
 
-    let base = fake_with(vec![canned(API, 429, &[("retry-after", "30")], json!({"error": "slow down"}))]).await;
-    let err = fake_client(&base, Some("hf_rate_token"), TIMEOUT).verify("acme/reviews").await.unwrap_err();
-    assert!(matches!(&err, PortError::Transient(m) if m.contains("429") && m.contains("30")), "{err:?}");
+    let base = fake_with(vec![canned(
+        API,
+        429,
+        &[("retry-after", "30")],
+        json!({"error": "slow down"}),
+    )])
+    .await;
+    let err = fake_client(&base, Some("hf_rate_token"), TIMEOUT)
+        .verify("acme/reviews")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PortError::Transient(m) if m.contains("429") && m.contains("30")),
+        "{err:?}"
+    );
     assert!(!err.to_string().contains("hf_rate_token"), "{err}");
 
-    let base = fake_with(vec![canned("/is-valid", 429, &[], json!({"error": "Too many requests"}))]).await;
-    let err = fake_client(&base, None, TIMEOUT).verify("acme/reviews").await.unwrap_err();
+    let base = fake_with(vec![canned(
+        "/is-valid",
+        429,
+        &[],
+        json!({"error": "Too many requests"}),
+    )])
+    .await;
+    let err = fake_client(&base, None, TIMEOUT)
+        .verify("acme/reviews")
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 
-    let base = fake_with(vec![canned("/splits", 500, &[], json!({"error": "ResponseNotReady"}))]).await;
-    let err = fake_client(&base, None, TIMEOUT).verify("acme/reviews").await.unwrap_err();
+    let base = fake_with(vec![canned(
+        "/splits",
+        500,
+        &[],
+        json!({"error": "ResponseNotReady"}),
+    )])
+    .await;
+    let err = fake_client(&base, None, TIMEOUT)
+        .verify("acme/reviews")
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
 
 #[tokio::test]
 async fn hub_status_codes_map_to_reasons() {
     // The real Hub answers 401 + RepoNotFound for a repository that does not exist.
-    let base = fake_with(vec![canned(API, 401, &[("x-error-code", "RepoNotFound")], json!({"error": "Repository not found"}))]).await;
+    let base = fake_with(vec![canned(
+        API,
+        401,
+        &[("x-error-code", "RepoNotFound")],
+        json!({"error": "Repository not found"}),
+    )])
+    .await;
     let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "not_found");
 
-    let base = fake_with(vec![canned(API, 404, &[("x-error-code", "RepoNotFound")], json!({"error": "Repository not found"}))]).await;
+    let base = fake_with(vec![canned(
+        API,
+        404,
+        &[("x-error-code", "RepoNotFound")],
+        json!({"error": "Repository not found"}),
+    )])
+    .await;
     let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "not_found");
 
-    let base = fake_with(vec![canned(API, 403, &[("x-error-code", "GatedRepo")], json!({"error": "gated"}))]).await;
-    let (reason, detail) = rejection(&fake_client(&base, Some("hf_gate_token"), TIMEOUT), "acme/reviews").await;
+    let base = fake_with(vec![canned(
+        API,
+        403,
+        &[("x-error-code", "GatedRepo")],
+        json!({"error": "gated"}),
+    )])
+    .await;
+    let (reason, detail) = rejection(
+        &fake_client(&base, Some("hf_gate_token"), TIMEOUT),
+        "acme/reviews",
+    )
+    .await;
     assert_eq!(reason, "gated");
     assert!(detail.contains("token"), "{detail}");
     assert!(!detail.contains("hf_gate_token"), "{detail}");
@@ -777,11 +1056,23 @@ async fn hub_status_codes_map_to_reasons() {
     let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "hub_error");
 
-    let base = fake_with(vec![canned("/info", 404, &[], json!({"error": "The config does not exist."}))]).await;
+    let base = fake_with(vec![canned(
+        "/info",
+        404,
+        &[],
+        json!({"error": "The config does not exist."}),
+    )])
+    .await;
     let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "viewer_invalid");
 
-    let base = fake_with(vec![canned(API, 200, &[], json!({"id": "acme/reviews", "sha": FAKE_SHA, "disabled": true}))]).await;
+    let base = fake_with(vec![canned(
+        API,
+        200,
+        &[],
+        json!({"id": "acme/reviews", "sha": FAKE_SHA, "disabled": true}),
+    )])
+    .await;
     let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "disabled");
 }
@@ -792,7 +1083,10 @@ async fn gated_dataset_needs_a_token() {
     let base = fake_with(vec![canned(API, 200, &[], gated)]).await;
     let (reason, detail) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "gated");
-    assert!(detail.contains("auto") && detail.contains("token"), "{detail}");
+    assert!(
+        detail.contains("auto") && detail.contains("token"),
+        "{detail}"
+    );
     // With a token the rest of the checks run.
     verified(&fake_client(&base, Some("hf_ok"), TIMEOUT), "acme/reviews").await;
 }
@@ -816,7 +1110,13 @@ async fn viewer_verdicts() {
 
     let pending = json!({"parquet_files": [], "pending": [{"kind": "config-parquet", "dataset": "acme/reviews"}], "failed": [], "partial": false});
     let base = fake_with(vec![canned("/parquet", 200, &[], pending)]).await;
-    assert!(fake_client(&base, None, TIMEOUT).verify("acme/reviews").await.unwrap_err().is_transient());
+    assert!(
+        fake_client(&base, None, TIMEOUT)
+            .verify("acme/reviews")
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
 
     let base = spawn(fake_hub(None)).await;
     let small = HubClient::new(base.clone(), base, None, 4_000, TIMEOUT).unwrap();
@@ -859,17 +1159,40 @@ async fn download_refuses_unsafe_paths_and_maps_statuses() {
         num_rows: Default::default(),
         num_bytes_parquet: 10,
         description: String::new(),
-        parquet_files: vec![ParquetFile { split: split.into(), url, filename: filename.into(), size: 10 }],
+        parquet_files: vec![ParquetFile {
+            split: split.into(),
+            url,
+            filename: filename.into(),
+            size: 10,
+        }],
     };
     let dest = tempfile::tempdir().unwrap();
-    let url = format!("{base}/datasets/acme/reviews/resolve/refs%2Fconvert%2Fparquet/plain_text/train/0000.parquet");
-    for (split, file) in [("train", "../../evil.parquet"), ("..", "0000.parquet"), ("train", ".hidden")] {
-        let err = hub.download(&meta(split, file, url.clone()), dest.path()).await.unwrap_err();
-        assert!(matches!(err, PortError::Permanent(_)), "{split}/{file}: {err:?}");
+    let url = format!(
+        "{base}/datasets/acme/reviews/resolve/refs%2Fconvert%2Fparquet/plain_text/train/0000.parquet"
+    );
+    for (split, file) in [
+        ("train", "../../evil.parquet"),
+        ("..", "0000.parquet"),
+        ("train", ".hidden"),
+    ] {
+        let err = hub
+            .download(&meta(split, file, url.clone()), dest.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PortError::Permanent(_)),
+            "{split}/{file}: {err:?}"
+        );
     }
     assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 0);
 
-    let err = hub.download(&meta("train", "0000.parquet", format!("{base}/missing")), dest.path()).await.unwrap_err();
+    let err = hub
+        .download(
+            &meta("train", "0000.parquet", format!("{base}/missing")),
+            dest.path(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
 
     let flaky = spawn(Router::new().route(
@@ -877,7 +1200,13 @@ async fn download_refuses_unsafe_paths_and_maps_statuses() {
         get(|| async { (StatusCode::BAD_GATEWAY, "upstream failed") }),
     ))
     .await;
-    let err = hub.download(&meta("train", "0000.parquet", format!("{flaky}/file")), dest.path()).await.unwrap_err();
+    let err = hub
+        .download(
+            &meta("train", "0000.parquet", format!("{flaky}/file")),
+            dest.path(),
+        )
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(!dest.path().join("train/0000.parquet").exists());
 }

@@ -56,12 +56,7 @@ async fn run(sb: &BwrapSandbox, job: SandboxJob) -> JobOutput {
 }
 
 fn describe(out: &JobOutput) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status_line(),
-        out.stdout,
-        out.stderr
-    )
+    format!("{}\n--- stdout ---\n{}\n--- stderr ---\n{}", out.status_line(), out.stdout, out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,7 +85,9 @@ async fn python_prints_writes_and_imports_the_stack() {
 async fn job_failures_are_outputs_not_errors() {
     let sb = sandbox();
     let work = tempfile::tempdir().unwrap();
-    let out = run(&sb, python(work.path(), "import sys; print('oops', file=sys.stderr); sys.exit(3)")).await;
+    let out =
+        run(&sb, python(work.path(), "import sys; print('oops', file=sys.stderr); sys.exit(3)"))
+            .await;
     assert_eq!(out.exit_code, Some(3), "{}", describe(&out));
     assert_eq!(out.stderr.trim(), "oops");
     let out = run(&sb, job(work.path(), &["no-such-command"], 30)).await;
@@ -195,7 +192,8 @@ async fn parent_environment_does_not_leak() {
     let sb = sandbox();
     assert_eq!(std::env::var("GYMFORGE_TEST_SECRET").as_deref(), Ok("sk-must-not-leak"));
     let work = tempfile::tempdir().unwrap();
-    let out = run(&sb, job(work.path(), &["sh", "-c", "env; cat /proc/1/environ 2>/dev/null"], 60)).await;
+    let out =
+        run(&sb, job(work.path(), &["sh", "-c", "env; cat /proc/1/environ 2>/dev/null"], 60)).await;
     assert!(out.success(), "{}", describe(&out));
     assert!(!out.stdout.contains("sk-must-not-leak"), "{}", describe(&out));
     assert!(!out.stdout.contains("GYMFORGE_TEST_SECRET"), "{}", describe(&out));
@@ -208,10 +206,8 @@ fn sleepers() -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if cmdline == b"sleep\x001000\x00" {
-                found.push(pid);
-            }
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x001000\x00") {
+            found.push(pid);
         }
     }
     found
@@ -239,7 +235,11 @@ async fn timeout_kills_the_whole_job() {
         assert!(out.timed_out, "{command:?}: {}", describe(&out));
         assert!(!out.success());
         assert!(out.elapsed_secs >= 1.9, "{command:?}: {}", describe(&out));
-        assert!(started.elapsed() < Duration::from_secs(60), "{command:?} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{command:?} took {:?}",
+            started.elapsed()
+        );
         let left = no_sleepers_left().await;
         assert!(left.is_empty(), "{command:?}: `sleep 1000` survived as {left:?}");
     }
@@ -288,7 +288,11 @@ async fn mounts_are_read_only_or_writable_as_asked() {
          print('output ok')",
     );
     j.mounts = vec![
-        Mount { host: data.path().to_path_buf(), inside: format!("{INSIDE}/data"), writable: false },
+        Mount {
+            host: data.path().to_path_buf(),
+            inside: format!("{INSIDE}/data"),
+            writable: false,
+        },
         Mount { host: out_dir.path().to_path_buf(), inside: "/output".to_string(), writable: true },
     ];
     let out = run(&sb, j).await;
@@ -301,6 +305,39 @@ async fn mounts_are_read_only_or_writable_as_asked() {
     // The mountpoint was created in the work directory on the host, empty.
     assert!(work.path().join("data").is_dir());
     assert!(!work.path().join("data/train.csv").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_limits_apply() {
+    let env = tokio::task::block_in_place(env);
+    let cfg = SandboxConfig { memory_mb: 1024, max_file_mb: 1, cpu_secs: 2, ..config() };
+    let sb = BwrapSandbox::new(&cfg, env).unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    let code = "import resource as r\n\
+                for name in ['AS', 'CPU', 'NPROC', 'FSIZE', 'NOFILE', 'CORE']:\n\
+                \x20   print(name, r.getrlimit(getattr(r, 'RLIMIT_' + name))[0])";
+    let out = run(&sb, python(work.path(), code)).await;
+    assert!(out.success(), "{}", describe(&out));
+    let expected = format!(
+        "AS {}\nCPU 2\nNPROC {}\nFSIZE {}\nNOFILE 1024\nCORE 0\n",
+        1024 * 1024 * 1024u64,
+        cfg.max_processes,
+        1024 * 1024
+    );
+    assert_eq!(out.stdout, expected, "{}", describe(&out));
+
+    let code = "try:\n    b = bytearray(1500 * 1024 * 1024)\n    print('allocated')\n\
+                except MemoryError:\n    print('memory limited')\n\
+                try:\n    open('big.bin', 'wb').write(b'x' * (2 * 1024 * 1024))\n    print('wrote')\n\
+                except OSError as e:\n    print('file limited', e.errno)";
+    let out = run(&sb, python(work.path(), code)).await;
+    assert!(out.success(), "{}", describe(&out));
+    assert!(out.stdout.contains("memory limited"), "{}", describe(&out));
+    assert!(out.stdout.contains("file limited 27"), "{}", describe(&out));
+
+    let out = run(&sb, job(work.path(), &["python", "-c", "while True: pass"], 120)).await;
+    assert!(!out.timed_out && !out.success(), "{}", describe(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -58,12 +58,18 @@ pub fn mirror_client(base: &str, max_bytes: u64, timeout: Duration) -> anyhow::R
 
 /// Why verification stopped: a verdict on the dataset, or a failure of the port itself.
 enum Fail {
-    Reject { reason: &'static str, detail: String },
+    Reject {
+        reason: &'static str,
+        detail: String,
+    },
     Port(PortError),
 }
 
 fn reject(reason: &'static str, detail: impl Into<String>) -> Fail {
-    Fail::Reject { reason, detail: detail.into() }
+    Fail::Reject {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 fn transient(detail: impl Into<String>) -> Fail {
@@ -90,7 +96,9 @@ impl HubClient {
     ) -> anyhow::Result<HubClient> {
         let api_base = normalise_base(&api_base, "Hub API")?;
         let viewer_base = normalise_base(&viewer_base, "dataset viewer")?;
-        let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let token = token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         if let Some(t) = &token
             && reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).is_err()
         {
@@ -102,7 +110,13 @@ impl HubClient {
             .user_agent(concat!("gymforge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow::anyhow!("cannot create the Hub HTTP client: {e}"))?;
-        Ok(HubClient { http, api_base, viewer_base, token, max_bytes })
+        Ok(HubClient {
+            http,
+            api_base,
+            viewer_base,
+            token,
+            max_bytes,
+        })
     }
 
     /// The parquet size limit, in bytes.
@@ -134,10 +148,12 @@ impl HubClient {
     }
 
     fn is_trusted_origin(&self, url: &str) -> bool {
-        let Ok(url) = Url::parse(url) else { return false };
-        [&self.api_base, &self.viewer_base].iter().any(|base| {
-            Url::parse(base).is_ok_and(|b| b.origin() == url.origin())
-        })
+        let Ok(url) = Url::parse(url) else {
+            return false;
+        };
+        [&self.api_base, &self.viewer_base]
+            .iter()
+            .any(|base| Url::parse(base).is_ok_and(|b| b.origin() == url.origin()))
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -165,10 +181,21 @@ impl HubClient {
             .await
             .map_err(|e| transient(format!("{what}: {}", describe_reqwest(&e))))?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map_err(|e| reject("hub_error", format!("{what}: unexpected response shape: {e}")));
+            return serde_json::from_slice(&body).map_err(|e| {
+                reject(
+                    "hub_error",
+                    format!("{what}: unexpected response shape: {e}"),
+                )
+            });
         }
-        Err(self.classify(service, status, error_code.as_deref(), retry_after.as_deref(), &body, what))
+        Err(self.classify(
+            service,
+            status,
+            error_code.as_deref(),
+            retry_after.as_deref(),
+            &body,
+            what,
+        ))
     }
 
     /// Turns an error status into a verdict or a port error.
@@ -183,11 +210,19 @@ impl HubClient {
     ) -> Fail {
         let message = error_text(body);
         let with_message = |prefix: String| {
-            if message.is_empty() { prefix } else { format!("{prefix}: {message}") }
+            if message.is_empty() {
+                prefix
+            } else {
+                format!("{prefix}: {message}")
+            }
         };
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let wait = retry_after.map(|r| format!(" (Retry-After: {r})")).unwrap_or_default();
-            return transient(with_message(format!("{what}: rate limited, HTTP 429{wait}")));
+            let wait = retry_after
+                .map(|r| format!(" (Retry-After: {r})"))
+                .unwrap_or_default();
+            return transient(with_message(format!(
+                "{what}: rate limited, HTTP 429{wait}"
+            )));
         }
         if status == StatusCode::REQUEST_TIMEOUT
             || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
@@ -196,17 +231,31 @@ impl HubClient {
         }
         let auth = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
         match service {
-            Service::Api if status == StatusCode::NOT_FOUND || (auth && error_code == Some("RepoNotFound")) => {
-                reject("not_found", with_message(format!("{what}: the dataset does not exist")))
-            }
-            _ if auth => reject("gated", self.gated_detail(what, &message)),
-            Service::Viewer if status == StatusCode::NOT_FOUND || status == StatusCode::NOT_IMPLEMENTED => {
+            Service::Api
+                if status == StatusCode::NOT_FOUND
+                    || (auth && error_code == Some("RepoNotFound")) =>
+            {
                 reject(
-                    "viewer_invalid",
-                    with_message(format!("{what}: the dataset viewer has no data for it (HTTP {})", status.as_u16())),
+                    "not_found",
+                    with_message(format!("{what}: the dataset does not exist")),
                 )
             }
-            _ => reject("hub_error", with_message(format!("{what}: HTTP {}", status.as_u16()))),
+            _ if auth => reject("gated", self.gated_detail(what, &message)),
+            Service::Viewer
+                if status == StatusCode::NOT_FOUND || status == StatusCode::NOT_IMPLEMENTED =>
+            {
+                reject(
+                    "viewer_invalid",
+                    with_message(format!(
+                        "{what}: the dataset viewer has no data for it (HTTP {})",
+                        status.as_u16()
+                    )),
+                )
+            }
+            _ => reject(
+                "hub_error",
+                with_message(format!("{what}: HTTP {}", status.as_u16())),
+            ),
         }
     }
 
@@ -230,7 +279,8 @@ impl HubClient {
         query: &[(&str, &str)],
     ) -> Result<T, Fail> {
         let url = format!("{}/{endpoint}", self.viewer_base);
-        self.get_json(Service::Viewer, &url, query, &format!("viewer /{endpoint}")).await
+        self.get_json(Service::Viewer, &url, query, &format!("viewer /{endpoint}"))
+            .await
     }
 
     async fn verify_inner(&self, requested: &str) -> Result<DatasetMeta, Fail> {
@@ -249,7 +299,10 @@ impl HubClient {
             )
             .await?;
         if api.disabled == Some(true) {
-            return Err(reject("disabled", format!("{requested} has been disabled on the Hub")));
+            return Err(reject(
+                "disabled",
+                format!("{requested} has been disabled on the Hub"),
+            ));
         }
         if let Some(mode) = gated_mode(&api.gated)
             && self.token.is_none()
@@ -263,8 +316,14 @@ impl HubClient {
             ));
         }
         // The canonical id (the Hub redirects legacy ids without an owner).
-        let id = api.id.filter(|i| valid_dataset_id(i)).unwrap_or_else(|| requested.to_string());
-        let revision = api.sha.filter(|s| !s.is_empty()).unwrap_or_else(|| "main".to_string());
+        let id = api
+            .id
+            .filter(|i| valid_dataset_id(i))
+            .unwrap_or_else(|| requested.to_string());
+        let revision = api
+            .sha
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "main".to_string());
 
         let valid: IsValid = self.viewer("is-valid", &[("dataset", &id)]).await?;
         if !(valid.preview.unwrap_or(false) || valid.viewer.unwrap_or(false)) {
@@ -280,10 +339,15 @@ impl HubClient {
             None => match splits.splits.first() {
                 Some(s) => s.config.clone(),
                 None if !splits.pending.is_empty() => {
-                    return Err(transient(format!("viewer /splits: {id} is still being processed")));
+                    return Err(transient(format!(
+                        "viewer /splits: {id} is still being processed"
+                    )));
                 }
                 None => {
-                    return Err(reject("viewer_invalid", format!("viewer /splits: {id} has no splits")));
+                    return Err(reject(
+                        "viewer_invalid",
+                        format!("viewer /splits: {id} has no splits"),
+                    ));
                 }
             },
         };
@@ -294,10 +358,16 @@ impl HubClient {
             }
         }
 
-        let info: InfoResponse =
-            self.viewer("info", &[("dataset", &id), ("config", &config)]).await?;
-        let features: Vec<Feature> =
-            info.dataset_info.features.0.iter().map(|(name, spec)| to_feature(name, spec)).collect();
+        let info: InfoResponse = self
+            .viewer("info", &[("dataset", &id), ("config", &config)])
+            .await?;
+        let features: Vec<Feature> = info
+            .dataset_info
+            .features
+            .0
+            .iter()
+            .map(|(name, spec)| to_feature(name, spec))
+            .collect();
         let mut num_rows = BTreeMap::new();
         for split in &split_names {
             if let Some(n) = info
@@ -335,7 +405,12 @@ impl HubClient {
                     .collect();
                 (!per_split.is_empty()).then(|| per_split.iter().sum())
             })
-            .or_else(|| size.size.dataset.as_ref().and_then(|d| d.num_bytes_parquet_files));
+            .or_else(|| {
+                size.size
+                    .dataset
+                    .as_ref()
+                    .and_then(|d| d.num_bytes_parquet_files)
+            });
         if size.partial {
             return Err(reject(
                 "too_large",
@@ -360,16 +435,31 @@ impl HubClient {
 
         let parquet: ParquetResponse = self.viewer("parquet", &[("dataset", &id)]).await?;
         let mut files = Vec::new();
-        for f in parquet.parquet_files.into_iter().filter(|f| f.config == config) {
-            let scheme_ok = Url::parse(&f.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        for f in parquet
+            .parquet_files
+            .into_iter()
+            .filter(|f| f.config == config)
+        {
+            let scheme_ok =
+                Url::parse(&f.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !scheme_ok {
-                return Err(reject("hub_error", format!("viewer /parquet: bad file url `{}`", f.url)));
+                return Err(reject(
+                    "hub_error",
+                    format!("viewer /parquet: bad file url `{}`", f.url),
+                ));
             }
-            files.push(ParquetFile { split: f.split, url: f.url, filename: f.filename, size: f.size });
+            files.push(ParquetFile {
+                split: f.split,
+                url: f.url,
+                filename: f.filename,
+                size: f.size,
+            });
         }
         if files.is_empty() {
             if !parquet.pending.is_empty() {
-                return Err(transient(format!("viewer /parquet: the conversion of {id} is pending")));
+                return Err(transient(format!(
+                    "viewer /parquet: the conversion of {id} is pending"
+                )));
             }
             return Err(reject(
                 "no_parquet",
@@ -414,7 +504,10 @@ impl HubClient {
         dest: &Path,
     ) -> Result<Vec<StagedFile>, PortError> {
         if meta.parquet_files.is_empty() {
-            return Err(PortError::Permanent(format!("no_parquet: {} lists no parquet files", meta.id)));
+            return Err(PortError::Permanent(format!(
+                "no_parquet: {} lists no parquet files",
+                meta.id
+            )));
         }
         let mut seen = HashSet::new();
         for f in &meta.parquet_files {
@@ -466,7 +559,11 @@ impl HubClient {
                 tracing::warn!(dataset = %meta.id, file = %f.filename, listed = f.size, bytes,
                     "downloaded size differs from the listed size");
             }
-            staged.push(StagedFile { path: format!("{}/{}", f.split, f.filename), sha256, bytes });
+            staged.push(StagedFile {
+                path: format!("{}/{}", f.split, f.filename),
+                sha256,
+                bytes,
+            });
         }
         Ok(staged)
     }
@@ -493,7 +590,9 @@ impl HubClient {
             let message = error_text(&body);
             let code = status.as_u16();
             return Err(if status == StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after.map(|r| format!(" (Retry-After: {r})")).unwrap_or_default();
+                let wait = retry_after
+                    .map(|r| format!(" (Retry-After: {r})"))
+                    .unwrap_or_default();
                 PortError::Transient(format!("{what}: rate limited, HTTP 429{wait}"))
             } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
                 PortError::Transient(format!("{what}: HTTP {code}: {message}"))
@@ -530,14 +629,18 @@ impl HubClient {
                 return Err(too_large(*total));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
+            file.write_all(&chunk).await.map_err(|e| {
+                PortError::Permanent(format!("cannot write {}: {e}", part.display()))
+            })?;
         }
         file.sync_all()
             .await
             .map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
-        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok((digest, bytes))
     }
 }
@@ -554,14 +657,23 @@ impl Hub for HubClient {
             }
             Err(Fail::Reject { reason, detail }) => {
                 tracing::debug!(dataset = id, reason, "dataset rejected");
-                Ok(DatasetCheck::Rejected { reason: reason.to_string(), detail: self.scrub(detail) })
+                Ok(DatasetCheck::Rejected {
+                    reason: reason.to_string(),
+                    detail: self.scrub(detail),
+                })
             }
             Err(Fail::Port(e)) => Err(self.scrub_port(e)),
         }
     }
 
-    async fn download(&self, meta: &DatasetMeta, dest: &Path) -> Result<Vec<StagedFile>, PortError> {
-        self.download_inner(meta, dest).await.map_err(|e| self.scrub_port(e))
+    async fn download(
+        &self,
+        meta: &DatasetMeta,
+        dest: &Path,
+    ) -> Result<Vec<StagedFile>, PortError> {
+        self.download_inner(meta, dest)
+            .await
+            .map_err(|e| self.scrub_port(e))
     }
 }
 
@@ -588,7 +700,8 @@ pub fn valid_dataset_id(id: &str) -> bool {
     parts.iter().all(|p| {
         !p.is_empty()
             && p.len() <= MAX_ID_PART
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && !p.starts_with(['-', '.'])
             && !p.ends_with(['-', '.'])
             && !p.contains("--")
@@ -616,7 +729,11 @@ fn gated_mode(gated: &Value) -> Option<String> {
 }
 
 fn header_str(response: &reqwest::Response, name: &str) -> Option<String> {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.to_string())
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string())
 }
 
 /// The `error` field of a JSON error body, or the start of the body's text.
@@ -643,7 +760,11 @@ fn error_text(body: &[u8]) -> String {
 
 /// A reqwest error with its causes (reqwest's own message hides them).
 fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() { format!("timed out: {e}") } else { e.to_string() };
+    let mut text = if e.is_timeout() {
+        format!("timed out: {e}")
+    } else {
+        e.to_string()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let s_text = s.to_string();
@@ -660,15 +781,23 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 fn to_feature(name: &str, spec: &Value) -> Feature {
     let (dtype, class_names) = match spec {
         Value::Object(o) => match o.get("_type").and_then(Value::as_str) {
-            Some("Value") => {
-                (o.get("dtype").and_then(Value::as_str).unwrap_or("unknown").to_string(), None)
-            }
+            Some("Value") => (
+                o.get("dtype")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string(),
+                None,
+            ),
             Some("ClassLabel") => {
                 let names = match o.get("names").and_then(Value::as_array) {
                     Some(names) => Some(
                         names
                             .iter()
-                            .map(|n| n.as_str().map(str::to_string).unwrap_or_else(|| n.to_string()))
+                            .map(|n| {
+                                n.as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| n.to_string())
+                            })
                             .collect(),
                     ),
                     None => o
@@ -684,7 +813,11 @@ fn to_feature(name: &str, spec: &Value) -> Feature {
         Value::Array(_) => ("list".to_string(), None),
         _ => ("unknown".to_string(), None),
     };
-    Feature { name: name.to_string(), dtype, class_names }
+    Feature {
+        name: name.to_string(),
+        dtype,
+        class_names,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -841,10 +974,29 @@ mod tests {
 
     #[test]
     fn dataset_ids() {
-        for ok in ["sklearn/iris", "ibm/duorc", "imdb", "HuggingFaceFW/fineweb-edu", "a/b.c_d-e"] {
+        for ok in [
+            "sklearn/iris",
+            "ibm/duorc",
+            "imdb",
+            "HuggingFaceFW/fineweb-edu",
+            "a/b.c_d-e",
+        ] {
             assert!(valid_dataset_id(ok), "{ok}");
         }
-        for bad in ["", "/", "a/", "/b", "a/b/c", "a b/c", "../x", "a/..", "https://x/y", "a/-b", "a/b.", "a--b/c"] {
+        for bad in [
+            "",
+            "/",
+            "a/",
+            "/b",
+            "a/b/c",
+            "a b/c",
+            "../x",
+            "a/..",
+            "https://x/y",
+            "a/-b",
+            "a/b.",
+            "a--b/c",
+        ] {
             assert!(!valid_dataset_id(bad), "{bad}");
         }
     }
@@ -866,10 +1018,18 @@ mod tests {
                 "tokens": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"}}}"#,
         )
         .unwrap();
-        let f: Vec<Feature> = info.features.0.iter().map(|(n, s)| to_feature(n, s)).collect();
+        let f: Vec<Feature> = info
+            .features
+            .0
+            .iter()
+            .map(|(n, s)| to_feature(n, s))
+            .collect();
         assert_eq!(f[0].name, "zeta");
         assert_eq!(f[1].dtype, "int64");
-        assert_eq!(f[1].class_names.as_deref(), Some(&["neg".to_string(), "pos".to_string()][..]));
+        assert_eq!(
+            f[1].class_names.as_deref(),
+            Some(&["neg".to_string(), "pos".to_string()][..])
+        );
         assert_eq!(f[2].dtype, "list");
     }
 

@@ -105,12 +105,15 @@ impl HubMirror {
         progress("building the embedded Hub mirror from scikit-learn's bundled datasets");
         run_build(python, &script, &out, &work, progress).await?;
         if !out.join("catalog.json").is_file() {
-            bail!("building the Hub mirror: the build script finished without writing catalog.json");
+            bail!(
+                "building the Hub mirror: the build script finished without writing catalog.json"
+            );
         }
         std::fs::write(out.join(MARKER), &digest).context("cannot write the mirror's marker")?;
         if root.exists() {
-            std::fs::rename(&root, work.join("previous"))
-                .with_context(|| format!("cannot move the outdated mirror {} aside", root.display()))?;
+            std::fs::rename(&root, work.join("previous")).with_context(|| {
+                format!("cannot move the outdated mirror {} aside", root.display())
+            })?;
         }
         std::fs::rename(&out, &root)
             .with_context(|| format!("cannot move the built mirror to {}", root.display()))?;
@@ -130,8 +133,14 @@ impl HubMirror {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot bind the Hub mirror to {addr}"))?;
-        let local = listener.local_addr().context("cannot read the Hub mirror's address")?;
-        let state = Arc::new(MirrorState { datasets: loaded.0, built_at: loaded.1, local });
+        let local = listener
+            .local_addr()
+            .context("cannot read the Hub mirror's address")?;
+        let state = Arc::new(MirrorState {
+            datasets: loaded.0,
+            built_at: loaded.1,
+            local,
+        });
         let app = router(state);
         let handle = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -150,8 +159,7 @@ impl HubMirror {
         progress: &dyn Fn(&str),
     ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
         let root = HubMirror::ensure_built(cache_dir, python, progress).await?;
-        let (addr, handle) =
-            HubMirror::serve(root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let (addr, handle) = HubMirror::serve(root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         Ok((format!("http://{addr}"), handle))
     }
 }
@@ -202,9 +210,15 @@ async fn lock_exclusive(path: PathBuf) -> anyhow::Result<FileLock> {
 
 /// Removes build directories left by processes that died mid-build (the caller holds the lock).
 fn remove_stale_builds(cache_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(BUILD_PREFIX) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(BUILD_PREFIX)
+        {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -237,7 +251,10 @@ async fn run_build(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| {
-            format!("cannot run Python at {} to build the Hub mirror", python.display())
+            format!(
+                "cannot run Python at {} to build the Hub mirror",
+                python.display()
+            )
         })?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -373,7 +390,12 @@ fn load_datasets(root: &Path) -> anyhow::Result<(BTreeMap<String, Served>, Strin
         let m: Manifest = serde_json::from_slice(&read(dir.join("manifest.json"))?)
             .with_context(|| format!("{}/manifest.json is not valid", dir.display()))?;
         if m.id != entry.id {
-            bail!("{}: manifest id {} does not match the catalog's {}", dir.display(), m.id, entry.id);
+            bail!(
+                "{}: manifest id {} does not match the catalog's {}",
+                dir.display(),
+                m.id,
+                entry.id
+            );
         }
         let parquet = read(dir.join(&m.parquet.path))?;
         if hex(&Sha256::digest(&parquet)) != m.sha256 {
@@ -386,7 +408,11 @@ fn load_datasets(root: &Path) -> anyhow::Result<(BTreeMap<String, Served>, Strin
         let first_rows = read(dir.join("first_rows.json"))?;
         datasets.insert(
             m.id.clone(),
-            Served { m, first_rows: Bytes::from(first_rows), parquet: Bytes::from(parquet) },
+            Served {
+                m,
+                first_rows: Bytes::from(first_rows),
+                parquet: Bytes::from(parquet),
+            },
         );
     }
     Ok((datasets, catalog.built_at))
@@ -428,7 +454,8 @@ impl MirrorState {
             .and_then(|h| h.to_str().ok())
             .filter(|h| {
                 !h.is_empty()
-                    && h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
             });
         match host {
             Some(h) => format!("http://{h}"),
@@ -440,8 +467,14 @@ impl MirrorState {
 fn router(state: Arc<MirrorState>) -> Router {
     Router::new()
         .route("/api/datasets/{owner}/{name}", get(api_dataset))
-        .route("/api/datasets/{owner}/{name}/revision/{rev}", get(api_dataset_revision))
-        .route("/datasets/{owner}/{name}/resolve/{rev}/{*path}", get(resolve_file))
+        .route(
+            "/api/datasets/{owner}/{name}/revision/{rev}",
+            get(api_dataset_revision),
+        )
+        .route(
+            "/datasets/{owner}/{name}/resolve/{rev}/{*path}",
+            get(resolve_file),
+        )
         .route("/is-valid", get(viewer_is_valid))
         .route("/splits", get(viewer_splits))
         .route("/info", get(viewer_info))
@@ -454,26 +487,44 @@ fn router(state: Arc<MirrorState>) -> Router {
 }
 
 async fn label_response(mut response: Response) -> Response {
-    response.headers_mut().insert(MIRROR_HEADER, HeaderValue::from_static("embedded"));
+    response
+        .headers_mut()
+        .insert(MIRROR_HEADER, HeaderValue::from_static("embedded"));
     response
 }
 
 async fn not_found_page() -> Response {
-    error_response(StatusCode::NOT_FOUND, None, "Sorry, we can't find the page you are looking for.")
+    error_response(
+        StatusCode::NOT_FOUND,
+        None,
+        "Sorry, we can't find the page you are looking for.",
+    )
 }
 
 fn error_response(status: StatusCode, code: Option<&'static str>, message: &str) -> Response {
     let mut response = (status, Json(json!({ "error": message }))).into_response();
     if let Some(code) = code {
-        response.headers_mut().insert("x-error-code", HeaderValue::from_static(code));
-        response.headers_mut().insert("x-error-message", header_text(message));
+        response
+            .headers_mut()
+            .insert("x-error-code", HeaderValue::from_static(code));
+        response
+            .headers_mut()
+            .insert("x-error-message", header_text(message));
     }
     response
 }
 
 fn header_text(text: &str) -> HeaderValue {
-    let clean: String =
-        text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' }).collect();
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
 }
 
@@ -497,7 +548,11 @@ fn gated_response(id: &str) -> Response {
 }
 
 fn repo_not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, Some("RepoNotFound"), "Repository not found")
+    error_response(
+        StatusCode::NOT_FOUND,
+        Some("RepoNotFound"),
+        "Repository not found",
+    )
 }
 
 /// A stable 24-hex-digit object id, like the Hub's `_id`.
@@ -535,7 +590,9 @@ fn api_info(
     headers: &HeaderMap,
 ) -> Response {
     let id = format!("{owner}/{name}");
-    let Some(repo) = s.repo(&id) else { return repo_not_found() };
+    let Some(repo) = s.repo(&id) else {
+        return repo_not_found();
+    };
     if matches!(repo, Repo::Fixture(Fixture::Gated)) && !has_bearer(headers) {
         return gated_response(&id);
     }
@@ -736,31 +793,43 @@ async fn resolve_file(
 
 type Params = Query<BTreeMap<String, String>>;
 
-fn param<'a>(q: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, Response> {
-    match q.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-        Some(v) => Ok(v),
-        None => Err(error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            None,
-            &format!("Parameter '{key}' is required"),
-        )),
+/// A dataset viewer error: `{"error": message}` with a status.
+struct ViewerError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ViewerError {
+    fn into_response(self) -> Response {
+        error_response(self.status, None, &self.message)
     }
 }
 
-fn viewer_not_found() -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        None,
-        "The dataset does not exist, or is not accessible without authentication (private or \
-         gated). Please check the spelling of the dataset name or retry with authentication.",
-    )
+fn param<'a>(q: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, ViewerError> {
+    match q.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        Some(v) => Ok(v),
+        None => Err(ViewerError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("Parameter '{key}' is required"),
+        }),
+    }
+}
+
+fn viewer_not_found() -> ViewerError {
+    ViewerError {
+        status: StatusCode::NOT_FOUND,
+        message: "The dataset does not exist, or is not accessible without authentication \
+                  (private or gated). Please check the spelling of the dataset name or retry \
+                  with authentication."
+            .to_string(),
+    }
 }
 
 /// The served dataset named by `?dataset=`, or the error response to send.
 fn viewer_dataset<'a>(
     s: &'a MirrorState,
     q: &BTreeMap<String, String>,
-) -> Result<&'a Served, Response> {
+) -> Result<&'a Served, ViewerError> {
     let id = param(q, "dataset")?;
     match s.repo(id) {
         Some(Repo::Data(d)) => Ok(d),
@@ -773,48 +842,54 @@ fn check_config_split(
     d: &Served,
     q: &BTreeMap<String, String>,
     need_split: bool,
-) -> Result<(), Response> {
+) -> Result<(), ViewerError> {
     if param(q, "config")? != d.m.config {
-        return Err(error_response(StatusCode::NOT_FOUND, None, "The config does not exist."));
+        return Err(ViewerError {
+            status: StatusCode::NOT_FOUND,
+            message: "The config does not exist.".to_string(),
+        });
     }
     if need_split && param(q, "split")? != d.m.split {
-        return Err(error_response(StatusCode::NOT_FOUND, None, "The split does not exist."));
+        return Err(ViewerError {
+            status: StatusCode::NOT_FOUND,
+            message: "The split does not exist.".to_string(),
+        });
     }
     Ok(())
 }
 
-async fn viewer_is_valid(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Response {
-    let id = match param(&q, "dataset") {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+async fn viewer_is_valid(
+    State(s): State<Arc<MirrorState>>,
+    Query(q): Params,
+) -> Result<Response, ViewerError> {
+    let id = param(&q, "dataset")?;
     let ok = match s.repo(id) {
-        None => return viewer_not_found(),
+        None => return Err(viewer_not_found()),
         Some(Repo::Data(_)) => true,
         // The fixtures have no data: nothing is viewable, with or without a token.
         Some(Repo::Fixture(_)) => false,
     };
-    Json(json!({
+    Ok(Json(json!({
         "preview": ok,
         "viewer": ok,
         "search": false,
         "filter": false,
         "statistics": false,
     }))
-    .into_response()
+    .into_response())
 }
 
-async fn viewer_splits(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Response {
-    let d = match viewer_dataset(&s, &q) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    Json(json!({
+async fn viewer_splits(
+    State(s): State<Arc<MirrorState>>,
+    Query(q): Params,
+) -> Result<Response, ViewerError> {
+    let d = viewer_dataset(&s, &q)?;
+    Ok(Json(json!({
         "splits": [{"dataset": d.m.id, "config": d.m.config, "split": d.m.split}],
         "pending": [],
         "failed": [],
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Features in the `datasets` library's JSON shape, in column order.
@@ -828,7 +903,9 @@ impl Serialize for FeaturesJson<'_> {
                 Some(names) => {
                     map.serialize_entry(&f.name, &json!({"names": names, "_type": "ClassLabel"}))?
                 }
-                None => map.serialize_entry(&f.name, &json!({"dtype": f.dtype, "_type": "Value"}))?,
+                None => {
+                    map.serialize_entry(&f.name, &json!({"dtype": f.dtype, "_type": "Value"}))?
+                }
             }
         }
         map.end()
@@ -877,7 +954,10 @@ fn dataset_info(d: &Served) -> DatasetInfoJson<'_> {
     }
 }
 
-async fn viewer_info(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Response {
+async fn viewer_info(
+    State(s): State<Arc<MirrorState>>,
+    Query(q): Params,
+) -> Result<Response, ViewerError> {
     #[derive(Serialize)]
     struct One<'a> {
         dataset_info: DatasetInfoJson<'a>,
@@ -890,10 +970,7 @@ async fn viewer_info(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Res
         failed: [(); 0],
         partial: bool,
     }
-    let d = match viewer_dataset(&s, &q) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    let d = viewer_dataset(&s, &q)?;
     if !q.contains_key("config") {
         let all = All {
             dataset_info: BTreeMap::from([(d.m.config.as_str(), dataset_info(d))]),
@@ -901,36 +978,37 @@ async fn viewer_info(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Res
             failed: [],
             partial: false,
         };
-        return Json(all).into_response();
+        return Ok(Json(all).into_response());
     }
-    if let Err(r) = check_config_split(d, &q, false) {
-        return r;
-    }
-    Json(One { dataset_info: dataset_info(d), partial: false }).into_response()
+    check_config_split(d, &q, false)?;
+    Ok(Json(One {
+        dataset_info: dataset_info(d),
+        partial: false,
+    })
+    .into_response())
 }
 
-async fn viewer_first_rows(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Response {
-    let d = match viewer_dataset(&s, &q) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_config_split(d, &q, true) {
-        return r;
-    }
+async fn viewer_first_rows(
+    State(s): State<Arc<MirrorState>>,
+    Query(q): Params,
+) -> Result<Response, ViewerError> {
+    let d = viewer_dataset(&s, &q)?;
+    check_config_split(d, &q, true)?;
     let mut response = (StatusCode::OK, d.first_rows.clone()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
-async fn viewer_size(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Response {
-    let d = match viewer_dataset(&s, &q) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+async fn viewer_size(
+    State(s): State<Arc<MirrorState>>,
+    Query(q): Params,
+) -> Result<Response, ViewerError> {
+    let d = viewer_dataset(&s, &q)?;
     let m = &d.m;
-    Json(json!({
+    Ok(Json(json!({
         "size": {
             "dataset": {
                 "dataset": m.id,
@@ -962,18 +1040,15 @@ async fn viewer_size(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Res
         "failed": [],
         "partial": false,
     }))
-    .into_response()
+    .into_response())
 }
 
 async fn viewer_parquet(
     State(s): State<Arc<MirrorState>>,
     Query(q): Params,
     headers: HeaderMap,
-) -> Response {
-    let d = match viewer_dataset(&s, &q) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+) -> Result<Response, ViewerError> {
+    let d = viewer_dataset(&s, &q)?;
     let m = &d.m;
     let url = format!(
         "{}/datasets/{}/resolve/refs%2Fconvert%2Fparquet/{}/{}/{}",
@@ -983,7 +1058,7 @@ async fn viewer_parquet(
         m.split,
         m.parquet.filename
     );
-    Json(json!({
+    Ok(Json(json!({
         "parquet_files": [{
             "dataset": m.id,
             "config": m.config,
@@ -996,5 +1071,5 @@ async fn viewer_parquet(
         "failed": [],
         "partial": false,
     }))
-    .into_response()
+    .into_response())
 }

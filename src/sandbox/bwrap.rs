@@ -7,12 +7,19 @@
 //! reach what `nobody` could. The job is started through a tiny `sh` wrapper that writes a marker
 //! to stderr once bwrap has finished setting up; a run without the marker is a sandbox failure,
 //! not a failure of the job.
+//!
+//! A process killed by a signal inside the sandbox shows as exit code 128 + signal (bwrap's
+//! convention, e.g. 152 for SIGXCPU); `signal` is set only when the sandbox itself was killed,
+//! which is what the timeout does.
 
-use std::ffi::OsString;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::ffi::{CStr, CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
@@ -25,7 +32,7 @@ use super::pyenv::PythonEnv;
 use crate::config::SandboxConfig;
 
 /// The unprivileged uid and gid jobs run as when gymforge runs as root (`nobody`).
-pub const SANDBOX_UID: u32 = 65534;
+const SANDBOX_UID: u32 = 65534;
 
 /// Written to stderr by the wrapper right before it execs the job; stripped from the output.
 const READY_MARKER: &[u8] = b"gymforge-sandbox-ready\n";
@@ -38,11 +45,13 @@ const PROBE_INSIDE: &str = "/home/agent/workspace";
 const MIB: u64 = 1024 * 1024;
 
 /// Host directories under /etc that are made visible (read-only) when they exist.
-const ETC_BINDS: [&str; 4] = ["/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"];
+const ETC_BINDS: [&str; 4] =
+    ["/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"];
 /// Top-level directories that are symlinks into /usr on merged-/usr systems.
 const USR_LINKS: [&str; 4] = ["lib", "lib64", "bin", "sbin"];
 /// Sandbox paths that a job's work directory or mounts may not cover.
-const RESERVED: [&str; 9] = ["/usr", "/proc", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/tmp"];
+/// (Paths under /tmp are fine: its tmpfs is mounted before any bind.)
+const RESERVED: [&str; 8] = ["/usr", "/proc", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib64"];
 
 /// Resource limits applied to every job (setrlimit in the child before bwrap starts).
 #[derive(Clone, Copy, Debug)]
@@ -127,12 +136,8 @@ impl BwrapSandbox {
                 one_line(&out.stderr, 600)
             );
         }
-        let caps = out
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff "))
-            .unwrap_or("unknown")
-            .trim();
+        let caps =
+            out.stdout.lines().find_map(|l| l.strip_prefix("CapEff ")).unwrap_or("unknown").trim();
         if caps.is_empty() || caps.chars().any(|c| c != '0') {
             bail!(
                 "the sandbox keeps capabilities (CapEff {caps}), so it is not safe to run \
@@ -262,29 +267,18 @@ impl BwrapSandbox {
                     }
                 }
             });
-            let mut ended = None;
             let mut read_done = false;
-            let mut grace_until = None;
-            loop {
-                let grace = tokio::time::sleep_until(
-                    grace_until.unwrap_or_else(|| tokio::time::Instant::now() + READ_GRACE),
-                );
+            let ended = loop {
                 tokio::select! {
-                    r = &mut waiting, if ended.is_none() => {
-                        ended = Some(r);
-                        grace_until = Some(tokio::time::Instant::now() + READ_GRACE);
-                    }
+                    r = &mut waiting => break r,
                     _ = &mut reading, if !read_done => read_done = true,
-                    _ = grace, if grace_until.is_some() && !read_done => break,
                 }
-                if ended.is_some() && read_done {
-                    break;
-                }
+            };
+            // Normally the pipes close with the sandbox; whatever still holds them is cut off.
+            if !read_done {
+                let _ = tokio::time::timeout(READ_GRACE, &mut reading).await;
             }
-            match ended {
-                Some(r) => r,
-                None => unreachable!("the loop ends only after the child ended"),
-            }
+            ended
         };
         let status = status
             .map_err(|e| PortError::Transient(format!("cannot wait for the sandbox: {e}")))?;
@@ -375,7 +369,8 @@ fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool) -> Result<(), PortEr
     Ok(())
 }
 
-const BWRAP_MISSING: &str = "bubblewrap (bwrap) is not installed: run `apt-get install -y bubblewrap`";
+const BWRAP_MISSING: &str =
+    "bubblewrap (bwrap) is not installed: run `apt-get install -y bubblewrap`";
 
 /// Finds `bwrap` on PATH or in the usual places.
 fn find_bwrap() -> Option<PathBuf> {
@@ -383,7 +378,9 @@ fn find_bwrap() -> Option<PathBuf> {
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/local/bin", "/bin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join("bwrap")).find(|p| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     })
 }
 
@@ -392,7 +389,15 @@ fn find_bwrap() -> Option<PathBuf> {
 fn child_setup(limits: Limits, drop_to_nobody: bool) -> std::io::Result<()> {
     macro_rules! limit {
         ($res:expr, $soft:expr, $hard:expr) => {{
-            let rl = libc::rlimit { rlim_cur: $soft as libc::rlim_t, rlim_max: $hard as libc::rlim_t };
+            // Never above the current hard limit: an unprivileged caller may not raise it.
+            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit with a valid pointer to a stack value.
+            if unsafe { libc::getrlimit($res, &mut old) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let soft = ($soft as libc::rlim_t).min(old.rlim_max);
+            let hard = ($hard as libc::rlim_t).min(old.rlim_max);
+            let rl = libc::rlimit { rlim_cur: soft, rlim_max: hard };
             // SAFETY: setrlimit with a valid pointer to a stack value.
             if unsafe { libc::setrlimit($res, &rl) } != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -452,7 +457,8 @@ fn setup_failure(stderr: &str) -> PortError {
         ));
     }
     let msg = format!("the sandbox failed to start (bwrap said: {said})");
-    if said.contains("Resource temporarily unavailable") || said.contains("Cannot allocate memory") {
+    if said.contains("Resource temporarily unavailable") || said.contains("Cannot allocate memory")
+    {
         PortError::Transient(msg)
     } else {
         PortError::Permanent(msg)
@@ -503,7 +509,8 @@ fn check_inside(inside: &str, env_dir: &Path) -> Result<(), String> {
     if p.components().count() < 2 {
         return Err("sandbox path `/` cannot be used as a work directory or mount".to_string());
     }
-    if RESERVED.iter().any(|r| p.starts_with(r)) || p.starts_with(env_dir) || env_dir.starts_with(p) {
+    if RESERVED.iter().any(|r| p.starts_with(r)) || p.starts_with(env_dir) || env_dir.starts_with(p)
+    {
         return Err(format!(
             "sandbox path `{inside}` overlaps a system directory or the Python environment"
         ));
@@ -523,7 +530,8 @@ fn make_mountpoint(workdir: &Path, rel: &Path, dir: bool) -> Result<(), String> 
         cur.push(name);
         let last = i + 1 == comps.len();
         let want_dir = !last || dir;
-        let fail = |e: std::io::Error| format!("cannot create the mountpoint {}: {e}", cur.display());
+        let fail =
+            |e: std::io::Error| format!("cannot create the mountpoint {}: {e}", cur.display());
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&cur).map_err(fail)?,
             Ok(m) if m.is_dir() == want_dir => continue,
@@ -545,26 +553,120 @@ fn make_mountpoint(workdir: &Path, rel: &Path, dir: bool) -> Result<(), String> 
     Ok(())
 }
 
-/// `chown -R 65534:65534` without following symlinks.
+/// `chown -R 65534:65534` without following symlinks. The tree may hold what an earlier job
+/// left, so it is walked through directory descriptors (`openat` with `O_NOFOLLOW`): a
+/// directory swapped for a symlink midway cannot redirect the walk outside the tree.
 fn chown_tree(root: &Path) -> Result<(), String> {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-        if meta.uid() != SANDBOX_UID || meta.gid() != SANDBOX_UID {
-            std::os::unix::fs::lchown(&path, Some(SANDBOX_UID), Some(SANDBOX_UID))
-                .map_err(|e| format!("cannot hand {} to the sandbox user: {e}", path.display()))?;
+    let fail = |path: &Path, e: std::io::Error| {
+        format!("cannot hand {} to the sandbox user: {e}", path.display())
+    };
+    let meta = std::fs::symlink_metadata(root).map_err(|e| fail(root, e))?;
+    if !meta.is_dir() {
+        return std::os::unix::fs::lchown(root, Some(SANDBOX_UID), Some(SANDBOX_UID))
+            .map_err(|e| fail(root, e));
+    }
+    let root_fd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(root)
+        .map_err(|e| fail(root, e))?;
+    // Pending directories: (open parent, name, path for messages). Opening lazily keeps the
+    // number of open descriptors at about the depth of the tree.
+    let mut pending: Vec<(Rc<OwnedFd>, CString, PathBuf)> = Vec::new();
+    let mut current = Some((Rc::new(OwnedFd::from(root_fd)), root.to_path_buf()));
+    loop {
+        let (dir, shown) = match current.take() {
+            Some(d) => d,
+            None => {
+                let Some((parent, name, shown)) = pending.pop() else { break };
+                // SAFETY: openat on a live descriptor with a NUL-terminated name.
+                let fd = unsafe {
+                    libc::openat(
+                        parent.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    return Err(fail(&shown, std::io::Error::last_os_error()));
+                }
+                // SAFETY: `fd` was just opened and is owned by nobody else.
+                (Rc::new(unsafe { OwnedFd::from_raw_fd(fd) }), shown)
+            }
+        };
+        // SAFETY: fchown on a live descriptor.
+        if unsafe { libc::fchown(dir.as_raw_fd(), SANDBOX_UID, SANDBOX_UID) } != 0 {
+            return Err(fail(&shown, std::io::Error::last_os_error()));
         }
-        if meta.is_dir() {
-            let entries = std::fs::read_dir(&path)
-                .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
-                stack.push(entry.path());
+        for name in list_dir(&dir).map_err(|e| fail(&shown, e))? {
+            let child = shown.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+            // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstatat on a live descriptor, NUL-terminated name, valid out pointer.
+            let rc = unsafe {
+                libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    continue;
+                }
+                return Err(fail(&child, e));
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                pending.push((Rc::clone(&dir), name, child));
+            } else if st.st_uid != SANDBOX_UID || st.st_gid != SANDBOX_UID {
+                // SAFETY: as above; AT_SYMLINK_NOFOLLOW changes a symlink itself.
+                let rc = unsafe {
+                    libc::fchownat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        SANDBOX_UID,
+                        SANDBOX_UID,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if rc != 0 {
+                    return Err(fail(&child, std::io::Error::last_os_error()));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The entry names of an open directory, without `.` and `..`.
+fn list_dir(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
+    // fdopendir takes ownership of its descriptor, so it gets a duplicate.
+    // SAFETY: fcntl on a live descriptor.
+    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor of a directory.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing the duplicate nobody else owns.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: readdir on an open stream; the entry is copied before the next call.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    }
+    // SAFETY: closes the stream and its descriptor.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
 }
 
 /// As root, bwrap runs as uid 65534: every ancestor of `path` must be searchable by others
@@ -586,8 +688,8 @@ fn reachable_by_sandbox_user(path: &Path, writable: bool) -> Result<(), String> 
         }
     }
     if !writable {
-        let meta = std::fs::metadata(&real)
-            .map_err(|e| format!("cannot stat {}: {e}", real.display()))?;
+        let meta =
+            std::fs::metadata(&real).map_err(|e| format!("cannot stat {}: {e}", real.display()))?;
         let need = if meta.is_dir() { 0o005 } else { 0o004 };
         if meta.mode() & need != need && meta.uid() != SANDBOX_UID {
             return Err(format!(
@@ -676,6 +778,38 @@ mod tests {
     fn namespace_refusal_is_explained() {
         let e = setup_failure("bwrap: No permissions to creating new namespace, likely because");
         assert!(matches!(&e, PortError::Permanent(m) if m.contains("user namespaces")), "{e}");
+    }
+
+    #[test]
+    fn missing_bwrap_names_the_fix() {
+        let e = spawn_error(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(e, PortError::Permanent(BWRAP_MISSING.to_string()));
+        let e = spawn_error(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn chown_tree_stays_inside_the_tree() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can hand files to another user
+        }
+        let base = std::env::temp_dir().join(format!("gymforge-chown-{}", std::process::id()));
+        let tree = base.join("tree");
+        let outside = base.join("outside.txt");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/f.txt"), "x").unwrap();
+        std::fs::write(&outside, "host").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(&base, tree.join("dirlink")).unwrap();
+        chown_tree(&tree).unwrap();
+        let owner = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+        for p in ["", "a", "a/b", "a/b/f.txt", "a/link", "dirlink"] {
+            assert_eq!(owner(&tree.join(p)), SANDBOX_UID, "{p}");
+        }
+        assert_eq!(owner(&outside), 0);
+        assert_eq!(owner(&base), 0);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

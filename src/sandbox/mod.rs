@@ -9,5 +9,5 @@
 mod bwrap;
 mod pyenv;
 
-pub use bwrap::{BwrapSandbox, SANDBOX_UID};
+pub use bwrap::BwrapSandbox;
 pub use pyenv::PythonEnv;

@@ -52,9 +52,9 @@ impl PythonEnv {
         let fingerprint = fingerprint(requirements, &version);
         let env = PythonEnv { dir: dir.clone() };
 
-        let parent = dir
-            .parent()
-            .ok_or_else(|| anyhow!("the Python environment directory {} has no parent", dir.display()))?;
+        let parent = dir.parent().ok_or_else(|| {
+            anyhow!("the Python environment directory {} has no parent", dir.display())
+        })?;
         fs::create_dir_all(parent).map_err(|e| {
             anyhow!("cannot create {} for the sandbox's Python environment: {e}", parent.display())
         })?;
@@ -227,11 +227,8 @@ fn create_venv(base: &Path, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Resu
     if out.status.success() && dir.join("bin/python").exists() && dir.join("bin/pip").exists() {
         return Ok(());
     }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     // A half-made venv must not be mistaken for a usable one.
     let _ = fs::remove_dir_all(dir);
     if text.contains("ensurepip") || text.contains("No module named venv") {
@@ -339,10 +336,8 @@ impl TempRequirements {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "gymforge-requirements-{}-{nanos}.txt",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir()
+            .join(format!("gymforge-requirements-{}-{nanos}.txt", std::process::id()));
         fs::write(&path, text)
             .map_err(|e| anyhow!("cannot write the requirements file {}: {e}", path.display()))?;
         Ok(TempRequirements { path })
@@ -375,7 +370,9 @@ fn make_world_readable(dir: &Path) -> anyhow::Result<()> {
                 .map_err(|e| anyhow!("cannot chmod {}: {e}", path.display()))?;
         }
         if meta.is_dir() {
-            for entry in fs::read_dir(&path).map_err(|e| anyhow!("cannot list {}: {e}", path.display()))? {
+            for entry in
+                fs::read_dir(&path).map_err(|e| anyhow!("cannot list {}: {e}", path.display()))?
+            {
                 stack.push(entry?.path());
             }
         }
@@ -416,7 +413,10 @@ mod tests {
 
     #[test]
     fn lock_file_is_a_sibling() {
-        assert_eq!(lock_path(Path::new("/opt/gymforge/pyenv")), Path::new("/opt/gymforge/pyenv.lock"));
+        assert_eq!(
+            lock_path(Path::new("/opt/gymforge/pyenv")),
+            Path::new("/opt/gymforge/pyenv.lock")
+        );
     }
 
     #[test]

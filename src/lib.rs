@@ -4,6 +4,7 @@
 //! pipeline's ports (LLM client, Hub client, sandbox, store, exporter), the embedded stand-ins
 //! (simulated teacher, Hub mirror) and the command line. `ARCHITECTURE.md` has the map.
 
+pub mod aup;
 pub mod check;
 pub mod config;
 pub mod export;

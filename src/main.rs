@@ -41,6 +41,29 @@ enum Command {
         #[command(subcommand)]
         what: CheckCommand,
     },
+    /// Per-task and per-model scores, performance profiles and AUP, computed as MLGym does.
+    /// Input: a gymforge output directory, or MLGym's published best/last score tables.
+    Aup {
+        /// A gymforge output directory (reads mlgym/tasks.json and trajectories/).
+        #[arg(long, conflicts_with_all = ["best", "last", "directions"])]
+        out: Option<PathBuf>,
+        /// Best-attempt score table in MLGym's CSV layout (tasks x methods).
+        #[arg(long, requires_all = ["last", "directions"])]
+        best: Option<PathBuf>,
+        /// Last-submission score table in MLGym's CSV layout.
+        #[arg(long)]
+        last: Option<PathBuf>,
+        /// CSV `task,direction` (maximize or minimize) for the tables' tasks.
+        #[arg(long)]
+        directions: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Write the best-attempt performance profile as SVG here (the last-submission profile
+        /// goes beside it).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// The simulated teacher LLM (an OpenAI-compatible test and demo server).
     Sim {
         #[command(subcommand)]
@@ -121,6 +144,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let (report, valid) = result?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Aup { out, best, last, directions, json, svg } => {
+            let input = match (out, best, last, directions) {
+                (Some(dir), None, None, None) => gymforge::aup::AupInput::OutputDir(dir),
+                (None, Some(best), Some(last), Some(directions)) => gymforge::aup::AupInput::Tables { best, last, directions },
+                _ => anyhow::bail!("give either --out DIR, or --best, --last and --directions"),
+            };
+            println!("{}", gymforge::aup::run_aup(input, json, svg.as_deref())?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sim { what: ServeCommand::Serve { port, config } } => {
             let config = load_config(config.as_deref())?;

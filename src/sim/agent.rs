@@ -4,10 +4,10 @@
 //! its own earlier commands and their observations, and the footer's step budget. A run looks
 //! at the workspace, reads the baseline, sometimes reads evaluate.py or the data, writes
 //! train.py (the baseline with its `model = ` line replaced by a tree ensemble), runs it,
-//! validates, sometimes tries a second model (restoring the better one), and submits. It
-//! repairs a crashed train.py a bounded number of times, submits early when the step budget
-//! runs out, and about one run in ten emits one malformed answer, then corrects it when the
-//! format error comes back.
+//! validates, sometimes tries a second model (restoring the better one, or regenerating the
+//! baseline's submission when no model beats it), and submits. It repairs a crashed train.py a
+//! bounded number of times, submits early when the step budget runs out, and about one run in
+//! ten emits one malformed answer, then corrects it when the format error comes back.
 
 use gymforge_actors::agent::parse_action;
 
@@ -56,7 +56,7 @@ impl Task {
             .iter()
             .filter_map(|phrase| d.find(phrase))
             .min()
-            .and_then(|at| quoted(&description[at..], '`').into_iter().find(|w| metric_names.contains(w)))
+            .and_then(|at| quoted(&d[at..], '`').into_iter().find(|w| metric_names.contains(w)))
             .or_else(|| names.iter().copied().find(|w| metric_names.contains(w)))
             .map(str::to_string);
         let target = description
@@ -306,11 +306,12 @@ fn train_script(baseline: Option<&str>, task: &Task, model: &Model) -> String {
             out[at] = format!("{indent}model = {}", model.expr());
             if let Some(first) = out.first_mut().filter(|l| l.starts_with("\"\"\"")) {
                 let one_line = first.len() > 6 && first.trim_end().ends_with("\"\"\"");
-                let summary = format!("Train a {} on the task's data and write submission.csv (adapted from baseline.py).", model.label);
+                let summary = format!("{} version of baseline.py: same data handling, stronger model.", model.class);
                 *first = if one_line { format!("\"\"\"{summary}\"\"\"") } else { format!("\"\"\"{summary}") };
             }
             let text = out.join("\n") + "\n";
-            return add_import(&text, &import).unwrap_or(text);
+            let text = add_import(&text, &import).unwrap_or(text);
+            return without_unused_imports(&text);
         }
     }
     let (fit_target, predictions) = if task.regression {
@@ -319,7 +320,7 @@ fn train_script(baseline: Option<&str>, task: &Task, model: &Model) -> String {
         ("train[TARGET].to_numpy(dtype=np.int64)", "predictions.astype(np.int64)")
     };
     format!(
-        r#""""Train a {label} on the task's data and write submission.csv."""
+        r#""""Train {label} on the task's data and write submission.csv."""
 
 import numpy as np
 import pandas as pd
@@ -344,10 +345,54 @@ def main():
 if __name__ == "__main__":
     main()
 "#,
-        label = model.label,
+        label = with_article(&model.label),
         target = py_str(&task.target),
         expr = model.expr(),
     )
+}
+
+/// Whether `name` is used as a word in `text`.
+fn uses(text: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+/// Drops top-level imports whose names the script no longer uses (after its model changed).
+fn without_unused_imports(source: &str) -> String {
+    let body: String = source.lines().filter(|l| !l.starts_with("import ") && !l.starts_with("from ")).collect::<Vec<_>>().join("\n");
+    let mut out: Vec<String> = Vec::new();
+    for line in source.lines() {
+        if let Some((module, names)) = line.strip_prefix("from ").and_then(|rest| rest.split_once(" import ")) {
+            if names.contains('(') || names.contains('*') {
+                out.push(line.to_string());
+                continue;
+            }
+            let kept: Vec<&str> = names.split(',').map(str::trim).filter(|n| uses(&body, n.rsplit(" as ").next().unwrap_or(n))).collect();
+            if !kept.is_empty() {
+                out.push(format!("from {module} import {}", kept.join(", ")));
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("import ") {
+            let alias = rest.rsplit(" as ").next().unwrap_or(rest).trim();
+            let alias = alias.split('.').next().unwrap_or(alias);
+            if !rest.contains(',') && !uses(&body, alias) {
+                continue;
+            }
+        }
+        out.push(line.to_string());
+    }
+    out.join("\n") + "\n"
+}
+
+/// The label with "a" or "an" in front.
+fn with_article(label: &str) -> String {
+    let vowel = label.chars().next().is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {label}", if vowel { "an" } else { "a" })
 }
 
 fn heredoc(script: &str) -> String {
@@ -373,6 +418,7 @@ fn readable(class: &str) -> String {
         words.extend(c.to_lowercase());
     }
     match words.as_str() {
+        "baseline" | "baseline model" | "make_pipeline" => "baseline model".into(),
         "hist gradient boosting" => "histogram gradient boosting model".into(),
         "gradient boosting" => "gradient boosting model".into(),
         "extra trees" => "extra-trees ensemble".into(),
@@ -424,19 +470,23 @@ impl Policy<'_> {
         self.turns().iter().filter(|t| t.writes_train_script()).collect()
     }
 
-    /// Each validated train.py version: (index of its write, model class, priority score).
+    /// Each validated submission: (index of the turn that wrote its script, model class or
+    /// `baseline`, priority score).
     fn validated(&self) -> Vec<(usize, String, f64)> {
         let mut out = Vec::new();
         let mut current: Option<(usize, String)> = None;
         for (i, turn) in self.turns().iter().enumerate() {
             if turn.writes_train_script() {
-                let class = model_in(turn.action()).map(|(c, _)| c).unwrap_or_else(|| "baseline model".into());
+                let class = model_in(turn.action()).map(|(c, _)| c).unwrap_or_else(|| "baseline".into());
                 current = Some((i, class));
             }
-            if let (Some(scores), Some((write, class))) = (turn.scores(), current.as_ref()) {
-                if let Some(value) = self.priority(&scores) {
-                    out.push((*write, class.clone(), value));
-                }
+            if turn.action().starts_with("python baseline.py") && !turn.crashed() {
+                current = Some((i, "baseline".into()));
+            }
+            if let (Some(scores), Some((write, class))) = (turn.scores(), current.as_ref())
+                && let Some(value) = self.priority(&scores)
+            {
+                out.push((*write, class.clone(), value));
             }
         }
         out
@@ -592,7 +642,7 @@ impl Policy<'_> {
             "I'll write train.py from scratch with"
         };
         mv(
-            format!("{why} {how} for a {}, keeping the data loading and the submission format unchanged.{extra}", model.label),
+            format!("{why} {how} for {}, keeping the data loading and the submission format unchanged.{extra}", with_article(&model.label)),
             heredoc(&script),
         )
     }
@@ -620,8 +670,12 @@ impl Policy<'_> {
             .reduce(|a, b| if self.task().better(b.2, a.2) { b } else { a })
             .expect("scored");
 
-        // A second model, once.
-        if writes == 1 && remaining > 6 && self.draw.chance(0.6) {
+        let minimize = self.task().minimize;
+        let beats_baseline = move |x: f64| baseline.is_none_or(|b| if minimize { x < b } else { x > b });
+        let last_beats = beats_baseline(last_score);
+
+        // A second model, once: often when the first one helped, always when it did not.
+        if writes == 1 && remaining > 6 && (!last_beats || self.draw.chance(0.6)) {
             let first_family = model_in(self.writes()[0].action())
                 .map(|(c, _)| c)
                 .and_then(|c| ["HistGradientBoosting", "GradientBoosting", "RandomForest", "ExtraTrees"].into_iter().find(|f| c.starts_with(f)))
@@ -630,17 +684,29 @@ impl Policy<'_> {
             let model = choose_model(&mut self.draw, task, &[first_family]);
             let script = train_script(self.baseline_source().as_deref(), task, &model);
             let against = match baseline {
-                Some(b) if task.better(last_score, b) => format!("The {} scores {metric} {} against the baseline's {}.", readable(&last_class), score(last_score), score(b)),
+                Some(b) if last_beats => format!("The {} scores {metric} {} against the baseline's {}.", readable(&last_class), score(last_score), score(b)),
                 Some(b) => format!("The {} scores {metric} {}, which does not beat the baseline's {}.", readable(&last_class), score(last_score), score(b)),
                 None => format!("The {} scores {metric} {}.", readable(&last_class), score(last_score)),
             };
-            let family = model.family();
-            let reason = match family {
+            let reason = match model.family() {
                 "HistGradientBoosting" | "GradientBoosting" => "Boosted trees often do better than bagged ones on small tabular data",
                 "ExtraTrees" => "Extra trees average more randomised splits and often generalise better on small datasets",
                 _ => "A random forest is a robust alternative that is hard to overfit",
             };
-            return mv(format!("{against} {reason}, so I'll try a {} in train.py.", model.label), heredoc(&script));
+            return mv(format!("{against} {reason}, so I'll try {} in train.py.", with_article(&model.label)), heredoc(&script));
+        }
+
+        // No model beats the baseline: fall back to the baseline's own submission, once.
+        if !beats_baseline(best.2) && !self.did("python baseline.py") && remaining > 3 {
+            let b = baseline.map(score).unwrap_or_default();
+            return mv(
+                format!(
+                    "None of the models I tried beats the baseline's {metric} of {b} (the best, the {}, scores {}). On this data the linear baseline is hard to beat, so I'll regenerate its submission and submit that instead of a worse one.",
+                    readable(&best.1),
+                    score(best.2)
+                ),
+                "python baseline.py",
+            );
         }
 
         // The latest version is worse than an earlier one: restore the best, once.
@@ -648,7 +714,8 @@ impl Policy<'_> {
             let writes = self.writes();
             writes.iter().enumerate().any(|(i, w)| writes[..i].iter().any(|e| e.action() == w.action()))
         };
-        if self.task().better(best.2, last_score) && !restored && remaining > 4 {
+        let best_is_a_script = self.turns()[best.0].writes_train_script();
+        if self.task().better(best.2, last_score) && best_is_a_script && !restored && remaining > 4 {
             let command = self.turns()[best.0].action().to_string();
             return mv(
                 format!(
@@ -686,7 +753,7 @@ impl Policy<'_> {
                 let script = train_script(self.baseline_source().as_deref(), task, &model);
                 let what = if timed_out { "ran out of time".to_string() } else { format!("failed with `{error}`") };
                 return mv(
-                    format!("train.py {what}. I'll rewrite it from the baseline with a {}, which takes the same inputs and is quick to train.", model.label),
+                    format!("train.py {what}. I'll rewrite it from the baseline with {}, which takes the same inputs and is quick to train.", with_article(&model.label)),
                     heredoc(&script),
                 );
             }
@@ -703,14 +770,17 @@ impl Policy<'_> {
 
     fn submit(&self, remaining: Option<u32>) -> Move {
         let metric = self.task().metric_name();
-        let validated = self.validated();
-        let best = validated.iter().cloned().reduce(|a, b| if self.task().better(b.2, a.2) { b } else { a });
-        let summary = match (best, self.baseline_score()) {
+        // The submission on disk is the last one validated.
+        let current = self.validated().last().cloned();
+        let summary = match (current, self.baseline_score()) {
+            (Some((_, class, s)), Some(_)) if class == "baseline" => {
+                format!("The submission is the baseline's again ({metric} {}): none of the tree models beat it.", score(s))
+            }
             (Some((_, class, s)), Some(b)) if self.task().better(s, b) => {
                 format!("The {} reaches {metric} {} on the test set against the baseline's {}.", readable(&class), score(s), score(b))
             }
             (Some((_, class, s)), Some(b)) => format!(
-                "The best model so far, the {}, scores {metric} {} and does not beat the baseline's {}, but the submission is valid.",
+                "The {} scores {metric} {} and does not beat the baseline's {}, but the submission is valid.",
                 readable(&class),
                 score(s),
                 score(b)
@@ -895,6 +965,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn falls_back_to_the_baseline_when_no_model_beats_it() {
+        for seed in 0..6 {
+            let mut conversation = start(CLASSIFICATION, 30);
+            let mut actions: Vec<String> = Vec::new();
+            for step in 1..=30 {
+                let reply = answer(&cfg(seed), &conversation).unwrap();
+                let Ok((_, action)) = parse_action(&reply) else {
+                    conversation.push(("assistant".into(), reply.clone()));
+                    conversation.push(("user".into(), gymforge_actors::agent::format_error("no block")));
+                    continue;
+                };
+                let action = action.trim().to_string();
+                conversation.push(("assistant".into(), reply));
+                actions.push(action.clone());
+                if action == "submit" {
+                    break;
+                }
+                let baseline_ran = actions.iter().any(|a| a == "python baseline.py");
+                let obs = if action == "validate" {
+                    let score = if baseline_ran { 0.9 } else { 0.8 };
+                    format!("Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {score}, 'f1_macro': 0.8}}")
+                } else {
+                    observe(&action, step)
+                };
+                push_observation(&mut conversation, &obs, step, 30);
+            }
+            let n = actions.len();
+            assert_eq!(actions.iter().filter(|a| a.starts_with("cat << 'EOF'")).count(), 2, "{actions:#?}");
+            assert_eq!(&actions[n - 3..], ["python baseline.py", "validate", "submit"], "{actions:#?}");
+            let last = conversation.last().unwrap().1.clone();
+            assert!(last.contains("baseline's again"), "{last}");
+        }
+    }
+
+    #[test]
     fn submits_when_steps_run_out() {
         let (actions, _) = play(1, CLASSIFICATION, 5);
         assert_eq!(actions.last().unwrap(), "submit");
@@ -990,9 +1095,12 @@ pub(crate) mod tests {
         let script = train_script(Some(&(BASELINE.to_string() + "\n")), &task, &model);
         assert!(script.contains("    model = RandomForestClassifier(n_estimators="));
         assert!(script.contains("n_jobs=1"));
-        assert!(script.contains("from sklearn.ensemble import RandomForestClassifier\nfrom sklearn.linear_model"));
-        assert!(script.starts_with("\"\"\"Train a random forest of"));
-        assert_eq!(script.lines().count(), BASELINE.lines().count() + 1);
+        assert!(script.contains("import pandas as pd\nfrom sklearn.ensemble import RandomForestClassifier\n\nTARGET"), "{script}");
+        // The baseline's model imports are no longer used, so they go.
+        assert!(!script.contains("LogisticRegression") && !script.contains("StandardScaler") && !script.contains("import numpy"), "{script}");
+        assert!(script.starts_with("\"\"\"RandomForestClassifier version of baseline.py"));
+        assert!(script.contains("\n    model.fit(train, train)\n"));
+        assert_eq!(with_article("extra-trees ensemble"), "an extra-trees ensemble");
         // Without a usable baseline, a self-contained script.
         let fallback = train_script(None, &task, &model);
         assert!(fallback.contains("TARGET = \"target\"") && fallback.contains("model = RandomForestClassifier("));

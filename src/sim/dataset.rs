@@ -1,9 +1,11 @@
 //! Dataset stage of the simulated teacher: proposes Hub dataset ids for a challenge.
 //!
-//! The simulator "knows" the datasets of the embedded Hub mirror and rotates them by a hash of
-//! the seed and the challenge title, so different challenges get different datasets. Like a real
-//! model it sometimes starts with a plausible id that does not exist, which the verifier
-//! rejects; it never proposes a rejected id again.
+//! The simulator "knows" the datasets of the embedded Hub mirror. It proposes first the ones
+//! whose subject the challenge mentions (flowers, wine chemistry, tumours, digits, disease
+//! progression), then the others; within each group the order is rotated by a hash of the seed
+//! and the title, so different challenges get different datasets. Like a real model it
+//! sometimes starts with a plausible id that does not exist, which the verifier rejects; it
+//! never proposes a rejected id again.
 
 use super::text::{Draw, block_after, bullet_items, labelled_line, normalise};
 
@@ -16,24 +18,40 @@ pub(crate) const HALLUCINATION_RATE: f64 = 0.3;
 /// Proposals per answer.
 const MAX_PROPOSALS: usize = 3;
 
-/// Plausible ids that are not on the Hub, per task type.
-const PLAUSIBLE_CLASSIFICATION: [&str; 5] = [
-    "uci/wine-quality-red",
-    "uci/breast-cancer-wisconsin-diagnostic",
-    "botany-datasets/iris-extended",
-    "uci/optical-recognition-of-handwritten-digits",
-    "clinical-tabular/heart-disease-cleveland",
-];
-const PLAUSIBLE_REGRESSION: [&str; 4] = [
-    "uci/wine-quality-red",
-    "uci/concrete-compressive-strength",
-    "clinical-tabular/diabetes-progression",
-    "uci/abalone-age",
+/// What each mirror dataset is about (word stems), and plausible ids of similar data that are
+/// not on the Hub, as a model half-remembers them.
+const KNOWN: [(&str, &[&str], &[&str]); 5] = [
+    (
+        "sklearn/iris",
+        &["iris", "flower", "floral", "petal", "sepal", "species", "botan", "plant", "specimen", "herbarium", "leaf", "seed"],
+        &["botany-datasets/iris-extended", "uci/iris-plants"],
+    ),
+    (
+        "sklearn/wine",
+        &["wine", "cultivar", "grape", "vineyard", "winery", "chemical", "chemistry", "constituent", "assay", "spectroscop"],
+        &["uci/wine-quality-red", "uci/wine-recognition"],
+    ),
+    (
+        "sklearn/breast_cancer",
+        &["tumour", "tumor", "cancer", "malignan", "benign", "biopsy", "cytolog", "lesion", "diagnos", "patholog", "screening"],
+        &["uci/breast-cancer-wisconsin-diagnostic", "clinical-tabular/wdbc"],
+    ),
+    (
+        "sklearn/digits",
+        &["digit", "pixel", "image", "glyph", "character", "handwrit", "ocr", "scan", "symbol", "vision"],
+        &["uci/optical-recognition-of-handwritten-digits", "vision-tabular/digits-8x8"],
+    ),
+    (
+        "sklearn/diabetes",
+        &["diabetes", "progression", "patient", "clinical", "disease", "biomarker", "health", "risk", "blood", "medic"],
+        &["clinical-tabular/diabetes-progression", "uci/diabetes-130-us-hospitals"],
+    ),
 ];
 
 #[derive(Debug)]
 struct Request {
     title: String,
+    idea: String,
     regression: bool,
     rejected: Vec<String>,
 }
@@ -41,13 +59,14 @@ struct Request {
 fn parse(user: &str) -> Result<Request, String> {
     let title = labelled_line(user, "Challenge:").ok_or("dataset prompt has no `Challenge:` line")?;
     let task_type = labelled_line(user, "Task type:").ok_or("dataset prompt has no `Task type:` line")?;
+    let idea = labelled_line(user, "Idea:").unwrap_or_default();
     let rejected = block_after(user, "Proposals already rejected")
         .map(bullet_items)
         .unwrap_or_default()
         .iter()
         .filter_map(|item| dataset_id(item))
         .collect();
-    Ok(Request { title, regression: task_type.to_lowercase().contains("regress"), rejected })
+    Ok(Request { title, idea, regression: task_type.to_lowercase().contains("regress"), rejected })
 }
 
 /// The `owner/name` id at the start of a list item such as `uci/x: not_found`.
@@ -57,24 +76,36 @@ fn dataset_id(item: &str) -> Option<String> {
     (token.contains('/') && !token.starts_with('/') && !token.ends_with('/')).then(|| token.to_string())
 }
 
+/// Whether the challenge text mentions what `dataset` is about.
+fn fits(dataset: &str, text: &str) -> bool {
+    KNOWN.iter().find(|(id, _, _)| *id == dataset).is_some_and(|(_, stems, _)| stems.iter().any(|stem| text.contains(stem)))
+}
+
 pub(crate) fn answer(cfg: &crate::config::SimConfig, user: &str) -> Result<String, String> {
     let r = parse(user)?;
     let title = normalise(&r.title);
+    let text = format!("{} {}", r.title, r.idea).to_lowercase();
     let known: &[&str] = if r.regression { &REGRESSION } else { &CLASSIFICATION };
     let mut draw = Draw::new(cfg.seed, &["dataset", &title]);
     let start = draw.index(known.len());
     let is_rejected = |id: &str| r.rejected.iter().any(|x| x == id);
 
+    // Rotated, then the datasets that fit the challenge first (the sort is stable).
+    let mut ranked: Vec<&str> = (0..known.len()).map(|i| known[(start + i) % known.len()]).collect();
+    ranked.sort_by_key(|id| !fits(id, &text));
+
     let mut proposals: Vec<String> = Vec::new();
     if draw.chance(HALLUCINATION_RATE) {
-        let plausible: &[&str] = if r.regression { &PLAUSIBLE_REGRESSION } else { &PLAUSIBLE_CLASSIFICATION };
-        let guess = *draw.pick(plausible);
-        if !is_rejected(guess) {
-            proposals.push(guess.to_string());
+        // A half-remembered id of data like the best candidate's.
+        let guesses = KNOWN.iter().find(|(id, _, _)| *id == ranked[0]).map(|(_, _, g)| *g).unwrap_or(&[]);
+        if !guesses.is_empty() {
+            let guess = *draw.pick(guesses);
+            if !is_rejected(guess) {
+                proposals.push(guess.to_string());
+            }
         }
     }
-    for i in 0..known.len() {
-        let id = known[(start + i) % known.len()];
+    for id in ranked {
         if !is_rejected(id) && proposals.len() < MAX_PROPOSALS {
             proposals.push(id.to_string());
         }
@@ -99,7 +130,28 @@ mod tests {
     use super::*;
 
     fn user(title: &str, task: &str, rejected: &str) -> String {
-        render("dataset_user", &[("title", title), ("task_type", task), ("idea", "An idea."), ("rejected", rejected)])
+        user_with_idea(title, task, "An idea.", rejected)
+    }
+
+    fn user_with_idea(title: &str, task: &str, idea: &str, rejected: &str) -> String {
+        render("dataset_user", &[("title", title), ("task_type", task), ("idea", idea), ("rejected", rejected)])
+    }
+
+    #[test]
+    fn prefers_datasets_the_challenge_is_about() {
+        let cases = [
+            ("Species Identification from Petal and Sepal Measurements", "sklearn/iris"),
+            ("Tumour Malignancy from Cytology Features", "sklearn/breast_cancer"),
+            ("Recognising Handwritten Digits on a Microcontroller", "sklearn/digits"),
+            ("Cultivar Origin from Chemical Assay Results", "sklearn/wine"),
+        ];
+        for seed in 0..10 {
+            for (title, expected) in cases {
+                let p = proposals(seed, &user_with_idea(title, "classification", "Predict it.", "(none)"));
+                let first_real = p.iter().find(|id| id.starts_with("sklearn/")).unwrap();
+                assert_eq!(first_real, expected, "{title}: {p:?}");
+            }
+        }
     }
 
     fn proposals(seed: u64, u: &str) -> Vec<String> {

@@ -96,8 +96,7 @@ impl Request<'_> {
             .filter_map(|line| line.trim().strip_prefix("File \""))
             .filter_map(|rest| rest.split('"').next())
             .filter_map(|path| path.rsplit('/').next())
-            .filter(|file| names.iter().any(|n| n == file))
-            .last()
+            .rfind(|file| names.iter().any(|n| n == file))
             .map(str::to_string);
         in_traceback.or_else(|| {
             let step = self.step.to_lowercase();

@@ -143,8 +143,8 @@ pub(crate) fn osa_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=m {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=n {
         for j in 1..=m {
@@ -203,13 +203,13 @@ pub(crate) fn camel_case(text: &str) -> String {
     out
 }
 
-/// Title case for a short phrase: every word capitalised except short joining words.
+/// Title case for a phrase inside a title: every word capitalised except short joining words
+/// (also at the start, since the phrase follows other words).
 pub(crate) fn title_case(text: &str) -> String {
-    const SMALL: [&str; 10] = ["a", "an", "and", "at", "for", "from", "in", "of", "on", "with"];
+    const SMALL: [&str; 11] = ["a", "an", "and", "at", "for", "from", "in", "of", "on", "the", "with"];
     text.split(' ')
-        .enumerate()
-        .map(|(i, word)| {
-            if i > 0 && SMALL.contains(&word) {
+        .map(|word| {
+            if SMALL.contains(&word) {
                 word.to_string()
             } else {
                 capitalise(word)
@@ -289,6 +289,7 @@ mod tests {
     fn case_helpers() {
         assert_eq!(camel_case("Iris species: few labels!"), "irisSpeciesFewLabels");
         assert_eq!(title_case("species identification from leaf shape"), "Species Identification from Leaf Shape");
+        assert_eq!(title_case("a panel of chemical constituents"), "a Panel of Chemical Constituents");
         assert_eq!(quoted("a 'x' b 'y'", '\''), vec!["x", "y"]);
         assert_eq!(without_braces("a {b} c"), "a b c");
     }

@@ -313,13 +313,15 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
         _ => format!("In practice {stake}, which is what makes the problem worth benchmarking."),
     };
     let fill = |template: &str| template.replace("{unit}", unit).replace("{subject}", &subject_lc);
-    let twist = fill(*s.pick(twist_sentences(&r.twist, regression)));
+    let twist_template = s.pick::<&str>(twist_sentences(&r.twist, regression));
+    let twist = fill(twist_template);
     let modality = if normalise(&r.modality) == "tabular" || r.modality.is_empty() {
         None
     } else {
         Some(format!("The inputs are {} features.", r.modality.to_lowercase()))
     };
-    let scoring = fill(*s.pick(scoring_sentences(regression)));
+    let scoring_template = s.pick::<&str>(scoring_sentences(regression));
+    let scoring = fill(scoring_template);
     let mut sentences = vec![problem];
     if s.chance(0.7) {
         sentences.push(why);

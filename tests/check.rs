@@ -1,0 +1,90 @@
+//! `gymforge check task DIR` on a hand-written bundle: valid as shipped, and invalid after each
+//! of several deliberate breakages, each reported with its own reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Copies the fixture bundle and writes its raw data: points labelled by a noisy line.
+fn bundle(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle");
+    let out = dir.join("bundle");
+    std::fs::create_dir_all(out.join("raw")).unwrap();
+    for f in ["task.json", "prepare.py", "baseline.py", "evaluate.py"] {
+        std::fs::copy(fixture.join(f), out.join(f)).unwrap();
+    }
+    let mut csv = String::from("x,y,label\n");
+    let mut state: u64 = 42;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..400 {
+        let (x, y, noise) = (next() * 10.0, next() * 10.0, next());
+        let above = y > 0.5 * x + 2.0;
+        let label = if noise < 0.1 { !above } else { above };
+        csv.push_str(&format!("{x:.4},{y:.4},{}\n", u8::from(label)));
+    }
+    std::fs::write(out.join("raw/points.csv"), csv).unwrap();
+    out
+}
+
+fn check(dir: &Path) -> (bool, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gymforge"))
+        .args(["check", "task"])
+        .arg(dir)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("JSON report ({e}); stderr: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.success(), report)
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} contains {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn valid_bundle_passes_every_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, report) = check(&bundle(tmp.path()));
+    assert!(ok, "{report:#}");
+    assert_eq!(report["valid"], true);
+    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["static", "prepare", "baseline", "reproducible", "trivial", "wrong_shape"]);
+    assert!(report["baseline_scores"]["accuracy"].as_f64().unwrap() > 0.7);
+}
+
+#[test]
+fn each_breakage_is_reported_with_its_reason() {
+    let cases: [(&str, &str, &str, &str); 6] = [
+        ("evaluate.py", "print(json.dumps(", "print('scoring'); print(json.dumps(", "eval_format"),
+        ("prepare.py", "test.drop(columns=[\"label\"])", "test", "leak"),
+        ("baseline.py", "model = LogisticRegression()", "model = LogisticRegresion()", "baseline_failed"),
+        ("evaluate.py", "{\"accuracy\": ", "{\"acc\": ", "metric_mismatch"),
+        ("evaluate.py", "sorted(submission[\"id\"]) != sorted(answers[\"id\"])", "False", "eval_accepts_wrong_shape"),
+        ("baseline.py", "model = LogisticRegression()", "from sklearn.dummy import DummyClassifier\nmodel = DummyClassifier()", "baseline_not_better_than_trivial"),
+    ];
+    for (file, from, to, reason) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = bundle(tmp.path());
+        edit(&dir.join(file), from, to);
+        let (ok, report) = check(&dir);
+        assert!(!ok, "{file}: {to} must make the task invalid");
+        assert_eq!(report["valid"], false);
+        assert_eq!(report["failure"]["reason"], reason, "{report:#}");
+    }
+}
+
+#[test]
+fn a_missing_bundle_file_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(tmp.path());
+    std::fs::remove_file(dir.join("evaluate.py")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gymforge")).args(["check", "task"]).arg(&dir).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("evaluate.py") && !stderr.contains("panicked"), "{stderr}");
+}

@@ -34,7 +34,7 @@ mod text;
 mod topic;
 
 pub use codegen::{Bug, draft_bug};
-pub use server::serve;
+pub use server::{SIMULATED_HEADER, serve};
 
 use crate::config::SimConfig;
 

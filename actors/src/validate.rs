@@ -448,32 +448,6 @@ pub fn csv_header(path: &Path) -> Result<Vec<String>, PortError> {
     Ok(line.trim_end().split(',').map(|h| h.trim().trim_matches('"').to_string()).collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn out(stdout: &str, stderr: &str) -> JobOutput {
-        JobOutput { exit_code: Some(0), stdout: stdout.into(), stderr: stderr.into(), ..Default::default() }
-    }
-
-    #[test]
-    fn scores_must_be_one_clean_json_object() {
-        assert_eq!(parse_scores(&out("{\"accuracy\": 0.5}\n", "")).unwrap()["accuracy"], 0.5);
-        assert!(parse_scores(&out("Evaluating\n{\"accuracy\": 0.5}", "")).is_err());
-        assert!(parse_scores(&out("{\"accuracy\": 0.5}", "warning")).is_err());
-        assert!(parse_scores(&out("{\"accuracy\": -1}", "")).is_err());
-        assert!(parse_scores(&out("{\"accuracy\": \"high\"}", "")).is_err());
-        assert!(parse_scores(&out("{}", "")).is_err());
-    }
-
-    #[test]
-    fn head_tail_keeps_both_ends() {
-        let t = "a".repeat(50) + &"b".repeat(50);
-        let cut = head_tail(&t, 20);
-        assert!(cut.starts_with("aaaaaaaaaa") && cut.ends_with("bbbbbbbbbb") && cut.contains("80 characters omitted"));
-    }
-}
-
 /// The file of a bundle directory holding everything but the scripts.
 pub const BUNDLE_META_FILE: &str = "task.json";
 
@@ -519,4 +493,30 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(stdout: &str, stderr: &str) -> JobOutput {
+        JobOutput { exit_code: Some(0), stdout: stdout.into(), stderr: stderr.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn scores_must_be_one_clean_json_object() {
+        assert_eq!(parse_scores(&out("{\"accuracy\": 0.5}\n", "")).unwrap()["accuracy"], 0.5);
+        assert!(parse_scores(&out("Evaluating\n{\"accuracy\": 0.5}", "")).is_err());
+        assert!(parse_scores(&out("{\"accuracy\": 0.5}", "warning")).is_err());
+        assert!(parse_scores(&out("{\"accuracy\": -1}", "")).is_err());
+        assert!(parse_scores(&out("{\"accuracy\": \"high\"}", "")).is_err());
+        assert!(parse_scores(&out("{}", "")).is_err());
+    }
+
+    #[test]
+    fn head_tail_keeps_both_ends() {
+        let t = "a".repeat(50) + &"b".repeat(50);
+        let cut = head_tail(&t, 20);
+        assert!(cut.starts_with("aaaaaaaaaa") && cut.ends_with("bbbbbbbbbb") && cut.contains("80 characters omitted"));
+    }
 }

@@ -99,6 +99,14 @@ impl OpenAiClient {
         }
     }
 
+    /// Removes the API key from text that came back from the server (some echo it in errors).
+    fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if !key.is_empty() => text.replace(key.as_str(), "[redacted]"),
+            _ => text.to_string(),
+        }
+    }
+
     async fn send_once(&self, request: &ChatRequest) -> Result<ChatReply, (PortError, Option<Duration>)> {
         let mut body = serde_json::json!({
             "model": self.model,
@@ -126,6 +134,7 @@ impl OpenAiClient {
             .text()
             .await
             .map_err(|e| (PortError::Transient(format!("LLM response unreadable: {}", without_url(&e))), None))?;
+        let text = if status >= 300 { self.redact(&text) } else { text };
         match status {
             200..=299 => {}
             429 if text.contains("insufficient_quota") => {

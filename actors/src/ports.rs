@@ -233,7 +233,7 @@ pub struct FinalInputs {
 /// Writes the user-facing output directory. Every write is atomic (temporary file + rename).
 pub trait Outputs: Send + Sync {
     /// Writes the MLGym task config, dataset config, starter code and data of an accepted task.
-    /// `prepared` is the directory the debug stage left (see [`crate::paths::TaskPaths`]).
+    /// `prepared` is the directory the debug stage left (see [`crate::paths::PreparedTask`]).
     fn write_task(&self, task: &AcceptedTask, prepared: &Path) -> Result<(), PortError>;
     /// Writes one rollout's `.traj` and `results.json`.
     fn write_rollout(&self, rollout: &RolloutRecord) -> Result<(), PortError>;

@@ -951,34 +951,38 @@ async fn fake_with(overrides: Vec<Canned>) -> String {
 
 const API: &str = "/api/datasets/acme/reviews";
 
+/// Verifies `acme/reviews` against the fake Hub with `overrides` applied.
+async fn fake_verify(overrides: Vec<Canned>, token: Option<&str>) -> Result<DatasetCheck, PortError> {
+    let base = fake_with(overrides).await;
+    fake_client(&base, token, TIMEOUT).verify("acme/reviews").await
+}
+
+/// The rejection of `acme/reviews` by the fake Hub with `overrides` applied.
+async fn fake_rejection(overrides: Vec<Canned>, token: Option<&str>) -> (String, String) {
+    let base = fake_with(overrides).await;
+    rejection(&fake_client(&base, token, TIMEOUT), "acme/reviews").await
+}
+
 #[tokio::test]
 async fn server_errors_and_rate_limits_are_transient() {
-    let base = fake_with(vec![canned(
+    let err = fake_verify(vec![canned(
         API,
         503,
         &[],
         json!({"error": "Service Unavailable"}),
-    )])
-    .await;
-    let err = fake_client(&base, None, TIMEOUT)
-        .verify("acme/reviews")
-        .await
+    )], None).await
         .unwrap_err();
     assert!(
         matches!(&err, PortError::Transient(m) if m.contains("503")),
         "{err:?}"
     );
 
-    let base = fake_with(vec![canned(
+    let err = fake_verify(vec![canned(
         API,
         429,
         &[("retry-after", "30")],
         json!({"error": "slow down"}),
-    )])
-    .await;
-    let err = fake_client(&base, Some("hf_rate_token"), TIMEOUT)
-        .verify("acme/reviews")
-        .await
+    )], Some("hf_rate_token")).await
         .unwrap_err();
     assert!(
         matches!(&err, PortError::Transient(m) if m.contains("429") && m.contains("30")),
@@ -986,29 +990,21 @@ async fn server_errors_and_rate_limits_are_transient() {
     );
     assert!(!err.to_string().contains("hf_rate_token"), "{err}");
 
-    let base = fake_with(vec![canned(
+    let err = fake_verify(vec![canned(
         "/is-valid",
         429,
         &[],
         json!({"error": "Too many requests"}),
-    )])
-    .await;
-    let err = fake_client(&base, None, TIMEOUT)
-        .verify("acme/reviews")
-        .await
+    )], None).await
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 
-    let base = fake_with(vec![canned(
+    let err = fake_verify(vec![canned(
         "/splits",
         500,
         &[],
         json!({"error": "ResponseNotReady"}),
-    )])
-    .await;
-    let err = fake_client(&base, None, TIMEOUT)
-        .verify("acme/reviews")
-        .await
+    )], None).await
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
@@ -1016,64 +1012,49 @@ async fn server_errors_and_rate_limits_are_transient() {
 #[tokio::test]
 async fn hub_status_codes_map_to_reasons() {
     // The real Hub answers 401 + RepoNotFound for a repository that does not exist.
-    let base = fake_with(vec![canned(
+    let (reason, _) = fake_rejection(vec![canned(
         API,
         401,
         &[("x-error-code", "RepoNotFound")],
         json!({"error": "Repository not found"}),
-    )])
-    .await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    )], None).await;
     assert_eq!(reason, "not_found");
 
-    let base = fake_with(vec![canned(
+    let (reason, _) = fake_rejection(vec![canned(
         API,
         404,
         &[("x-error-code", "RepoNotFound")],
         json!({"error": "Repository not found"}),
-    )])
-    .await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    )], None).await;
     assert_eq!(reason, "not_found");
 
-    let base = fake_with(vec![canned(
+    let (reason, detail) = fake_rejection(vec![canned(
         API,
         403,
         &[("x-error-code", "GatedRepo")],
         json!({"error": "gated"}),
-    )])
-    .await;
-    let (reason, detail) = rejection(
-        &fake_client(&base, Some("hf_gate_token"), TIMEOUT),
-        "acme/reviews",
-    )
-    .await;
+    )], Some("hf_gate_token")).await;
     assert_eq!(reason, "gated");
     assert!(detail.contains("token"), "{detail}");
     assert!(!detail.contains("hf_gate_token"), "{detail}");
 
-    let base = fake_with(vec![canned(API, 400, &[], json!({"error": "bad request"}))]).await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    let (reason, _) = fake_rejection(vec![canned(API, 400, &[], json!({"error": "bad request"}))], None).await;
     assert_eq!(reason, "hub_error");
 
-    let base = fake_with(vec![canned(
+    let (reason, _) = fake_rejection(vec![canned(
         "/info",
         404,
         &[],
         json!({"error": "The config does not exist."}),
-    )])
-    .await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    )], None).await;
     assert_eq!(reason, "viewer_invalid");
 
-    let base = fake_with(vec![canned(
+    let (reason, _) = fake_rejection(vec![canned(
         API,
         200,
         &[],
         json!({"id": "acme/reviews", "sha": FAKE_SHA, "disabled": true}),
-    )])
-    .await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    )], None).await;
     assert_eq!(reason, "disabled");
 }
 
@@ -1094,8 +1075,7 @@ async fn gated_dataset_needs_a_token() {
 #[tokio::test]
 async fn viewer_verdicts() {
     let none_valid = json!({"viewer": false, "preview": false, "search": false, "filter": false, "statistics": false});
-    let base = fake_with(vec![canned("/is-valid", 200, &[], none_valid)]).await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    let (reason, _) = fake_rejection(vec![canned("/is-valid", 200, &[], none_valid)], None).await;
     assert_eq!(reason, "viewer_invalid");
 
     // Only a preview (very large datasets) is still usable.
@@ -1104,8 +1084,7 @@ async fn viewer_verdicts() {
     verified(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
 
     let empty = json!({"parquet_files": [], "pending": [], "failed": [], "partial": false});
-    let base = fake_with(vec![canned("/parquet", 200, &[], empty)]).await;
-    let (reason, _) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
+    let (reason, _) = fake_rejection(vec![canned("/parquet", 200, &[], empty)], None).await;
     assert_eq!(reason, "no_parquet");
 
     let pending = json!({"parquet_files": [], "pending": [{"kind": "config-parquet", "dataset": "acme/reviews"}], "failed": [], "partial": false});

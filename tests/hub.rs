@@ -417,26 +417,10 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(disabled["disabled"], true);
 
     let q = [("dataset", "sklearn/wine")];
-    let v: Value = http
-        .get(format!("{base}/is-valid"))
-        .query(&q)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&http, format!("{base}/is-valid"), &q).await;
     assert_eq!(v["viewer"], true);
     assert_eq!(v["preview"], true);
-    let v: Value = http
-        .get(format!("{base}/splits"))
-        .query(&q)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&http, format!("{base}/splits"), &q).await;
     assert_eq!(
         v["splits"],
         json!([{"dataset": "sklearn/wine", "config": "default", "split": "train"}])
@@ -491,28 +475,12 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(rows["rows"][0]["row_idx"], 0);
     assert!(rows["rows"][0]["row"]["target"].is_i64());
 
-    let size: Value = http
-        .get(format!("{base}/size"))
-        .query(&q)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let size: Value = get_json(&http, format!("{base}/size"), &q).await;
     assert_eq!(size["size"]["dataset"]["num_rows"], 178);
     assert_eq!(size["size"]["configs"][0]["num_columns"], 14);
     assert_eq!(size["partial"], false);
 
-    let pq: Value = http
-        .get(format!("{base}/parquet"))
-        .query(&q)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pq: Value = get_json(&http, format!("{base}/parquet"), &q).await;
     assert_eq!(pq["partial"], false);
     assert_eq!(pq["pending"], json!([]));
     let file = &pq["parquet_files"][0];
@@ -950,6 +918,11 @@ async fn fake_with(overrides: Vec<Canned>) -> String {
 }
 
 const API: &str = "/api/datasets/acme/reviews";
+
+/// GETs `url` with `query` and parses the JSON body.
+async fn get_json<Q: serde::Serialize + ?Sized>(http: &reqwest::Client, url: String, query: &Q) -> Value {
+    http.get(url).query(query).send().await.unwrap().json().await.unwrap()
+}
 
 /// Verifies `acme/reviews` against the fake Hub with `overrides` applied.
 async fn fake_verify(overrides: Vec<Canned>, token: Option<&str>) -> Result<DatasetCheck, PortError> {

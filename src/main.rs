@@ -185,7 +185,7 @@ async fn run(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
     let follow = display.follow(rx);
     let (result, ()) = tokio::join!(run, follow);
     display.finish();
-    let (outcome, _labels) = result?;
+    let outcome = result?;
     let report_path = out.join("report.json");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
     println!("{}", gymforge::export::summary_table(&report));

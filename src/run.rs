@@ -174,14 +174,14 @@ pub async fn run_batch(
     request: RunRequest,
     status: &(dyn Fn(&str) + Sync),
     progress: tokio::sync::watch::Sender<Progress>,
-) -> anyhow::Result<(gymforge_actors::RunOutcome, serde_json::Value)> {
+) -> anyhow::Result<gymforge_actors::RunOutcome> {
     let RunRequest { config, out } = request;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let state = state_dir(&out);
     let store = SqliteStore::open(&state.join("state.db"))?;
     check_resumable(&store, &config, &out)?;
     let services = services(&config, status).await?;
-    let outputs = OutputDir::new(out.clone()).with_labels(services.labels.clone());
+    let outputs = OutputDir::new(out.clone()).with_labels(services.labels);
     let pipeline = Arc::new(Pipeline {
         llm: services.llm.clone(),
         hub: services.hub.clone(),
@@ -195,7 +195,7 @@ pub async fn run_batch(
     });
     status("running the pipeline");
     let outcome = gymforge_actors::run_pipeline(pipeline).await.map_err(anyhow::Error::msg)?;
-    Ok((outcome, services.labels))
+    Ok(outcome)
 }
 
 /// A directory holding an earlier run resumes it only with the same seed: a different seed

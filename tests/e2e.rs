@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gymforge::config::Config;
+use gymforge_actors::paths::copy_tree;
 use gymforge_actors::ports::{Mount, Sandbox, SandboxJob};
 use serde::Deserialize;
 
@@ -144,7 +145,7 @@ async fn sandbox() -> gymforge::sandbox::BwrapSandbox {
 /// and the evaluation there (in the sandbox), and returns the scores evaluate.py printed.
 async fn rerun_exported_baseline(sandbox: &gymforge::sandbox::BwrapSandbox, task_dir: &Path) -> BTreeMap<String, f64> {
     let ws = tempfile::tempdir().unwrap();
-    copy_tree(task_dir, ws.path());
+    copy_tree(task_dir, ws.path()).unwrap();
     let job = |command: &str| SandboxJob {
         label: "e2e baseline".into(),
         workdir: ws.path().to_path_buf(),
@@ -162,18 +163,6 @@ async fn rerun_exported_baseline(sandbox: &gymforge::sandbox::BwrapSandbox, task
     serde_json::from_value(value).expect("a JSON object of numbers")
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn count_code_blocks(text: &str) -> usize {
     text.lines().filter(|l| l.trim_start().starts_with("```")).count() / 2

@@ -16,7 +16,7 @@ use gymforge::sandbox::{BwrapSandbox, PythonEnv};
 use gymforge::sim::{self, Bug};
 use gymforge_actors::agent::{COMMAND_DOCS, format_error, parse_action};
 use gymforge_actors::model::{AcceptedTask, DatasetMeta, Feature, ParquetFile, TaskBundle, TopicIdea, TopicSample};
-use gymforge_actors::paths::{PreparedTask, WORKSPACE};
+use gymforge_actors::paths::{PreparedTask, WORKSPACE, copy_tree};
 use gymforge_actors::ports::{JobOutput, Sandbox, SandboxJob};
 use gymforge_actors::template::render;
 use gymforge_actors::validate::{Failure, TaskCheck, check_bundle, evaluate_submission, format_scores, parse_scores};
@@ -166,18 +166,6 @@ fn sandbox() -> &'static BwrapSandbox {
     SANDBOX.get_or_init(|| BwrapSandbox::new(&Config::embedded().sandbox, python_env().clone()).expect("the sandbox"))
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// Runs one command in the sandbox with `dir` as the workspace, from sync or async code.
 fn run_in_sandbox(dir: &Path, command: Vec<String>) -> JobOutput {
@@ -235,7 +223,7 @@ fn task_type(dataset: &str) -> &'static str {
 /// scores.
 fn prepare_task(label: &str, bundle: &TaskBundle, raw_dir: &Path, root: &Path) -> (PreparedTask, BTreeMap<String, f64>) {
     let dir = root.join("work");
-    copy_tree(raw_dir, &dir.join("raw"));
+    copy_tree(raw_dir, &dir.join("raw")).unwrap();
     for (file, source) in &bundle.files {
         std::fs::write(dir.join(file), source).unwrap();
     }
@@ -260,8 +248,8 @@ fn prepare_task(label: &str, bundle: &TaskBundle, raw_dir: &Path, root: &Path) -
     assert!(scores.values().all(|v| v.is_finite() && *v >= 0.0), "{label}: {scores:?}");
 
     let prepared = PreparedTask::new(root.join("prepared"));
-    copy_tree(&dir.join("data"), &prepared.eval_data());
-    copy_tree(&dir.join("data"), &prepared.public_data());
+    copy_tree(&dir.join("data"), &prepared.eval_data()).unwrap();
+    copy_tree(&dir.join("data"), &prepared.public_data()).unwrap();
     std::fs::remove_file(prepared.public_data().join("answers.csv")).unwrap();
     std::fs::create_dir_all(prepared.starter()).unwrap();
     for file in ["baseline.py", "evaluate.py", "sample_submission.csv"] {
@@ -389,8 +377,8 @@ fn unrecognised_failures_are_not_fixed() {
 /// workspace; returns the actions and the scores of validate and submit.
 async fn rollout(seed: u64, task: &AcceptedTask, prepared: &PreparedTask, dir: &Path, max_steps: u32) -> (Vec<String>, Vec<String>, Vec<BTreeMap<String, f64>>) {
     let workspace = dir.join("workspace");
-    copy_tree(&prepared.starter(), &workspace);
-    copy_tree(&prepared.public_data(), &workspace.join("data"));
+    copy_tree(&prepared.starter(), &workspace).unwrap();
+    copy_tree(&prepared.public_data(), &workspace.join("data")).unwrap();
     let system = render(&prompt("agent_system"), &[("command_docs", COMMAND_DOCS), ("training_timeout", &task.bundle.training_timeout.to_string())]).unwrap();
     let description = gymforge_actors::rollout::agent_description(task);
     let footer = |step: u32| gymforge_actors::agent::footer(step, max_steps, WORKSPACE);

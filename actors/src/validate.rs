@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::model::{Direction, Scores, TaskBundle};
-use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
+use crate::paths::{PreparedTask, WORKSPACE, copy_files, copy_tree, fresh_dir};
 use crate::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
 
 /// Files the bundle must contain.
@@ -481,19 +481,6 @@ pub fn read_bundle_dir(dir: &Path) -> Result<TaskBundle, String> {
     serde_json::from_value(meta).map_err(|e| format!("{}: {e}", meta_path.display()))
 }
 
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

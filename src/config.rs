@@ -4,6 +4,7 @@
 //! `config/default.toml`, then the result is checked field by field. Every error names the file,
 //! the key and the problem.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -39,31 +40,125 @@ pub struct RunConfig {
     pub max_attempts: u32,
 }
 
+/// The LLM gateway: named endpoints, which stage each serves, and the policies shared by all.
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct LlmConfig {
-    pub endpoint: String,
-    pub model: String,
-    pub api_key_env: String,
-    pub requests_per_minute: u32,
-    pub timeout_secs: u64,
+    pub routes: Routes,
+    pub endpoints: BTreeMap<String, EndpointConfig>,
     pub max_retries: u32,
-    pub input_price_per_mtok: f64,
-    pub output_price_per_mtok: f64,
+    pub max_retry_after_secs: u64,
+    pub cooldown_without_hint_ms: u64,
+    pub circuit_failure_secs: u64,
+    pub circuit_probe_secs: u64,
+    pub circuit_max_wait_secs: u64,
+    pub run_budget_usd: f64,
 }
 
-impl LlmConfig {
-    pub fn is_sim(&self) -> bool {
-        self.endpoint == "sim"
+/// The endpoint (a key of `llm.endpoints`) that serves each stage that talks to an LLM.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Routes {
+    pub topic: String,
+    pub dataset: String,
+    pub codegen: String,
+    pub debug: String,
+    pub rollout: String,
+}
+
+impl Routes {
+    /// `(stage, endpoint name)` for every routed stage.
+    pub fn all(&self) -> [(gymforge_actors::Stage, &str); 5] {
+        use gymforge_actors::Stage;
+        [
+            (Stage::Topic, self.topic.as_str()),
+            (Stage::Dataset, self.dataset.as_str()),
+            (Stage::Codegen, self.codegen.as_str()),
+            (Stage::Debug, self.debug.as_str()),
+            (Stage::Rollout, self.rollout.as_str()),
+        ]
     }
 }
 
+/// One OpenAI-compatible endpoint and its limits.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `"sim"` (the simulated teacher on loopback) or a base URL ending before
+    /// `/chat/completions`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key_env: String,
+    pub requests_per_minute: u32,
+    pub input_tokens_per_minute: u32,
+    pub output_tokens_per_minute: u32,
+    pub max_concurrency: u32,
+    pub timeout_secs: u64,
+    pub input_price_per_mtok: f64,
+    pub output_price_per_mtok: f64,
+    pub structured_output: StructuredOutput,
+}
+
+impl EndpointConfig {
+    pub fn is_sim(&self) -> bool {
+        self.base_url == "sim"
+    }
+}
+
+/// What an endpoint understands of OpenAI's `response_format`.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// `{"type": "json_schema", ...}` with the stage's schema (OpenAI, vLLM, SGLang, Ollama,
+    /// llama.cpp, OpenRouter for models that support it).
+    JsonSchema,
+    /// `{"type": "json_object"}` only.
+    JsonObject,
+    /// No `response_format` field; the prompt alone asks for JSON.
+    None,
+}
+
+/// The simulated teacher (`llm.endpoints.*.base_url = "sim"`).
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
     pub seed: u64,
+    /// Median response latency.
     pub latency_ms: u64,
+    /// 99th percentile of the response latency (a log-normal tail); at least `latency_ms`.
+    pub latency_p99_ms: u64,
     pub buggy_draft_rate: f64,
+    pub faults: SimFaults,
+}
+
+/// Failures the simulated teacher injects, each a fraction of requests.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SimFaults {
+    /// HTTP 429 with `retry-after-ms` and `Retry-After` headers.
+    pub rate_429: f64,
+    /// The delay those headers announce.
+    pub retry_after_ms: u64,
+    /// HTTP 429 with no retry hint at all.
+    pub rate_429_bare: f64,
+    pub rate_500: f64,
+    pub rate_503: f64,
+    /// No answer for `hang_secs` (longer than a client's timeout).
+    pub rate_hang: f64,
+    pub hang_secs: u64,
+    /// The connection is closed without a response.
+    pub rate_reset: f64,
+    /// HTTP 200 whose content is prose with no JSON object in it.
+    pub rate_malformed: f64,
+    /// HTTP 200 whose content is the real answer cut off halfway.
+    pub rate_truncated: f64,
+}
+
+impl Default for SimConfig {
+    /// A quiet simulator: no latency, no buggy drafts, no faults.
+    fn default() -> Self {
+        SimConfig { seed: 0, latency_ms: 0, latency_p99_ms: 0, buggy_draft_rate: 0.0, faults: SimFaults::default() }
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -188,8 +283,6 @@ impl Config {
         positive("run.rollouts", self.run.rollouts.into())?;
         positive("run.max_topics_per_task", self.run.max_topics_per_task.into())?;
         positive("run.max_attempts", self.run.max_attempts.into())?;
-        positive("llm.requests_per_minute", self.llm.requests_per_minute.into())?;
-        positive("llm.timeout_secs", self.llm.timeout_secs)?;
         positive("hub.timeout_secs", self.hub.timeout_secs)?;
         positive("sandbox.memory_mb", self.sandbox.memory_mb)?;
         positive("sandbox.cpu_secs", self.sandbox.cpu_secs)?;
@@ -210,6 +303,26 @@ impl Config {
         }
         positive("agent.short_timeout_secs", self.agent.short_timeout_secs)?;
         rate("sim.buggy_draft_rate", self.sim.buggy_draft_rate)?;
+        let f = &self.sim.faults;
+        let fault_rates = [
+            ("sim.faults.rate_429", f.rate_429),
+            ("sim.faults.rate_429_bare", f.rate_429_bare),
+            ("sim.faults.rate_500", f.rate_500),
+            ("sim.faults.rate_503", f.rate_503),
+            ("sim.faults.rate_hang", f.rate_hang),
+            ("sim.faults.rate_reset", f.rate_reset),
+            ("sim.faults.rate_malformed", f.rate_malformed),
+            ("sim.faults.rate_truncated", f.rate_truncated),
+        ];
+        for (key, v) in fault_rates {
+            rate(key, v)?;
+        }
+        if fault_rates.iter().map(|(_, v)| v).sum::<f64>() > 1.0 {
+            bail!("the `sim.faults.rate_*` keys must add up to at most 1");
+        }
+        if self.sim.latency_p99_ms < self.sim.latency_ms {
+            bail!("key `sim.latency_p99_ms` must be at least `sim.latency_ms`");
+        }
         rate("faults.worker_panic_rate", self.faults.worker_panic_rate)?;
         rate("faults.worker_error_rate", self.faults.worker_error_rate)?;
         for stage in &self.faults.stages {
@@ -220,30 +333,71 @@ impl Config {
                 );
             }
         }
-        if !self.llm.is_sim() && !self.llm.endpoint.starts_with("http") {
-            bail!(
-                "key `llm.endpoint` must be \"sim\" or an http(s) URL, got `{}`",
-                self.llm.endpoint
-            );
-        }
+        self.validate_llm()?;
         if !self.hub.is_mirror() && !self.hub.endpoint.starts_with("http") {
             bail!(
                 "key `hub.endpoint` must be \"mirror\" or an http(s) URL, got `{}`",
                 self.hub.endpoint
             );
         }
-        if self.llm.api_key_env.contains("sk-") || self.hub.token_env.starts_with("hf_") {
+        if self.llm.endpoints.values().any(|e| e.api_key_env.contains("sk-")) || self.hub.token_env.starts_with("hf_") {
             bail!(
-                "keys `llm.api_key_env` and `hub.token_env` name environment variables; \
+                "keys `llm.endpoints.*.api_key_env` and `hub.token_env` name environment variables; \
                  put the secret itself in the environment, never in the config file"
             );
         }
         Ok(())
     }
 
-    /// Reads the LLM API key from the environment variable the config names.
-    pub fn llm_api_key(&self) -> Option<String> {
-        read_secret(&self.llm.api_key_env)
+    fn validate_llm(&self) -> anyhow::Result<()> {
+        let llm = &self.llm;
+        for (key, v) in [
+            ("llm.circuit_failure_secs", llm.circuit_failure_secs),
+            ("llm.circuit_probe_secs", llm.circuit_probe_secs),
+            ("llm.circuit_max_wait_secs", llm.circuit_max_wait_secs),
+            ("llm.max_retry_after_secs", llm.max_retry_after_secs),
+        ] {
+            if v == 0 {
+                bail!("key `{key}` must be at least 1");
+            }
+        }
+        if llm.run_budget_usd.is_nan() || llm.run_budget_usd < 0.0 {
+            bail!("key `llm.run_budget_usd` must be 0 (no budget) or a positive number of dollars");
+        }
+        for (stage, name) in llm.routes.all() {
+            if !llm.endpoints.contains_key(name) {
+                let known: Vec<&str> = llm.endpoints.keys().map(String::as_str).collect();
+                bail!("key `llm.routes.{stage}` names endpoint `{name}`, which is not defined (defined: {})", known.join(", "));
+            }
+        }
+        for (name, e) in &llm.endpoints {
+            let key = |field: &str| format!("llm.endpoints.{name}.{field}");
+            if !e.is_sim() && !e.base_url.starts_with("http") {
+                bail!("key `{}` must be \"sim\" or an http(s) URL, got `{}`", key("base_url"), e.base_url);
+            }
+            for (field, v) in [
+                ("requests_per_minute", u64::from(e.requests_per_minute)),
+                ("input_tokens_per_minute", u64::from(e.input_tokens_per_minute)),
+                ("output_tokens_per_minute", u64::from(e.output_tokens_per_minute)),
+                ("max_concurrency", u64::from(e.max_concurrency)),
+                ("timeout_secs", e.timeout_secs),
+            ] {
+                if v == 0 {
+                    bail!("key `{}` must be at least 1", key(field));
+                }
+            }
+            for (field, v) in [("input_price_per_mtok", e.input_price_per_mtok), ("output_price_per_mtok", e.output_price_per_mtok)] {
+                if v.is_nan() || v < 0.0 {
+                    bail!("key `{}` must be a non-negative number of dollars", key(field));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an endpoint's API key from the environment variable its config names.
+    pub fn llm_api_key(endpoint: &EndpointConfig) -> Option<String> {
+        read_secret(&endpoint.api_key_env)
     }
 
     /// Reads the Hub token from the environment variable the config names.
@@ -288,7 +442,7 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded();
-        assert!(c.llm.is_sim());
+        assert!(c.llm.endpoints[&c.llm.routes.rollout].is_sim());
         assert!(c.hub.is_mirror());
         assert_eq!(c.run.tasks, 3);
     }
@@ -316,10 +470,27 @@ mod tests {
 
     #[test]
     fn invalid_value_names_the_key() {
-        let err = Config::parse("[llm]\nrequests_per_minute = 0\n", Path::new("x.toml"))
+        let err = Config::parse("[llm.endpoints.sim]\nrequests_per_minute = 0\n", Path::new("x.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("llm.requests_per_minute"), "{err}");
+        assert!(err.contains("llm.endpoints.sim.requests_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn a_route_to_an_undefined_endpoint_is_refused() {
+        let err = Config::parse("[llm.routes]\nrollout = \"teacher\"\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("llm.routes.rollout") && err.contains("teacher"), "{err}");
+    }
+
+    #[test]
+    fn a_second_endpoint_merges_beside_the_default_one() {
+        let text = "[llm.routes]\ntopic = \"cheap\"\n[llm.endpoints.cheap]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"small\"\n\
+                    api_key_env = \"CHEAP_KEY\"\nrequests_per_minute = 60\ninput_tokens_per_minute = 1000\noutput_tokens_per_minute = 1000\n\
+                    max_concurrency = 2\ntimeout_secs = 5\ninput_price_per_mtok = 0.1\noutput_price_per_mtok = 0.2\nstructured_output = \"json_object\"\n";
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.llm.routes.topic, "cheap");
+        assert_eq!(c.llm.endpoints.len(), 2);
+        assert_eq!(c.llm.endpoints["cheap"].structured_output, StructuredOutput::JsonObject);
     }
 
     #[test]

@@ -368,15 +368,23 @@ fn to_pretty_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, PortEr
 // The output directory
 
 /// The output directory `OUT/`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OutputDir {
     root: PathBuf,
     labels: Option<Value>,
+    gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
 }
 
 impl OutputDir {
     pub fn new(root: PathBuf) -> OutputDir {
-        OutputDir { root, labels: None }
+        OutputDir { root, labels: None, gateway: None }
+    }
+
+    /// The LLM gateway whose live counters (per endpoint: requests, 429s, retries, cooldowns,
+    /// circuit, concurrency) go into `report.json` under `llm.gateway`.
+    pub fn with_gateway(mut self, gateway: std::sync::Arc<crate::gateway::Gateway>) -> OutputDir {
+        self.gateway = Some(gateway);
+        self
     }
 
     /// Describes the services the run used, e.g.
@@ -540,6 +548,9 @@ impl Outputs for OutputDir {
         if let Some(labels) = &self.labels {
             report["simulated"] = json!(any_simulated(labels));
             report["services"] = labels.clone();
+        }
+        if let Some(gateway) = &self.gateway {
+            report["llm"]["gateway"] = gateway.snapshot();
         }
         let path = self.report_path();
         write_atomic(&path, &to_pretty_json("report.json", &report)?)
@@ -774,17 +785,28 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
 
     let mut by_stage: BTreeMap<Stage, Usage> = BTreeMap::new();
     let mut by_model: BTreeMap<&str, Usage> = BTreeMap::new();
+    let mut by_endpoint: BTreeMap<&str, Usage> = BTreeMap::new();
+    let mut by_unit: BTreeMap<&str, Usage> = BTreeMap::new();
+    let mut by_stage_endpoint_model: BTreeMap<(Stage, &str, &str), Usage> = BTreeMap::new();
     let mut total = Usage::default();
-    let mut rows = Vec::new();
     for row in &inputs.usage {
         add_usage(by_stage.entry(row.stage).or_default(), &row.usage);
         add_usage(by_model.entry(row.model.as_str()).or_default(), &row.usage);
+        add_usage(by_endpoint.entry(row.endpoint.as_str()).or_default(), &row.usage);
+        add_usage(by_unit.entry(row.unit.as_str()).or_default(), &row.usage);
+        add_usage(by_stage_endpoint_model.entry((row.stage, &row.endpoint, &row.model)).or_default(), &row.usage);
         add_usage(&mut total, &row.usage);
-        let mut v = usage_json(&row.usage);
-        v["stage"] = json!(row.stage);
-        v["model"] = json!(row.model);
-        rows.push(v);
     }
+    let rows: Vec<Value> = by_stage_endpoint_model
+        .iter()
+        .map(|((stage, endpoint, model), u)| {
+            let mut v = usage_json(u);
+            v["stage"] = json!(stage);
+            v["endpoint"] = json!(endpoint);
+            v["model"] = json!(model);
+            v
+        })
+        .collect();
 
     let mut events: BTreeMap<&str, u64> = BTreeMap::new();
     for e in &inputs.events {
@@ -818,9 +840,11 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
             "malformed": sft.malformed,
         },
         "llm": {
-            "by_stage_model": rows,
+            "by_stage_endpoint_model": rows,
             "by_stage": by_stage.iter().map(|(s, u)| (s.as_str(), usage_json(u))).collect::<BTreeMap<_, _>>(),
             "by_model": by_model.iter().map(|(m, u)| (*m, usage_json(u))).collect::<BTreeMap<_, _>>(),
+            "by_endpoint": by_endpoint.iter().map(|(e, u)| (*e, usage_json(u))).collect::<BTreeMap<_, _>>(),
+            "by_unit": by_unit.iter().map(|(n, u)| (*n, usage_json(u))).collect::<BTreeMap<_, _>>(),
             "total": usage_json(&total),
         },
         "events": {
@@ -1538,12 +1562,16 @@ mod tests {
             ],
             usage: vec![
                 UsageRow {
+                    unit: "t0001".into(),
                     stage: Topic,
+                    endpoint: "cheap".into(),
                     model: "sim".into(),
                     usage: Usage { calls: 6, input_tokens: 600, output_tokens: 60, cost_usd: 0.06 },
                 },
                 UsageRow {
+                    unit: "t0001".into(),
                     stage: Codegen,
+                    endpoint: "cheap".into(),
                     model: "sim".into(),
                     usage: Usage {
                         calls: 3,
@@ -1553,7 +1581,9 @@ mod tests {
                     },
                 },
                 UsageRow {
+                    unit: "t0001-r1".into(),
                     stage: Rollout,
+                    endpoint: "main".into(),
                     model: "teacher".into(),
                     usage: Usage {
                         calls: 20,
@@ -1677,7 +1707,9 @@ mod tests {
         assert!((report["llm"]["total"]["cost_usd"].as_f64().unwrap() - 1.56).abs() < 1e-9);
         assert_eq!(report["llm"]["by_stage"]["codegen"]["calls"], 3);
         assert_eq!(report["llm"]["by_model"]["sim"]["calls"], 9);
-        assert_eq!(report["llm"]["by_stage_model"].as_array().unwrap().len(), 3);
+        assert_eq!(report["llm"]["by_stage_endpoint_model"].as_array().unwrap().len(), 3);
+        assert_eq!(report["llm"]["by_endpoint"]["cheap"]["calls"], 9);
+        assert_eq!(report["llm"]["by_unit"]["t0001-r1"]["calls"], 20);
         assert_eq!(report["events"]["by_kind"], json!({"retry": 2, "worker_restart": 1}));
         assert_eq!(report["wall_time_secs"], json!(1800.0));
         assert_eq!(report["throughput"]["accepted_tasks_per_hour"], json!(4.0));

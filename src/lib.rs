@@ -5,11 +5,12 @@
 //! (simulated teacher, Hub mirror) and the command line. `ARCHITECTURE.md` has the map.
 
 pub mod aup;
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod export;
+pub mod gateway;
 pub mod hub;
-pub mod llm;
 pub mod progress;
 pub mod run;
 pub mod sandbox;

@@ -35,6 +35,17 @@ enum Command {
         /// Seed of everything random in the run (overrides seed and sim.seed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Append every LLM request and response to this JSONL file (API keys removed).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Answer every LLM request from a file written by --record; no endpoint is contacted.
+        #[arg(long, value_name = "FILE", conflicts_with = "record")]
+        replay: Option<PathBuf>,
+    },
+    /// Benchmarks that print ratios against bounds measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Audit task bundles.
     Check {
@@ -89,6 +100,26 @@ enum CheckCommand {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Drive the LLM gateway against the simulated teacher on loopback at a requests-per-minute
+    /// limit, with injected 429s, and report how much of the limit it used.
+    Llm {
+        /// The endpoint's requests-per-minute limit.
+        #[arg(long, default_value_t = 600)]
+        rpm: u32,
+        /// Length of the measured run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Fraction of requests the simulated teacher answers with 429 (and a retry-after-ms).
+        #[arg(long, default_value_t = 0.1)]
+        fault_429: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ServeCommand {
     /// Serve on a loopback port until interrupted.
     Serve {
@@ -120,7 +151,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, out, tasks, rollouts, seed } => {
+        Command::Run { config, out, tasks, rollouts, seed, record, replay } => {
             let mut config = load_config(config.as_deref())?;
             if let Some(n) = tasks {
                 anyhow::ensure!(n > 0, "--tasks must be at least 1");
@@ -134,7 +165,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 config.seed = s;
                 config.sim.seed = s;
             }
-            run(config, out).await
+            let source = match replay {
+                Some(path) => gymforge::gateway::Source::Replay(path),
+                None => gymforge::gateway::Source::Live { record },
+            };
+            run(config, out, source).await
+        }
+        Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json } } => {
+            anyhow::ensure!(rpm > 0 && seconds > 0, "--rpm and --seconds must be at least 1");
+            anyhow::ensure!((0.0..1.0).contains(&fault_429), "--fault-429 must be in [0, 1)");
+            let report = gymforge::bench::llm::run(gymforge::bench::llm::BenchLlm { rpm, seconds, fault_429 }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json)?);
+            } else {
+                println!("{}", report.table);
+            }
+            Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Check { what: CheckCommand::Task { dir, config } } => {
             let config = load_config(config.as_deref())?;
@@ -176,10 +222,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
+async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source) -> anyhow::Result<ExitCode> {
     let display = Display::new();
     let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
-    let request = gymforge::run::RunRequest { config, out: out.clone() };
+    let request = gymforge::run::RunRequest { config, out: out.clone(), llm_source };
     let status = |m: &str| display.status(m);
     let run = gymforge::run::run_batch(request, &status, tx);
     let follow = display.follow(rx);

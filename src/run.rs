@@ -13,7 +13,7 @@ use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
 use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
 use crate::export::OutputDir;
 use crate::hub::{HubClient, HubMirror};
-use crate::llm::OpenAiClient;
+use crate::gateway::{Gateway, Source};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
 use crate::store::SqliteStore;
 
@@ -24,6 +24,8 @@ const DEFAULT_VIEWER: &str = "https://datasets-server.huggingface.co";
 pub struct RunRequest {
     pub config: Config,
     pub out: PathBuf,
+    /// Answer LLM requests live (optionally recording them) or from a recording.
+    pub llm_source: Source,
 }
 
 /// The services a run talks to, started or connected.
@@ -31,7 +33,7 @@ pub struct Services {
     pub sandbox: Arc<BwrapSandbox>,
     pub python: PythonEnv,
     pub hub: Arc<HubClient>,
-    pub llm: Arc<OpenAiClient>,
+    pub llm: Arc<Gateway>,
     /// Human-readable description of each service, for the summary and report.
     pub labels: serde_json::Value,
 }
@@ -79,8 +81,14 @@ pub async fn sandbox(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow:
     Ok((python, Arc::new(sandbox)))
 }
 
-/// Starts or connects every service the config names.
-pub async fn services(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Services> {
+/// Starts or connects every service the config names. `spent_usd` is what earlier sessions of
+/// the run spent on LLM calls (it counts against the run's budget).
+pub async fn services(
+    config: &Config,
+    llm_source: Source,
+    spent_usd: f64,
+    status: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Services> {
     let (python, sandbox) = sandbox(config, status).await?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
 
@@ -101,14 +109,7 @@ pub async fn services(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow
         (client, serde_json::json!({ "kind": "Hugging Face Hub", "simulated": false, "endpoint": config.hub.endpoint }))
     };
 
-    let (base_url, llm_label) = if config.llm.is_sim() {
-        let (addr, _handle) = crate::sim::serve(config.sim.clone(), loopback).await?;
-        let base = format!("http://{addr}/v1");
-        (base.clone(), serde_json::json!({ "kind": "simulated teacher (a test and demo instrument, not a real model)", "simulated": true, "endpoint": base, "model": config.llm.model }))
-    } else {
-        (config.llm.endpoint.clone(), serde_json::json!({ "kind": "OpenAI-compatible endpoint", "simulated": false, "endpoint": config.llm.endpoint, "model": config.llm.model }))
-    };
-    let llm = OpenAiClient::new(&config.llm, base_url, config.llm_api_key())?;
+    let (llm, llm_label) = gateway(config, llm_source, spent_usd, loopback).await?;
     llm.check_reachable().await?;
 
     Ok(Services {
@@ -118,6 +119,45 @@ pub async fn services(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow
         llm: Arc::new(llm),
         labels: serde_json::json!({ "llm": llm_label, "hub": hub_label }),
     })
+}
+
+/// Starts the simulated teacher if a routed endpoint is `"sim"` (and answers are live), and
+/// builds the gateway over the routed endpoints. Also returns the LLM's service label.
+pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: SocketAddr) -> anyhow::Result<(Gateway, serde_json::Value)> {
+    let replaying = matches!(source, Source::Replay(_));
+    let routed: std::collections::BTreeSet<&str> = config.llm.routes.all().iter().map(|(_, name)| *name).collect();
+    let mut base_urls = std::collections::BTreeMap::new();
+    let mut keys = std::collections::BTreeMap::new();
+    let mut labels = serde_json::Map::new();
+    let mut sim_base: Option<String> = None;
+    for name in &routed {
+        let e = &config.llm.endpoints[*name];
+        let base = if e.is_sim() && !replaying {
+            if sim_base.is_none() {
+                let (addr, _handle) = crate::sim::serve(config.sim.clone(), loopback).await?;
+                sim_base = Some(format!("http://{addr}/v1"));
+            }
+            sim_base.clone().expect("started above")
+        } else {
+            e.base_url.clone()
+        };
+        labels.insert(
+            name.to_string(),
+            serde_json::json!({ "base_url": base, "model": e.model, "simulated": e.is_sim() }),
+        );
+        base_urls.insert(name.to_string(), base);
+        keys.insert(name.to_string(), Config::llm_api_key(e));
+    }
+    let simulated = routed.iter().any(|name| config.llm.endpoints[*name].is_sim());
+    let teacher = &config.llm.endpoints[&config.llm.routes.rollout];
+    let kind = match (&source, simulated) {
+        (Source::Replay(path), _) => format!("replay of {}", path.display()),
+        (_, true) => "simulated teacher (a test and demo instrument, not a real model)".to_string(),
+        (_, false) => "OpenAI-compatible endpoints".to_string(),
+    };
+    let label = serde_json::json!({ "kind": kind, "simulated": simulated, "model": teacher.model, "endpoints": labels });
+    let gateway = Gateway::new(&config.llm, &base_urls, &keys, spent_usd, source)?;
+    Ok((gateway, label))
 }
 
 /// The directory the embedded Hub mirror is built in (`hub-mirror/` beside the Python
@@ -175,13 +215,17 @@ pub async fn run_batch(
     status: &(dyn Fn(&str) + Sync),
     progress: tokio::sync::watch::Sender<Progress>,
 ) -> anyhow::Result<gymforge_actors::RunOutcome> {
-    let RunRequest { config, out } = request;
+    let RunRequest { config, out, llm_source } = request;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let state = state_dir(&out);
     let store = SqliteStore::open(&state.join("state.db"))?;
     check_resumable(&store, &config, &out)?;
-    let services = services(&config, status).await?;
-    let outputs = OutputDir::new(out.clone()).with_labels(services.labels);
+    let spent_usd: f64 = {
+        use gymforge_actors::ports::Store;
+        store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum()
+    };
+    let services = services(&config, llm_source, spent_usd, status).await?;
+    let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone());
     let pipeline = Arc::new(Pipeline {
         llm: services.llm.clone(),
         hub: services.hub.clone(),
@@ -195,6 +239,7 @@ pub async fn run_batch(
     });
     status("running the pipeline");
     let outcome = gymforge_actors::run_pipeline(pipeline).await.map_err(anyhow::Error::msg)?;
+    services.llm.log_summary();
     Ok(outcome)
 }
 

@@ -25,7 +25,7 @@ use gymforge_actors::ports::{Event, PortError, Store, Usage, UsageRow};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +59,7 @@ CREATE INDEX IF NOT EXISTS stage_results_stage ON stage_results (stage);
 CREATE TABLE IF NOT EXISTS usage (
     unit          TEXT NOT NULL,
     stage         TEXT NOT NULL,
+    endpoint      TEXT NOT NULL DEFAULT '',
     model         TEXT NOT NULL,
     calls         INTEGER NOT NULL,
     input_tokens  INTEGER NOT NULL,
@@ -130,6 +131,10 @@ impl SqliteStore {
         }
         if version < SCHEMA_VERSION {
             tx.execute_batch(SCHEMA)?;
+            if version == 1 {
+                // Version 2 records which configured endpoint answered each call.
+                tx.execute_batch("ALTER TABLE usage ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''")?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()?;
@@ -440,16 +445,18 @@ impl Store for SqliteStore {
         &self,
         unit: &str,
         stage: Stage,
+        endpoint: &str,
         model: &str,
         usage: &Usage,
     ) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute(
-            "INSERT INTO usage (unit, stage, model, calls, input_tokens, output_tokens, cost_usd) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO usage (unit, stage, endpoint, model, calls, input_tokens, output_tokens, cost_usd) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 unit,
                 stage.as_str(),
+                endpoint,
                 model,
                 to_i64(usage.calls),
                 to_i64(usage.input_tokens),
@@ -465,27 +472,31 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT stage, model, SUM(calls), SUM(input_tokens), SUM(output_tokens), \
-                 SUM(cost_usd) FROM usage GROUP BY stage, model",
+                "SELECT unit, stage, endpoint, model, SUM(calls), SUM(input_tokens), \
+                 SUM(output_tokens), SUM(cost_usd) FROM usage GROUP BY unit, stage, endpoint, model",
             )
             .map_err(|e| db_err("summing usage", e))?;
         let mut rows = stmt
             .query_map([], |row| {
-                let stage: String = row.get(0)?;
+                let stage: String = row.get(1)?;
                 Ok(UsageRow {
-                    stage: parse_stage(0, &stage)?,
-                    model: row.get(1)?,
+                    unit: row.get(0)?,
+                    stage: parse_stage(1, &stage)?,
+                    endpoint: row.get(2)?,
+                    model: row.get(3)?,
                     usage: Usage {
-                        calls: to_u64(row.get(2)?),
-                        input_tokens: to_u64(row.get(3)?),
-                        output_tokens: to_u64(row.get(4)?),
-                        cost_usd: row.get(5)?,
+                        calls: to_u64(row.get(4)?),
+                        input_tokens: to_u64(row.get(5)?),
+                        output_tokens: to_u64(row.get(6)?),
+                        cost_usd: row.get(7)?,
                     },
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| db_err("summing usage", e))?;
-        rows.sort_by(|a, b| a.stage.cmp(&b.stage).then_with(|| a.model.cmp(&b.model)));
+        rows.sort_by(|a, b| {
+            (&a.unit, a.stage, &a.endpoint, &a.model).cmp(&(&b.unit, b.stage, &b.endpoint, &b.model))
+        });
         Ok(rows)
     }
 
@@ -729,20 +740,26 @@ mod tests {
     }
 
     #[test]
-    fn usage_sums_grouped_by_stage_and_model() {
+    fn usage_sums_grouped_by_unit_stage_endpoint_and_model() {
         let (_dir, store) = fresh();
         let u = |calls, i, o, c| Usage { calls, input_tokens: i, output_tokens: o, cost_usd: c };
-        store.add_usage("t1", Stage::Codegen, "big", &u(1, 100, 10, 0.5)).unwrap();
-        store.add_usage("t2", Stage::Codegen, "big", &u(2, 200, 20, 0.25)).unwrap();
-        store.add_usage("t1", Stage::Topic, "small", &u(1, 5, 1, 0.0)).unwrap();
-        store.add_usage("t1", Stage::Codegen, "small", &u(1, 7, 3, 0.125)).unwrap();
-        let rows = store.usage().unwrap();
+        store.add_usage("t1", Stage::Codegen, "main", "big", &u(1, 100, 10, 0.5)).unwrap();
+        store.add_usage("t1", Stage::Codegen, "main", "big", &u(2, 200, 20, 0.25)).unwrap();
+        store.add_usage("t1", Stage::Topic, "cheap", "small", &u(1, 5, 1, 0.0)).unwrap();
+        store.add_usage("t2", Stage::Codegen, "cheap", "small", &u(1, 7, 3, 0.125)).unwrap();
+        let row = |unit: &str, stage, endpoint: &str, model: &str, usage| UsageRow {
+            unit: unit.into(),
+            stage,
+            endpoint: endpoint.into(),
+            model: model.into(),
+            usage,
+        };
         assert_eq!(
-            rows,
+            store.usage().unwrap(),
             vec![
-                UsageRow { stage: Stage::Topic, model: "small".into(), usage: u(1, 5, 1, 0.0) },
-                UsageRow { stage: Stage::Codegen, model: "big".into(), usage: u(3, 300, 30, 0.75) },
-                UsageRow { stage: Stage::Codegen, model: "small".into(), usage: u(1, 7, 3, 0.125) },
+                row("t1", Stage::Topic, "cheap", "small", u(1, 5, 1, 0.0)),
+                row("t1", Stage::Codegen, "main", "big", u(3, 300, 30, 0.75)),
+                row("t2", Stage::Codegen, "cheap", "small", u(1, 7, 3, 0.125)),
             ]
         );
     }
@@ -784,7 +801,7 @@ mod tests {
             store.drop_unit("t0002", "duplicate", "near-duplicate idea").unwrap();
             store.record_attempt("t0001").unwrap();
             store
-                .add_usage("t0001", Stage::Topic, "m", &Usage { calls: 1, ..Usage::default() })
+                .add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() })
                 .unwrap();
             store.set_meta("seed", "7").unwrap();
             store.stage_result_times().unwrap()
@@ -822,7 +839,7 @@ mod tests {
                 .complete_stage("t0001", Stage::Topic, &json!({"k": 1}), Some(Stage::Dataset))
                 .unwrap();
             store
-                .add_usage("t0001", Stage::Topic, "m", &Usage { calls: 1, ..Usage::default() })
+                .add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() })
                 .unwrap();
             println!("READY");
             std::io::Write::flush(&mut std::io::stdout()).unwrap();

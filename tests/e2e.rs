@@ -302,17 +302,26 @@ async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn panicking_stage_workers_are_restarted_and_the_batch_completes() {
+async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_rollout_budgets() {
     let out = tempfile::tempdir().unwrap();
     let config = out.path().join("faults.toml");
-    std::fs::write(&config, "[faults]\nworker_panic_rate = 0.5\n\n[run]\nmax_attempts = 8\n").unwrap();
+    // A dollar budget per rollout smaller than a few agent steps cost at the simulated prices.
+    std::fs::write(&config, "[faults]\nworker_panic_rate = 0.5\n\n[run]\nmax_attempts = 8\n\n[agent]\ncost_limit = 0.001\n").unwrap();
     let results = out.path().join("results");
     run_to_end(&results, &["--config", config.to_str().unwrap(), "--tasks", "2", "--rollouts", "1"]);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("report.json")).unwrap()).unwrap();
     let restarts = report["events"]["by_kind"]["worker_restart"].as_u64().unwrap_or(0);
     assert!(restarts > 0, "faults were injected: {report}");
     assert_eq!(yaml_files(&results.join("mlgym/configs/tasks")).len(), 2);
-    assert_eq!(traj_files(&results).len(), 2);
+    let trajs = traj_files(&results);
+    assert_eq!(trajs.len(), 2);
+    for path in trajs {
+        let traj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let status = traj["info"]["exit_status"].as_str().unwrap_or_default();
+        assert!(status.ends_with("(exit_cost)"), "{}: {status}", path.display());
+        let stats = &traj["info"]["model_stats"];
+        assert!(stats["instance_cost"].as_f64().unwrap() > 0.001, "the budget was spent: {stats}");
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -329,4 +338,110 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Every file under `dir`, the state directory included.
+fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_all(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The assistant turns of every SFT conversation.
+fn assistant_turns(out: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(out.join("sft/train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "assistant").map(|m| m["content"].as_str().unwrap().to_string()).collect()
+        })
+        .collect()
+}
+
+/// The actions (and final scores) of every trajectory, by file name.
+fn actions(out: &Path) -> BTreeMap<String, Vec<String>> {
+    traj_files(out)
+        .into_iter()
+        .map(|path| {
+            let traj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let mut steps: Vec<String> = traj["trajectory"].as_array().unwrap().iter().map(|s| s["action"].as_str().unwrap().to_string()).collect();
+            steps.push(traj["info"]["score"].to_string());
+            (path.file_name().unwrap().to_string_lossy().to_string(), steps)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_nowhere() {
+    const KEY: &str = "sk-e2e-SECRET-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("faults.toml");
+    std::fs::write(
+        &config,
+        "[sim.faults]\nrate_429 = 0.05\nretry_after_ms = 50\nrate_429_bare = 0.03\nrate_500 = 0.05\nrate_reset = 0.03\n\
+         rate_malformed = 0.04\nrate_truncated = 0.04\n\n[llm]\ncooldown_without_hint_ms = 100\n",
+    )
+    .unwrap();
+    let record = dir.path().join("llm.jsonl");
+    let (live, replayed) = (dir.path().join("live"), dir.path().join("replayed"));
+    let mut logs = String::new();
+    for (out, source) in [(&live, ["--record", record.to_str().unwrap()]), (&replayed, ["--replay", record.to_str().unwrap()])] {
+        let output = gymforge()
+            .env("OPENAI_API_KEY", KEY)
+            .env("RUST_LOG", "debug")
+            .args(["run", "--tasks", "1", "--rollouts", "1", "--config", config.to_str().unwrap(), "--out"])
+            .arg(out)
+            .args(source)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        logs.push_str(&stdout);
+        logs.push_str(&stderr);
+    }
+    let report = |out: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap() };
+    let (live_report, replay_report) = (report(&live), report(&replayed));
+    let endpoint = &live_report["llm"]["gateway"]["endpoints"]["sim"];
+    assert!(endpoint["rate_limited"].as_u64().unwrap() + endpoint["transient_failures"].as_u64().unwrap() > 0, "faults were injected: {endpoint}");
+    // Requests can differ only where the sandbox printed the wall clock (`ls -l` times in an
+    // agent's observation); every earlier stage sends exactly the recorded requests.
+    let differences: Vec<&str> = logs.lines().filter(|l| l.contains("differs from the recorded")).collect();
+    assert!(differences.iter().all(|l| l.contains("stage=rollout")), "{differences:#?}");
+    assert_eq!(replay_report["llm"]["gateway"]["replay"]["mismatches"].as_u64(), Some(differences.len() as u64));
+
+    // The same tasks, the same actions and scores, the same assistant turns in the SFT data.
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    // The embedded mirror's port (in the parquet URLs) is the one thing that may change.
+    let tasks = |out: &Path| {
+        let text = read(out.join("mlgym/tasks.json"));
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for task in v.as_array_mut().unwrap() {
+            for file in task["provenance"]["parquet_files"].as_array_mut().unwrap() {
+                file.as_object_mut().unwrap().remove("url");
+            }
+        }
+        v
+    };
+    assert_eq!(tasks(&live), tasks(&replayed));
+    assert_eq!(actions(&live), actions(&replayed));
+    assert!(!actions(&live).is_empty());
+    assert_eq!(assistant_turns(&live), assistant_turns(&replayed));
+    assert_eq!(live_report["rollouts"], replay_report["rollouts"]);
+    assert_eq!(live_report["llm"]["total"], replay_report["llm"]["total"]);
+
+    // The key was sent (the simulated teacher received it as a bearer token) but is nowhere.
+    assert!(!logs.contains(KEY), "a log line holds the API key");
+    for file in walk_all(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()), "{} holds the API key", file.display());
+    }
 }

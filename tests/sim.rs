@@ -150,7 +150,7 @@ fn debug_messages(codegen: &[(String, String)], bundle: &TaskBundle, failure: &F
 }
 
 fn sim_cfg(seed: u64, buggy_draft_rate: f64) -> SimConfig {
-    SimConfig { seed, latency_ms: 0, buggy_draft_rate }
+    SimConfig { seed, buggy_draft_rate, ..SimConfig::default() }
 }
 
 fn bundle_from(answer: &str) -> TaskBundle {
@@ -486,7 +486,7 @@ async fn the_agent_solves_real_tasks() {
 /// response and an OpenAI-shaped error for unknown prompts.
 #[tokio::test]
 async fn the_server_speaks_openai() {
-    let cfg = SimConfig { seed: 3, latency_ms: 5, buggy_draft_rate: 0.5 };
+    let cfg = SimConfig { seed: 3, latency_ms: 5, latency_p99_ms: 20, buggy_draft_rate: 0.5, ..SimConfig::default() };
     let (addr, handle) = sim::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://{addr}/v1");

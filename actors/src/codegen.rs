@@ -17,7 +17,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         ChatMessage::new("system", p.prompts.codegen_system.clone()),
         ChatMessage::new("user", codegen_prompt(p, &idea, &choice)?),
     ];
-    match ask_json::<TaskBundle>(p, &unit.id, Stage::Codegen, messages, BUNDLE_MAX_TOKENS).await? {
+    match ask_json::<TaskBundle>(p, &unit.id, Stage::Codegen, crate::schemas::task_bundle(), messages, BUNDLE_MAX_TOKENS).await? {
         Ok(bundle) => Ok(Outcome::Advance(serde_json::to_value(&bundle).expect("serialisable"))),
         Err(e) => Ok(unparseable(e)),
     }

@@ -42,7 +42,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
             ChatMessage::new("system", p.prompts.dataset_system.clone()),
             ChatMessage::new("user", user),
         ];
-        let proposals = match ask_json::<Proposals>(p, &unit.id, Stage::Dataset, messages, 400).await? {
+        let proposals = match ask_json::<Proposals>(p, &unit.id, Stage::Dataset, crate::schemas::dataset_proposals(), messages, 400).await? {
             Ok(a) => a.datasets,
             Err(e) => return Ok(unparseable(e)),
         };

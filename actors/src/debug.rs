@@ -69,7 +69,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
             ChatMessage::new("assistant", serde_json::to_string(&bundle).expect("serialisable")),
             ChatMessage::new("user", user),
         ];
-        bundle = match ask_json::<TaskBundle>(p, &unit.id, Stage::Debug, messages, crate::codegen::BUNDLE_MAX_TOKENS).await? {
+        bundle = match ask_json::<TaskBundle>(p, &unit.id, Stage::Debug, crate::schemas::task_bundle(), messages, crate::codegen::BUNDLE_MAX_TOKENS).await? {
             Ok(fixed) => fixed,
             Err(e) => return Ok(unparseable(e)),
         };

@@ -18,6 +18,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod ports;
 pub mod rollout;
+pub mod schemas;
 pub mod seed;
 pub mod supervisor;
 pub mod template;

@@ -20,9 +20,13 @@ pub enum PortError {
     /// Might succeed later (timeouts, 5xx, rate limits that outlived the retry budget).
     #[error("{0}")]
     Transient(String),
-    /// Will fail again (bad credentials, missing sandbox, invalid request).
+    /// Will fail again (missing sandbox, unreadable stored state).
     #[error("{0}")]
     Permanent(String),
+    /// Will fail again, for a reason with a short code the unit is dropped with
+    /// (`budget_exhausted`, `llm_auth`, `llm_quota`, `llm_context_length`, `llm_bad_request`).
+    #[error("{reason}: {detail}")]
+    Refused { reason: String, detail: String },
 }
 
 impl PortError {
@@ -48,19 +52,31 @@ impl ChatMessage {
 
 #[derive(Clone, Debug)]
 pub struct ChatRequest {
+    /// The unit of work the call is for (accounting, record and replay, logs).
+    pub unit: String,
     pub messages: Vec<ChatMessage>,
     pub max_tokens: u32,
     pub temperature: f32,
-    /// Ask the endpoint for a JSON object (`response_format`).
-    pub json: bool,
+    pub response: ResponseFormat,
     /// Sampling seed, passed to endpoints that honour it.
     pub seed: Option<u64>,
+}
+
+/// The shape of answer a request asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// A JSON object following `schema` (a JSON Schema), sent as `response_format` to endpoints
+    /// that support it.
+    Json { name: &'static str, schema: serde_json::Value },
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct ChatReply {
     pub content: String,
     pub model: String,
+    /// Name of the configured endpoint that answered.
+    pub endpoint: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: f64,
@@ -171,10 +187,13 @@ pub struct Usage {
     pub cost_usd: f64,
 }
 
-/// Usage summed per stage and model.
+/// Usage summed per unit, stage, endpoint and model.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct UsageRow {
+    pub unit: UnitId,
     pub stage: Stage,
+    /// Name of the configured endpoint (`llm.endpoints.<name>`).
+    pub endpoint: String,
     pub model: String,
     pub usage: Usage,
 }
@@ -208,7 +227,7 @@ pub trait Store: Send + Sync {
     fn drop_unit(&self, unit: &str, reason: &str, detail: &str) -> Result<(), PortError>;
     /// Counts one more attempt at the unit's current stage; returns the new count.
     fn record_attempt(&self, unit: &str) -> Result<u32, PortError>;
-    fn add_usage(&self, unit: &str, stage: Stage, model: &str, usage: &Usage) -> Result<(), PortError>;
+    fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError>;
     fn usage(&self) -> Result<Vec<UsageRow>, PortError>;
     fn add_event(&self, event: &Event) -> Result<(), PortError>;
     fn events(&self) -> Result<Vec<Event>, PortError>;

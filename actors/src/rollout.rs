@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, ChatRequest, Mount, PortError, SandboxJob};
+use crate::ports::{ChatMessage, ChatRequest, Mount, PortError, ResponseFormat, SandboxJob};
 use crate::template::render;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
 
@@ -100,13 +100,14 @@ impl Run<'_> {
             let mut format_errors = 0;
             let (response, thought, action) = loop {
                 let request = ChatRequest {
+                    unit: self.unit.id.clone(),
                     messages: messages.clone(),
                     max_tokens: s.max_tokens,
                     temperature: s.temperature,
-                    json: false,
+                    response: ResponseFormat::Text,
                     seed: Some(seed.wrapping_add(u64::from(step))),
                 };
-                let reply = crate::llm::chat(p, &self.unit.id, Stage::Rollout, request).await?;
+                let reply = crate::llm::chat(p, Stage::Rollout, request).await?;
                 stats.api_calls += 1;
                 stats.tokens_sent += reply.input_tokens;
                 stats.tokens_received += reply.output_tokens;

@@ -51,7 +51,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         ChatMessage::new("system", p.prompts.topic_system.clone()),
         ChatMessage::new("user", user),
     ];
-    let answer = match ask_json::<IdeaAnswer>(p, &unit.id, Stage::Topic, messages, 800).await? {
+    let answer = match ask_json::<IdeaAnswer>(p, &unit.id, Stage::Topic, crate::schemas::topic_idea(), messages, 800).await? {
         Ok(a) => a,
         Err(e) => return Ok(unparseable(e)),
     };

@@ -87,6 +87,7 @@ pub async fn process(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Verdict,
             }
         }
         Err(PortError::Permanent(e)) => drop("permanent_error", &e),
+        Err(PortError::Refused { reason, detail }) => drop(&reason, &detail),
     }
 }
 

@@ -136,6 +136,7 @@ impl HubClient {
         match e {
             PortError::Transient(m) => PortError::Transient(self.scrub(m)),
             PortError::Permanent(m) => PortError::Permanent(self.scrub(m)),
+            PortError::Refused { reason, detail } => PortError::Refused { reason, detail: self.scrub(detail) },
         }
     }
 

@@ -575,7 +575,7 @@ pub(crate) mod tests {
     }
 
     fn clean(seed: u64) -> SimConfig {
-        SimConfig { seed, latency_ms: 0, buggy_draft_rate: 0.0 }
+        SimConfig { seed, ..SimConfig::default() }
     }
 
     fn bundle_of(cfg: &SimConfig, user: &str) -> TaskBundle {
@@ -659,7 +659,7 @@ pub(crate) mod tests {
 
     #[test]
     fn bug_rate_is_honoured() {
-        let cfg = SimConfig { seed: 3, latency_ms: 0, buggy_draft_rate: 0.5 };
+        let cfg = SimConfig { seed: 3, buggy_draft_rate: 0.5, ..SimConfig::default() };
         let buggy = (0..400).filter(|i| draft_bug(&cfg, &format!("challenge {i}")).is_some()).count();
         assert!((150..=250).contains(&buggy), "{buggy}");
         let none = SimConfig { buggy_draft_rate: 0.0, ..cfg.clone() };
@@ -671,7 +671,7 @@ pub(crate) mod tests {
 
     #[test]
     fn deterministic() {
-        let cfg = SimConfig { seed: 9, latency_ms: 0, buggy_draft_rate: 0.5 };
+        let cfg = SimConfig { seed: 9, buggy_draft_rate: 0.5, ..SimConfig::default() };
         let u = prompt("sklearn/iris", "classification", "none", "Iris");
         assert_eq!(answer(&cfg, &u).unwrap(), answer(&cfg, &u).unwrap());
     }

@@ -28,13 +28,14 @@ mod agent;
 mod codegen;
 mod dataset;
 mod debug;
+pub mod faults;
 mod python;
 mod server;
 mod text;
 mod topic;
 
 pub use codegen::{Bug, draft_bug};
-pub use server::{SIMULATED_HEADER, serve};
+pub use server::{SIMULATED_HEADER, serve, serve_counted};
 
 use crate::config::SimConfig;
 
@@ -149,7 +150,7 @@ pub(crate) mod testing {
     }
 
     pub(crate) fn cfg(seed: u64) -> crate::config::SimConfig {
-        crate::config::SimConfig { seed, latency_ms: 0, buggy_draft_rate: 0.0 }
+        crate::config::SimConfig { seed, ..Default::default() }
     }
 }
 

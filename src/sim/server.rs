@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use super::faults::{Counters, Fault};
 use super::text::Draw;
 use super::{MODEL_ID, SYSTEM_FINGERPRINT, UNRECOGNISED};
 use crate::config::SimConfig;
@@ -28,27 +29,40 @@ pub const SIMULATED_HEADER: &str = "x-gymforge-simulated";
 /// Starts the simulated teacher on `addr` (port 0 picks a free port). Returns the bound address
 /// and the server task; abort the task to stop the server.
 pub async fn serve(cfg: SimConfig, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (bound, handle, _) = serve_counted(cfg, addr).await?;
+    Ok((bound, handle))
+}
+
+/// [`serve`], also returning the counters of what the server saw and injected.
+pub async fn serve_counted(cfg: SimConfig, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<Counters>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("the simulated teacher cannot listen on {addr}"))?;
     let bound = listener.local_addr().context("the simulated teacher's socket has no address")?;
-    let app = router(cfg);
+    let counters = Arc::new(Counters::default());
+    let app = router(Sim { cfg, counters: counters.clone() });
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the simulated teacher stopped");
         }
     });
     tracing::info!(%bound, "simulated teacher listening (a stand-in for a real LLM)");
-    Ok((bound, handle))
+    Ok((bound, handle, counters))
 }
 
-fn router(cfg: SimConfig) -> Router {
+/// The server's state: its configuration and counters.
+struct Sim {
+    cfg: SimConfig,
+    counters: Arc<Counters>,
+}
+
+fn router(sim: Sim) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .fallback(not_found)
         .layer(axum::middleware::map_response(mark_simulated))
-        .with_state(Arc::new(cfg))
+        .with_state(Arc::new(sim))
 }
 
 async fn mark_simulated(mut response: Response) -> Response {
@@ -115,8 +129,8 @@ pub(crate) fn request_seed(cfg: &SimConfig, request: &Value) -> u64 {
     }
 }
 
-/// A deterministic, roughly log-normal delay around `cfg.latency_ms` (clamped to a quarter and
-/// four times the median).
+/// A deterministic log-normal delay with median `cfg.latency_ms` and 99th percentile
+/// `cfg.latency_p99_ms` (clamped to a quarter of the median and twice the 99th percentile).
 pub(crate) fn latency(cfg: &SimConfig, messages: &[(String, String)]) -> Duration {
     if cfg.latency_ms == 0 {
         return Duration::ZERO;
@@ -124,10 +138,13 @@ pub(crate) fn latency(cfg: &SimConfig, messages: &[(String, String)]) -> Duratio
     let last = messages.last().map(|(_, c)| c.as_str()).unwrap_or("");
     let count = messages.len().to_string();
     let mut draw = Draw::new(cfg.seed, &["latency", &count, last]);
-    // Irwin-Hall: the sum of four uniforms, standardised, is close to a standard normal.
-    let z = ((0..4).map(|_| draw.unit()).sum::<f64>() - 2.0) * 3f64.sqrt();
+    // Irwin-Hall: the sum of twelve uniforms minus six is close to a standard normal.
+    let z = (0..12).map(|_| draw.unit()).sum::<f64>() - 6.0;
     let median = cfg.latency_ms as f64;
-    let ms = (median * (0.4 * z).exp()).clamp(median / 4.0, median * 4.0);
+    let p99 = (cfg.latency_p99_ms as f64).max(median);
+    // z = 2.326 at the 99th percentile.
+    let sigma = (p99 / median).ln() / 2.326;
+    let ms = (median * (sigma * z).exp()).clamp(median / 4.0, p99 * 2.0);
     Duration::from_micros((ms * 1000.0) as u64)
 }
 
@@ -136,7 +153,17 @@ fn tokens(chars: usize) -> u64 {
     chars.div_ceil(4) as u64
 }
 
-async fn chat_completions(State(cfg): State<Arc<SimConfig>>, body: Bytes) -> Response {
+async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let n = sim.counters.arrive();
+    let fault = Fault::draw(&sim.cfg.faults, sim.cfg.seed, n);
+    if let Some(fault) = fault {
+        sim.counters.injected(fault);
+        if let Some(response) = fault.respond(&sim.cfg.faults, &sim.counters).await {
+            tracing::debug!(fault = fault.as_str(), "simulated teacher injected a fault");
+            return response;
+        }
+    }
+    let cfg = &sim.cfg;
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the request body is not valid JSON: {e}"), "invalid_request_error"),
@@ -148,10 +175,10 @@ async fn chat_completions(State(cfg): State<Arc<SimConfig>>, body: Bytes) -> Res
         Ok(m) => m,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e, "invalid_request_error"),
     };
-    let cfg = SimConfig { seed: request_seed(&cfg, &request), ..(*cfg).clone() };
+    let cfg = SimConfig { seed: request_seed(cfg, &request), ..cfg.clone() };
     let stage = super::recognise(&messages).map_or("unrecognised", |s| s.as_str());
     let content = match super::answer(&cfg, &messages) {
-        Ok(content) => content,
+        Ok(content) => fault.map_or(content.clone(), |f| f.alter(content)),
         Err(reason) => {
             tracing::debug!(%reason, "simulated teacher: unrecognised prompt");
             return error(StatusCode::BAD_REQUEST, UNRECOGNISED, "invalid_request_error");
@@ -161,6 +188,7 @@ async fn chat_completions(State(cfg): State<Arc<SimConfig>>, body: Bytes) -> Res
     tokio::time::sleep(delay).await;
     tracing::debug!(stage, delay_ms = delay.as_millis() as u64, chars = content.len(), "simulated teacher answered");
 
+    sim.counters.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let prompt_tokens = tokens(messages.iter().map(|(_, c)| c.chars().count()).sum());
     let completion_tokens = tokens(content.chars().count());
     let model = request.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or(MODEL_ID);
@@ -191,14 +219,16 @@ mod tests {
 
     #[test]
     fn latency_is_deterministic_and_centred_on_the_median() {
-        let cfg = SimConfig { seed: 1, latency_ms: 100, buggy_draft_rate: 0.0 };
+        let cfg = SimConfig { seed: 1, latency_ms: 100, latency_p99_ms: 300, ..SimConfig::default() };
         let m = |s: &str| vec![("user".to_string(), s.to_string())];
         assert_eq!(latency(&cfg, &m("a")), latency(&cfg, &m("a")));
         let mut all: Vec<Duration> = (0..400).map(|i| latency(&cfg, &m(&i.to_string()))).collect();
         all.sort();
         let median = all[200].as_millis();
         assert!((80..=125).contains(&median), "{median}");
-        assert!(all[0] >= Duration::from_millis(25) && all[399] <= Duration::from_millis(400));
+        assert!(all[0] >= Duration::from_millis(25) && all[399] <= Duration::from_millis(600));
+        let p99 = all[396].as_millis();
+        assert!((200..=420).contains(&p99), "the 99th percentile is near 300 ms: {p99}");
         assert_eq!(latency(&SimConfig { latency_ms: 0, ..cfg }, &m("a")), Duration::ZERO);
     }
 
@@ -214,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_request_seed_changes_the_simulator_seed() {
-        let cfg = SimConfig { seed: 7, latency_ms: 0, buggy_draft_rate: 0.0 };
+        let cfg = SimConfig { seed: 7, ..SimConfig::default() };
         assert_eq!(request_seed(&cfg, &json!({})), 7);
         assert_ne!(request_seed(&cfg, &json!({"seed": 1})), request_seed(&cfg, &json!({"seed": 2})));
         assert_eq!(request_seed(&cfg, &json!({"seed": 1})), request_seed(&cfg, &json!({"seed": 1})));

@@ -1,0 +1,508 @@
+//! One configured OpenAI-compatible endpoint: its HTTP client, its limiters, and the loop that
+//! sends one request through them.
+//!
+//! A request passes five gates, in order: the circuit (waits while the endpoint is known to be
+//! down), the adaptive concurrency limit, the requests-per-minute limiter, the input and output
+//! tokens-per-minute limiters, and last the shared cooldown (so a 429 seen by any worker while
+//! this one waited on a limiter still stops it). Answers are classified: rate limits set the
+//! cooldown and cut concurrency, transient failures back off and retry a bounded number of
+//! times, permanent ones return at once with a reason code.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use gymforge_actors::Stage;
+use gymforge_actors::ports::{ChatReply, ChatRequest, PortError, ResponseFormat};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::classify::{Failure, classify_status, describe_transport_error, snippet};
+use super::limits::{Admission, AdaptiveConcurrency, Circuit, Cooldown};
+use super::record::{Exchange, Recorder};
+use crate::config::{EndpointConfig, LlmConfig, StructuredOutput};
+
+/// Gateway-wide retry and circuit policy (from `[llm]`).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub max_retries: u32,
+    pub max_retry_after: Duration,
+    pub cooldown_without_hint: Duration,
+    pub circuit_failure: Duration,
+    pub circuit_probe: Duration,
+    pub circuit_max_wait: Duration,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &LlmConfig) -> Policy {
+        Policy {
+            max_retries: cfg.max_retries,
+            max_retry_after: Duration::from_secs(cfg.max_retry_after_secs),
+            cooldown_without_hint: Duration::from_millis(cfg.cooldown_without_hint_ms),
+            circuit_failure: Duration::from_secs(cfg.circuit_failure_secs),
+            circuit_probe: Duration::from_secs(cfg.circuit_probe_secs),
+            circuit_max_wait: Duration::from_secs(cfg.circuit_max_wait_secs),
+        }
+    }
+}
+
+/// Counters of one endpoint since start.
+#[derive(Default)]
+pub struct Stats {
+    pub requests_sent: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub transient_failures: AtomicU64,
+    pub permanent_failures: AtomicU64,
+    pub retries: AtomicU64,
+    pub cooldowns: AtomicU64,
+    pub circuit_openings: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    /// Dollars times 1e9.
+    pub cost_nano_usd: AtomicU64,
+    pub latency_ms_total: AtomicU64,
+}
+
+/// When each request was cleared to send and when each cooldown became known, kept only when a
+/// benchmark asks, so that it can check no request was sent during a known cooldown.
+#[derive(Default)]
+pub struct DispatchLog {
+    pub dispatched: Vec<Instant>,
+    /// `(learned_at, until)` of every cooldown.
+    pub cooldowns: Vec<(Instant, Instant)>,
+}
+
+pub struct Endpoint {
+    pub name: String,
+    pub model: String,
+    base_url: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+    structured_output: StructuredOutput,
+    input_price_per_mtok: f64,
+    output_price_per_mtok: f64,
+    policy: Policy,
+    /// Workers pass the rate limiters one at a time, in arrival order: fair, and one timer
+    /// instead of a herd of them.
+    pacing: tokio::sync::Mutex<()>,
+    rpm: DefaultDirectRateLimiter,
+    input_tpm: DefaultDirectRateLimiter,
+    input_tpm_burst: u32,
+    output_tpm: DefaultDirectRateLimiter,
+    output_tpm_burst: u32,
+    /// Running mean of completion tokens, charged to the output limiter before a request.
+    output_estimate: AtomicU64,
+    pub concurrency: AdaptiveConcurrency,
+    pub cooldown: Cooldown,
+    pub circuit: Circuit,
+    pub stats: Stats,
+    recorder: Option<std::sync::Arc<Recorder>>,
+    dispatch_log: Mutex<Option<DispatchLog>>,
+}
+
+#[derive(Deserialize)]
+struct CompletionResponse {
+    model: Option<String>,
+    choices: Vec<Choice>,
+    usage: Option<UsageBody>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: MessageBody,
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UsageBody {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// One request, prepared once and sent as many times as needed.
+pub struct Prepared {
+    pub stage: Stage,
+    pub unit: String,
+    pub body: Value,
+    pub prompt_tokens: u64,
+}
+
+/// A limiter allowing `per_minute` cells, with a burst of `burst_secs` seconds' worth.
+fn per_minute(per_minute: u32, burst_secs: u32, max_burst: u32) -> (DefaultDirectRateLimiter, u32) {
+    let rate = NonZeroU32::new(per_minute.max(1)).expect("at least 1");
+    let burst = (per_minute / 60 * burst_secs).clamp(1, max_burst);
+    let quota = Quota::per_minute(rate).allow_burst(NonZeroU32::new(burst).expect("at least 1"));
+    (RateLimiter::direct(quota), burst)
+}
+
+impl Endpoint {
+    pub fn new(
+        name: &str,
+        cfg: &EndpointConfig,
+        base_url: String,
+        api_key: Option<String>,
+        policy: Policy,
+        recorder: Option<std::sync::Arc<Recorder>>,
+    ) -> anyhow::Result<Endpoint> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(cfg.max_concurrency as usize)
+            .build()?;
+        // Requests: one second's worth of burst keeps the rate even (a whole minute's burst
+        // would let a restart send the minute at once). Tokens: ten seconds' worth, so that one
+        // large prompt fits.
+        let (rpm, _) = per_minute(cfg.requests_per_minute, 1, 10);
+        let (input_tpm, input_tpm_burst) = per_minute(cfg.input_tokens_per_minute, 10, u32::MAX);
+        let (output_tpm, output_tpm_burst) = per_minute(cfg.output_tokens_per_minute, 10, u32::MAX);
+        Ok(Endpoint {
+            name: name.to_string(),
+            model: cfg.model.clone(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            http,
+            structured_output: cfg.structured_output,
+            input_price_per_mtok: cfg.input_price_per_mtok,
+            output_price_per_mtok: cfg.output_price_per_mtok,
+            concurrency: AdaptiveConcurrency::new(cfg.max_concurrency as usize),
+            cooldown: Cooldown::default(),
+            circuit: Circuit::new(policy.circuit_failure, policy.circuit_probe, policy.circuit_max_wait),
+            policy,
+            pacing: tokio::sync::Mutex::new(()),
+            rpm,
+            input_tpm,
+            input_tpm_burst,
+            output_tpm,
+            output_tpm_burst,
+            output_estimate: AtomicU64::new(256),
+            stats: Stats::default(),
+            recorder,
+            dispatch_log: Mutex::new(None),
+        })
+    }
+
+    /// Starts keeping the dispatch log (benchmarks only; it grows with every request).
+    pub fn keep_dispatch_log(&self) {
+        *self.dispatch_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(DispatchLog::default());
+    }
+
+    pub fn take_dispatch_log(&self) -> Option<DispatchLog> {
+        self.dispatch_log.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn log_dispatch(&self, f: impl FnOnce(&mut DispatchLog)) {
+        if let Some(log) = self.dispatch_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f(log);
+        }
+    }
+
+    /// The request body, in the OpenAI chat-completions shape.
+    pub fn prepare(&self, stage: Stage, request: &ChatRequest) -> Prepared {
+        let mut body = json!({
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        });
+        if let Some(seed) = request.seed {
+            body["seed"] = json!(seed);
+        }
+        if let ResponseFormat::Json { name, schema } = &request.response {
+            match self.structured_output {
+                StructuredOutput::JsonSchema => {
+                    body["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": name, "schema": schema, "strict": true } });
+                }
+                StructuredOutput::JsonObject => body["response_format"] = json!({ "type": "json_object" }),
+                StructuredOutput::None => {}
+            }
+        }
+        Prepared { stage, unit: request.unit.clone(), body, prompt_tokens: super::tokens::prompt_tokens(&request.messages) }
+    }
+
+    /// Checks that the endpoint answers `GET /models`; used before a run starts.
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        let mut req = self.http.get(format!("{}/models", self.base_url));
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "the LLM endpoint `{}` at {} is unreachable ({}); check `llm.endpoints.{}.base_url`",
+                self.name,
+                self.base_url,
+                describe_transport_error(&e),
+                self.name
+            )
+        })?;
+        match resp.status().as_u16() {
+            401 | 403 => anyhow::bail!(
+                "the LLM endpoint `{}` at {} refused the API key (HTTP {}); check the variable named by `llm.endpoints.{}.api_key_env`",
+                self.name,
+                self.base_url,
+                resp.status().as_u16(),
+                self.name
+            ),
+            // Some servers have no /models route; the first chat request will tell.
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends one request through every gate, retrying what is worth retrying.
+    pub async fn call(&self, request: &Prepared) -> Result<ChatReply, PortError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let admission = self.circuit.admit().await.map_err(|open| {
+                PortError::Transient(format!("LLM endpoint `{}` is down (circuit open: {})", self.name, open.reason))
+            })?;
+            // However this attempt ends (even cancelled), the probe slot is freed.
+            let _probe = (admission == Admission::Probe).then(|| ProbeSlot(&self.circuit));
+            let outcome = self.attempt(request, attempt, &admission).await;
+            let failure = match outcome {
+                Ok(reply) => {
+                    self.circuit.on_success();
+                    return Ok(reply);
+                }
+                Err(failure) => failure,
+            };
+            let (error, delay) = match failure {
+                Failure::Permanent { reason, detail } => {
+                    self.stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, reason, %detail, "LLM call refused");
+                    return Err(PortError::Refused { reason: reason.to_string(), detail: format!("endpoint `{}`: {detail}", self.name) });
+                }
+                Failure::RateLimited { wait } => {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let text = format!("rate limited (HTTP 429{})", wait.map(|w| format!(", retry after {} ms", w.as_millis())).unwrap_or_default());
+                    match wait {
+                        Some(w) if w > self.policy.max_retry_after => {
+                            let message = format!("LLM endpoint `{}` asked to wait {} s, longer than llm.max_retry_after_secs", self.name, w.as_secs());
+                            self.circuit.on_failure(&admission, &text);
+                            return Err(PortError::Transient(message));
+                        }
+                        _ => {}
+                    }
+                    let pause = wait.unwrap_or(self.policy.cooldown_without_hint);
+                    let now = Instant::now();
+                    let until = self.cooldown.extend(pause);
+                    self.log_dispatch(|log| log.cooldowns.push((now, until)));
+                    self.stats.cooldowns.fetch_add(1, Ordering::Relaxed);
+                    (text, Duration::ZERO)
+                }
+                Failure::Transient { detail, wait } => {
+                    self.stats.transient_failures.fetch_add(1, Ordering::Relaxed);
+                    let delay = match wait {
+                        Some(w) if w > self.policy.max_retry_after => {
+                            self.circuit.on_failure(&admission, &detail);
+                            return Err(PortError::Transient(format!("LLM endpoint `{}` asked to wait {} s: {detail}", self.name, w.as_secs())));
+                        }
+                        Some(w) => w,
+                        None => backoff(attempt),
+                    };
+                    (detail, delay)
+                }
+            };
+            if self.circuit.on_failure(&admission, &error) {
+                self.stats.circuit_openings.fetch_add(1, Ordering::Relaxed);
+            }
+            if attempt > self.policy.max_retries {
+                return Err(PortError::Transient(format!("LLM endpoint `{}` failed {attempt} times; last: {error}", self.name)));
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, attempt, delay_ms = delay.as_millis() as u64, %error, "retrying LLM call");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One pass through the gates and one HTTP exchange.
+    async fn attempt(&self, request: &Prepared, attempt: u32, admission: &Admission) -> Result<ChatReply, Failure> {
+        let permit = self.concurrency.acquire().await;
+        let input = (request.prompt_tokens.min(u64::from(self.input_tpm_burst)) as u32).max(1);
+        let output_estimate = self.output_estimate.load(Ordering::Relaxed).clamp(1, u64::from(self.output_tpm_burst)) as u32;
+        {
+            let _turn = self.pacing.lock().await;
+            take(&self.rpm, 1).await;
+            take(&self.input_tpm, input).await;
+            take(&self.output_tpm, output_estimate).await;
+        }
+        let cleared = self.cooldown.clear().await;
+        self.log_dispatch(|log| log.dispatched.push(cleared));
+
+        self.stats.requests_sent.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let mut http = self.http.post(format!("{}/chat/completions", self.base_url)).json(&request.body);
+        if let Some(key) = &self.api_key {
+            http = http.bearer_auth(key);
+        }
+        let exchange = match http.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                match resp.text().await {
+                    Ok(text) => Ok((status, headers, self.redact(&text))),
+                    Err(e) => Err(format!("LLM response unreadable: {}", describe_transport_error(&e))),
+                }
+            }
+            Err(e) => Err(format!("LLM request failed: {}", describe_transport_error(&e))),
+        };
+        let latency = started.elapsed();
+        self.stats.latency_ms_total.fetch_add(latency.as_millis() as u64, Ordering::Relaxed);
+        if let Some(recorder) = &self.recorder {
+            let (status, response, error) = match &exchange {
+                Ok((status, _, text)) => (Some(*status), Some(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))), None),
+                Err(e) => (None, None, Some(e.clone())),
+            };
+            recorder.append(&Exchange {
+                at_ms,
+                endpoint: self.name.clone(),
+                stage: request.stage,
+                unit: request.unit.clone(),
+                attempt,
+                request: request.body.clone(),
+                status,
+                response,
+                error,
+                latency_ms: latency.as_millis() as u64,
+            });
+        }
+        let (status, headers, text) = exchange.map_err(|detail| Failure::Transient { detail, wait: None })?;
+        if !(200..300).contains(&status) {
+            let failure = classify_status(status, &headers, &text);
+            if matches!(failure, Failure::RateLimited { .. }) {
+                self.concurrency.on_rate_limited(&permit);
+            }
+            return Err(failure);
+        }
+        let reply = self.parse(&text, request.prompt_tokens).map_err(|detail| Failure::Transient { detail, wait: None })?;
+        self.concurrency.on_success();
+        self.account(&reply, output_estimate);
+        tracing::debug!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, model = %reply.model,
+            input_tokens = reply.input_tokens, output_tokens = reply.output_tokens, cost_usd = reply.cost_usd,
+            latency_ms = latency.as_millis() as u64, probe = (*admission == Admission::Probe), "LLM call");
+        Ok(reply)
+    }
+
+    /// Reads a chat completion; its usage (or, without one, the estimate) prices it.
+    pub fn parse(&self, text: &str, prompt_tokens: u64) -> Result<ChatReply, String> {
+        let parsed: CompletionResponse =
+            serde_json::from_str(text).map_err(|e| format!("LLM response is not a chat completion ({e}): {}", snippet(text)))?;
+        let content = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| "LLM response has no message content".to_string())?;
+        let (input_tokens, output_tokens) =
+            parsed.usage.map(|u| (u.prompt_tokens, u.completion_tokens)).unwrap_or_else(|| (prompt_tokens, (content.len() as u64).div_ceil(4)));
+        Ok(ChatReply {
+            model: parsed.model.unwrap_or_else(|| self.model.clone()),
+            endpoint: self.name.clone(),
+            cost_usd: (input_tokens as f64 * self.input_price_per_mtok + output_tokens as f64 * self.output_price_per_mtok) / 1e6,
+            content,
+            input_tokens,
+            output_tokens,
+        })
+    }
+
+    /// Counts a reply and reconciles the token limiters with its real usage.
+    pub fn account(&self, reply: &ChatReply, output_charged: u32) {
+        self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        self.stats.input_tokens.fetch_add(reply.input_tokens, Ordering::Relaxed);
+        self.stats.output_tokens.fetch_add(reply.output_tokens, Ordering::Relaxed);
+        self.stats.cost_nano_usd.fetch_add((reply.cost_usd * 1e9) as u64, Ordering::Relaxed);
+        // Governor cannot refund: charge what was used beyond the estimate, if it conforms now.
+        let extra = reply.output_tokens.saturating_sub(u64::from(output_charged)).min(u64::from(self.output_tpm_burst)) as u32;
+        if let Some(n) = NonZeroU32::new(extra) {
+            let _ = self.output_tpm.check_n(n);
+        }
+        // Next estimate: a running mean (weight 1/8) of real completions.
+        let old = self.output_estimate.load(Ordering::Relaxed);
+        self.output_estimate.store((old * 7 + reply.output_tokens) / 8 + 1, Ordering::Relaxed);
+    }
+
+    /// Removes the API key from text that came back from the server (some echo it in errors).
+    pub fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if !key.is_empty() => text.replace(key.as_str(), "[redacted]"),
+            _ => text.to_string(),
+        }
+    }
+
+    /// Limits, live state and counters, for the report and `/status`.
+    pub fn snapshot(&self) -> Value {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sent = get(&s.requests_sent);
+        json!({
+            "model": self.model,
+            "base_url": self.base_url,
+            "requests_sent": sent,
+            "succeeded": get(&s.succeeded),
+            "rate_limited": get(&s.rate_limited),
+            "transient_failures": get(&s.transient_failures),
+            "permanent_failures": get(&s.permanent_failures),
+            "retries": get(&s.retries),
+            "cooldowns": get(&s.cooldowns),
+            "cooldown_remaining_ms": self.cooldown.remaining().as_millis() as u64,
+            "circuit_openings": get(&s.circuit_openings),
+            "circuit": self.circuit.snapshot(),
+            "concurrency": self.concurrency.snapshot(),
+            "input_tokens": get(&s.input_tokens),
+            "output_tokens": get(&s.output_tokens),
+            "cost_usd": get(&s.cost_nano_usd) as f64 / 1e9,
+            "mean_latency_ms": if sent > 0 { get(&s.latency_ms_total) as f64 / sent as f64 } else { 0.0 },
+        })
+    }
+}
+
+/// Takes `n` cells (at most the burst) from a limiter, sleeping on tokio's timer until they
+/// conform.
+async fn take(limiter: &DefaultDirectRateLimiter, n: u32) {
+    let n = NonZeroU32::new(n.max(1)).expect("at least 1");
+    loop {
+        match limiter.check_n(n) {
+            Ok(Ok(())) => return,
+            Ok(Err(not_until)) => tokio::time::sleep(not_until.wait_time_from(limiter.clock().now())).await,
+            // More than the burst can never conform; callers clamp, so this is unreachable.
+            Err(_) => return,
+        }
+    }
+}
+
+struct ProbeSlot<'a>(&'a Circuit);
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.probe_abandoned();
+    }
+}
+
+/// Exponential backoff from 0.5 s, capped at 8 s, minus up to 25% jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 500u64.saturating_mul(1 << attempt.saturating_sub(1).min(4)).min(8000);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let jitter = base * u64::from(nanos % 250) / 1000;
+    Duration::from_millis(base - jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_millis(500));
+        assert!(backoff(3) > Duration::from_millis(1400));
+        assert!(backoff(20) <= Duration::from_secs(8));
+    }
+}

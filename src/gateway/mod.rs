@@ -1,0 +1,178 @@
+//! The LLM gateway: the adapter behind the pipeline's `Llm` port.
+//!
+//! Several named OpenAI-compatible endpoints ([`endpoint::Endpoint`]), each with its own
+//! limiters, cooldown and circuit; each stage is routed to one. The gateway adds what spans
+//! endpoints: the run's dollar budget, record and replay, and the status snapshot.
+//!
+//! | module       | what it holds                                                       |
+//! |--------------|---------------------------------------------------------------------|
+//! | `endpoint`   | one endpoint: request shape, the gates, the retry loop, accounting |
+//! | `limits`     | adaptive concurrency, the shared cooldown, the circuit breaker      |
+//! | `classify`   | status codes and headers to rate limit / transient / permanent      |
+//! | `tokens`     | prompt token estimates with a real tokenizer                        |
+//! | `record`     | `--record` and `--replay` files                                     |
+
+pub mod classify;
+pub mod endpoint;
+pub mod limits;
+pub mod record;
+pub mod tokens;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use gymforge_actors::Stage;
+use gymforge_actors::ports::{ChatReply, ChatRequest, Llm, PortError};
+use serde_json::{Value, json};
+
+use crate::config::LlmConfig;
+pub use endpoint::{Endpoint, Policy};
+use record::{Recorder, Replayed, Replayer};
+
+/// Where the gateway's answers come from.
+pub enum Source {
+    /// The endpoints, over HTTP; optionally recording every exchange.
+    Live { record: Option<std::path::PathBuf> },
+    /// A recorded file; no endpoint is contacted.
+    Replay(std::path::PathBuf),
+}
+
+pub struct Gateway {
+    endpoints: BTreeMap<String, Arc<Endpoint>>,
+    routes: HashMap<Stage, Arc<Endpoint>>,
+    budget: RunBudget,
+    replay: Option<Replayer>,
+}
+
+/// The run's dollar budget (0: none). Spending before a resume counts.
+struct RunBudget {
+    limit_usd: f64,
+    spent_usd: Mutex<f64>,
+}
+
+impl Gateway {
+    /// Builds the gateway. `base_urls` gives each endpoint's resolved base URL (the simulated
+    /// teacher's loopback address for `"sim"`), `keys` its API key, and `spent_usd` what earlier
+    /// sessions of this run already spent.
+    pub fn new(
+        cfg: &LlmConfig,
+        base_urls: &BTreeMap<String, String>,
+        keys: &BTreeMap<String, Option<String>>,
+        spent_usd: f64,
+        source: Source,
+    ) -> anyhow::Result<Gateway> {
+        let (recorder, replay) = match source {
+            Source::Live { record: Some(path) } => (Some(Arc::new(Recorder::create(&path)?)), None),
+            Source::Live { record: None } => (None, None),
+            Source::Replay(path) => (None, Some(Replayer::load(&path)?)),
+        };
+        let policy = Policy::from_config(cfg);
+        let mut endpoints = BTreeMap::new();
+        for (name, e) in &cfg.endpoints {
+            let Some(base) = base_urls.get(name) else { continue };
+            let key = keys.get(name).cloned().flatten();
+            endpoints.insert(name.clone(), Arc::new(Endpoint::new(name, e, base.clone(), key, policy.clone(), recorder.clone())?));
+        }
+        let mut routes = HashMap::new();
+        for (stage, name) in cfg.routes.all() {
+            let endpoint = endpoints.get(name).ok_or_else(|| anyhow::anyhow!("llm.routes.{stage}: endpoint `{name}` was not started"))?;
+            routes.insert(stage, endpoint.clone());
+        }
+        Ok(Gateway { endpoints, routes, budget: RunBudget { limit_usd: cfg.run_budget_usd, spent_usd: Mutex::new(spent_usd) }, replay })
+    }
+
+    /// The endpoints stages are routed to, by name.
+    pub fn endpoints(&self) -> &BTreeMap<String, Arc<Endpoint>> {
+        &self.endpoints
+    }
+
+    /// Checks every routed endpoint answers (skipped when replaying).
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        if self.replay.is_some() {
+            return Ok(());
+        }
+        for endpoint in self.endpoints.values() {
+            endpoint.check_reachable().await?;
+        }
+        Ok(())
+    }
+
+    fn route(&self, stage: Stage) -> Result<&Arc<Endpoint>, PortError> {
+        self.routes.get(&stage).ok_or_else(|| PortError::Permanent(format!("no LLM endpoint is routed for stage {stage}")))
+    }
+
+    /// Per-endpoint limits, state and counters, the run budget, and replay counts.
+    pub fn snapshot(&self) -> Value {
+        let spent = *self.budget.spent_usd.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = json!({
+            "endpoints": self.endpoints.iter().map(|(n, e)| (n.clone(), e.snapshot())).collect::<BTreeMap<_, _>>(),
+            "routes": self.routes.iter().map(|(s, e)| (s.as_str(), e.name.clone())).collect::<BTreeMap<_, _>>(),
+            "run_budget_usd": self.budget.limit_usd,
+            "spent_usd": spent,
+        });
+        if let Some(r) = &self.replay {
+            v["replay"] = json!({
+                "answered": r.answered.load(Ordering::Relaxed),
+                "mismatches": r.mismatches.load(Ordering::Relaxed),
+            });
+        }
+        v
+    }
+
+    /// One log line per endpoint: what it was asked and what it cost.
+    pub fn log_summary(&self) {
+        for (name, e) in &self.endpoints {
+            let s = e.snapshot();
+            tracing::info!(endpoint = %name, requests = %s["requests_sent"], succeeded = %s["succeeded"], rate_limited = %s["rate_limited"],
+                retries = %s["retries"], input_tokens = %s["input_tokens"], output_tokens = %s["output_tokens"], cost_usd = %s["cost_usd"],
+                "LLM endpoint usage");
+        }
+    }
+
+    fn check_budget(&self) -> Result<(), PortError> {
+        if self.budget.limit_usd <= 0.0 {
+            return Ok(());
+        }
+        let spent = *self.budget.spent_usd.lock().unwrap_or_else(|p| p.into_inner());
+        if spent >= self.budget.limit_usd {
+            return Err(PortError::Refused {
+                reason: "budget_exhausted".into(),
+                detail: format!("the run has spent ${spent:.4} of its ${:.4} budget (llm.run_budget_usd)", self.budget.limit_usd),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Llm for Gateway {
+    async fn chat(&self, stage: Stage, request: ChatRequest) -> Result<ChatReply, PortError> {
+        self.check_budget()?;
+        let endpoint = self.route(stage)?;
+        let prepared = endpoint.prepare(stage, &request);
+        let reply = match &self.replay {
+            Some(replay) => match replay.answer(&endpoint.name, stage, &request.unit, &prepared.body) {
+                Replayed::Body(text) => {
+                    let reply = endpoint.parse(&text, prepared.prompt_tokens).map_err(PortError::Permanent)?;
+                    endpoint.account(&reply, 0);
+                    reply
+                }
+                Replayed::Missing => {
+                    return Err(PortError::Refused {
+                        reason: "replay_missing".into(),
+                        detail: format!("the replay file has no further answer for unit {} at stage {stage}", request.unit),
+                    });
+                }
+            },
+            None => endpoint.call(&prepared).await?,
+        };
+        *self.budget.spent_usd.lock().unwrap_or_else(|p| p.into_inner()) += reply.cost_usd;
+        Ok(reply)
+    }
+
+    fn model_for(&self, stage: Stage) -> String {
+        self.routes.get(&stage).map(|e| e.model.clone()).unwrap_or_default()
+    }
+}

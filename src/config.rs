@@ -227,6 +227,9 @@ pub struct AgentConfig {
     pub top_p: f32,
     pub cost_limit: f64,
     pub max_tokens: u32,
+    pub keep_observations: u32,
+    pub context_window: u64,
+    pub wall_clock_secs: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -302,6 +305,8 @@ impl Config {
             positive(key, v.into())?;
         }
         positive("agent.short_timeout_secs", self.agent.short_timeout_secs)?;
+        positive("agent.context_window", self.agent.context_window)?;
+        positive("agent.wall_clock_secs", self.agent.wall_clock_secs)?;
         rate("sim.buggy_draft_rate", self.sim.buggy_draft_rate)?;
         let f = &self.sim.faults;
         let fault_rates = [

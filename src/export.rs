@@ -34,9 +34,10 @@ use gymforge_actors::model::{
     AcceptedTask, Direction, RolloutRecord, Scores, Stage, UnitKind, UnitStatus,
 };
 use gymforge_actors::ports::{FinalInputs, Outputs, PortError, Usage};
+
+use crate::sft::{SftOptions, SftSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// The placeholder MLGym fills with the dataset documentation.
 pub const DATASET_DOCS: &str = "{dataset_docs}";
@@ -435,51 +436,30 @@ impl OutputDir {
         self.root.join("report.json")
     }
 
-    /// Writes `sft/train.jsonl` from the kept rollouts, streaming, and returns what was kept.
+    /// `OUT/replay.jsonl`: MLGym's replay format, one trajectory per line.
+    pub fn replay_path(&self) -> PathBuf {
+        self.root.join("replay.jsonl")
+    }
+
+    /// Writes `sft/train.jsonl` from the rollouts with the default rules of [`crate::sft`].
     pub fn write_sft(&self, inputs: &FinalInputs) -> Result<SftSummary, PortError> {
-        let path = self.sft_path();
-        let context = format!("writing {}", path.display());
-        let tasks: BTreeMap<&str, &AcceptedTask> =
-            inputs.tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
-        let mut summary = SftSummary::default();
-        let mut seen = HashSet::new();
-        let mut file = AtomicFile::create(&path).map_err(|e| io_err(&context, e))?;
-        for rollout in &inputs.rollouts {
-            if !rollout.has_scored_submission() {
-                continue;
-            }
-            summary.scored += 1;
-            let Some(line) = sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied()) else {
-                summary.malformed += 1;
-                tracing::warn!(
-                    task = %rollout.task_id,
-                    run = %rollout.run_name,
-                    "trajectory history does not start with a system message or has no \
-                     assistant turn; left out of the SFT set"
-                );
-                continue;
-            };
-            let digest = Sha256::digest(
-                serde_json::to_vec(&line["messages"])
-                    .map_err(|e| permanent(format!("serialising SFT messages: {e}")))?,
-            );
-            if !seen.insert(digest) {
-                summary.duplicates += 1;
-                continue;
-            }
-            let mut line = line;
-            if let Some(labels) = &self.labels {
-                line["meta"]["simulated"] =
-                    json!(labels.pointer("/llm/simulated") == Some(&json!(true)));
-            }
-            serde_json::to_writer(file.writer(), &line)
-                .map_err(|e| permanent(format!("serialising an SFT line: {e}")))?;
-            file.writer().write_all(b"\n").map_err(|e| io_err(&context, e))?;
-            summary.kept += 1;
-        }
-        file.commit().map_err(|e| io_err(&context, e))?;
+        let simulated = self.labels.as_ref().is_some_and(|l| l.pointer("/llm/simulated") == Some(&json!(true)));
+        let options = SftOptions { simulated, ..SftOptions::default() };
+        let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &options);
+        write_jsonl(&self.sft_path(), &lines)?;
         Ok(summary)
     }
+}
+
+/// Writes one JSON value per line, atomically.
+pub fn write_jsonl(path: &Path, lines: &[Value]) -> Result<(), PortError> {
+    let context = format!("writing {}", path.display());
+    let mut file = AtomicFile::create(path).map_err(|e| io_err(&context, e))?;
+    for line in lines {
+        serde_json::to_writer(file.writer(), line).map_err(|e| permanent(format!("serialising a line of {}: {e}", path.display())))?;
+        file.writer().write_all(b"\n").map_err(|e| io_err(&context, e))?;
+    }
+    file.commit().map_err(|e| io_err(&context, e))
 }
 
 impl Outputs for OutputDir {
@@ -543,6 +523,8 @@ impl Outputs for OutputDir {
             .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
 
         let sft = self.write_sft(inputs)?;
+        let path = self.replay_path();
+        write_atomic(&path, replay_lines(&inputs.rollouts).as_bytes()).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
 
         let mut report = build_report(inputs, &sft);
         if let Some(labels) = &self.labels {
@@ -557,6 +539,18 @@ impl Outputs for OutputDir {
             .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
         Ok(())
     }
+}
+
+/// MLGym's replay file: per trajectory, `{"<task_id>": [<assistant messages in order>]}`, which
+/// MLGym's replay model answers with one by one to re-run the trajectory in a real environment.
+pub fn replay_lines(rollouts: &[RolloutRecord]) -> String {
+    let mut out = String::new();
+    for r in rollouts {
+        let turns: Vec<&str> = r.trajectory.history.iter().filter(|h| h.role == "assistant").map(|h| h.content.as_str()).collect();
+        out.push_str(&json!({ r.task_id.as_str(): turns }).to_string());
+        out.push('\n');
+    }
+    out
 }
 
 /// True when any service label says `"simulated": true`.
@@ -611,19 +605,6 @@ pub fn tasks_index(tasks: &[AcceptedTask]) -> Value {
 // ---------------------------------------------------------------------------------------------
 // SFT
 
-/// What went into `sft/train.jsonl`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct SftSummary {
-    /// Rollouts with at least one scored submission.
-    pub scored: u64,
-    /// Lines written.
-    pub kept: u64,
-    /// Scored rollouts whose messages repeat an earlier line exactly.
-    pub duplicates: u64,
-    /// Scored rollouts whose history cannot be a training example (no leading system message,
-    /// or no assistant turn).
-    pub malformed: u64,
-}
 
 /// Best value of `metric` over `scores` in `direction`, ignoring entries without a finite value.
 pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Option<f64> {
@@ -834,10 +815,12 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         },
         "rollouts": {
             "total": rollouts_total,
-            "scored": sft.scored,
+            "scored": sft.trajectories - sft.unscored,
             "kept": sft.kept,
             "duplicates": sft.duplicates,
             "malformed": sft.malformed,
+            "over_token_budget": sft.over_budget,
+            "shortened": sft.shortened,
         },
         "llm": {
             "by_stage_endpoint_model": rows,
@@ -966,10 +949,10 @@ pub fn summary_table(report: &Value) -> String {
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0))).collect())
         .unwrap_or_default();
-    let mut facts: Vec<(&str, String)> = vec![
-        ("accepted tasks", format!("{accepted} of {topics} topics (yield {yield_pct:.1}%)")),
+    let mut facts: Vec<(std::borrow::Cow<str>, String)> = vec![
+        ("accepted tasks".into(), format!("{accepted} of {topics} topics (yield {yield_pct:.1}%)")),
         (
-            "rollouts kept",
+            "rollouts kept".into(),
             format!(
                 "{} of {} ({} scored, {} duplicate)",
                 u(report, &["rollouts", "kept"]),
@@ -978,9 +961,9 @@ pub fn summary_table(report: &Value) -> String {
                 u(report, &["rollouts", "duplicates"]),
             ),
         ),
-        ("llm calls", thousands(u(report, &["llm", "total", "calls"]))),
+        ("llm calls".into(), thousands(u(report, &["llm", "total", "calls"]))),
         (
-            "tokens",
+            "tokens".into(),
             format!(
                 "{} ({} in, {} out)",
                 thousands(total_tokens),
@@ -988,10 +971,10 @@ pub fn summary_table(report: &Value) -> String {
                 thousands(u(report, &["llm", "total", "output_tokens"])),
             ),
         ),
-        ("cost", format!("${:.4}", f(report, &["llm", "total", "cost_usd"]))),
-        ("wall time", duration(f(report, &["wall_time_secs"]))),
+        ("cost".into(), format!("${:.4}", f(report, &["llm", "total", "cost_usd"]))),
+        ("wall time".into(), duration(f(report, &["wall_time_secs"]))),
         (
-            "throughput",
+            "throughput".into(),
             format!(
                 "{:.1} tasks/h, {:.1} trajectories/h",
                 f(report, &["throughput", "accepted_tasks_per_hour"]),
@@ -1000,7 +983,23 @@ pub fn summary_table(report: &Value) -> String {
         ),
     ];
     if !events.is_empty() {
-        facts.push(("events", events.join(", ")));
+        facts.push(("events".into(), events.join(", ")));
+    }
+    if let Some(endpoints) = report.pointer("/llm/gateway/endpoints").and_then(Value::as_object) {
+        for (name, e) in endpoints {
+            let n = |k: &str| e[k].as_u64().unwrap_or(0);
+            let mut text = format!(
+                "{} requests this session, {} rate limited, {} transient failures, {} retries",
+                thousands(n("requests_sent")),
+                n("rate_limited"),
+                n("transient_failures"),
+                n("retries")
+            );
+            if n("circuit_openings") > 0 {
+                text.push_str(&format!(", circuit opened {} times", n("circuit_openings")));
+            }
+            facts.push((format!("endpoint {name}").into(), text));
+        }
     }
     if let Some(services) = report.get("services").and_then(Value::as_object) {
         for (name, label) in services {
@@ -1011,7 +1010,7 @@ pub fn summary_table(report: &Value) -> String {
             if label["simulated"] == json!(true) {
                 text.push_str(" [SIMULATED]");
             }
-            facts.push((name.as_str(), text));
+            facts.push((name.as_str().into(), text));
         }
     }
     let w = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -1699,7 +1698,7 @@ mod tests {
         assert!((report["tasks"]["yield"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-12);
         assert_eq!(
             report["rollouts"],
-            json!({"total": 4, "scored": 3, "kept": 2, "duplicates": 1, "malformed": 0})
+            json!({"total": 4, "scored": 3, "kept": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})
         );
         assert_eq!(report["llm"]["total"]["calls"], 29);
         assert_eq!(report["llm"]["total"]["input_tokens"], 23600);

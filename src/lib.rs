@@ -14,5 +14,6 @@ pub mod hub;
 pub mod progress;
 pub mod run;
 pub mod sandbox;
+pub mod sft;
 pub mod sim;
 pub mod store;

@@ -42,6 +42,11 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "record")]
         replay: Option<PathBuf>,
     },
+    /// Re-export a run's outputs with options.
+    Export {
+        #[command(subcommand)]
+        what: ExportCommand,
+    },
     /// Benchmarks that print ratios against bounds measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -96,6 +101,30 @@ enum CheckCommand {
         dir: PathBuf,
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Write SFT data from a run's trajectories: those with a scored submission, observations
+    /// cut to head and tail, old observations elided to fit the token budget, duplicates
+    /// dropped. Prints how many were kept and why the others were not.
+    Sft {
+        /// The run's output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write (default: OUT/sft/train.jsonl, or OUT/sft/train.sharegpt.jsonl).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Keep only trajectories whose best score beats the task's baseline.
+        #[arg(long)]
+        beats_baseline: bool,
+        /// ShareGPT layout (`conversations` of `from`/`value`) instead of chat `messages`.
+        #[arg(long)]
+        sharegpt: bool,
+        /// Longest example in tokens (o200k_base).
+        #[arg(long, default_value_t = 32_768)]
+        token_budget: u64,
     },
 }
 
@@ -170,6 +199,25 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => gymforge::gateway::Source::Live { record },
             };
             run(config, out, source).await
+        }
+        Command::Export { what: ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget } } => {
+            let db = gymforge::run::state_dir(&out).join("state.db");
+            anyhow::ensure!(db.is_file(), "{} holds no gymforge run (no {})", out.display(), db.display());
+            let store = gymforge::store::SqliteStore::open(&db)?;
+            let inputs = gymforge_actors::export::final_inputs(&store, 0.0).map_err(anyhow::Error::msg)?;
+            let simulated = std::fs::read_to_string(out.join("report.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|r| r.pointer("/services/llm/simulated") == Some(&serde_json::json!(true)));
+            let options = gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, simulated, ..Default::default() };
+            let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);
+            let file = file.unwrap_or_else(|| out.join(if sharegpt { "sft/train.sharegpt.jsonl" } else { "sft/train.jsonl" }));
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            gymforge::export::write_jsonl(&file, &lines).map_err(anyhow::Error::msg)?;
+            println!("{}: {}", file.display(), summary.describe());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json } } => {
             anyhow::ensure!(rpm > 0 && seconds > 0, "--rpm and --seconds must be at least 1");

@@ -194,6 +194,13 @@ pub fn settings(config: &Config, work_root: PathBuf) -> Settings {
             top_p: config.agent.top_p,
             cost_limit: config.agent.cost_limit,
             max_tokens: config.agent.max_tokens,
+            keep_observations: config.agent.keep_observations as usize,
+            context_window: config.agent.context_window,
+            wall_clock: Duration::from_secs(config.agent.wall_clock_secs),
+            command_files: vec![
+                ("commands.py".into(), include_str!("../config/agent/commands.py").into()),
+                ("commands.sh".into(), include_str!("../config/agent/commands.sh").into()),
+            ],
         },
         faults: Faults {
             panic_rate: config.faults.worker_panic_rate,

@@ -203,10 +203,15 @@ async fn parent_environment_does_not_leak() {
 
 /// Processes whose command line is exactly `sleep 1000`.
 fn sleepers() -> Vec<u32> {
+    processes_running(b"sleep\x001000\x00")
+}
+
+/// Processes whose command line (NUL-separated, as in /proc) is exactly `cmdline`.
+fn processes_running(cmdline: &[u8]) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x001000\x00") {
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == cmdline) {
             found.push(pid);
         }
     }
@@ -362,4 +367,77 @@ async fn bad_jobs_are_sandbox_errors() {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Processes whose command line is exactly `sleep 1001` (the shell test's; `sleep 1000` is
+/// the job timeout test's).
+fn shell_sleepers() -> Vec<u32> {
+    processes_running(b"sleep\x001001\x00")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shell_keeps_its_state_survives_timeouts_and_leaves_nothing_behind() {
+    let sb = sandbox();
+    let work = tempfile::tempdir().unwrap();
+    let control = tempfile::tempdir().unwrap();
+    std::fs::write(control.path().join("init.sh"), "greet() { echo \"hello $1\"; }\n").unwrap();
+    std::fs::create_dir(work.path().join("sub")).unwrap();
+    let mut shell = sb.shell(job(work.path(), &[], 10), control.path()).await.expect("the shell starts");
+    let t = Duration::from_secs(10);
+
+    let out = shell.run("cd sub && export ANSWER=42 && X=local", t).await.unwrap();
+    assert_eq!(out.exit_code, Some(0), "{}", describe(&out));
+    let out = shell.run("pwd; echo \"$ANSWER $X\"; greet agent; echo oops >&2; false", t).await.unwrap();
+    assert_eq!(out.stdout, format!("{INSIDE}/sub\n42 local\nhello agent\noops\n"), "state persists, stderr is merged");
+    assert_eq!(out.exit_code, Some(1));
+    let out = shell.run("if then", t).await.unwrap();
+    assert!(out.stdout.contains("syntax error") && out.exit_code != Some(0), "{}", describe(&out));
+    let out = shell.run("cat; echo read-nothing", t).await.unwrap();
+    assert_eq!(out.stdout.trim(), "read-nothing", "commands read /dev/null, not the protocol");
+
+    // A timeout kills the command and whatever it left running, but not the shell.
+    let out = shell.run("sleep 1001 & sleep 1001", Duration::from_secs(2)).await.unwrap();
+    assert!(out.timed_out, "{}", describe(&out));
+    assert!(shell.is_alive());
+    let out = shell.run("echo \"still in $(pwd)\"", t).await.unwrap();
+    assert_eq!(out.stdout.trim(), format!("still in {INSIDE}/sub"));
+    for _ in 0..50 {
+        if shell_sleepers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shell_sleepers().is_empty(), "the timed-out processes are gone");
+
+    // A stuck shell (a loop of builtins) is killed and reported dead.
+    let out = shell.run("while :; do :; done", Duration::from_secs(1)).await.unwrap();
+    assert!(out.timed_out && out.stdout.contains("restarted"), "{}", describe(&out));
+    assert!(!shell.is_alive());
+
+    // `exit` ends the shell; a background process dies with the sandbox when the shell is dropped.
+    let mut shell = sb.shell(job(work.path(), &[], 10), control.path()).await.unwrap();
+    shell.run("sleep 1001 &", t).await.unwrap();
+    for _ in 0..50 {
+        if !shell_sleepers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shell_sleepers().len(), 1, "the background process runs");
+    let out = shell.run("exit 3", t).await.unwrap();
+    assert!(out.stdout.contains("exited") && !shell.is_alive(), "{}", describe(&out));
+    drop(shell);
+    for _ in 0..50 {
+        if shell_sleepers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shell_sleepers().is_empty(), "no process survives the shell");
+
+    // Output is capped and the shell goes on.
+    let mut shell = sb.shell(job(work.path(), &[], 10), control.path()).await.unwrap();
+    let out = shell.run("head -c 5000000 /dev/zero | tr '\\0' x; echo; echo end", t).await.unwrap();
+    assert!(out.output_truncated && out.stdout.len() < 1_100_000, "{} bytes", out.stdout.len());
+    assert_eq!(shell.run("echo after", t).await.unwrap().stdout, "after\n");
 }

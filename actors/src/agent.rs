@@ -1,18 +1,129 @@
 //! The MLGym agent protocol: the command set shown to the model, how an answer is parsed into a
 //! thought and one command, and the texts the agent sees around observations.
+//!
+//! The file commands (`open` ... `find_file`) run in the rollout's shell as functions of
+//! `config/agent/commands.sh`; `validate` and `submit` are handled by the rollout itself; any
+//! other command goes to bash.
 
 use std::time::Duration;
 
-/// Documentation of the special commands, inserted into the system prompt.
-pub const COMMAND_DOCS: &str = "validate:
-  docstring: validates your current submission file and returns the metrics on the test set
-  signature: validate
+/// One command of the agent's interface, as documented to the model.
+pub struct CommandDoc {
+    pub name: &'static str,
+    pub signature: &'static str,
+    pub docstring: &'static str,
+    /// `(name, type, required, description)`.
+    pub arguments: &'static [(&'static str, &'static str, bool, &'static str)],
+}
 
-submit:
-  docstring: submits your current code and terminates the session
-  signature: submit
+/// The agent's commands. The system prompt's `{{command_docs}}` is generated from this table.
+pub const COMMANDS: &[CommandDoc] = &[
+    CommandDoc {
+        name: "open",
+        signature: "open \"<path>\" [<line_number>]",
+        docstring: "shows the file at the given path in the editor window, starting near line_number if given",
+        arguments: &[
+            ("path", "string", true, "the file to open"),
+            ("line_number", "integer", false, "the line to show (default: the top of the file)"),
+        ],
+    },
+    CommandDoc {
+        name: "goto",
+        signature: "goto <line_number>",
+        docstring: "moves the editor window of the open file to show the given line",
+        arguments: &[("line_number", "integer", true, "the line to show")],
+    },
+    CommandDoc { name: "scroll_down", signature: "scroll_down", docstring: "moves the editor window down by one window of lines", arguments: &[] },
+    CommandDoc { name: "scroll_up", signature: "scroll_up", docstring: "moves the editor window up by one window of lines", arguments: &[] },
+    CommandDoc {
+        name: "create",
+        signature: "create <filename>",
+        docstring: "creates an empty file with the given name and opens it",
+        arguments: &[("filename", "string", true, "the file to create")],
+    },
+    CommandDoc {
+        name: "edit",
+        signature: "edit <start_line>:<end_line>\n<replacement_text>\nend_of_edit",
+        docstring: "replaces lines start_line to end_line (inclusive) of the open file with the replacement text, which ends at a line holding only end_of_edit. Mind the indentation. An edit that leaves a Python file unable to compile is not applied, and the error is shown",
+        arguments: &[
+            ("start_line", "integer", true, "the first line to replace"),
+            ("end_line", "integer", true, "the last line to replace (start_line - 1 inserts before start_line)"),
+            ("replacement_text", "string", true, "the new lines"),
+        ],
+    },
+    CommandDoc {
+        name: "insert",
+        signature: "insert <line_number>\n<text_to_add>\nend_of_insert",
+        docstring: "inserts the text after the given line of the open file (0: at the top); the text ends at a line holding only end_of_insert. Same compile check as edit",
+        arguments: &[
+            ("line_number", "integer", true, "the line after which to insert"),
+            ("text_to_add", "string", true, "the new lines"),
+        ],
+    },
+    CommandDoc {
+        name: "search_dir",
+        signature: "search_dir <search_term> [<dir>]",
+        docstring: "lists the files under dir (default: the current directory) that contain search_term, with match counts",
+        arguments: &[("search_term", "string", true, "the text to look for"), ("dir", "string", false, "where to look")],
+    },
+    CommandDoc {
+        name: "search_file",
+        signature: "search_file <search_term> [<file>]",
+        docstring: "lists the lines of file (default: the open file) that contain search_term",
+        arguments: &[("search_term", "string", true, "the text to look for"), ("file", "string", false, "the file to search")],
+    },
+    CommandDoc {
+        name: "find_file",
+        signature: "find_file <file_name> [<dir>]",
+        docstring: "lists the files under dir (default: the current directory) whose name matches file_name (shell wildcards allowed)",
+        arguments: &[("file_name", "string", true, "the name or pattern"), ("dir", "string", false, "where to look")],
+    },
+    CommandDoc {
+        name: "validate",
+        signature: "validate",
+        docstring: "scores your current submission file on the test set and shows it next to the baseline's score",
+        arguments: &[],
+    },
+    CommandDoc { name: "submit", signature: "submit", docstring: "submits your current work and ends the session", arguments: &[] },
+];
 
-Any other command is run by bash in the workspace (/home/agent/workspace).";
+/// The command documentation inserted into the system prompt, in MLGym's layout.
+pub fn command_docs() -> String {
+    let mut out = String::new();
+    for c in COMMANDS {
+        out.push_str(&format!("{}:\n  docstring: {}\n  signature: {}\n", c.name, c.docstring, c.signature));
+        if !c.arguments.is_empty() {
+            out.push_str("  arguments:\n");
+            for (name, kind, required, text) in c.arguments {
+                let req = if *required { "required" } else { "optional" };
+                out.push_str(&format!("    - {name} ({kind}) [{req}]: {text}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str("Any other command is run by bash in your persistent shell, which starts in the workspace (/home/agent/workspace).");
+    out
+}
+
+/// What to run for an action in the shell: multi-line `edit` and `insert` commands become
+/// here-documents. `Err` is the observation for a malformed one.
+pub fn shell_command(action: &str) -> Result<String, String> {
+    let first = action.lines().next().unwrap_or("").trim();
+    for (command, terminator) in [("edit", "end_of_edit"), ("insert", "end_of_insert")] {
+        if first.split_whitespace().next() != Some(command) {
+            continue;
+        }
+        let lines: Vec<&str> = action.trim_end().lines().collect();
+        if lines.len() < 2 || lines.last().map(|l| l.trim()) != Some(terminator) {
+            return Err(format!(
+                "Malformed {command} command. The command must be followed by the new lines and end with a line holding only {terminator}."
+            ));
+        }
+        let body = lines[1..lines.len() - 1].join("\n");
+        return Ok(format!("{first} << '{terminator}'\n{body}\n{terminator}\n"));
+    }
+    Ok(action.to_string())
+}
 
 /// Format errors tolerated per step before the run ends with `exit_format`.
 pub const MAX_FORMAT_ERRORS: u32 = 3;
@@ -59,9 +170,9 @@ pub fn parse_action(response: &str) -> Result<(String, String), String> {
 }
 
 /// The footer MLGym appends to every user message.
-pub fn footer(step: u32, max_steps: u32, cwd: &str) -> String {
+pub fn footer(step: u32, max_steps: u32, open_file: &str, cwd: &str) -> String {
     format!(
-        "(Current Step: {step}, Remaining Steps: {})\n(Open file: n/a)\n(Current directory: {cwd})\nbash-$",
+        "(Current Step: {step}, Remaining Steps: {})\n(Open file: {open_file})\n(Current directory: {cwd})\nbash-$",
         max_steps.saturating_sub(step)
     )
 }
@@ -113,6 +224,25 @@ mod tests {
 
     #[test]
     fn footer_counts_down() {
-        assert!(footer(3, 10, "/w").starts_with("(Current Step: 3, Remaining Steps: 7)"));
+        let f = footer(3, 10, "/w/train.py", "/w");
+        assert!(f.starts_with("(Current Step: 3, Remaining Steps: 7)\n(Open file: /w/train.py)"), "{f}");
+    }
+
+    #[test]
+    fn edits_become_here_documents_and_malformed_ones_are_refused() {
+        assert_eq!(shell_command("edit 2:3\nx = 1\n    y = 2\nend_of_edit\n").unwrap(), "edit 2:3 << 'end_of_edit'\nx = 1\n    y = 2\nend_of_edit\n");
+        assert_eq!(shell_command("insert 0\n# top\nend_of_insert").unwrap(), "insert 0 << 'end_of_insert'\n# top\nend_of_insert\n");
+        assert!(shell_command("edit 2:3\nx = 1\n").unwrap_err().contains("Malformed edit"));
+        assert_eq!(shell_command("ls -la\n").unwrap(), "ls -la\n");
+        assert_eq!(shell_command("editor_notes.sh\n").unwrap(), "editor_notes.sh\n", "only the edit command itself");
+    }
+
+    #[test]
+    fn command_docs_cover_the_whole_table() {
+        let docs = command_docs();
+        for c in COMMANDS {
+            assert!(docs.contains(&format!("{}:\n  docstring: ", c.name)), "{}", c.name);
+        }
+        assert!(docs.contains("    - line_number (integer) [optional]"));
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::model::{AcceptedTask, Outcome, RolloutRecord, Stage, Unit};
 use crate::pipeline::Pipeline;
-use crate::ports::{FinalInputs, PortError};
+use crate::ports::{FinalInputs, PortError, Store};
 
 pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     let task: AcceptedTask = crate::worker::stored(p, &unit.id, Stage::Debug)?;
@@ -13,30 +13,21 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
 
 /// Reads everything back from the store and writes the run's summary files.
 pub fn finalize(p: &Pipeline, wall_time_secs: f64) -> Result<FinalInputs, PortError> {
-    let units = p.store.units()?;
-    let exported: std::collections::HashSet<String> =
-        p.store.results(Stage::Export)?.into_iter().map(|(id, _)| id).collect();
-    let tasks: Vec<AcceptedTask> = p
-        .store
+    let inputs = final_inputs(p.store.as_ref(), wall_time_secs)?;
+    p.outputs.finalize(&inputs)?;
+    Ok(inputs)
+}
+
+/// What the summary files are made from: the exported tasks, the rollouts, usage and events.
+pub fn final_inputs(store: &dyn Store, wall_time_secs: f64) -> Result<FinalInputs, PortError> {
+    let exported: std::collections::HashSet<String> = store.results(Stage::Export)?.into_iter().map(|(id, _)| id).collect();
+    let tasks: Vec<AcceptedTask> = store
         .results(Stage::Debug)?
         .into_iter()
         .filter(|(id, _)| exported.contains(id))
         .filter_map(|(_, v)| serde_json::from_value(v).ok())
         .collect();
-    let rollouts: Vec<RolloutRecord> = p
-        .store
-        .results(Stage::Rollout)?
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_value(v).ok())
-        .collect();
-    let inputs = FinalInputs {
-        units,
-        tasks,
-        rollouts,
-        usage: p.store.usage()?,
-        events: p.store.events()?,
-        wall_time_secs,
-    };
-    p.outputs.finalize(&inputs)?;
-    Ok(inputs)
+    let rollouts: Vec<RolloutRecord> =
+        store.results(Stage::Rollout)?.into_iter().filter_map(|(_, v)| serde_json::from_value(v).ok()).collect();
+    Ok(FinalInputs { units: store.units()?, tasks, rollouts, usage: store.usage()?, events: store.events()?, wall_time_secs })
 }

@@ -41,6 +41,15 @@ pub struct AgentSettings {
     pub top_p: f32,
     pub cost_limit: f64,
     pub max_tokens: u32,
+    /// Observations kept verbatim in the model input (older ones are elided).
+    pub keep_observations: usize,
+    /// Tokens the model accepts; a step that would not fit ends the run (`exit_context`).
+    pub context_window: u64,
+    /// Wall-clock limit of one rollout (`exit_wall_clock`).
+    pub wall_clock: Duration,
+    /// `(file name, content)` of the agent's command scripts, put in the shell's control
+    /// directory (`config/agent/`).
+    pub command_files: Vec<(String, String)>,
 }
 
 /// Deliberate worker failures, to exercise supervision.

@@ -173,6 +173,25 @@ pub trait Sandbox: Send + Sync {
     /// Runs a job to completion, timeout or kill. `Err` means the sandbox itself failed (not the
     /// job): the job's own failures are in [`JobOutput`].
     async fn run(&self, job: SandboxJob) -> Result<JobOutput, PortError>;
+
+    /// Starts a long-lived shell in a sandbox set up like `job` (its `command` is ignored).
+    /// The files of `control` (a host directory) are visible read-only inside at
+    /// [`CONTROL_INSIDE`], and `control/init.sh` is sourced when the shell starts.
+    async fn shell(&self, job: SandboxJob, control: &Path) -> Result<Box<dyn Shell>, PortError>;
+}
+
+/// Where a shell's control directory appears inside its sandbox.
+pub const CONTROL_INSIDE: &str = "/home/agent/commands";
+
+/// A shell running in a sandbox: `cd`, variables and background processes persist from one
+/// command to the next.
+#[async_trait]
+pub trait Shell: Send {
+    /// Runs one command. Its output (stderr merged into stdout) and exit status are in the
+    /// result; a timeout kills the command, not the shell. When the shell itself had to be
+    /// killed or exited, the output says so and [`Shell::is_alive`] turns false.
+    async fn run(&mut self, command: &str, timeout: Duration) -> Result<JobOutput, PortError>;
+    fn is_alive(&self) -> bool;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,20 +1,23 @@
 //! Rollout stage: one run of the teacher model as an MLGym agent on an accepted task.
 //!
-//! The agent works in its own workspace (starter code plus the public data, read-only); its
+//! The agent works in its own workspace (starter code plus the public data, read-only) through
+//! one persistent sandboxed shell, which also holds the file commands (`agent.rs`). Its
 //! submissions are scored by the task's pristine evaluate.py in a separate sandbox that alone
-//! sees the answers. The run ends on `submit`, or on a step, cost or format limit with an
-//! automatic final evaluation, and is recorded as an MLGym trajectory.
+//! sees the answers. The run ends on `submit`, or on a step, cost, context, wall-clock or format
+//! limit with an automatic final evaluation, and is recorded as an MLGym trajectory. The model
+//! sees the task and the last `keep_observations` observations; older ones are elided (the saved
+//! history is complete).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::agent::{self, COMMAND_DOCS, MAX_FORMAT_ERRORS, MAX_OBSERVATION_CHARS};
+use crate::agent::{self, MAX_FORMAT_ERRORS, MAX_OBSERVATION_CHARS};
 use crate::model::{
     AcceptedTask, HistoryItem, ModelStats, Outcome, RolloutRecord, Scores, Stage, Trajectory,
     TrajectoryInfo, TrajectoryStep, Unit,
 };
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, ChatRequest, Mount, PortError, ResponseFormat, SandboxJob};
+use crate::ports::{ChatMessage, ChatRequest, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
 use crate::template::render;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
 
@@ -36,6 +39,11 @@ struct Run<'a> {
     workspace: std::path::PathBuf,
     evaluations: u32,
     scores: Vec<Scores>,
+    /// The agent's shell, started on first use and again after it died.
+    shell: Option<Box<dyn Shell>>,
+    /// What the footer shows: the open file and the shell's directory.
+    open_file: String,
+    cwd: String,
 }
 
 pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
@@ -48,7 +56,29 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     let prepared = PreparedTask::new(p.paths().final_dir(&task_unit));
     fresh_dir(&workspace.join("data")).map_err(|e| io("cannot create the workspace", e))?;
     copy_files(&prepared.starter(), &workspace).map_err(|e| io("cannot copy the starter code", e))?;
-    let mut run = Run { p, unit, task, prepared, dir, workspace, evaluations: 0, scores: Vec::new() };
+    let control = dir.join("commands");
+    fresh_dir(&control).map_err(|e| io("cannot create the shell's control directory", e))?;
+    for (name, content) in &p.settings.agent.command_files {
+        std::fs::write(control.join(name), content).map_err(|e| io("cannot write the agent's commands", e))?;
+    }
+    let init = format!(
+        "export GYMFORGE_COMMANDS={inside}\n. {inside}/commands.sh\ncd {WORKSPACE}\n",
+        inside = crate::ports::CONTROL_INSIDE
+    );
+    std::fs::write(control.join("init.sh"), init).map_err(|e| io("cannot write the shell's start script", e))?;
+    let mut run = Run {
+        p,
+        unit,
+        task,
+        prepared,
+        dir,
+        workspace,
+        evaluations: 0,
+        scores: Vec::new(),
+        shell: None,
+        open_file: "n/a".into(),
+        cwd: WORKSPACE.into(),
+    };
     let record = run.agent_loop().await?;
     p.outputs.write_rollout(&record)?;
     Ok(Outcome::Advance(serde_json::to_value(&record).expect("serialisable")))
@@ -78,12 +108,12 @@ impl Run<'_> {
         let training_timeout = std::time::Duration::from_secs(self.task.bundle.training_timeout);
         let system = render(
             &p.prompts.agent_system,
-            &[("command_docs", COMMAND_DOCS), ("training_timeout", &self.task.bundle.training_timeout.to_string())],
+            &[("command_docs", &agent::command_docs()), ("training_timeout", &self.task.bundle.training_timeout.to_string())],
         )
         .map_err(PortError::Permanent)?;
         let first = render(
             &p.prompts.agent_task,
-            &[("description", &agent_description(&self.task)), ("footer", &agent::footer(0, s.max_steps, WORKSPACE))],
+            &[("description", &agent_description(&self.task)), ("footer", &agent::footer(0, s.max_steps, "n/a", WORKSPACE))],
         )
         .map_err(PortError::Permanent)?;
         let mut history = vec![history_item("system", system, None), history_item("user", first, None)];
@@ -92,11 +122,22 @@ impl Run<'_> {
         let mut exit_status: Option<String> = None;
         let mut submission: Option<String> = None;
         let seed = crate::seed::hash(&[&p.settings.seed.to_string(), &self.unit.id]);
-        let state = format!("{{\"open_file\": \"n/a\", \"working_dir\": \"{WORKSPACE}\"}}");
+        let began = Instant::now();
+        // Prompt tokens of the last call: the next one is at least this long.
+        let mut last_input_tokens = 0u64;
 
         'steps: for step in 1..=s.max_steps {
+            if began.elapsed() > s.wall_clock {
+                exit_status = Some("exit_wall_clock".into());
+                break;
+            }
+            if last_input_tokens + u64::from(s.max_tokens) > s.context_window {
+                exit_status = Some("exit_context".into());
+                break;
+            }
+            let state = serde_json::json!({ "open_file": self.open_file, "working_dir": self.cwd }).to_string();
             // Ask for the next command; a malformed answer is re-asked with the error, bounded.
-            let mut messages: Vec<ChatMessage> = history.iter().map(|h| ChatMessage::new(&h.role, h.content.clone())).collect();
+            let mut messages = model_input(&history, s.keep_observations);
             let mut format_errors = 0;
             let (response, thought, action) = loop {
                 let request = ChatRequest {
@@ -107,7 +148,14 @@ impl Run<'_> {
                     response: ResponseFormat::Text,
                     seed: Some(seed.wrapping_add(u64::from(step))),
                 };
-                let reply = crate::llm::chat(p, Stage::Rollout, request).await?;
+                let reply = match crate::llm::chat(p, Stage::Rollout, request).await {
+                    Err(PortError::Refused { reason, .. }) if reason == "llm_context_length" => {
+                        exit_status = Some("exit_context".into());
+                        break 'steps;
+                    }
+                    other => other?,
+                };
+                last_input_tokens = reply.input_tokens;
                 stats.api_calls += 1;
                 stats.tokens_sent += reply.input_tokens;
                 stats.tokens_received += reply.output_tokens;
@@ -145,7 +193,7 @@ impl Run<'_> {
                     (obs, true)
                 }
                 Some(_) => (self.validate_observation().await?, false),
-                None => (self.shell(&action, s.short_timeout, training_timeout).await?, false),
+                None => (self.command(&action, s.short_timeout, training_timeout).await?, false),
             };
             let execution_time = started.elapsed().as_secs_f64();
             let next = if done {
@@ -156,14 +204,14 @@ impl Run<'_> {
                 } else {
                     observation.clone()
                 };
-                render(&p.prompts.agent_next, &[("observation", &body), ("footer", &agent::footer(step, s.max_steps, WORKSPACE))])
-                    .map_err(PortError::Permanent)?
+                let footer = agent::footer(step, s.max_steps, &self.open_file, &self.cwd);
+                render(&p.prompts.agent_next, &[("observation", &body), ("footer", &footer)]).map_err(PortError::Permanent)?
             };
             history.push(history_item("assistant", response.clone(), Some((thought.clone(), action.clone()))));
             if !done {
                 history.push(history_item("user", next, None));
             }
-            steps.push(TrajectoryStep { action, observation, response, state: state.clone(), thought, execution_time });
+            steps.push(TrajectoryStep { action, observation, response, state, thought, execution_time });
             if done {
                 break;
             }
@@ -207,36 +255,44 @@ impl Run<'_> {
         })
     }
 
-    /// Runs a shell command in the agent's sandbox.
-    async fn shell(&self, action: &str, short: std::time::Duration, training: std::time::Duration) -> Result<String, PortError> {
+    /// Runs one agent command in the rollout's shell and returns the observation; then reads
+    /// the open file and directory for the footer.
+    async fn command(&mut self, action: &str, short: Duration, training: Duration) -> Result<String, PortError> {
+        let command = match agent::shell_command(action) {
+            Ok(c) => c,
+            Err(malformed) => return Ok(malformed),
+        };
         let timeout = agent::command_timeout(action, short, training);
-        let out = self
-            .p
-            .sandbox
-            .run(SandboxJob {
-                label: format!("{} step", self.unit.id),
+        let out = self.in_shell(&command, timeout).await?;
+        let mut text = head_tail(out.stdout.trim_end(), MAX_OBSERVATION_CHARS);
+        if out.timed_out {
+            text.push_str(&format!("\nEXECUTION TIMED OUT BECAUSE THE COMMAND WAS RUNNING FOR MORE THAN {} SECONDS.", timeout.as_secs()));
+        }
+        let state = self.in_shell("_gymforge_state", short).await?;
+        let v: serde_json::Value = serde_json::from_str(state.stdout.trim()).unwrap_or_default();
+        if let (Some(file), Some(dir)) = (v["open_file"].as_str(), v["working_dir"].as_str()) {
+            self.open_file = file.to_string();
+            self.cwd = dir.to_string();
+        }
+        Ok(text)
+    }
+
+    /// Runs a command in the agent's shell, starting the shell when there is none alive.
+    async fn in_shell(&mut self, command: &str, timeout: Duration) -> Result<JobOutput, PortError> {
+        if !self.shell.as_ref().is_some_and(|s| s.is_alive()) {
+            let job = SandboxJob {
+                label: format!("{} shell", self.unit.id),
                 workdir: self.workspace.clone(),
                 workdir_inside: WORKSPACE.to_string(),
                 mounts: vec![Mount { host: self.prepared.public_data(), inside: format!("{WORKSPACE}/data"), writable: false }],
-                command: vec!["bash".into(), "-c".into(), action.to_string()],
+                command: Vec::new(),
                 timeout,
-            })
-            .await?;
-        let mut text = out.stdout;
-        if !out.stderr.is_empty() {
-            if !text.is_empty() && !text.ends_with('\n') {
-                text.push('\n');
-            }
-            text.push_str(&out.stderr);
+            };
+            self.shell = Some(self.p.sandbox.shell(job, &self.dir.join("commands")).await?);
+            self.open_file = "n/a".into();
+            self.cwd = WORKSPACE.into();
         }
-        let mut text = head_tail(text.trim_end(), MAX_OBSERVATION_CHARS);
-        if out.timed_out {
-            text.push_str(&format!(
-                "\nEXECUTION TIMED OUT BECAUSE THE COMMAND WAS RUNNING FOR MORE THAN {} SECONDS.",
-                timeout.as_secs()
-            ));
-        }
-        Ok(text)
+        self.shell.as_mut().expect("started above").run(command, timeout).await
     }
 
     async fn validate_observation(&mut self) -> Result<String, PortError> {
@@ -297,6 +353,26 @@ fn not_found_text() -> &'static str {
     "Submission artefact not found. You have to produce a valid submission artefact as described in the task description to validate your results."
 }
 
+/// The model input: the system prompt, the task, every answer, and the last `keep` observations;
+/// older observations are replaced by a one-line note (MLGym's `LastNObservations`).
+fn model_input(history: &[HistoryItem], keep: usize) -> Vec<ChatMessage> {
+    let users: Vec<usize> = history.iter().enumerate().filter(|(_, h)| h.role == "user").map(|(i, _)| i).collect();
+    // The first user message is the task; of the rest, the last `keep` stay.
+    let elide_end = users.len().saturating_sub(keep).max(1);
+    let elided: std::collections::HashSet<usize> = users.iter().skip(1).take(elide_end - 1).copied().collect();
+    history
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            if elided.contains(&i) {
+                ChatMessage::new("user", format!("Old output omitted ({} lines)", h.content.lines().count()))
+            } else {
+                ChatMessage::new(&h.role, h.content.clone())
+            }
+        })
+        .collect()
+}
+
 fn history_item(role: &str, content: String, thought_action: Option<(String, String)>) -> HistoryItem {
     let (thought, action) = match thought_action {
         Some((t, a)) => (Some(t), Some(a)),
@@ -307,4 +383,29 @@ fn history_item(role: &str, content: String, thought_action: Option<(String, Str
 
 fn io(context: &str, e: std::io::Error) -> PortError {
     PortError::Transient(format!("{context}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_observations_are_elided_and_the_task_and_answers_kept() {
+        let mut history = vec![history_item("system", "sys".into(), None), history_item("user", "task".into(), None)];
+        for i in 1..=4 {
+            history.push(history_item("assistant", format!("answer {i}"), None));
+            history.push(history_item("user", format!("observation {i}\nsecond line"), None));
+        }
+        let input = model_input(&history, 2);
+        let texts: Vec<&str> = input.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "sys", "task", "answer 1", "Old output omitted (2 lines)", "answer 2", "Old output omitted (2 lines)",
+                "answer 3", "observation 3\nsecond line", "answer 4", "observation 4\nsecond line",
+            ]
+        );
+        assert_eq!(model_input(&history, 10).len(), history.len());
+        assert_eq!(model_input(&history[..2], 0).len(), 2, "the task is never elided");
+    }
 }

@@ -385,7 +385,7 @@ impl Endpoint {
         }
         let reply = self.parse(&text, request.prompt_tokens).map_err(|detail| Failure::Transient { detail, wait: None })?;
         self.concurrency.on_success();
-        self.account(&reply, output_estimate);
+        self.account(&reply, u64::from(input), output_estimate);
         tracing::debug!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, model = %reply.model,
             input_tokens = reply.input_tokens, output_tokens = reply.output_tokens, cost_usd = reply.cost_usd,
             latency_ms = latency.as_millis() as u64, probe = (*admission == Admission::Probe), "LLM call");
@@ -415,15 +415,19 @@ impl Endpoint {
     }
 
     /// Counts a reply and reconciles the token limiters with its real usage.
-    pub fn account(&self, reply: &ChatReply, output_charged: u32) {
+    pub fn account(&self, reply: &ChatReply, input_charged: u64, output_charged: u32) {
         self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
         self.stats.input_tokens.fetch_add(reply.input_tokens, Ordering::Relaxed);
         self.stats.output_tokens.fetch_add(reply.output_tokens, Ordering::Relaxed);
         self.stats.cost_nano_usd.fetch_add((reply.cost_usd * 1e9) as u64, Ordering::Relaxed);
-        // Governor cannot refund: charge what was used beyond the estimate, if it conforms now.
-        let extra = reply.output_tokens.saturating_sub(u64::from(output_charged)).min(u64::from(self.output_tpm_burst)) as u32;
-        if let Some(n) = NonZeroU32::new(extra) {
-            let _ = self.output_tpm.check_n(n);
+        // Governor cannot refund: charge what was used beyond the estimates, if it conforms now.
+        for (limiter, used, charged, burst) in [
+            (&self.input_tpm, reply.input_tokens, input_charged, self.input_tpm_burst),
+            (&self.output_tpm, reply.output_tokens, u64::from(output_charged), self.output_tpm_burst),
+        ] {
+            if let Some(n) = NonZeroU32::new(used.saturating_sub(charged).min(u64::from(burst)) as u32) {
+                let _ = limiter.check_n(n);
+            }
         }
         // Next estimate: a running mean (weight 1/8) of real completions.
         let old = self.output_estimate.load(Ordering::Relaxed);

@@ -156,7 +156,7 @@ impl Llm for Gateway {
             Some(replay) => match replay.answer(&endpoint.name, stage, &request.unit, &prepared.body) {
                 Replayed::Body(text) => {
                     let reply = endpoint.parse(&text, prepared.prompt_tokens).map_err(PortError::Permanent)?;
-                    endpoint.account(&reply, 0);
+                    endpoint.account(&reply, reply.input_tokens, reply.output_tokens as u32);
                     reply
                 }
                 Replayed::Missing => {

@@ -35,7 +35,7 @@ use crate::config::SandboxConfig;
 const SANDBOX_UID: u32 = 65534;
 
 /// Written to stderr by the wrapper right before it execs the job; stripped from the output.
-const READY_MARKER: &[u8] = b"gymforge-sandbox-ready\n";
+pub(super) const READY_MARKER: &[u8] = b"gymforge-sandbox-ready\n";
 /// The wrapper: announce that setup is done, then become the job.
 const WRAPPER: &str = "printf 'gymforge-sandbox-ready\\n' >&2; exec \"$@\"";
 /// How long output is still read after the job ended (a leftover holder of the pipes).
@@ -68,7 +68,7 @@ pub struct BwrapSandbox {
     env: PythonEnv,
     limits: Limits,
     tmp_size: u64,
-    max_output_bytes: usize,
+    pub(super) max_output_bytes: usize,
     as_root: bool,
 }
 
@@ -212,7 +212,9 @@ impl BwrapSandbox {
         a.0
     }
 
-    async fn run_job(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
+    /// Prepares the job's directories and builds the bwrap command for it (stdin null, stdout
+    /// and stderr piped, its own process group, limits and the unprivileged user applied).
+    pub(super) async fn command(&self, job: &SandboxJob) -> Result<tokio::process::Command, PortError> {
         let prepared = {
             let (job, env_dir, as_root) = (job.clone(), self.env.dir.clone(), self.as_root);
             tokio::task::spawn_blocking(move || prepare(&job, &env_dir, as_root)).await
@@ -221,9 +223,8 @@ impl BwrapSandbox {
             Ok(r) => r?,
             Err(e) => return Err(PortError::Transient(format!("sandbox preparation failed: {e}"))),
         }
-
         let mut cmd = tokio::process::Command::new(&self.bwrap);
-        cmd.args(self.args(&job))
+        cmd.args(self.args(job))
             .env_clear()
             .current_dir("/")
             .stdin(Stdio::null())
@@ -237,7 +238,11 @@ impl BwrapSandbox {
         unsafe {
             cmd.pre_exec(move || child_setup(limits, drop_to_nobody));
         }
+        Ok(cmd)
+    }
 
+    async fn run_job(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
+        let mut cmd = self.command(&job).await?;
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(spawn_error)?;
         let pid = child.id().map(|p| p as libc::pid_t);
@@ -321,6 +326,10 @@ impl Sandbox for BwrapSandbox {
         }
         .instrument(span)
         .await
+    }
+
+    async fn shell(&self, job: SandboxJob, control: &Path) -> Result<Box<dyn gymforge_actors::ports::Shell>, PortError> {
+        Ok(Box::new(self.start_shell(job, control).await?))
     }
 }
 
@@ -429,7 +438,7 @@ fn child_setup(limits: Limits, drop_to_nobody: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-fn spawn_error(e: std::io::Error) -> PortError {
+pub(super) fn spawn_error(e: std::io::Error) -> PortError {
     use std::io::ErrorKind::*;
     match e.kind() {
         NotFound => PortError::Permanent(BWRAP_MISSING.to_string()),
@@ -444,7 +453,7 @@ fn spawn_error(e: std::io::Error) -> PortError {
 }
 
 /// Turns bwrap's complaint (the job never started) into an error saying what to fix.
-fn setup_failure(stderr: &str) -> PortError {
+pub(super) fn setup_failure(stderr: &str) -> PortError {
     let said = one_line(stderr, 400);
     let said = if said.is_empty() { "no message".to_string() } else { said };
     if said.contains("namespace") || said.contains("uid map") || said.contains("setting up uid") {

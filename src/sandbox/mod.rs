@@ -8,6 +8,8 @@
 
 mod bwrap;
 mod pyenv;
+mod shell;
 
 pub use bwrap::BwrapSandbox;
+pub use shell::BwrapShell;
 pub use pyenv::PythonEnv;

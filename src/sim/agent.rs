@@ -542,7 +542,7 @@ impl Policy<'_> {
                     task_metric,
                     t.direction()
                 ),
-                "ls -la",
+                "ls -F",
             );
         }
         if !self.did("cat baseline.py") {
@@ -552,8 +552,8 @@ impl Policy<'_> {
         }
         if self.writes().is_empty() {
             let mut options: Vec<&str> = Vec::new();
-            if !self.did("cat evaluate.py") {
-                options.push("cat evaluate.py");
+            if !self.did("open \"evaluate.py\"") {
+                options.push("open \"evaluate.py\"");
             }
             if !self.did("head") {
                 options.push("head -5 data/train.csv");
@@ -591,20 +591,15 @@ impl Policy<'_> {
         self.submit(None)
     }
 
+    /// The names `ls -F` listed (directories end with `/`).
     fn listed_files(&self) -> Vec<String> {
         let Some(ls) = self.turns().iter().find(|t| t.action().starts_with("ls")) else { return Vec::new() };
-        ls.observation()
-            .lines()
-            .filter(|l| !l.starts_with("total"))
-            .filter_map(|l| l.split_whitespace().last())
-            .filter(|name| *name != "." && *name != "..")
-            .map(|name| if ls.observation().lines().any(|l| l.starts_with('d') && l.ends_with(name)) { format!("{name}/") } else { name.to_string() })
-            .collect()
+        ls.observation().split_whitespace().map(|name| name.trim_end_matches(['*', '@']).to_string()).collect()
     }
 
     fn explore(&mut self, command: &str) -> Move {
         let target = self.task().target.clone();
-        if command.starts_with("cat evaluate") {
+        if command.starts_with("open \"evaluate") {
             let model = self.baseline_model().map(|m| format!("fits `{m}`")).unwrap_or_else(|| "trains a simple model".into());
             mv(
                 format!("The baseline {model} on data/train.csv and writes `id` and `{target}` to submission.csv. Before changing it I'll check how evaluate.py scores a submission and which checks it applies."),
@@ -813,7 +808,7 @@ fn render_malformed(m: &Move, draw: &mut Draw) -> String {
         } else if m.command.starts_with("cat <<") {
             "python train.py"
         } else {
-            "ls -la data"
+            "ls -F data"
         };
         format!("DISCUSSION\n{}\n\n```\n{}\n```\n\nAfter that I'll run:\n\n```\n{follow_up}\n```", m.discussion, m.command)
     }
@@ -850,11 +845,11 @@ pub(crate) mod tests {
     pub(crate) const REGRESSION: &str = "Diabetes progression regression.\n\nThe column to predict is `target`: a real number. Submissions are ranked by root mean squared error (`rmse`) on the hidden test labels, where lower is better; the mean absolute error (`mae`) is reported as well.\n\nSUBMISSION FORMAT:\nWrite ... `id` and `target`.";
 
     pub(crate) fn footer(step: u32, max: u32) -> String {
-        gymforge_actors::agent::footer(step, max, "/home/agent/workspace")
+        gymforge_actors::agent::footer(step, max, "n/a", "/home/agent/workspace")
     }
 
     pub(crate) fn start(description: &str, max_steps: u32) -> Vec<(String, String)> {
-        let system = render_template("agent_system", &[("command_docs", gymforge_actors::agent::COMMAND_DOCS), ("training_timeout", "600")]);
+        let system = render_template("agent_system", &[("command_docs", &gymforge_actors::agent::command_docs()), ("training_timeout", "600")]);
         let task = render_template("agent_task", &[("description", description), ("footer", &footer(0, max_steps))]);
         msgs(&[("system", system), ("user", task)])
     }
@@ -870,7 +865,7 @@ pub(crate) mod tests {
     /// Fake observations for a scripted environment.
     fn observe(action: &str, step: u32) -> String {
         match action.trim() {
-            a if a.starts_with("ls") => "total 16\ndrwxr-xr-x 3 agent agent 4096 . \ndrwxr-xr-x 3 agent agent 4096 ..\n-rw-r--r-- 1 agent agent 1800 baseline.py\ndrwxr-xr-x 2 agent agent 4096 data\n-rw-r--r-- 1 agent agent 2600 evaluate.py\n-rw-r--r-- 1 agent agent 300 sample_submission.csv".into(),
+            a if a.starts_with("ls") => "baseline.py\ndata/\nevaluate.py\nsample_submission.csv".into(),
             "cat baseline.py" => BASELINE.into(),
             a if a.starts_with("cat << 'EOF'") => String::new(),
             a if a.starts_with("python") => "validation accuracy: 0.9333\nwrote submission.csv with 30 rows".into(),
@@ -927,7 +922,7 @@ pub(crate) mod tests {
     fn a_run_explores_trains_validates_and_submits() {
         for seed in 0..12 {
             let (actions, _) = play(seed, CLASSIFICATION, 30);
-            assert_eq!(actions[0], "ls -la");
+            assert_eq!(actions[0], "ls -F");
             assert_eq!(actions[1], "cat baseline.py");
             assert_eq!(actions.last().unwrap(), "submit");
             let write = actions.iter().position(|a| a.starts_with("cat << 'EOF' > train.py")).expect("writes train.py");

@@ -1,0 +1,243 @@
+//! Supervised fine-tuning data from teacher trajectories: which trajectories are kept, and the
+//! training example each becomes. `gymforge run` writes `sft/train.jsonl` with the default
+//! rules at the end of a batch; `gymforge export sft` applies them with options.
+//!
+//! Rules, in order: a trajectory needs at least one scored submission (`unscored`), and with
+//! `beats_baseline_only` its best score must beat the baseline (`not_better`); its history must
+//! start with the system message and hold an assistant turn (`malformed`). The example is the
+//! conversation up to the last assistant turn with every observation cut to head and tail. When
+//! it is over the token budget (a real tokenizer counts), the oldest observations are replaced
+//! by a one-line note until it fits (`shortened`); if eliding all of them is not enough, it is
+//! left out (`over_budget`). An example whose messages repeat an earlier one is left out
+//! (`duplicates`).
+
+use std::collections::{BTreeMap, HashSet};
+
+use gymforge_actors::model::{AcceptedTask, RolloutRecord};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Tokens a chat template adds per message, on top of its content.
+const TOKENS_PER_MESSAGE: u64 = 4;
+
+#[derive(Clone, Debug)]
+pub struct SftOptions {
+    pub beats_baseline_only: bool,
+    /// ShareGPT's `{"conversations": [{"from", "value"}]}` instead of chat `messages`.
+    pub sharegpt: bool,
+    pub token_budget: u64,
+    pub max_observation_chars: usize,
+    /// Whether the teacher was the simulated one (written into every line's meta).
+    pub simulated: bool,
+}
+
+impl Default for SftOptions {
+    fn default() -> Self {
+        SftOptions {
+            beats_baseline_only: false,
+            sharegpt: false,
+            token_budget: 32_768,
+            max_observation_chars: gymforge_actors::agent::MAX_OBSERVATION_CHARS,
+            simulated: false,
+        }
+    }
+}
+
+/// What became of the trajectories.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SftSummary {
+    pub trajectories: u64,
+    pub kept: u64,
+    pub unscored: u64,
+    pub not_better: u64,
+    pub malformed: u64,
+    pub over_budget: u64,
+    pub duplicates: u64,
+    /// Kept, with old observations elided to fit the budget.
+    pub shortened: u64,
+}
+
+impl SftSummary {
+    /// `kept 3 of 5 trajectories; left out: 1 without a scored submission, ...`.
+    pub fn describe(&self) -> String {
+        let reasons: Vec<String> = [
+            (self.unscored, "without a scored submission"),
+            (self.not_better, "not better than the baseline"),
+            (self.malformed, "malformed"),
+            (self.over_budget, "over the token budget"),
+            (self.duplicates, "duplicates"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        let mut text = format!("kept {} of {} trajectories", self.kept, self.trajectories);
+        if !reasons.is_empty() {
+            text.push_str(&format!("; left out: {}", reasons.join(", ")));
+        }
+        if self.shortened > 0 {
+            text.push_str(&format!("; {} shortened by eliding old observations", self.shortened));
+        }
+        text
+    }
+}
+
+/// The SFT lines of `rollouts`, in order, and what was left out.
+pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOptions) -> (Vec<Value>, SftSummary) {
+    let tasks: BTreeMap<&str, &AcceptedTask> = tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+    let mut summary = SftSummary { trajectories: rollouts.len() as u64, ..SftSummary::default() };
+    let mut seen = HashSet::new();
+    let mut lines = Vec::new();
+    for rollout in rollouts {
+        if !rollout.has_scored_submission() {
+            summary.unscored += 1;
+            continue;
+        }
+        let Some(mut line) = crate::export::sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied()) else {
+            summary.malformed += 1;
+            continue;
+        };
+        if options.beats_baseline_only && line["meta"]["beats_baseline"] != json!(true) {
+            summary.not_better += 1;
+            continue;
+        }
+        let messages = line["messages"].as_array_mut().expect("sft_line builds a message list");
+        cut_observations(messages, options.max_observation_chars);
+        match fit(messages, options.token_budget) {
+            Fit::Fits => {}
+            Fit::Shortened => summary.shortened += 1,
+            Fit::TooLong => {
+                summary.over_budget += 1;
+                continue;
+            }
+        }
+        let digest = Sha256::digest(line["messages"].to_string().as_bytes());
+        if !seen.insert(digest) {
+            summary.duplicates += 1;
+            continue;
+        }
+        line["meta"]["simulated"] = json!(options.simulated);
+        line["meta"]["tokens"] = json!(tokens(line["messages"].as_array().expect("messages")));
+        if options.sharegpt {
+            line = sharegpt(line);
+        }
+        lines.push(line);
+        summary.kept += 1;
+    }
+    (lines, summary)
+}
+
+/// Observations are the user turns after the task statement (the first user turn).
+fn observation_indices(messages: &[Value]) -> Vec<usize> {
+    messages.iter().enumerate().filter(|(_, m)| m["role"] == "user").map(|(i, _)| i).skip(1).collect()
+}
+
+fn cut_observations(messages: &mut [Value], max_chars: usize) {
+    for i in observation_indices(messages) {
+        let text = messages[i]["content"].as_str().unwrap_or("").to_string();
+        messages[i]["content"] = json!(gymforge_actors::validate::head_tail(&text, max_chars));
+    }
+}
+
+enum Fit {
+    Fits,
+    Shortened,
+    TooLong,
+}
+
+/// Elides the oldest observations until the messages fit `budget` tokens.
+fn fit(messages: &mut [Value], budget: u64) -> Fit {
+    let mut total = tokens(messages);
+    if total <= budget {
+        return Fit::Fits;
+    }
+    for i in observation_indices(messages) {
+        let text = messages[i]["content"].as_str().unwrap_or("").to_string();
+        let note = format!("Old output omitted ({} lines)", text.lines().count());
+        total = total - crate::gateway::tokens::text_tokens(&text) + crate::gateway::tokens::text_tokens(&note);
+        messages[i]["content"] = json!(note);
+        if total <= budget {
+            return Fit::Shortened;
+        }
+    }
+    Fit::TooLong
+}
+
+fn tokens(messages: &[Value]) -> u64 {
+    messages.iter().map(|m| crate::gateway::tokens::text_tokens(m["content"].as_str().unwrap_or("")) + TOKENS_PER_MESSAGE).sum()
+}
+
+/// The same example in ShareGPT's layout.
+fn sharegpt(line: Value) -> Value {
+    let conversations: Vec<Value> = line["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            let from = match m["role"].as_str() {
+                Some("system") => "system",
+                Some("assistant") => "gpt",
+                _ => "human",
+            };
+            json!({ "from": from, "value": m["content"] })
+        })
+        .collect();
+    json!({ "conversations": conversations, "meta": line["meta"] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(observation: &str, n: usize) -> Vec<Value> {
+        let mut m = vec![json!({"role": "system", "content": "sys"}), json!({"role": "user", "content": "the task"})];
+        for i in 0..n {
+            m.push(json!({"role": "assistant", "content": format!("answer {i}\n```\nls\n```")}));
+            m.push(json!({"role": "user", "content": observation}));
+        }
+        m.push(json!({"role": "assistant", "content": "done\n```\nsubmit\n```"}));
+        m
+    }
+
+    #[test]
+    fn old_observations_are_elided_to_fit_and_hopeless_ones_are_too_long() {
+        let long = "word ".repeat(2000);
+        let mut m = messages(&long, 4);
+        let before = tokens(&m);
+        assert!(matches!(fit(&mut m, before), Fit::Fits));
+        let budget = before - 3000;
+        assert!(matches!(fit(&mut m, budget), Fit::Shortened));
+        assert!(tokens(&m) <= budget);
+        assert!(m[3]["content"].as_str().unwrap().starts_with("Old output omitted"), "the oldest goes first");
+        assert_eq!(m[9]["content"], json!(long), "the newest stays");
+        assert_eq!(m[1]["content"], "the task", "the task is never elided");
+        let mut m = messages("short", 2);
+        assert!(matches!(fit(&mut m, 5), Fit::TooLong));
+    }
+
+    #[test]
+    fn long_observations_are_cut_to_head_and_tail() {
+        let mut m = messages(&"x".repeat(50_000), 1);
+        cut_observations(&mut m, 1000);
+        assert!(m[3]["content"].as_str().unwrap().len() < 1200);
+        assert_eq!(m[1]["content"], "the task");
+    }
+
+    #[test]
+    fn sharegpt_maps_roles() {
+        let line = sharegpt(json!({"messages": messages("obs", 1), "meta": {"task_id": "t"}}));
+        let froms: Vec<&str> = line["conversations"].as_array().unwrap().iter().map(|c| c["from"].as_str().unwrap()).collect();
+        assert_eq!(froms, ["system", "human", "gpt", "human", "gpt"]);
+        assert_eq!(line["meta"]["task_id"], "t");
+    }
+
+    #[test]
+    fn the_summary_names_every_reason() {
+        let s = SftSummary { trajectories: 6, kept: 2, unscored: 1, not_better: 1, over_budget: 1, duplicates: 1, shortened: 1, malformed: 0 };
+        assert_eq!(
+            s.describe(),
+            "kept 2 of 6 trajectories; left out: 1 without a scored submission, 1 not better than the baseline, 1 over the token budget, 1 duplicates; 1 shortened by eliding old observations"
+        );
+    }
+}

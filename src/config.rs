@@ -29,6 +29,15 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub agent: AgentConfig,
     pub faults: FaultsConfig,
+    pub daemon: DaemonConfig,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address of the status server (`/healthz`, `/readyz`, `/status`, `/metrics`).
+    pub listen: String,
+    pub drain_timeout_secs: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -305,6 +314,9 @@ impl Config {
             positive(key, v.into())?;
         }
         positive("agent.short_timeout_secs", self.agent.short_timeout_secs)?;
+        if self.daemon.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("key `daemon.listen` must be an address such as \"127.0.0.1:8790\", got `{}`", self.daemon.listen);
+        }
         positive("agent.context_window", self.agent.context_window)?;
         positive("agent.wall_clock_secs", self.agent.wall_clock_secs)?;
         rate("sim.buggy_draft_rate", self.sim.buggy_draft_rate)?;

@@ -8,6 +8,7 @@ pub mod aup;
 pub mod bench;
 pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod export;
 pub mod gateway;
 pub mod hub;

@@ -20,21 +20,8 @@ enum Command {
     /// Run one batch: synthesize tasks, run teacher rollouts, export MLGym tasks and SFT data.
     /// Running again on the same --out resumes an interrupted batch.
     Run {
-        /// Config file merged over the embedded default (default: the embedded default alone).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Output directory.
-        #[arg(long, default_value = "gymforge-out")]
-        out: PathBuf,
-        /// Accepted tasks to produce (overrides run.tasks).
-        #[arg(long)]
-        tasks: Option<u32>,
-        /// Teacher rollouts per accepted task (overrides run.rollouts).
-        #[arg(long)]
-        rollouts: Option<u32>,
-        /// Seed of everything random in the run (overrides seed and sim.seed).
-        #[arg(long)]
-        seed: Option<u64>,
+        #[command(flatten)]
+        batch: BatchArgs,
         /// Append every LLM request and response to this JSONL file (API keys removed).
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
@@ -51,6 +38,15 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+    /// Run one batch as a service: an HTTP status server on loopback, SIGTERM/SIGINT drain the
+    /// work in flight and exit 0; a restart resumes. One process per output directory.
+    Daemon {
+        #[command(flatten)]
+        batch: BatchArgs,
+        /// Address of the status server (overrides daemon.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Audit task bundles.
     Check {
@@ -102,6 +98,26 @@ enum CheckCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// What a batch (`run` or `daemon`) is given on the command line.
+#[derive(clap::Args)]
+struct BatchArgs {
+    /// Config file merged over the embedded default (default: the embedded default alone).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "gymforge-out")]
+    out: PathBuf,
+    /// Accepted tasks to produce (overrides run.tasks).
+    #[arg(long)]
+    tasks: Option<u32>,
+    /// Teacher rollouts per accepted task (overrides run.rollouts).
+    #[arg(long)]
+    rollouts: Option<u32>,
+    /// Seed of everything random in the run (overrides seed and sim.seed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -180,25 +196,13 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, out, tasks, rollouts, seed, record, replay } => {
-            let mut config = load_config(config.as_deref())?;
-            if let Some(n) = tasks {
-                anyhow::ensure!(n > 0, "--tasks must be at least 1");
-                config.run.tasks = n;
-            }
-            if let Some(k) = rollouts {
-                anyhow::ensure!(k > 0, "--rollouts must be at least 1");
-                config.run.rollouts = k;
-            }
-            if let Some(s) = seed {
-                config.seed = s;
-                config.sim.seed = s;
-            }
+        Command::Run { batch, record, replay } => {
+            let config = batch_config(&batch)?;
             let source = match replay {
                 Some(path) => gymforge::gateway::Source::Replay(path),
                 None => gymforge::gateway::Source::Live { record },
             };
-            run(config, out, source).await
+            run(config, batch.out, source).await
         }
         Command::Export { what: ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget } } => {
             let db = gymforge::run::state_dir(&out).join("state.db");
@@ -229,6 +233,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", report.table);
             }
             Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Daemon { batch, listen } => {
+            let mut config = batch_config(&batch)?;
+            if let Some(addr) = listen {
+                config.daemon.listen = addr.to_string();
+            }
+            daemon(config, batch.out).await
         }
         Command::Check { what: CheckCommand::Task { dir, config } } => {
             let config = load_config(config.as_deref())?;
@@ -273,7 +284,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source) -> anyhow::Result<ExitCode> {
     let display = Display::new();
     let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
-    let request = gymforge::run::RunRequest { config, out: out.clone(), llm_source };
+    let request = gymforge::run::RunRequest { config, out: out.clone(), llm_source, drain: None, daemon: None };
     let status = |m: &str| display.status(m);
     let run = gymforge::run::run_batch(request, &status, tx);
     let follow = display.follow(rx);
@@ -289,6 +300,66 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
             "warning: {} of {} tasks accepted; the topic budget (run.max_topics_per_task) ran out first",
             outcome.accepted_tasks, outcome.target_tasks
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config of a batch: the file (or the embedded default) with the command line's overrides.
+fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(n) = args.tasks {
+        anyhow::ensure!(n > 0, "--tasks must be at least 1");
+        config.run.tasks = n;
+    }
+    if let Some(k) = args.rollouts {
+        anyhow::ensure!(k > 0, "--rollouts must be at least 1");
+        config.run.rollouts = k;
+    }
+    if let Some(s) = args.seed {
+        config.seed = s;
+        config.sim.seed = s;
+    }
+    Ok(config)
+}
+
+async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
+    use gymforge::daemon::{DaemonState, serve, stop_signal};
+    let listen: SocketAddr = config.daemon.listen.parse()?;
+    let drain_timeout = std::time::Duration::from_secs(config.daemon.drain_timeout_secs);
+    let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
+    let state = DaemonState::new(rx);
+    let addr = serve(state.clone(), listen).await?;
+    eprintln!("gymforge daemon: status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel();
+    let request = gymforge::run::RunRequest {
+        config,
+        out: out.clone(),
+        llm_source: gymforge::gateway::Source::Live { record: None },
+        drain: Some(drain_rx),
+        daemon: Some(state.clone()),
+    };
+    let status = |m: &str| tracing::info!("{m}");
+    let batch = gymforge::run::run_batch(request, &status, tx);
+    tokio::pin!(batch);
+    tokio::select! {
+        result = &mut batch => {
+            let outcome = result?;
+            state.set_phase("finished");
+            eprintln!("gymforge daemon: batch finished, {} of {} tasks accepted; serving status until stopped", outcome.accepted_tasks, outcome.target_tasks);
+            stop_signal().await;
+        }
+        _ = stop_signal() => {
+            state.set_phase("draining");
+            eprintln!("gymforge daemon: stopping; units in flight may finish within {} s", drain_timeout.as_secs());
+            drain_tx.send(()).ok();
+            match tokio::time::timeout(drain_timeout, &mut batch).await {
+                Ok(result) => {
+                    result?;
+                    eprintln!("gymforge daemon: drained; pending work resumes on the next start");
+                }
+                Err(_) => eprintln!("gymforge daemon: the drain deadline passed; the units still in flight resume on the next start"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

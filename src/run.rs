@@ -20,12 +20,16 @@ use crate::store::SqliteStore;
 /// The real dataset-viewer API, used when `hub.viewer_endpoint` is empty and the Hub is real.
 const DEFAULT_VIEWER: &str = "https://datasets-server.huggingface.co";
 
-/// What `gymforge run` was asked to do.
+/// What `gymforge run` (or `gymforge daemon`) was asked to do.
 pub struct RunRequest {
     pub config: Config,
     pub out: PathBuf,
     /// Answer LLM requests live (optionally recording them) or from a recording.
     pub llm_source: Source,
+    /// Resolves when the batch should drain (a daemon's stop signal).
+    pub drain: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The daemon's status, told about the gateway and the phase.
+    pub daemon: Option<Arc<crate::daemon::DaemonState>>,
 }
 
 /// The services a run talks to, started or connected.
@@ -222,9 +226,10 @@ pub async fn run_batch(
     status: &(dyn Fn(&str) + Sync),
     progress: tokio::sync::watch::Sender<Progress>,
 ) -> anyhow::Result<gymforge_actors::RunOutcome> {
-    let RunRequest { config, out, llm_source } = request;
+    let RunRequest { config, out, llm_source, drain, daemon } = request;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let state = state_dir(&out);
+    let _lock = StateLock::acquire(&state)?;
     let store = SqliteStore::open(&state.join("state.db"))?;
     check_resumable(&store, &config, &out)?;
     let spent_usd: f64 = {
@@ -245,9 +250,49 @@ pub async fn run_batch(
         progress,
     });
     status("running the pipeline");
-    let outcome = gymforge_actors::run_pipeline(pipeline).await.map_err(anyhow::Error::msg)?;
+    if let Some(d) = &daemon {
+        d.gateway.set(services.llm.clone()).ok();
+        d.set_phase("running");
+    }
+    let outcome = gymforge_actors::supervisor::run_pipeline_until(pipeline, drain).await.map_err(anyhow::Error::msg)?;
     services.llm.log_summary();
     Ok(outcome)
+}
+
+/// One process at a time per output directory: an exclusive `flock` on `.gymforge/lock`, held
+/// until drop (the kernel releases it if the process dies).
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn acquire(state: &Path) -> anyhow::Result<StateLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
+        let path = state.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            file.read_to_string(&mut holder).ok();
+            anyhow::bail!(
+                "another gymforge process (pid {}) is working on {}; stop it first (the batch resumes where it stopped) or choose another --out",
+                holder.trim(),
+                state.parent().unwrap_or(state).display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(StateLock { _file: file })
+    }
 }
 
 /// A directory holding an earlier run resumes it only with the same seed: a different seed

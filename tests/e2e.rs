@@ -328,8 +328,15 @@ async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() 
 async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_rollout_budgets() {
     let out = tempfile::tempdir().unwrap();
     let config = out.path().join("faults.toml");
-    // A dollar budget per rollout smaller than a few agent steps cost at the simulated prices.
-    std::fs::write(&config, "[faults]\nworker_panic_rate = 0.5\n\n[run]\nmax_attempts = 8\n\n[agent]\ncost_limit = 0.001\n").unwrap();
+    // Half of all stage attempts panic, 30% of LLM requests fail in one of six ways, and a dollar
+    // budget per rollout is smaller than a few agent steps cost at the simulated prices.
+    std::fs::write(
+        &config,
+        "[faults]\nworker_panic_rate = 0.5\n\n[run]\nmax_attempts = 8\n\n[agent]\ncost_limit = 0.001\n\n\
+         [sim.faults]\nrate_429 = 0.1\nretry_after_ms = 50\nrate_500 = 0.05\nrate_503 = 0.05\nrate_reset = 0.05\n\
+         rate_malformed = 0.03\nrate_truncated = 0.02\n",
+    )
+    .unwrap();
     let results = out.path().join("results");
     run_to_end(&results, &["--config", config.to_str().unwrap(), "--tasks", "2", "--rollouts", "1"]);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("report.json")).unwrap()).unwrap();

@@ -26,6 +26,9 @@ pub enum SupervisorMsg {
     Finished { worker: ActorId, unit: UnitId, verdict: Verdict },
     /// A unit's retry pause is over.
     Requeue(UnitId),
+    /// Stop taking work: no new units, nothing more dispatched; finish when the units in
+    /// flight are done. Pending units stay in the store for the next run.
+    Drain,
 }
 
 /// How a run ended.
@@ -34,6 +37,8 @@ pub struct RunOutcome {
     pub target_tasks: u32,
     pub accepted_tasks: u32,
     pub inputs: FinalInputs,
+    /// The run stopped early on request ([`SupervisorMsg::Drain`]); it resumes next time.
+    pub drained: bool,
 }
 
 pub struct Supervisor;
@@ -41,6 +46,8 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     pub pipeline: Arc<Pipeline>,
     pub done: oneshot::Sender<Result<RunOutcome, String>>,
+    /// Resolves when the run should drain (a daemon's SIGTERM).
+    pub drain: Option<oneshot::Receiver<()>>,
 }
 
 #[derive(Default)]
@@ -59,13 +66,20 @@ pub struct State {
     restarts: u32,
     started: Instant,
     done: Option<oneshot::Sender<Result<RunOutcome, String>>>,
+    drain: Option<oneshot::Receiver<()>>,
+    draining: bool,
     stopping: bool,
 }
 
 /// Runs the pipeline until its target is met or its budget is spent, and returns the outcome.
 pub async fn run_pipeline(pipeline: Arc<Pipeline>) -> Result<RunOutcome, String> {
+    run_pipeline_until(pipeline, None).await
+}
+
+/// [`run_pipeline`], draining early when `drain` resolves.
+pub async fn run_pipeline_until(pipeline: Arc<Pipeline>, drain: Option<oneshot::Receiver<()>>) -> Result<RunOutcome, String> {
     let (tx, rx) = oneshot::channel();
-    let (_actor, handle) = Actor::spawn(None, Supervisor, SupervisorArgs { pipeline, done: tx })
+    let (_actor, handle) = Actor::spawn(None, Supervisor, SupervisorArgs { pipeline, done: tx, drain })
         .await
         .map_err(|e| format!("cannot start the supervisor: {e}"))?;
     let outcome = rx.await.map_err(|_| "the supervisor stopped without finishing the run".to_string())?;
@@ -98,6 +112,8 @@ impl Actor for Supervisor {
             restarts: 0,
             started: Instant::now(),
             done: Some(args.done),
+            drain: args.drain,
+            draining: false,
             stopping: false,
         };
         for stage in Stage::ALL {
@@ -126,6 +142,14 @@ impl Actor for Supervisor {
         for (stage, id) in queued {
             state.pool(stage).queue.push_back(id);
         }
+        if let Some(drain) = state.drain.take() {
+            let me = myself.clone();
+            tokio::spawn(async move {
+                if drain.await.is_ok() {
+                    me.cast(SupervisorMsg::Drain).ok();
+                }
+            });
+        }
         state.step(&myself)
     }
 
@@ -146,6 +170,11 @@ impl Actor for Supervisor {
                     let stage = u.stage;
                     state.pool(stage).queue.push_front(unit);
                 }
+            }
+            SupervisorMsg::Drain => {
+                let in_flight: usize = state.pools.values().map(|p| p.busy.len()).sum();
+                tracing::warn!(in_flight, "draining: no new work is started; waiting for the units in flight");
+                state.draining = true;
             }
         }
         state.step(&myself)
@@ -315,9 +344,13 @@ impl State {
         if self.stopping {
             return Ok(());
         }
-        self.top_up()?;
-        self.dispatch();
-        let idle = self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty());
+        let idle = if self.draining {
+            self.pools.values().all(|p| p.busy.is_empty())
+        } else {
+            self.top_up()?;
+            self.dispatch();
+            self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty())
+        };
         self.publish(idle);
         if idle {
             self.finish(myself);
@@ -337,6 +370,7 @@ impl State {
                 target_tasks: self.p.settings.tasks,
                 accepted_tasks: inputs.tasks.len() as u32,
                 inputs,
+                drained: self.draining,
             })
             .map_err(|e| format!("cannot write the run's final outputs: {e}"));
         self.shutdown(myself, result);

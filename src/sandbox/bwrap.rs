@@ -28,6 +28,7 @@ use gymforge_actors::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::Instrument;
 
+use super::cgroup::{Cgroups, JobCgroup};
 use super::pyenv::PythonEnv;
 use crate::config::SandboxConfig;
 
@@ -58,9 +59,16 @@ const RESERVED: [&str; 8] = ["/usr", "/proc", "/dev", "/etc", "/bin", "/sbin", "
 struct Limits {
     address_space: u64,
     cpu_secs: u64,
+    /// Processes of one job (the job's `pids.max` when it has a control group).
     processes: u64,
+    /// RLIMIT_NPROC, which counts every process of the sandbox user across all jobs: the job
+    /// limit without control groups, a backstop many jobs wide with them.
+    user_processes: u64,
     file_size: u64,
 }
+
+/// With per-job control groups, RLIMIT_NPROC allows this many jobs' worth of processes.
+const USER_PROCESS_JOBS: u64 = 64;
 
 /// Runs jobs under bubblewrap. See the module documentation.
 pub struct BwrapSandbox {
@@ -70,6 +78,8 @@ pub struct BwrapSandbox {
     tmp_size: u64,
     pub(super) max_output_bytes: usize,
     as_root: bool,
+    /// Per-job memory and process limits, where the machine allows them.
+    cgroups: Option<Cgroups>,
 }
 
 impl BwrapSandbox {
@@ -87,6 +97,20 @@ impl BwrapSandbox {
         if as_root {
             reachable_by_sandbox_user(&env.dir, false).map_err(|e| anyhow!(e))?;
         }
+        let cgroups = if as_root {
+            match Cgroups::detect(Path::new("/sys/fs/cgroup")) {
+                Ok(c) => {
+                    tracing::info!(limits = c.describe(), "sandbox resource limits");
+                    Some(c)
+                }
+                Err(why) => {
+                    tracing::warn!(%why, "no per-job control groups; the sandbox relies on rlimits alone");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(BwrapSandbox {
             bwrap,
             env,
@@ -94,12 +118,19 @@ impl BwrapSandbox {
                 address_space: cfg.memory_mb.saturating_mul(MIB),
                 cpu_secs: cfg.cpu_secs,
                 processes: cfg.max_processes,
+                user_processes: if cgroups.is_some() { cfg.max_processes.saturating_mul(USER_PROCESS_JOBS) } else { cfg.max_processes },
                 file_size: cfg.max_file_mb.saturating_mul(MIB),
             },
             tmp_size: cfg.memory_mb.saturating_mul(MIB),
             max_output_bytes: cfg.max_output_bytes,
             as_root,
+            cgroups,
         })
+    }
+
+    /// What per-job control groups the sandbox uses, if any.
+    pub fn cgroups(&self) -> Option<&'static str> {
+        self.cgroups.as_ref().map(Cgroups::describe)
     }
 
     /// Runs `python -c "print(1)"` in the sandbox and checks that it printed 1 with no
@@ -192,6 +223,9 @@ impl BwrapSandbox {
             a.push_os(if m.writable { "--bind" } else { "--ro-bind" }, &m.host, &m.inside);
         }
 
+        // The sandbox's own root (a tmpfs bwrap builds) is read-only: writes go only to the
+        // work directory, writable mounts and the size-limited /tmp.
+        a.push(&["--remount-ro", "/"]);
         a.push(&["--chdir", &job.workdir_inside, "--clearenv"]);
         let path = format!("{env_dir}/bin:/usr/bin:/bin");
         for (k, v) in [
@@ -213,8 +247,9 @@ impl BwrapSandbox {
     }
 
     /// Prepares the job's directories and builds the bwrap command for it (stdin null, stdout
-    /// and stderr piped, its own process group, limits and the unprivileged user applied).
-    pub(super) async fn command(&self, job: &SandboxJob) -> Result<tokio::process::Command, PortError> {
+    /// and stderr piped, its own process group, control groups, limits and the unprivileged
+    /// user applied). Keep the returned groups until the job has ended.
+    pub(super) async fn command(&self, job: &SandboxJob) -> Result<(tokio::process::Command, Option<JobCgroup>), PortError> {
         let prepared = {
             let (job, env_dir, as_root) = (job.clone(), self.env.dir.clone(), self.as_root);
             tokio::task::spawn_blocking(move || prepare(&job, &env_dir, as_root)).await
@@ -234,15 +269,23 @@ impl BwrapSandbox {
             .process_group(0);
         let limits = self.limits;
         let drop_to_nobody = self.as_root;
+        let group = match &self.cgroups {
+            Some(c) => Some(c.job(limits.address_space, limits.processes).map_err(|e| PortError::Transient(format!("cannot create the job's control group: {e}")))?),
+            None => None,
+        };
+        let procs: Vec<std::ffi::CString> = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
         // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
         unsafe {
-            cmd.pre_exec(move || child_setup(limits, drop_to_nobody));
+            cmd.pre_exec(move || {
+                super::cgroup::join(&procs)?;
+                child_setup(limits, drop_to_nobody)
+            });
         }
-        Ok(cmd)
+        Ok((cmd, group))
     }
 
     async fn run_job(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
-        let mut cmd = self.command(&job).await?;
+        let (mut cmd, _group) = self.command(&job).await?;
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(spawn_error)?;
         let pid = child.id().map(|p| p as libc::pid_t);
@@ -416,7 +459,7 @@ fn child_setup(limits: Limits, drop_to_nobody: bool) -> std::io::Result<()> {
     limit!(libc::RLIMIT_AS, limits.address_space, limits.address_space);
     // SIGXCPU at the soft limit, SIGKILL a little later for jobs that ignore it.
     limit!(libc::RLIMIT_CPU, limits.cpu_secs, limits.cpu_secs.saturating_add(5));
-    limit!(libc::RLIMIT_NPROC, limits.processes, limits.processes);
+    limit!(libc::RLIMIT_NPROC, limits.user_processes, limits.user_processes);
     limit!(libc::RLIMIT_FSIZE, limits.file_size, limits.file_size);
     limit!(libc::RLIMIT_NOFILE, 1024u64, 1024u64);
     limit!(libc::RLIMIT_CORE, 0u64, 0u64);
@@ -456,6 +499,9 @@ pub(super) fn spawn_error(e: std::io::Error) -> PortError {
 pub(super) fn setup_failure(stderr: &str) -> PortError {
     let said = one_line(stderr, 400);
     let said = if said.is_empty() { "no message".to_string() } else { said };
+    if said.contains("Resource temporarily unavailable") || said.contains("Cannot allocate memory") {
+        return PortError::Transient(format!("the sandbox could not start for lack of processes or memory (bwrap said: {said})"));
+    }
     if said.contains("namespace") || said.contains("uid map") || said.contains("setting up uid") {
         return PortError::Permanent(format!(
             "bubblewrap may not create user namespaces on this machine, so the sandbox cannot \
@@ -465,13 +511,7 @@ pub(super) fn setup_failure(stderr: &str) -> PortError {
              `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`)"
         ));
     }
-    let msg = format!("the sandbox failed to start (bwrap said: {said})");
-    if said.contains("Resource temporarily unavailable") || said.contains("Cannot allocate memory")
-    {
-        PortError::Transient(msg)
-    } else {
-        PortError::Permanent(msg)
-    }
+    PortError::Permanent(format!("the sandbox failed to start (bwrap said: {said})"))
 }
 
 /// Reads `r` to the end, keeping the first `cap` bytes in `buf` and discarding the rest.

@@ -7,6 +7,7 @@
 //! sandbox ([`BwrapSandbox::probe`]) generated code is never run.
 
 mod bwrap;
+mod cgroup;
 mod pyenv;
 mod shell;
 

@@ -38,6 +38,8 @@ pub struct BwrapShell {
     /// Bytes read past the last marker (the start of the next command's output, normally none).
     pending: Vec<u8>,
     dead: bool,
+    /// The session's control groups, removed when the session ends.
+    _group: Option<super::cgroup::JobCgroup>,
 }
 
 impl BwrapSandbox {
@@ -51,7 +53,7 @@ impl BwrapSandbox {
         );
         job.mounts.push(gymforge_actors::ports::Mount { host: control.to_path_buf(), inside: CONTROL_INSIDE.into(), writable: false });
         job.command = vec!["bash".into(), "--noprofile".into(), "--norc".into()];
-        let mut cmd = self.command(&job).await?;
+        let (mut cmd, group) = self.command(&job).await?;
         cmd.stdin(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd.spawn().map_err(spawn_error)?;
         let (Some(stdin), Some(stdout), Some(mut stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
@@ -77,7 +79,17 @@ impl BwrapSandbox {
             let _ = child.start_kill();
             return Err(setup_failure(&String::from_utf8_lossy(&err)));
         }
-        let mut shell = BwrapShell { child, stdin, stdout, control: control.to_path_buf(), marker, max_output: self.max_output_bytes, pending: Vec::new(), dead: false };
+        let mut shell = BwrapShell {
+            child,
+            stdin,
+            stdout,
+            control: control.to_path_buf(),
+            marker,
+            max_output: self.max_output_bytes,
+            pending: Vec::new(),
+            dead: false,
+            _group: group,
+        };
         let init = if control.join("init.sh").is_file() { format!(". {CONTROL_INSIDE}/init.sh") } else { ":".into() };
         let out = shell.run(&format!("exec 2>&1\n{init}"), START_TIMEOUT).await?;
         if out.exit_code != Some(0) {

@@ -374,11 +374,18 @@ pub struct OutputDir {
     root: PathBuf,
     labels: Option<Value>,
     gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
+    sft: SftOptions,
 }
 
 impl OutputDir {
     pub fn new(root: PathBuf) -> OutputDir {
-        OutputDir { root, labels: None, gateway: None }
+        OutputDir { root, labels: None, gateway: None, sft: SftOptions::default() }
+    }
+
+    /// The rules `sft/train.jsonl` is written with at the end of a run.
+    pub fn with_sft(mut self, options: SftOptions) -> OutputDir {
+        self.sft = options;
+        self
     }
 
     /// The LLM gateway whose live counters (per endpoint: requests, 429s, retries, cooldowns,
@@ -444,7 +451,7 @@ impl OutputDir {
     /// Writes `sft/train.jsonl` from the rollouts with the default rules of [`crate::sft`].
     pub fn write_sft(&self, inputs: &FinalInputs) -> Result<SftSummary, PortError> {
         let simulated = self.labels.as_ref().is_some_and(|l| l.pointer("/llm/simulated") == Some(&json!(true)));
-        let options = SftOptions { simulated, ..SftOptions::default() };
+        let options = SftOptions { simulated, ..self.sft.clone() };
         let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &options);
         write_jsonl(&self.sft_path(), &lines)?;
         Ok(summary)
@@ -616,10 +623,11 @@ pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Opti
     })
 }
 
-/// One SFT line for a rollout: the trajectory's full chat history (roles and contents only),
-/// trailing non-assistant messages removed, plus metadata. `None` when the rollout has no
-/// scored submission or its history is not a usable conversation.
-pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>) -> Option<Value> {
+/// One SFT line for a rollout: the messages the model saw at its last step (the history up to
+/// the last answer, observations older than the last `keep_observations` elided as in the
+/// rollout), roles and contents only, plus metadata. `None` when the rollout has no scored
+/// submission or its history is not a usable conversation.
+pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>, keep_observations: usize) -> Option<Value> {
     if !rollout.has_scored_submission() {
         return None;
     }
@@ -628,8 +636,8 @@ pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>) -> Option<
     if history.first()?.role != "system" {
         return None;
     }
-    let messages: Vec<Value> = history[..=last_assistant]
-        .iter()
+    let messages: Vec<Value> = gymforge_actors::rollout::model_input(&history[..=last_assistant], keep_observations)
+        .into_iter()
         .map(|m| json!({"role": m.role, "content": m.content}))
         .collect();
 
@@ -1652,9 +1660,9 @@ mod tests {
 
         // Histories that cannot be training examples are left out.
         let no_system = rollout("wineT1", 5, vec![scores(&[("accuracy", 0.8)])], &TURNS[1..]);
-        assert!(sft_line(&no_system, None).is_none());
+        assert!(sft_line(&no_system, None, 5).is_none());
         let no_assistant = rollout("wineT1", 6, vec![scores(&[("accuracy", 0.8)])], &TURNS[..2]);
-        assert!(sft_line(&no_assistant, None).is_none());
+        assert!(sft_line(&no_assistant, None, 5).is_none());
     }
 
     #[test]

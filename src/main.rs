@@ -141,6 +141,9 @@ enum ExportCommand {
         /// Longest example in tokens (o200k_base).
         #[arg(long, default_value_t = 32_768)]
         token_budget: u64,
+        /// Observations the model saw verbatim (the run's agent.keep_observations).
+        #[arg(long, default_value_t = 5)]
+        keep_observations: usize,
     },
 }
 
@@ -204,7 +207,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             run(config, batch.out, source).await
         }
-        Command::Export { what: ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget } } => {
+        Command::Export { what: ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget, keep_observations } } => {
             let db = gymforge::run::state_dir(&out).join("state.db");
             anyhow::ensure!(db.is_file(), "{} holds no gymforge run (no {})", out.display(), db.display());
             let store = gymforge::store::SqliteStore::open(&db)?;
@@ -213,7 +216,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .is_some_and(|r| r.pointer("/services/llm/simulated") == Some(&serde_json::json!(true)));
-            let options = gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, simulated, ..Default::default() };
+            let options =
+                gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, keep_observations, simulated, ..Default::default() };
             let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);
             let file = file.unwrap_or_else(|| out.join(if sharegpt { "sft/train.sharegpt.jsonl" } else { "sft/train.jsonl" }));
             if let Some(parent) = file.parent() {

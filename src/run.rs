@@ -237,7 +237,8 @@ pub async fn run_batch(
         store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum()
     };
     let services = services(&config, llm_source, spent_usd, status).await?;
-    let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone());
+    let sft = crate::sft::SftOptions { keep_observations: config.agent.keep_observations as usize, ..Default::default() };
+    let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone()).with_sft(sft);
     let pipeline = Arc::new(Pipeline {
         llm: services.llm.clone(),
         hub: services.hub.clone(),

@@ -4,8 +4,9 @@
 //!
 //! Rules, in order: a trajectory needs at least one scored submission (`unscored`), and with
 //! `beats_baseline_only` its best score must beat the baseline (`not_better`); its history must
-//! start with the system message and hold an assistant turn (`malformed`). The example is the
-//! conversation up to the last assistant turn with every observation cut to head and tail. When
+//! start with the system message and hold an assistant turn (`malformed`). The example is what
+//! the model saw at its last step (observations older than the last `keep_observations` elided,
+//! as in the rollout) plus its last answer, with every observation cut to head and tail. When
 //! it is over the token budget (a real tokenizer counts), the oldest observations are replaced
 //! by a one-line note until it fits (`shortened`); if eliding all of them is not enough, it is
 //! left out (`over_budget`). An example whose messages repeat an earlier one is left out
@@ -28,6 +29,9 @@ pub struct SftOptions {
     pub sharegpt: bool,
     pub token_budget: u64,
     pub max_observation_chars: usize,
+    /// Observations the model saw verbatim (`agent.keep_observations`); older ones are elided
+    /// in the example as they were in the model's input.
+    pub keep_observations: usize,
     /// Whether the teacher was the simulated one (written into every line's meta).
     pub simulated: bool,
 }
@@ -39,6 +43,7 @@ impl Default for SftOptions {
             sharegpt: false,
             token_budget: 32_768,
             max_observation_chars: gymforge_actors::agent::MAX_OBSERVATION_CHARS,
+            keep_observations: 5,
             simulated: false,
         }
     }
@@ -94,7 +99,7 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
             summary.unscored += 1;
             continue;
         }
-        let Some(mut line) = crate::export::sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied()) else {
+        let Some(mut line) = crate::export::sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied(), options.keep_observations) else {
             summary.malformed += 1;
             continue;
         };

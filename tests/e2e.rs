@@ -239,6 +239,10 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
         let messages = line["messages"].as_array().unwrap();
         assert_eq!(messages.first().unwrap()["role"], "system");
         assert_eq!(messages.last().unwrap()["role"], "assistant");
+        // What the model saw at its last step: the last 5 observations verbatim, older ones elided.
+        let observations: Vec<&str> = messages.iter().filter(|m| m["role"] == "user").skip(1).map(|m| m["content"].as_str().unwrap()).collect();
+        let elided = observations.iter().filter(|o| o.starts_with("Old output omitted (")).count();
+        assert_eq!(elided, observations.len().saturating_sub(5), "{observations:#?}");
         sft_tasks.insert(line["meta"]["task_id"].as_str().unwrap().to_string());
     }
     assert_eq!(sft_tasks.len(), 3, "every task has a kept trajectory: {kept_per_task:?}");

@@ -355,7 +355,7 @@ fn not_found_text() -> &'static str {
 
 /// The model input: the system prompt, the task, every answer, and the last `keep` observations;
 /// older observations are replaced by a one-line note (MLGym's `LastNObservations`).
-fn model_input(history: &[HistoryItem], keep: usize) -> Vec<ChatMessage> {
+pub fn model_input(history: &[HistoryItem], keep: usize) -> Vec<ChatMessage> {
     let users: Vec<usize> = history.iter().enumerate().filter(|(_, h)| h.role == "user").map(|(i, _)| i).collect();
     // The first user message is the task; of the rest, the last `keep` stay.
     let elide_end = users.len().saturating_sub(keep).max(1);

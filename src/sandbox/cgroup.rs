@@ -103,12 +103,16 @@ impl Cgroups {
         Ok(group)
     }
 
-    /// Removes groups left by an earlier process that died (empty ones only).
+    /// Removes the (empty) groups of gymforge processes that no longer run. A live process's
+    /// groups are left alone: one may be created and not yet joined.
     fn remove_stale(&self) {
         for root in &self.roots {
             let Ok(entries) = std::fs::read_dir(root) else { continue };
             for entry in entries.flatten() {
-                if entry.path().is_dir() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.strip_prefix("job-").and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+                let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if entry.path().is_dir() && !alive {
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }

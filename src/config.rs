@@ -76,6 +76,13 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Routes every stage to the endpoint `name`.
+    pub fn route_all(&mut self, name: &str) {
+        for route in [&mut self.topic, &mut self.dataset, &mut self.codegen, &mut self.debug, &mut self.rollout] {
+            *route = name.to_string();
+        }
+    }
+
     /// `(stage, endpoint name)` for every routed stage.
     pub fn all(&self) -> [(gymforge_actors::Stage, &str); 5] {
         use gymforge_actors::Stage;

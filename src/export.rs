@@ -530,8 +530,7 @@ impl Outputs for OutputDir {
             .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
 
         let sft = self.write_sft(inputs)?;
-        let path = self.replay_path();
-        write_atomic(&path, replay_lines(&inputs.rollouts).as_bytes()).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        write_jsonl(&self.replay_path(), &replay_lines(&inputs.rollouts))?;
 
         let mut report = build_report(inputs, &sft);
         if let Some(labels) = &self.labels {
@@ -550,14 +549,14 @@ impl Outputs for OutputDir {
 
 /// MLGym's replay file: per trajectory, `{"<task_id>": [<assistant messages in order>]}`, which
 /// MLGym's replay model answers with one by one to re-run the trajectory in a real environment.
-pub fn replay_lines(rollouts: &[RolloutRecord]) -> String {
-    let mut out = String::new();
-    for r in rollouts {
-        let turns: Vec<&str> = r.trajectory.history.iter().filter(|h| h.role == "assistant").map(|h| h.content.as_str()).collect();
-        out.push_str(&json!({ r.task_id.as_str(): turns }).to_string());
-        out.push('\n');
-    }
-    out
+pub fn replay_lines(rollouts: &[RolloutRecord]) -> Vec<Value> {
+    rollouts
+        .iter()
+        .map(|r| {
+            let turns: Vec<&str> = r.trajectory.history.iter().filter(|h| h.role == "assistant").map(|h| h.content.as_str()).collect();
+            json!({ r.task_id.as_str(): turns })
+        })
+        .collect()
 }
 
 /// True when any service label says `"simulated": true`.

@@ -19,9 +19,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// Tokens a chat template adds per message, on top of its content.
-const TOKENS_PER_MESSAGE: u64 = 4;
-
 #[derive(Clone, Debug)]
 pub struct SftOptions {
     pub beats_baseline_only: bool,
@@ -159,7 +156,7 @@ fn fit(messages: &mut [Value], budget: u64) -> Fit {
     }
     for i in observation_indices(messages) {
         let text = messages[i]["content"].as_str().unwrap_or("").to_string();
-        let note = format!("Old output omitted ({} lines)", text.lines().count());
+        let note = gymforge_actors::rollout::elided(&text);
         total = total - crate::gateway::tokens::text_tokens(&text) + crate::gateway::tokens::text_tokens(&note);
         messages[i]["content"] = json!(note);
         if total <= budget {
@@ -170,7 +167,7 @@ fn fit(messages: &mut [Value], budget: u64) -> Fit {
 }
 
 fn tokens(messages: &[Value]) -> u64 {
-    messages.iter().map(|m| crate::gateway::tokens::text_tokens(m["content"].as_str().unwrap_or("")) + TOKENS_PER_MESSAGE).sum()
+    messages.iter().map(|m| crate::gateway::tokens::text_tokens(m["content"].as_str().unwrap_or("")) + crate::gateway::tokens::PER_MESSAGE).sum()
 }
 
 /// The same example in ShareGPT's layout.

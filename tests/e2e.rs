@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::files_under;
 use gymforge::config::Config;
 use gymforge_actors::paths::copy_tree;
 use gymforge_actors::ports::{Mount, Sandbox, SandboxJob};
@@ -324,7 +327,11 @@ async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() 
     let ids: BTreeSet<&str> = index.as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 3);
     // No temporary files left among the outputs.
-    let leftovers: Vec<PathBuf> = walk(out.path()).into_iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp"))).collect();
+    let state = out.path().join(".gymforge");
+    let leftovers: Vec<PathBuf> = files_under(out.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(&state) && p.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp")))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -356,36 +363,6 @@ async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_ro
         let stats = &traj["info"]["model_stats"];
         assert!(stats["total_cost"].as_f64().unwrap() > 0.001, "the budget was spent: {stats}");
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().is_some_and(|n| n == ".gymforge") {
-            continue;
-        }
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// Every file under `dir`, the state directory included.
-fn walk_all(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk_all(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// The actions (and final scores) of every trajectory, by file name.
@@ -468,7 +445,7 @@ async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_
 
     // The key was sent (the simulated teacher received it as a bearer token) but is nowhere.
     assert!(!logs.contains(KEY), "a log line holds the API key");
-    for file in walk_all(dir.path()) {
+    for file in files_under(dir.path()) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()), "{} holds the API key", file.display());
     }

@@ -85,9 +85,7 @@ fn llm_config(base: &str, tweak: impl FnOnce(&mut LlmConfig)) -> LlmConfig {
     e.input_price_per_mtok = 1.0;
     e.output_price_per_mtok = 2.0;
     cfg.endpoints = BTreeMap::from([("main".to_string(), e)]);
-    for route in [&mut cfg.routes.topic, &mut cfg.routes.dataset, &mut cfg.routes.codegen, &mut cfg.routes.debug, &mut cfg.routes.rollout] {
-        *route = "main".into();
-    }
+    cfg.routes.route_all("main");
     cfg.max_retries = 3;
     tweak(&mut cfg);
     cfg

@@ -3,12 +3,15 @@
 //! scenario: every command of the agent interface in one persistent shell, format errors,
 //! timeouts, step, context and wall-clock limits, and an agent that hunts for the answers.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use axum::routing::{get, post};
+use common::files_under;
 use serde_json::{Value, json};
 
 /// What the scripted teacher answers at each step of a scenario.
@@ -158,19 +161,6 @@ fn trajectories(out: &Path) -> BTreeMap<String, Value> {
 
 fn observations(traj: &Value) -> Vec<String> {
     traj["trajectory"].as_array().unwrap().iter().map(|s| s["observation"].as_str().unwrap().to_string()).collect()
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

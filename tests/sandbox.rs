@@ -203,31 +203,37 @@ async fn parent_environment_does_not_leak() {
 
 /// Processes whose command line is exactly `sleep 1000`.
 fn sleepers() -> Vec<u32> {
-    processes_running(b"sleep\x001000\x00")
+    processes(|c| c == b"sleep\x001000\x00")
 }
 
-/// Processes whose command line (NUL-separated, as in /proc) is exactly `cmdline`.
-fn processes_running(cmdline: &[u8]) -> Vec<u32> {
+/// Processes whose command line (NUL-separated, as in /proc) `matches`.
+fn processes(matches: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == cmdline) {
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| matches(&c)) {
             found.push(pid);
         }
     }
     found
 }
 
-/// Waits (generously) for the kernel to finish tearing a killed sandbox down.
-async fn no_sleepers_left() -> Vec<u32> {
-    for _ in 0..50 {
-        let left = sleepers();
-        if left.is_empty() {
-            return left;
+/// Polls `find` every 100 ms, `tries` times at most, until `done` holds of what it found (the
+/// kernel tears a killed sandbox down, or starts a process, a moment later); returns the last
+/// finding.
+async fn poll(find: impl Fn() -> Vec<u32>, done: impl Fn(&[u32]) -> bool, tries: u32) -> Vec<u32> {
+    for _ in 0..tries {
+        let found = find();
+        if done(&found) {
+            return found;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sleepers()
+    find()
+}
+
+async fn no_sleepers_left() -> Vec<u32> {
+    poll(sleepers, <[u32]>::is_empty, 50).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -370,7 +376,7 @@ fn set_mode(path: &Path, mode: u32) {
 /// Processes whose command line is exactly `sleep 1001` (the shell test's; `sleep 1000` is
 /// the job timeout test's).
 fn shell_sleepers() -> Vec<u32> {
-    processes_running(b"sleep\x001001\x00")
+    processes(|c| c == b"sleep\x001001\x00")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -400,13 +406,7 @@ async fn a_shell_keeps_its_state_survives_timeouts_and_leaves_nothing_behind() {
     let out = shell.run("echo \"still in $(pwd)\"", t).await.unwrap();
     // bash may first report the killed background job.
     assert_eq!(out.stdout.trim().lines().last(), Some(format!("still in {INSIDE}/sub").as_str()), "{}", describe(&out));
-    for _ in 0..50 {
-        if shell_sleepers().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(shell_sleepers().is_empty(), "the timed-out processes are gone");
+    assert!(poll(shell_sleepers, <[u32]>::is_empty, 50).await.is_empty(), "the timed-out processes are gone");
 
     // A stuck shell (a loop of builtins) is killed and reported dead.
     let out = shell.run("while :; do :; done", Duration::from_secs(1)).await.unwrap();
@@ -416,23 +416,11 @@ async fn a_shell_keeps_its_state_survives_timeouts_and_leaves_nothing_behind() {
     // `exit` ends the shell; a background process dies with the sandbox when the shell is dropped.
     let mut shell = sb.shell(job(work.path(), &[], 10), control.path()).await.unwrap();
     shell.run("sleep 1001 &", t).await.unwrap();
-    for _ in 0..50 {
-        if !shell_sleepers().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(shell_sleepers().len(), 1, "the background process runs");
+    assert_eq!(poll(shell_sleepers, |found| !found.is_empty(), 50).await.len(), 1, "the background process runs");
     let out = shell.run("exit 3", t).await.unwrap();
     assert!(out.stdout.contains("exited") && !shell.is_alive(), "{}", describe(&out));
     drop(shell);
-    for _ in 0..50 {
-        if shell_sleepers().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(shell_sleepers().is_empty(), "no process survives the shell");
+    assert!(poll(shell_sleepers, <[u32]>::is_empty, 50).await.is_empty(), "no process survives the shell");
 
     // Output is capped and the shell goes on.
     let mut shell = sb.shell(job(work.path(), &[], 10), control.path()).await.unwrap();
@@ -441,26 +429,9 @@ async fn a_shell_keeps_its_state_survives_timeouts_and_leaves_nothing_behind() {
     assert_eq!(shell.run("echo after", t).await.unwrap().stdout, "after\n");
 }
 
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker)) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
+/// Waits until no process's command line contains `marker`; returns those still there.
 async fn none_left(marker: &str) -> Vec<u32> {
-    for _ in 0..100 {
-        if processes_with(marker).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    processes_with(marker)
+    poll(|| processes(|c| String::from_utf8_lossy(c).contains(marker)), <[u32]>::is_empty, 100).await
 }
 
 /// The rest of the hostile-code suite (network, other files, secrets, memory, CPU, timeouts and

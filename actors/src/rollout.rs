@@ -359,18 +359,23 @@ pub fn model_input(history: &[HistoryItem], keep: usize) -> Vec<ChatMessage> {
     let users: Vec<usize> = history.iter().enumerate().filter(|(_, h)| h.role == "user").map(|(i, _)| i).collect();
     // The first user message is the task; of the rest, the last `keep` stay.
     let elide_end = users.len().saturating_sub(keep).max(1);
-    let elided: std::collections::HashSet<usize> = users.iter().skip(1).take(elide_end - 1).copied().collect();
+    let old: std::collections::HashSet<usize> = users.iter().skip(1).take(elide_end - 1).copied().collect();
     history
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            if elided.contains(&i) {
-                ChatMessage::new("user", format!("Old output omitted ({} lines)", h.content.lines().count()))
+            if old.contains(&i) {
+                ChatMessage::new("user", elided(&h.content))
             } else {
                 ChatMessage::new(&h.role, h.content.clone())
             }
         })
         .collect()
+}
+
+/// What an elided observation becomes in a model input.
+pub fn elided(observation: &str) -> String {
+    format!("Old output omitted ({} lines)", observation.lines().count())
 }
 
 fn history_item(role: &str, content: String, thought_action: Option<(String, String)>) -> HistoryItem {

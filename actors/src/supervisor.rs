@@ -37,8 +37,6 @@ pub struct RunOutcome {
     pub target_tasks: u32,
     pub accepted_tasks: u32,
     pub inputs: FinalInputs,
-    /// The run stopped early on request ([`SupervisorMsg::Drain`]); it resumes next time.
-    pub drained: bool,
 }
 
 pub struct Supervisor;
@@ -370,7 +368,6 @@ impl State {
                 target_tasks: self.p.settings.tasks,
                 accepted_tasks: inputs.tasks.len() as u32,
                 inputs,
-                drained: self.draining,
             })
             .map_err(|e| format!("cannot write the run's final outputs: {e}"));
         self.shutdown(myself, result);

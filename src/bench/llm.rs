@@ -75,9 +75,7 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
         structured_output: StructuredOutput::JsonSchema,
     };
     config.llm.endpoints = BTreeMap::from([("bench".to_string(), endpoint.clone())]);
-    for route in [&mut config.llm.routes.topic, &mut config.llm.routes.dataset, &mut config.llm.routes.codegen, &mut config.llm.routes.debug, &mut config.llm.routes.rollout] {
-        *route = "bench".to_string();
-    }
+    config.llm.routes.route_all("bench");
     let bases = BTreeMap::from([("bench".to_string(), endpoint.base_url.clone())]);
     let keys = BTreeMap::from([("bench".to_string(), None)]);
     let gateway = Arc::new(Gateway::new(&config.llm, &bases, &keys, 0.0, Source::Live { record: None })?);

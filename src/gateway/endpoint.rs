@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::classify::{Failure, classify_status, describe_transport_error, snippet};
 use super::limits::{Admission, AdaptiveConcurrency, Circuit, Cooldown};
+use super::lock;
 use super::record::{Exchange, Recorder};
 use crate::config::{EndpointConfig, LlmConfig, StructuredOutput};
 
@@ -192,15 +193,15 @@ impl Endpoint {
 
     /// Starts keeping the dispatch log (benchmarks only; it grows with every request).
     pub fn keep_dispatch_log(&self) {
-        *self.dispatch_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(DispatchLog::default());
+        *lock(&self.dispatch_log) = Some(DispatchLog::default());
     }
 
     pub fn take_dispatch_log(&self) -> Option<DispatchLog> {
-        self.dispatch_log.lock().unwrap_or_else(|p| p.into_inner()).take()
+        lock(&self.dispatch_log).take()
     }
 
     fn log_dispatch(&self, f: impl FnOnce(&mut DispatchLog)) {
-        if let Some(log) = self.dispatch_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(log) = lock(&self.dispatch_log).as_mut() {
             f(log);
         }
     }

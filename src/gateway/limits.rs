@@ -8,16 +8,13 @@
 //! - [`Circuit`]: opens when failures persist past a time budget with no success, pauses every
 //!   caller, lets one probe through per interval, and closes on the first success.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded state is plain numbers, always consistent between statements.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use super::lock;
 
 // ---------------------------------------------------------------------------------------------
 

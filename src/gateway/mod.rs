@@ -20,7 +20,7 @@ pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use gymforge_actors::Stage;
@@ -30,6 +30,12 @@ use serde_json::{Value, json};
 use crate::config::LlmConfig;
 pub use endpoint::{Endpoint, Policy};
 use record::{Recorder, Replayed, Replayer};
+
+/// Locks a mutex of the gateway, whose guarded state (counters, a pause, a log) stays consistent
+/// between statements, so a panic elsewhere while holding it leaves nothing half-done.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Where the gateway's answers come from.
 pub enum Source {
@@ -105,7 +111,7 @@ impl Gateway {
 
     /// Per-endpoint limits, state and counters, the run budget, and replay counts.
     pub fn snapshot(&self) -> Value {
-        let spent = *self.budget.spent_usd.lock().unwrap_or_else(|p| p.into_inner());
+        let spent = *lock(&self.budget.spent_usd);
         let mut v = json!({
             "endpoints": self.endpoints.iter().map(|(n, e)| (n.clone(), e.snapshot())).collect::<BTreeMap<_, _>>(),
             "routes": self.routes.iter().map(|(s, e)| (s.as_str(), e.name.clone())).collect::<BTreeMap<_, _>>(),
@@ -135,7 +141,7 @@ impl Gateway {
         if self.budget.limit_usd <= 0.0 {
             return Ok(());
         }
-        let spent = *self.budget.spent_usd.lock().unwrap_or_else(|p| p.into_inner());
+        let spent = *lock(&self.budget.spent_usd);
         if spent >= self.budget.limit_usd {
             return Err(PortError::Refused {
                 reason: "budget_exhausted".into(),
@@ -168,7 +174,7 @@ impl Llm for Gateway {
             },
             None => endpoint.call(&prepared).await?,
         };
-        *self.budget.spent_usd.lock().unwrap_or_else(|p| p.into_inner()) += reply.cost_usd;
+        *lock(&self.budget.spent_usd) += reply.cost_usd;
         Ok(reply)
     }
 

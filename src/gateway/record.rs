@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
+
+use super::lock;
 use gymforge_actors::Stage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,7 +60,7 @@ impl Recorder {
     pub fn append(&self, exchange: &Exchange) {
         let mut line = serde_json::to_string(exchange).expect("an exchange serialises");
         line.push('\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut file = lock(&self.file);
         // One write per line: concurrent appends never interleave within a line.
         if let Err(e) = file.write_all(line.as_bytes()) {
             tracing::error!(path = %self.path.display(), error = %e, "cannot append to the record file");
@@ -108,7 +110,7 @@ impl Replayer {
 
     /// The next recorded answer for this unit's requests at this stage and endpoint.
     pub fn answer(&self, endpoint: &str, stage: Stage, unit: &str, request: &Value) -> Replayed {
-        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut answers = lock(&self.answers);
         let Some((recorded, body)) = answers.get_mut(&(endpoint.to_string(), stage, unit.to_string())).and_then(VecDeque::pop_front) else {
             return Replayed::Missing;
         };

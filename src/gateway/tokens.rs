@@ -17,7 +17,7 @@ const CACHE_ENTRIES: usize = 50_000;
 static HASHER: LazyLock<std::collections::hash_map::RandomState> = LazyLock::new(Default::default);
 
 /// Tokens OpenAI adds per message (role and separators) and per request (the reply primer).
-const PER_MESSAGE: u64 = 4;
+pub const PER_MESSAGE: u64 = 4;
 const PER_REQUEST: u64 = 3;
 
 /// Estimated prompt tokens of a chat request.

@@ -30,6 +30,17 @@ pub struct Config {
     pub agent: AgentConfig,
     pub faults: FaultsConfig,
     pub daemon: DaemonConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry export (see `src/telemetry/`).
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP base URL; empty means the standard `OTEL_EXPORTER_OTLP_*` variables decide.
+    pub otlp_endpoint: String,
+    /// Prompt and completion text on LLM spans.
+    pub record_prompts: bool,
 }
 
 #[derive(Deserialize, Clone, Debug)]

@@ -18,3 +18,4 @@ pub mod sandbox;
 pub mod sft;
 pub mod sim;
 pub mod store;
+pub mod telemetry;

@@ -180,7 +180,20 @@ enum ServeCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Runs and daemons export telemetry as their configuration says; a configuration error is
+    // reported by the command itself.
+    let telemetry_config = match &cli.command {
+        Command::Run { batch, .. } | Command::Daemon { batch, .. } => batch_config(batch).ok().map(|c| c.telemetry),
+        _ => None,
+    };
+    let telemetry = match gymforge::telemetry::init(telemetry_config.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -188,13 +201,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -389,17 +405,9 @@ async fn wait_for_interrupt(handle: tokio::task::JoinHandle<()>) -> anyhow::Resu
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the default level. Panics (including deliberately
-/// injected worker faults, which the supervisor recovers from) are logged as one line.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// Panics (including deliberately injected worker faults, which the supervisor recovers from)
+/// are logged as one line.
+fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         let message = info

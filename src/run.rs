@@ -236,6 +236,8 @@ pub async fn run_batch(
         use gymforge_actors::ports::Store;
         store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum()
     };
+    let run_id = run_id(&store)?;
+    let store = Arc::new(store);
     let services = services(&config, llm_source, spent_usd, status).await?;
     let sft = crate::sft::SftOptions { keep_observations: config.agent.keep_observations as usize, ..Default::default() };
     let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone()).with_sft(sft);
@@ -243,8 +245,9 @@ pub async fn run_batch(
         llm: services.llm.clone(),
         hub: services.hub.clone(),
         sandbox: services.sandbox.clone(),
-        store: Arc::new(store),
+        store: store.clone(),
         outputs: Arc::new(outputs),
+        telemetry: Arc::new(crate::telemetry::units::UnitTraces::new(run_id, store)),
         settings: settings(&config, state.join("work")),
         prompts: prompts(),
         taxonomy: taxonomy(),
@@ -310,4 +313,16 @@ fn check_resumable(store: &SqliteStore, config: &Config, out: &Path) -> anyhow::
         None => store.set_meta("seed", &seed).map_err(anyhow::Error::msg)?,
     }
     Ok(())
+}
+
+/// The run's identity, made at its first start and kept across resumes; trace ids derive from it.
+fn run_id(store: &SqliteStore) -> anyhow::Result<String> {
+    use gymforge_actors::ports::Store;
+    if let Some(id) = store.meta("run_id").map_err(anyhow::Error::msg)? {
+        return Ok(id);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let id = format!("{:x}-{:x}", now.as_nanos(), std::process::id());
+    store.set_meta("run_id", &id).map_err(anyhow::Error::msg)?;
+    Ok(id)
 }

@@ -147,6 +147,15 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// When a unit was created, in milliseconds since the Unix epoch.
+    pub fn unit_created_unix_ms(&self, unit: &str) -> anyhow::Result<Option<u64>> {
+        let conn = self.lock();
+        let ms: Option<i64> = conn
+            .query_row("SELECT CAST((julianday(created_at) - 2440587.5) * 86400000.0 AS INTEGER) FROM units WHERE id = ?1", [unit], |row| row.get(0))
+            .optional()?;
+        Ok(ms.map(|ms| ms.max(0) as u64))
+    }
+
     /// `(unit, stage, created_at)` of every stored stage result, in unit order then stage.
     pub fn stage_result_times(&self) -> anyhow::Result<Vec<(String, String, String)>> {
         let conn = self.lock();

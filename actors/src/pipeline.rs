@@ -152,6 +152,7 @@ pub struct Pipeline {
     pub sandbox: Arc<dyn Sandbox>,
     pub store: Arc<dyn Store>,
     pub outputs: Arc<dyn Outputs>,
+    pub telemetry: Arc<dyn crate::ports::Telemetry>,
     pub settings: Settings,
     pub prompts: Prompts,
     pub taxonomy: Taxonomy,

@@ -278,3 +278,33 @@ pub trait Outputs: Send + Sync {
     /// Writes `tasks.json`, `sft/train.jsonl` and `report.json`.
     fn finalize(&self, inputs: &FinalInputs) -> Result<(), PortError>;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Telemetry
+
+/// Where the pipeline reports the life of its units, for traces and metrics. The application
+/// exports them over OpenTelemetry; [`LocalTelemetry`] only makes spans for the logs.
+pub trait Telemetry: Send + Sync {
+    /// The span one stage runs in for one unit; the application makes it part of the unit's trace.
+    fn stage_span(&self, unit: &Unit, stage: Stage) -> tracing::Span;
+    /// A stage ended for a unit, `elapsed` after it began; the store already holds the outcome.
+    fn stage_ended(&self, unit: &Unit, stage: Stage, verdict: &crate::worker::Verdict, elapsed: Duration);
+    /// A stage worker crashed and was replaced.
+    fn worker_restarted(&self, stage: Stage);
+}
+
+/// Spans for the logs only; nothing is exported or counted.
+pub struct LocalTelemetry;
+
+impl Telemetry for LocalTelemetry {
+    fn stage_span(&self, unit: &Unit, stage: Stage) -> tracing::Span {
+        stage_span(unit, stage)
+    }
+    fn stage_ended(&self, _: &Unit, _: Stage, _: &crate::worker::Verdict, _: Duration) {}
+    fn worker_restarted(&self, _: Stage) {}
+}
+
+/// The span a stage runs in: named after the stage, with the unit and the attempt.
+pub fn stage_span(unit: &Unit, stage: Stage) -> tracing::Span {
+    tracing::info_span!("stage", otel.name = %format!("stage {stage}"), stage = %stage, unit = %unit.id, attempt = i64::from(unit.attempts) + 1)
+}

@@ -19,6 +19,7 @@ use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, ChatRequest, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
 use crate::template::render;
+use tracing::Instrument;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
 
 const AGENT: &str = "primary_0";
@@ -136,6 +137,8 @@ impl Run<'_> {
                 break;
             }
             let state = serde_json::json!({ "open_file": self.open_file, "working_dir": self.cwd }).to_string();
+            // The step's LLM calls and its command run in this span.
+            let step_span = tracing::info_span!("rollout_step", otel.name = %format!("rollout step {step}"), step = i64::from(step), command = tracing::field::Empty);
             // Ask for the next command; a malformed answer is re-asked with the error, bounded.
             let mut messages = model_input(&history, s.keep_observations);
             let mut format_errors = 0;
@@ -148,7 +151,7 @@ impl Run<'_> {
                     response: ResponseFormat::Text,
                     seed: Some(seed.wrapping_add(u64::from(step))),
                 };
-                let reply = match crate::llm::chat(p, Stage::Rollout, request).await {
+                let reply = match crate::llm::chat(p, Stage::Rollout, request).instrument(step_span.clone()).await {
                     Err(PortError::Refused { reason, .. }) if reason == "llm_context_length" => {
                         exit_status = Some("exit_context".into());
                         break 'steps;
@@ -178,7 +181,8 @@ impl Run<'_> {
                 }
             };
             let started = Instant::now();
-            let (observation, done) = match agent::special_command(&action) {
+            step_span.record("command", action.split_whitespace().next().unwrap_or(""));
+            let (observation, done) = async { Ok::<_, PortError>(match agent::special_command(&action) {
                 Some("submit") => {
                     let (status, obs) = match self.evaluate().await? {
                         Evaluation::Scored(scores) => {
@@ -194,7 +198,9 @@ impl Run<'_> {
                 }
                 Some(_) => (self.validate_observation().await?, false),
                 None => (self.command(&action, s.short_timeout, training_timeout).await?, false),
-            };
+            }) }
+            .instrument(step_span)
+            .await?;
             let execution_time = started.elapsed().as_secs_f64();
             let next = if done {
                 observation.clone()

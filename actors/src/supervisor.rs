@@ -193,6 +193,7 @@ impl Actor for Supervisor {
         pool.idle.retain(|w| w.get_id() != id);
         let held = pool.busy.remove(&id).map(|(_, unit)| unit);
         state.restarts += 1;
+        state.p.telemetry.worker_restarted(stage);
         tracing::warn!(%stage, unit = ?held, %reason, restarts = state.restarts, "stage worker crashed; restarting it");
         if let Some(unit) = held {
             state.p.store.add_event(&Event { kind: "worker_restart".into(), unit: unit.clone(), stage, detail: reason.clone() })?;
@@ -200,7 +201,11 @@ impl Actor for Supervisor {
             if attempts >= state.p.settings.max_attempts {
                 let detail = format!("worker crashed {attempts} times; last: {reason}");
                 state.p.store.drop_unit(&unit, "worker_crashed", &detail)?;
-                state.apply(&myself, &unit, Verdict::Dropped { reason: "worker_crashed".into() })?;
+                let verdict = Verdict::Dropped { reason: "worker_crashed".into() };
+                if let Some(u) = state.units.get(&unit) {
+                    state.p.telemetry.stage_ended(u, stage, &verdict, std::time::Duration::ZERO);
+                }
+                state.apply(&myself, &unit, verdict)?;
             } else {
                 if let Some(u) = state.units.get_mut(&unit) {
                     u.attempts = attempts;

@@ -47,8 +47,10 @@ impl Actor for StageWorker {
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerArgs) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Work(unit) = msg;
         inject_fault(&state.pipeline, state.stage, &unit)?;
-        let span = tracing::info_span!("stage", stage = %state.stage, unit = %unit.id, attempt = unit.attempts + 1);
+        let span = state.pipeline.telemetry.stage_span(&unit, state.stage);
+        let started = std::time::Instant::now();
         let verdict = process(&state.pipeline, state.stage, &unit).instrument(span).await?;
+        state.pipeline.telemetry.stage_ended(&unit, state.stage, &verdict, started.elapsed());
         state.supervisor.cast(SupervisorMsg::Finished { worker: myself.get_id(), unit: unit.id, verdict })?;
         Ok(())
     }

@@ -81,7 +81,7 @@ pub struct DispatchLog {
 pub struct Endpoint {
     pub name: String,
     pub model: String,
-    base_url: String,
+    pub base_url: String,
     api_key: Option<String>,
     http: reqwest::Client,
     structured_output: StructuredOutput,
@@ -344,6 +344,9 @@ impl Endpoint {
         let mut http = self.http.post(format!("{}/chat/completions", self.base_url)).json(&request.body);
         if let Some(key) = &self.api_key {
             http = http.bearer_auth(key);
+        }
+        if let Some(traceparent) = crate::telemetry::traceparent() {
+            http = http.header("traceparent", traceparent);
         }
         let exchange = match http.send().await {
             Ok(resp) => {

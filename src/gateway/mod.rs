@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use gymforge_actors::Stage;
-use gymforge_actors::ports::{ChatReply, ChatRequest, Llm, PortError};
+use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, PortError};
+use tracing::Instrument;
 use serde_json::{Value, json};
 
 use crate::config::LlmConfig;
@@ -157,7 +158,21 @@ impl Llm for Gateway {
     async fn chat(&self, stage: Stage, request: ChatRequest) -> Result<ChatReply, PortError> {
         self.check_budget()?;
         let endpoint = self.route(stage)?;
-        let prepared = endpoint.prepare(stage, &request);
+        let span = llm_span(endpoint, stage, &request);
+        let started = std::time::Instant::now();
+        let result = self.chat_on(endpoint, stage, &request).instrument(span.clone()).await;
+        finish_llm_span(&span, endpoint, &result, started.elapsed());
+        result
+    }
+
+    fn model_for(&self, stage: Stage) -> String {
+        self.routes.get(&stage).map(|e| e.model.clone()).unwrap_or_default()
+    }
+}
+
+impl Gateway {
+    async fn chat_on(&self, endpoint: &Endpoint, stage: Stage, request: &ChatRequest) -> Result<ChatReply, PortError> {
+        let prepared = endpoint.prepare(stage, request);
         let reply = match &self.replay {
             Some(replay) => match replay.answer(&endpoint.name, stage, &request.unit, &prepared.body) {
                 Replayed::Body(text) => {
@@ -177,8 +192,64 @@ impl Llm for Gateway {
         *lock(&self.budget.spent_usd) += reply.cost_usd;
         Ok(reply)
     }
+}
 
-    fn model_for(&self, stage: Stage) -> String {
-        self.routes.get(&stage).map(|e| e.model.clone()).unwrap_or_default()
+/// The span of one LLM call, retries included, with the GenAI semantic conventions' attributes.
+/// Prompt text is added only when `telemetry.record_prompts` asks for it.
+fn llm_span(endpoint: &Endpoint, stage: Stage, request: &ChatRequest) -> tracing::Span {
+    let url = reqwest::Url::parse(&endpoint.base_url).ok();
+    let span = tracing::info_span!(
+        "llm_call",
+        otel.name = %format!("chat {}", endpoint.model),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.system = "openai",
+        gen_ai.request.model = %endpoint.model,
+        gen_ai.request.max_tokens = i64::from(request.max_tokens),
+        gen_ai.request.temperature = f64::from(request.temperature),
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.input.messages = tracing::field::Empty,
+        gen_ai.output.messages = tracing::field::Empty,
+        server.address = url.as_ref().and_then(|u| u.host_str()).unwrap_or_default(),
+        server.port = i64::from(url.as_ref().and_then(|u| u.port_or_known_default()).unwrap_or_default()),
+        error.type = tracing::field::Empty,
+        gymforge.endpoint = %endpoint.name,
+        gymforge.stage = %stage,
+        gymforge.unit = %request.unit,
+        gymforge.cost_usd = tracing::field::Empty,
+    );
+    if crate::telemetry::record_prompts() {
+        span.record("gen_ai.input.messages", serde_json::to_string(&request.messages).unwrap_or_default());
+    }
+    span
+}
+
+fn finish_llm_span(span: &tracing::Span, endpoint: &Endpoint, result: &Result<ChatReply, PortError>, elapsed: std::time::Duration) {
+    let metrics = crate::telemetry::metrics::metrics();
+    match result {
+        Ok(reply) => {
+            span.record("gen_ai.response.model", reply.model.as_str());
+            // Integers as i64: OpenTelemetry has no unsigned type.
+            span.record("gen_ai.usage.input_tokens", reply.input_tokens as i64);
+            span.record("gen_ai.usage.output_tokens", reply.output_tokens as i64);
+            span.record("gymforge.cost_usd", reply.cost_usd);
+            if crate::telemetry::record_prompts() {
+                span.record("gen_ai.output.messages", serde_json::to_string(&[ChatMessage::new("assistant", reply.content.as_str())]).unwrap_or_default());
+            }
+            metrics.llm_call(&endpoint.model, &endpoint.name, elapsed, Some((reply.input_tokens, reply.output_tokens, reply.cost_usd)), None);
+        }
+        Err(e) => {
+            let kind = match e {
+                PortError::Refused { reason, .. } => reason.as_str(),
+                PortError::Transient(_) => "transient",
+                PortError::Permanent(_) => "permanent",
+            };
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", kind);
+            metrics.llm_call(&endpoint.model, &endpoint.name, elapsed, None, Some(kind));
+        }
     }
 }

@@ -351,10 +351,15 @@ impl BwrapSandbox {
 #[async_trait]
 impl Sandbox for BwrapSandbox {
     async fn run(&self, job: SandboxJob) -> Result<JobOutput, PortError> {
-        let span = tracing::debug_span!("sandbox_job", label = %job.label);
+        let span = tracing::info_span!("sandbox_job", label = %job.label);
         async move {
             let label = job.label.clone();
             let result = self.run_job(job).await;
+            let metrics = crate::telemetry::metrics::metrics();
+            match &result {
+                Ok(out) => metrics.sandbox_job(out.elapsed_secs, if out.timed_out { "timeout" } else if out.exit_code == Some(0) { "ok" } else { "failed" }),
+                Err(_) => metrics.sandbox_job(0.0, "not_started"),
+            }
             match &result {
                 Ok(out) => tracing::debug!(
                     label = %label,

@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     /// Address of the status server (`/healthz`, `/readyz`, `/status`, `/metrics`).
     pub listen: String,
     pub drain_timeout_secs: u64,
+    /// Without a target (`run.tasks = 0`): how often the outputs are rewritten.
+    pub export_every_secs: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -309,8 +311,8 @@ impl Config {
             }
             Ok(())
         }
-        positive("run.tasks", self.run.tasks.into())?;
         positive("run.rollouts", self.run.rollouts.into())?;
+        positive("daemon.export_every_secs", self.daemon.export_every_secs)?;
         positive("run.max_topics_per_task", self.run.max_topics_per_task.into())?;
         positive("run.max_attempts", self.run.max_attempts.into())?;
         positive("hub.timeout_secs", self.hub.timeout_secs)?;

@@ -41,7 +41,7 @@ impl DaemonState {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
     }
 
-    fn phase(&self) -> &'static str {
+    pub fn phase(&self) -> &'static str {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner())
     }
 

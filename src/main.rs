@@ -109,7 +109,7 @@ struct BatchArgs {
     /// Output directory.
     #[arg(long, default_value = "gymforge-out")]
     out: PathBuf,
-    /// Accepted tasks to produce (overrides run.tasks).
+    /// Accepted tasks to produce (overrides run.tasks); 0 means no target: keep going until stopped.
     #[arg(long)]
     tasks: Option<u32>,
     /// Teacher rollouts per accepted task (overrides run.rollouts).
@@ -149,6 +149,28 @@ enum ExportCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Run the whole pipeline against the simulated teacher and report trajectories per hour
+    /// against the bound the LLM limit and the rollout slots allow, and whether memory stays flat.
+    Pipeline {
+        /// Length of the measured window (after two tasks are synthesised).
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// The simulated endpoint's requests-per-minute limit.
+        #[arg(long, default_value_t = 120)]
+        rpm: u32,
+        /// Rollouts run at once (sandbox slots).
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// Median latency of the simulated teacher's answers.
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+        /// 99th percentile of that latency.
+        #[arg(long, default_value_t = 800)]
+        latency_p99_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive the LLM gateway against the simulated teacher on loopback at a requests-per-minute
     /// limit, with injected 429s, and report how much of the limit it used.
     Llm {
@@ -254,6 +276,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Bench { what: BenchCommand::Pipeline { seconds, rpm, slots, latency_ms, latency_p99_ms, json } } => {
+            anyhow::ensure!(seconds >= 10 && rpm > 0 && slots > 0, "--seconds must be at least 10, --rpm and --slots at least 1");
+            anyhow::ensure!(latency_p99_ms >= latency_ms, "--latency-p99-ms must be at least --latency-ms");
+            let display = Display::new();
+            let bench = gymforge::bench::pipeline::BenchPipeline { seconds, rpm, slots, latency_ms, latency_p99_ms };
+            let result = gymforge::bench::pipeline::run(bench, &|m: &str| display.status(m)).await;
+            display.finish();
+            let report = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json)?);
+            } else {
+                println!("{}", report.table);
+            }
+            Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Daemon { batch, listen } => {
             let mut config = batch_config(&batch)?;
             if let Some(addr) = listen {
@@ -328,7 +365,6 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
 fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
     let mut config = load_config(args.config.as_deref())?;
     if let Some(n) = args.tasks {
-        anyhow::ensure!(n > 0, "--tasks must be at least 1");
         config.run.tasks = n;
     }
     if let Some(k) = args.rollouts {

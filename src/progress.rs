@@ -54,7 +54,8 @@ impl Display {
                     self.bars.insert_before(&self.status, self.tasks.clone());
                     self.bars.insert_before(&self.status, self.rollouts.clone());
                 }
-                self.tasks.set_length(u64::from(snapshot.target_tasks));
+                // Without a target the bar's length follows what was accepted.
+                self.tasks.set_length(u64::from(snapshot.target_tasks.max(snapshot.accepted_tasks)).max(1));
                 self.tasks.set_position(u64::from(snapshot.accepted_tasks));
                 self.rollouts.set_length(u64::from(snapshot.rollouts_total).max(1));
                 self.rollouts.set_position(u64::from(snapshot.rollouts_done));
@@ -85,7 +86,8 @@ impl Default for Display {
 
 /// One line: accepted tasks, rollouts, and per stage in-flight/queued/dropped counts.
 pub fn render(p: &Progress) -> String {
-    format!("tasks {}/{} | rollouts {}/{} | {}", p.accepted_tasks, p.target_tasks, p.rollouts_done, p.rollouts_total, stage_line(p))
+    let target = if p.target_tasks == 0 { "∞".to_string() } else { p.target_tasks.to_string() };
+    format!("tasks {}/{target} | rollouts {}/{} | {}", p.accepted_tasks, p.rollouts_done, p.rollouts_total, stage_line(p))
 }
 
 /// Per stage: units in flight (▶), queued (…) and dropped (✗).

@@ -178,9 +178,17 @@ pub fn settings(config: &Config, work_root: PathBuf) -> Settings {
         seed: config.seed,
         tasks: config.run.tasks,
         rollouts: config.run.rollouts,
-        max_topics: config.run.tasks * config.run.max_topics_per_task,
+        max_topics: match config.run.tasks {
+            0 => 10 * config.run.max_topics_per_task,
+            n => n * config.run.max_topics_per_task,
+        },
         max_attempts: config.run.max_attempts,
-        max_restarts: 20 + 4 * config.run.tasks * (1 + config.run.rollouts) * config.run.max_attempts,
+        export_every: std::time::Duration::from_secs(config.daemon.export_every_secs),
+        // Without a target, crashes are bounded per unit (max_attempts) rather than per run.
+        max_restarts: match config.run.tasks {
+            0 => u32::MAX,
+            n => 20 + 4 * n * (1 + config.run.rollouts) * config.run.max_attempts,
+        },
         workers: vec![
             (Stage::Topic, p.topic_workers),
             (Stage::Dataset, p.dataset_workers),

@@ -141,3 +141,48 @@ async fn the_daemon_serves_its_status_refuses_a_twin_drains_on_sigterm_and_resum
     assert_eq!(report["tasks"]["accepted"], 2, "{report}");
     assert_eq!(report["rollouts"]["total"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_target_the_daemon_keeps_a_bounded_window_rewrites_its_outputs_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = dir.path().join("forever.toml");
+    std::fs::write(&config, "[daemon]\nexport_every_secs = 1\n").unwrap();
+    let port = free_port();
+    let mut daemon = gymforge()
+        .args(["daemon", "--tasks", "0", "--rollouts", "1", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Task units in progress never exceed twice the task-stage workers (1+2+2+2+1 by default).
+    let window = 2 * (1 + 2 + 2 + 2 + 1);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        assert!(Instant::now() < deadline, "no task was accepted and exported");
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited on its own");
+        let units = units_by_status(&out);
+        let in_progress = units.iter().filter(|(id, s)| !id.contains(".r") && s == "Pending").count();
+        assert!(in_progress <= window, "{in_progress} task units in progress: {units:?}");
+        if let Some((200, body)) = get(port, "/status").await {
+            let status: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(status["target_tasks"], 0);
+            // The outputs are rewritten while the run goes on.
+            let listed = std::fs::read_to_string(out.join("mlgym/tasks.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            if status["accepted_tasks"].as_u64().unwrap_or(0) >= 1 && listed.is_some_and(|l| !l.as_array().unwrap().is_empty()) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(out.join("report.json").is_file() && out.join("sft/train.jsonl").is_file());
+
+    // SAFETY: kill with the pid of our own child.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let exited = daemon.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(exited.success(), "{exited:?}\n{stderr}");
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::files_under;
+use common::{accepted_tasks, actions, files_under, traj_files};
 use gymforge::config::Config;
 use gymforge_actors::paths::copy_tree;
 use gymforge_actors::ports::{Mount, Sandbox, SandboxJob};
@@ -112,19 +112,6 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn traj_files(out: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for run in std::fs::read_dir(out.join("trajectories")).unwrap() {
-        for f in std::fs::read_dir(run.unwrap().path()).unwrap() {
-            let path = f.unwrap().path();
-            if path.extension().is_some_and(|x| x == "traj") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
 
 /// Python's own `str.format(dataset_docs=...)` on the description.
 fn python_formats(description: &str) -> bool {
@@ -339,11 +326,12 @@ async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() 
 async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_rollout_budgets() {
     let out = tempfile::tempdir().unwrap();
     let config = out.path().join("faults.toml");
-    // Half of all stage attempts panic, 30% of LLM requests fail in one of six ways, and a dollar
-    // budget per rollout is smaller than a few agent steps cost at the simulated prices.
+    // Half of all stage attempts panic and 5% more fail with an error, 30% of LLM requests fail in
+    // one of six ways, and a dollar budget per rollout is smaller than a few agent steps cost at
+    // the simulated prices.
     std::fs::write(
         &config,
-        "[faults]\nworker_panic_rate = 0.5\n\n[run]\nmax_attempts = 8\n\n[agent]\ncost_limit = 0.001\n\n\
+        "[faults]\nworker_panic_rate = 0.5\nworker_error_rate = 0.05\n\n[run]\nmax_attempts = 8\n\n[agent]\ncost_limit = 0.001\n\n\
          [sim.faults]\nrate_429 = 0.1\nretry_after_ms = 50\nrate_500 = 0.05\nrate_503 = 0.05\nrate_reset = 0.05\n\
          rate_malformed = 0.03\nrate_truncated = 0.02\n",
     )
@@ -353,6 +341,14 @@ async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_ro
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("report.json")).unwrap()).unwrap();
     let restarts = report["events"]["by_kind"]["worker_restart"].as_u64().unwrap_or(0);
     assert!(restarts > 0, "faults were injected: {report}");
+    // Every unit ended, done or dropped with a reason, within its attempts.
+    let store = gymforge::store::SqliteStore::open(&results.join(".gymforge/state.db")).unwrap();
+    for unit in gymforge_actors::ports::Store::units(&store).unwrap() {
+        use gymforge_actors::model::UnitStatus;
+        assert_ne!(unit.status, UnitStatus::Pending, "{} never ended", unit.id);
+        assert!(unit.status == UnitStatus::Done || unit.drop_reason.is_some(), "{} dropped without a reason", unit.id);
+        assert!(unit.attempts <= 8, "{} took {} attempts", unit.id, unit.attempts);
+    }
     assert_eq!(yaml_files(&results.join("mlgym/configs/tasks")).len(), 2);
     let trajs = traj_files(&results);
     assert_eq!(trajs.len(), 2);
@@ -365,18 +361,6 @@ async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_ro
     }
 }
 
-/// The actions (and final scores) of every trajectory, by file name.
-fn actions(out: &Path) -> BTreeMap<String, Vec<String>> {
-    traj_files(out)
-        .into_iter()
-        .map(|path| {
-            let traj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let mut steps: Vec<String> = traj["trajectory"].as_array().unwrap().iter().map(|s| s["action"].as_str().unwrap().to_string()).collect();
-            steps.push(traj["info"]["score"].to_string());
-            (path.file_name().unwrap().to_string_lossy().to_string(), steps)
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_nowhere() {
@@ -417,17 +401,7 @@ async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_
     // The same tasks, the same actions and scores, the same SFT data.
     let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
     // The embedded mirror's port (in the parquet URLs) is the one thing that may change.
-    let tasks = |out: &Path| {
-        let text = read(out.join("mlgym/tasks.json"));
-        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        for task in v.as_array_mut().unwrap() {
-            for file in task["provenance"]["parquet_files"].as_array_mut().unwrap() {
-                file.as_object_mut().unwrap().remove("url");
-            }
-        }
-        v
-    };
-    assert_eq!(tasks(&live), tasks(&replayed));
+    assert_eq!(accepted_tasks(&live), accepted_tasks(&replayed));
     assert_eq!(actions(&live), actions(&replayed));
     assert!(!actions(&live).is_empty());
     assert_eq!(read(live.join("sft/train.jsonl")), read(replayed.join("sft/train.jsonl")));
@@ -437,7 +411,7 @@ async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_
     assert_eq!(replay_lines.len(), trajectories.len());
     for line in &replay_lines {
         let (task, turns) = line.as_object().unwrap().iter().next().unwrap();
-        assert!(tasks(&live).as_array().unwrap().iter().any(|t| t["task_id"] == task.as_str()));
+        assert!(accepted_tasks(&live).as_array().unwrap().iter().any(|t| t["task_id"] == task.as_str()));
         assert!(turns.as_array().unwrap().iter().all(|t| t.as_str().unwrap().contains("```")));
     }
     assert_eq!(live_report["rollouts"], replay_report["rollouts"]);

@@ -14,11 +14,12 @@ use crate::seed::Rng;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub seed: u64,
-    /// Accepted tasks to produce.
+    /// Accepted tasks to produce; 0: no target, the run goes on until it is stopped.
     pub tasks: u32,
     /// Rollouts per accepted task.
     pub rollouts: u32,
-    /// Topic units the run may create before it gives up on its target.
+    /// Topic units the run may create before it gives up on its target. Without a target: task
+    /// units dropped in a row before the run stops with an error (nothing is being produced).
     pub max_topics: u32,
     /// Attempts per unit and stage (crashes and transient failures).
     pub max_attempts: u32,
@@ -29,6 +30,8 @@ pub struct Settings {
     pub prepare_timeout: Duration,
     pub agent: AgentSettings,
     pub faults: Faults,
+    /// How often a run without a target rewrites tasks.json, the SFT data and report.json.
+    pub export_every: Duration,
     /// Scratch space for staged data, debug rounds and rollout workspaces.
     pub work_root: PathBuf,
 }
@@ -158,6 +161,13 @@ pub struct Pipeline {
     pub taxonomy: Taxonomy,
     /// Receives a fresh snapshot after every pipeline event.
     pub progress: tokio::sync::watch::Sender<Progress>,
+}
+
+impl Settings {
+    /// Whether the run has no target and goes on until stopped.
+    pub fn forever(&self) -> bool {
+        self.tasks == 0
+    }
 }
 
 impl Pipeline {

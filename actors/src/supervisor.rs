@@ -2,8 +2,11 @@
 //! crashed workers, and finishes the run.
 //!
 //! Backpressure is explicit: a worker holds at most one unit, and a unit waits in its stage's
-//! queue until a worker of that stage is idle. Queues are bounded by construction: the run
-//! creates at most `max_topics` task units and `tasks x rollouts` rollout units.
+//! queue until a worker of that stage is idle. Queues are bounded: at most [`State::task_window`]
+//! task units are in progress at once, and each accepted task adds `rollouts` rollout units.
+//! A run with a target creates at most `max_topics` task units; a run without one (`tasks = 0`)
+//! goes on until drained, rewriting its outputs every `export_every`, and stops with an
+//! error when `max_topics` task units in a row are dropped.
 //!
 //! Restarts: when a worker panics or fails, the unit it held is retried from the store (its
 //! previous stages' results are kept) up to `max_attempts`, then dropped as `worker_crashed`;
@@ -67,6 +70,11 @@ pub struct State {
     drain: Option<oneshot::Receiver<()>>,
     draining: bool,
     stopping: bool,
+    /// Task units dropped since the last accepted one.
+    dropped_in_a_row: u32,
+    /// When a run without a target last wrote its outputs, and whether anything ended since.
+    last_export: Instant,
+    ended_since_export: bool,
 }
 
 /// Runs the pipeline until its target is met or its budget is spent, and returns the outcome.
@@ -113,6 +121,9 @@ impl Actor for Supervisor {
             drain: args.drain,
             draining: false,
             stopping: false,
+            dropped_in_a_row: 0,
+            last_export: Instant::now(),
+            ended_since_export: false,
         };
         for stage in Stage::ALL {
             for _ in 0..p.workers_for(stage) {
@@ -248,13 +259,19 @@ impl State {
             Verdict::Advanced { next: None } => {
                 unit.status = UnitStatus::Done;
                 unit.attempts = 0;
+                self.ended_since_export = true;
                 if unit.kind == UnitKind::Task {
+                    self.dropped_in_a_row = 0;
                     self.create_rollouts(unit_id)?;
                 }
             }
             Verdict::Dropped { reason } => {
                 unit.status = UnitStatus::Dropped;
                 unit.drop_reason = Some(reason);
+                self.ended_since_export = true;
+                if unit.kind == UnitKind::Task {
+                    self.dropped_in_a_row += 1;
+                }
             }
             Verdict::Retry { attempts } => {
                 unit.attempts = attempts;
@@ -292,13 +309,26 @@ impl State {
         Ok(())
     }
 
-    /// Creates task units while the accepted plus in-progress tasks fall short of the target
-    /// and the topic budget allows.
+    /// Task units in progress at once: twice the workers of the task stages, so every worker has
+    /// one unit at hand and the next is queued.
+    fn task_window(&self) -> u32 {
+        2 * [Stage::Topic, Stage::Dataset, Stage::Codegen, Stage::Debug, Stage::Export].iter().map(|s| self.p.workers_for(*s)).sum::<u32>()
+    }
+
+    /// Creates task units, in order, while fewer than the window are in progress and the
+    /// accepted plus in-progress tasks fall short of the target within the topic budget (or
+    /// forever, without a target).
     fn top_up(&mut self) -> Result<(), PortError> {
-        let tasks: Vec<&Unit> = self.units.values().filter(|u| u.kind == UnitKind::Task).collect();
-        let mut created = tasks.len() as u64;
-        let mut live = tasks.iter().filter(|u| u.status != UnitStatus::Dropped).count() as u32;
-        while live < self.p.settings.tasks && created < u64::from(self.p.settings.max_topics) {
+        let p = self.p.clone();
+        let s = &p.settings;
+        let (mut created, mut live, mut in_progress) = (0u64, 0u32, 0u32);
+        for u in self.units.values().filter(|u| u.kind == UnitKind::Task) {
+            created += 1;
+            live += u32::from(u.status != UnitStatus::Dropped);
+            in_progress += u32::from(u.status == UnitStatus::Pending);
+        }
+        let window = self.task_window();
+        while in_progress < window && (s.forever() || (live < s.tasks && created < u64::from(s.max_topics))) {
             let unit = Unit {
                 id: task_unit_id(created),
                 kind: UnitKind::Task,
@@ -314,8 +344,21 @@ impl State {
             self.units.insert(unit.id.clone(), unit);
             created += 1;
             live += 1;
+            in_progress += 1;
         }
         Ok(())
+    }
+
+    /// A run without a target rewrites its outputs now and then, so they are current while it runs.
+    fn export_now_and_then(&mut self) {
+        if !self.p.settings.forever() || !self.ended_since_export || self.last_export.elapsed() < self.p.settings.export_every {
+            return;
+        }
+        self.last_export = Instant::now();
+        self.ended_since_export = false;
+        if let Err(e) = crate::export::finalize(&self.p, self.wall_time()) {
+            tracing::warn!(error = %e, "cannot rewrite the run's outputs; trying again later");
+        }
     }
 
     /// Hands queued units to idle workers.
@@ -347,9 +390,18 @@ impl State {
         if self.stopping {
             return Ok(());
         }
+        if self.p.settings.forever() && self.dropped_in_a_row >= self.p.settings.max_topics {
+            let msg = format!(
+                "the last {} task units were all dropped: the pipeline is producing nothing (see report.json's funnel for the reasons); stopping",
+                self.dropped_in_a_row
+            );
+            self.fail(myself, msg);
+            return Ok(());
+        }
         let idle = if self.draining {
             self.pools.values().all(|p| p.busy.is_empty())
         } else {
+            self.export_now_and_then();
             self.top_up()?;
             self.dispatch();
             self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty())
@@ -361,9 +413,14 @@ impl State {
         Ok(())
     }
 
-    fn finish(&mut self, myself: &ActorRef<SupervisorMsg>) {
+    /// Wall time of the run so far, over all its starts.
+    fn wall_time(&self) -> f64 {
         let before: f64 = self.p.store.meta("wall_time_secs").ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let wall = before + self.started.elapsed().as_secs_f64();
+        before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn finish(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let wall = self.wall_time();
         let result = self
             .p
             .store

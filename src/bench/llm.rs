@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use gymforge_actors::Stage;
 use gymforge_actors::ports::{ChatMessage, ChatRequest, Llm, ResponseFormat};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 
 use crate::config::{Config, EndpointConfig, SimFaults, StructuredOutput};
+use super::{BenchReport, Target};
 use crate::gateway::{Gateway, Source};
 
 /// Target utilisation of the request limit.
@@ -39,12 +40,6 @@ pub struct BenchLlm {
     pub rpm: u32,
     pub seconds: u64,
     pub fault_429: f64,
-}
-
-pub struct BenchReport {
-    pub json: Value,
-    pub table: String,
-    pub targets_met: bool,
 }
 
 #[derive(Default)]
@@ -142,13 +137,13 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     let cpu_us_per_request = if sent > 0 { cpu.as_micros() as f64 / sent as f64 } else { 0.0 };
     let rpm_per_core = if cpu_us_per_request > 0.0 { 60e6 / cpu_us_per_request } else { f64::INFINITY };
 
-    let checks = [
-        ("utilization", utilization, TARGET_UTILIZATION, utilization / TARGET_UTILIZATION, utilization >= TARGET_UTILIZATION),
-        ("lost", lost as f64, 0.0, 0.0, lost == 0 && drained),
-        ("cooldown_violations", violations as f64, 0.0, 0.0, violations == 0),
-        ("requests_per_minute_per_core", rpm_per_core, TARGET_RPM_PER_CORE, rpm_per_core / TARGET_RPM_PER_CORE, rpm_per_core >= TARGET_RPM_PER_CORE),
+    let targets = vec![
+        Target::at_least("utilization", utilization, TARGET_UTILIZATION),
+        Target::zero("lost", lost as f64, lost == 0 && drained),
+        Target::zero("cooldown_violations", violations as f64, violations == 0),
+        Target::at_least("requests_per_minute_per_core", rpm_per_core, TARGET_RPM_PER_CORE),
     ];
-    let targets_met = checks.iter().all(|c| c.4);
+    let targets_met = targets.iter().all(|t| t.met);
     let json = json!({
         "simulated": true,
         "limit_rpm": b.rpm,
@@ -169,9 +164,7 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
         "requests_per_minute_per_core": rpm_per_core,
         "endpoint": ep.snapshot(),
         "server": counters.snapshot(),
-        "targets": checks.iter().map(|(name, value, target, ratio, met)| json!({
-            "name": name, "value": value, "target": target, "ratio": ratio, "met": met,
-        })).collect::<Vec<_>>(),
+        "targets": super::targets_json(&targets),
         "targets_met": targets_met,
     });
     let mut table = format!(
@@ -188,12 +181,7 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
         log.cooldowns.len(),
         cpu_us_per_request,
     );
-    table.push_str(&format!("{:<30} {:>12} {:>12} {:>8}  met\n", "target", "measured", "bound", "ratio"));
-    for (name, value, target, ratio, met) in &checks {
-        let ratio = if *target == 0.0 { "-".to_string() } else { format!("{ratio:.3}") };
-        let bound = if name.starts_with("utilization") { format!(">= {target}") } else if *target == 0.0 { "= 0".into() } else { format!(">= {target}") };
-        table.push_str(&format!("{name:<30} {value:>12.3} {bound:>12} {ratio:>8}  {}\n", if *met { "yes" } else { "NO" }));
-    }
+    table.push_str(&super::targets_table(&targets));
     Ok(BenchReport { json, table, targets_met })
 }
 

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses some of them
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Every file under `dir`, recursively.
@@ -14,4 +16,45 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Every `.traj` file of a run, sorted.
+pub fn traj_files(out: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for run in std::fs::read_dir(out.join("trajectories")).unwrap() {
+        for f in std::fs::read_dir(run.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|x| x == "traj") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The actions (and final scores) of every trajectory, by `<run_name>/<task_id>.traj`.
+pub fn actions(out: &Path) -> BTreeMap<String, Vec<String>> {
+    traj_files(out)
+        .into_iter()
+        .map(|path| {
+            let traj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let mut steps: Vec<String> = traj["trajectory"].as_array().unwrap().iter().map(|s| s["action"].as_str().unwrap().to_string()).collect();
+            steps.push(traj["info"]["score"].to_string());
+            let run = path.parent().unwrap().file_name().unwrap().to_string_lossy();
+            (format!("{run}/{}", path.file_name().unwrap().to_string_lossy()), steps)
+        })
+        .collect()
+}
+
+/// `mlgym/tasks.json` without what legitimately differs between two runs of the same batch
+/// (the embedded mirror's loopback port in the parquet URLs).
+pub fn accepted_tasks(out: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mlgym/tasks.json")).unwrap()).unwrap();
+    for task in v.as_array_mut().unwrap() {
+        for file in task["provenance"]["parquet_files"].as_array_mut().unwrap() {
+            file.as_object_mut().unwrap().remove("url");
+        }
+    }
+    v
 }

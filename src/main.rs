@@ -230,7 +230,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    drop(runtime);
+    // Work abandoned by a drain deadline must not hold the exit up; then send the last spans.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     telemetry.shutdown();
     code
 }
@@ -268,13 +269,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json } } => {
             anyhow::ensure!(rpm > 0 && seconds > 0, "--rpm and --seconds must be at least 1");
             anyhow::ensure!((0.0..1.0).contains(&fault_429), "--fault-429 must be in [0, 1)");
-            let report = gymforge::bench::llm::run(gymforge::bench::llm::BenchLlm { rpm, seconds, fault_429 }).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.json)?);
-            } else {
-                println!("{}", report.table);
-            }
-            Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            print_bench(gymforge::bench::llm::run(gymforge::bench::llm::BenchLlm { rpm, seconds, fault_429 }).await?, json)
         }
         Command::Bench { what: BenchCommand::Pipeline { seconds, rpm, slots, latency_ms, latency_p99_ms, json } } => {
             anyhow::ensure!(seconds >= 10 && rpm > 0 && slots > 0, "--seconds must be at least 10, --rpm and --slots at least 1");
@@ -283,13 +278,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let bench = gymforge::bench::pipeline::BenchPipeline { seconds, rpm, slots, latency_ms, latency_p99_ms };
             let result = gymforge::bench::pipeline::run(bench, &|m: &str| display.status(m)).await;
             display.finish();
-            let report = result?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.json)?);
-            } else {
-                println!("{}", report.table);
-            }
-            Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            print_bench(result?, json)
         }
         Command::Daemon { batch, listen } => {
             let mut config = batch_config(&batch)?;
@@ -359,6 +348,16 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a bench's report; a missed target is exit status 1.
+fn print_bench(report: gymforge::bench::BenchReport, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.json)?);
+    } else {
+        println!("{}", report.table);
+    }
+    Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The config of a batch: the file (or the embedded default) with the command line's overrides.

@@ -283,7 +283,7 @@ pub trait Outputs: Send + Sync {
 // Telemetry
 
 /// Where the pipeline reports the life of its units, for traces and metrics. The application
-/// exports them over OpenTelemetry; [`LocalTelemetry`] only makes spans for the logs.
+/// exports them over OpenTelemetry (`src/telemetry/units.rs`).
 pub trait Telemetry: Send + Sync {
     /// The span one stage runs in for one unit; the application makes it part of the unit's trace.
     fn stage_span(&self, unit: &Unit, stage: Stage) -> tracing::Span;
@@ -291,17 +291,6 @@ pub trait Telemetry: Send + Sync {
     fn stage_ended(&self, unit: &Unit, stage: Stage, verdict: &crate::worker::Verdict, elapsed: Duration);
     /// A stage worker crashed and was replaced.
     fn worker_restarted(&self, stage: Stage);
-}
-
-/// Spans for the logs only; nothing is exported or counted.
-pub struct LocalTelemetry;
-
-impl Telemetry for LocalTelemetry {
-    fn stage_span(&self, unit: &Unit, stage: Stage) -> tracing::Span {
-        stage_span(unit, stage)
-    }
-    fn stage_ended(&self, _: &Unit, _: Stage, _: &crate::worker::Verdict, _: Duration) {}
-    fn worker_restarted(&self, _: Stage) {}
 }
 
 /// The span a stage runs in: named after the stage, with the unit and the attempt.

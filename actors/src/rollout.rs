@@ -19,8 +19,8 @@ use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, ChatRequest, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
 use crate::template::render;
-use tracing::Instrument;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
+use tracing::Instrument;
 
 const AGENT: &str = "primary_0";
 

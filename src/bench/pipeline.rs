@@ -32,6 +32,8 @@ use crate::daemon::DaemonState;
 const TARGET_RATIO: f64 = 0.9;
 /// RSS at the end of the window over RSS at its first minute.
 const MAX_RSS_GROWTH: f64 = 1.10;
+/// Steps per trajectory.
+const AGENT_STEPS: u32 = 6;
 /// Tasks synthesised before the window opens.
 const TASKS: u32 = 2;
 
@@ -87,7 +89,9 @@ async fn measure(b: &BenchPipeline, state: &DaemonState, rx: tokio::sync::watch:
         if rss_minute_one.is_none() && start.elapsed() >= minute_one {
             rss_minute_one = Some(rss);
         }
-        status(&format!("measuring: {} trajectories in {:.0} of {} s", done() - done_before, start.elapsed().as_secs_f64(), b.seconds));
+        if rss_samples % 10 == 0 {
+            status(&format!("measuring: {} trajectories in {:.0} of {} s", done() - done_before, start.elapsed().as_secs_f64(), b.seconds));
+        }
     }
     let rss_end = rss_kib();
     Ok(Window {
@@ -110,6 +114,9 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
         endpoint.requests_per_minute = b.rpm;
     }
     config.pipeline.rollout_workers = b.slots;
+    // A cheap sandbox workload: with few steps the simulated agent looks around, runs one
+    // training script, validates and submits, so the LLM limit and the pipeline are what is measured.
+    config.agent.max_steps = AGENT_STEPS;
     config.run.tasks = TASKS;
     // More than the window can finish (a trajectory takes at least one LLM round trip per step).
     config.run.rollouts = (b.slots as u64 * b.seconds / 5 + 10).min(5000) as u32;
@@ -169,6 +176,7 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
         "seconds": window,
         "limit_rpm": b.rpm,
         "rollout_slots": b.slots,
+        "agent_max_steps": AGENT_STEPS,
         "llm_latency_ms": {"median": b.latency_ms, "p99": b.latency_p99_ms, "measured_mean": latency_secs * 1000.0},
         "trajectories_in_window": completed,
         "trajectories_per_hour": achieved,

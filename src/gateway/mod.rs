@@ -2,7 +2,8 @@
 //!
 //! Several named OpenAI-compatible endpoints ([`endpoint::Endpoint`]), each with its own
 //! limiters, cooldown and circuit; each stage is routed to one. The gateway adds what spans
-//! endpoints: the run's dollar budget, record and replay, and the status snapshot.
+//! endpoints: the run's dollar budget, record and replay, the status snapshot, and one
+//! OpenTelemetry span per call with the GenAI semantic conventions' attributes.
 //!
 //! | module       | what it holds                                                       |
 //! |--------------|---------------------------------------------------------------------|
@@ -25,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use gymforge_actors::Stage;
 use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, PortError};
-use tracing::Instrument;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::config::LlmConfig;
 pub use endpoint::{Endpoint, Policy};

@@ -53,6 +53,8 @@ struct Window {
     rss_minute_one: u64,
     rss_end: u64,
     rss_mean: u64,
+    /// RSS at the end of each minute of the window.
+    rss_by_minute: Vec<u64>,
     requests_sent: u64,
     latency_ms_total: u64,
 }
@@ -80,7 +82,7 @@ async fn measure(b: &BenchPipeline, state: &DaemonState, rx: tokio::sync::watch:
     let (start, done_before) = (Instant::now(), done());
     let (sent_before, latency_before) = (endpoint.stats.requests_sent.load(Ordering::Relaxed), endpoint.stats.latency_ms_total.load(Ordering::Relaxed));
     let minute_one = Duration::from_secs(60.min(b.seconds / 2));
-    let (mut rss_minute_one, mut rss_sum, mut rss_samples) = (None, 0u64, 0u64);
+    let (mut rss_minute_one, mut rss_sum, mut rss_samples, mut rss_by_minute) = (None, 0u64, 0u64, Vec::new());
     while start.elapsed() < Duration::from_secs(b.seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = rss_kib();
@@ -88,6 +90,9 @@ async fn measure(b: &BenchPipeline, state: &DaemonState, rx: tokio::sync::watch:
         rss_samples += 1;
         if rss_minute_one.is_none() && start.elapsed() >= minute_one {
             rss_minute_one = Some(rss);
+        }
+        if start.elapsed().as_secs() / 60 > rss_by_minute.len() as u64 {
+            rss_by_minute.push(rss);
         }
         if rss_samples % 10 == 0 {
             status(&format!("measuring: {} trajectories in {:.0} of {} s", done() - done_before, start.elapsed().as_secs_f64(), b.seconds));
@@ -101,6 +106,7 @@ async fn measure(b: &BenchPipeline, state: &DaemonState, rx: tokio::sync::watch:
         rss_minute_one: rss_minute_one.unwrap_or(rss_end),
         rss_end,
         rss_mean: rss_sum / rss_samples.max(1),
+        rss_by_minute,
         requests_sent: endpoint.stats.requests_sent.load(Ordering::Relaxed) - sent_before,
         latency_ms_total: endpoint.stats.latency_ms_total.load(Ordering::Relaxed) - latency_before,
     })
@@ -155,7 +161,7 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
     let n = records.len() as f64;
     let calls_per_trajectory = records.iter().map(|r| r.trajectory.info.model_stats.api_calls as f64).sum::<f64>() / n;
     let sandbox_secs_per_trajectory = records.iter().map(|r| r.trajectory.trajectory.iter().map(|s| s.execution_time).sum::<f64>()).sum::<f64>() / n;
-    let Window { seconds: window, completed, rss_idle, rss_minute_one, rss_end, rss_mean, requests_sent, latency_ms_total } = m;
+    let Window { seconds: window, completed, rss_idle, rss_minute_one, rss_end, rss_mean, rss_by_minute, requests_sent, latency_ms_total } = m;
     let latency_secs = latency_ms_total as f64 / requests_sent.max(1) as f64 / 1000.0;
     let llm_bound = f64::from(b.rpm) * 60.0 / calls_per_trajectory;
     let slot_bound = f64::from(b.slots) * 3600.0 / (sandbox_secs_per_trajectory + calls_per_trajectory * latency_secs);
@@ -187,7 +193,7 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
         "bound_per_hour": bound,
         "binding": if llm_bound <= slot_bound { "llm" } else { "slots" },
         "ratio": ratio,
-        "rss_kib": {"before_pipeline": rss_idle, "minute_1": rss_minute_one, "end": rss_end, "mean": rss_mean, "peak": peak},
+        "rss_kib": {"before_pipeline": rss_idle, "minute_1": rss_minute_one, "end": rss_end, "mean": rss_mean, "peak": peak, "by_minute": rss_by_minute},
         "rss_growth": growth,
         "rss_kib_per_inflight_rollout": per_rollout_kib,
         "targets": super::targets_json(&targets),

@@ -43,12 +43,12 @@ const KNOWN: [(&str, &[&str], &[&str]); 5] = [
     ),
     (
         "sklearn/digits",
-        &["digit", "pixel", "image", "glyph", "character", "handwrit", "ocr", "scan", "symbol", "vision"],
+        &["digit ", "digits", "pixel", "image", "glyph", "character", "handwrit", "ocr", "scan", "symbol", "vision"],
         &["uci/optical-recognition-of-handwritten-digits", "vision-tabular/digits-8x8"],
     ),
     (
         "sklearn/diabetes",
-        &["diabetes", "progression", "patient", "clinical", "disease", "biomarker", "health", "risk", "blood", "medic"],
+        &["diabetes", "progression", "patient", "clinical", "disease", "biomarker", "health", "risk", "blood", "medic", "hospital", "treatment", "stay"],
         &["clinical-tabular/diabetes-progression", "uci/diabetes-130-us-hospitals"],
     ),
 ];
@@ -81,9 +81,11 @@ fn dataset_id(item: &str) -> Option<String> {
     (token.contains('/') && !token.starts_with('/') && !token.ends_with('/')).then(|| token.to_string())
 }
 
-/// How many of the word stems of what `dataset` is about the challenge text mentions.
+/// How many of the word stems of what `dataset` is about start a word of the challenge text
+/// ("vision" is not in "supervision", "digit " is not in "digitised").
 fn fit(dataset: &str, text: &str) -> usize {
-    KNOWN.iter().find(|(id, _, _)| *id == dataset).map_or(0, |(_, stems, _)| stems.iter().filter(|stem| text.contains(*stem)).count())
+    let starts_a_word = |stem: &str| text.match_indices(stem).any(|(at, _)| !text[..at].chars().next_back().is_some_and(char::is_alphanumeric));
+    KNOWN.iter().find(|(id, _, _)| *id == dataset).map_or(0, |(_, stems, _)| stems.iter().filter(|stem| starts_a_word(stem)).count())
 }
 
 pub(crate) fn answer(cfg: &crate::config::SimConfig, user: &str) -> Result<String, String> {
@@ -154,8 +156,10 @@ mod tests {
             ("Tumour Malignancy from Cytology Features", "sklearn/breast_cancer"),
             ("Recognising Handwritten Digits on a Microcontroller", "sklearn/digits"),
             ("Cultivar Origin from Chemical Assay Results", "sklearn/wine"),
-            // "digitisation" mentions digits, but the plant words weigh more.
             ("Identifying Plant Subspecies from Leaf Shape Descriptors for a herbarium digitisation project", "sklearn/iris"),
+            // Stems count at the start of a word only.
+            ("Disease Subtype Ranking from cytology features from digitised slides", "sklearn/breast_cancer"),
+            ("Reaction Yield from a chemical analysis, with scarce supervision", "sklearn/wine"),
         ];
         for seed in 0..10 {
             for (title, expected) in cases {

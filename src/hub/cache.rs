@@ -54,10 +54,6 @@ impl<H: Hub> CachedHub<H> {
         CachedHub { inner, dir, scope }
     }
 
-    pub fn inner(&self) -> &H {
-        &self.inner
-    }
-
     fn verdict_path(&self, id: &str) -> PathBuf {
         let key = hex(&Sha256::digest(format!("{}\n{id}", self.scope).as_bytes()));
         self.dir.join("verdicts").join(format!("{}-{}.json", file_safe(id), &key[..16]))

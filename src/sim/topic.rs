@@ -410,12 +410,18 @@ mod tests {
             ("medicine", "regression", "noisy labels"),
             ("vision", "classification", "compute budget"),
             ("oceanography", "classification", "none"),
+            ("public health", "ranking", "distribution shift"),
+            ("chemistry", "ranking", "few labels"),
         ] {
             let (title, idea) = parsed(&answer(&cfg(3), &user(domain, task, twist, "(none yet)")).unwrap());
             assert!(!title.is_empty() && title.len() < 90, "{title}");
             let sentences = idea.matches(". ").count() + 1;
             assert!((3..=5).contains(&sentences), "{idea}");
-            let scored_by = if task == "regression" { "RMSE" } else { "accuracy" };
+            let scored_by = match task {
+                "regression" => "RMSE",
+                "ranking" => "NDCG",
+                _ => "accuracy",
+            };
             assert!(idea.to_lowercase().contains(&scored_by.to_lowercase()) || idea.contains("root mean squared"), "{idea}");
             assert!(!idea.contains('{') && !title.contains('{'));
         }

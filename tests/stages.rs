@@ -1,6 +1,7 @@
 //! The topic and dataset stages, one unit at a time, against the simulated teacher and the
 //! embedded Hub mirror on loopback (the adapters a run uses), for the drop reasons a whole run
-//! seldom reaches: `near_duplicate`, `no_verified_dataset` and `llm_unparseable`.
+//! seldom reaches: `near_duplicate`, `no_verified_dataset`, `llm_unparseable`, and a task the
+//! debug loop cannot repair.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +14,7 @@ use gymforge::gateway::Source;
 use gymforge::hub::{HubMirror, mirror_client};
 use gymforge::sandbox::{BwrapSandbox, PythonEnv};
 use gymforge::store::SqliteStore;
-use gymforge_actors::model::{Outcome, Stage, TopicIdea, Unit, UnitKind, UnitStatus};
+use gymforge_actors::model::{Outcome, Stage, TaskBundle, TopicIdea, Unit, UnitKind, UnitStatus};
 use gymforge_actors::{Pipeline, Progress};
 
 fn loopback() -> SocketAddr {
@@ -132,4 +133,39 @@ async fn prose_answers_are_unparseable() {
     let p = pipeline(&config, config.hub.max_dataset_bytes, tmp.path()).await;
     let (reason, _) = dropped(gymforge_actors::topic::run(&p, &task_unit(0, Stage::Topic)).await.unwrap());
     assert_eq!(reason, "llm_unparseable");
+}
+
+/// Runs the topic or dataset stage for task unit 0 and commits its result, as the worker does.
+async fn advance(p: &Pipeline, stage: Stage, next: Stage) {
+    let unit = task_unit(0, stage);
+    let outcome = match stage {
+        Stage::Topic => gymforge_actors::topic::run(p, &unit).await,
+        _ => gymforge_actors::dataset::run(p, &unit).await,
+    };
+    p.store.complete_stage(&unit.id, stage, &advanced(outcome.unwrap()), Some(next)).unwrap();
+}
+
+/// A bundle whose baseline only copies the naive sample submission fails a check the teacher
+/// cannot repair; after the configured debug rounds the unit is dropped with the reason of its
+/// last failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrepaired_bundle_is_dropped_after_its_debug_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config::parse("[pipeline]\ndebug_rounds = 2\n\n[sim]\nbuggy_draft_rate = 0.0\n", Path::new("rounds.toml")).unwrap();
+    let p = pipeline(&config, config.hub.max_dataset_bytes, tmp.path()).await;
+    p.store.insert_unit(&task_unit(0, Stage::Topic)).unwrap();
+    advance(&p, Stage::Topic, Stage::Dataset).await;
+    advance(&p, Stage::Dataset, Stage::Codegen).await;
+    let drafted = gymforge_actors::codegen::run(&p, &task_unit(0, Stage::Codegen)).await.unwrap();
+    let mut bundle: TaskBundle = serde_json::from_value(advanced(drafted)).unwrap();
+    let baseline = bundle.files.get_mut("baseline.py").unwrap();
+    let writes = "submission.to_csv(\"submission.csv\", index=False)";
+    assert!(baseline.contains(writes), "{baseline}");
+    *baseline = baseline.replace(writes, "__import__(\"shutil\").copy(\"sample_submission.csv\", \"submission.csv\")");
+    p.store.complete_stage("t000000", Stage::Codegen, &serde_json::to_value(&bundle).unwrap(), Some(Stage::Debug)).unwrap();
+
+    let (reason, detail) = dropped(gymforge_actors::debug::run(&p, &task_unit(0, Stage::Debug)).await.unwrap());
+    assert_eq!(reason, "baseline_not_better_than_trivial", "{detail}");
+    assert!(detail.starts_with("after 2 rounds"), "{detail}");
+    assert!(tmp.path().join("work/tasks/t000000/round-2").is_dir() && !tmp.path().join("work/tasks/t000000/round-3").exists());
 }

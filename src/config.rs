@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// The embedded default configuration (compiled into the binary).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+/// How errors name the embedded default.
+const EMBEDDED_ORIGIN: &str = "<embedded default>";
 /// The sandbox's Python requirements.
 pub const PYTHON_REQUIREMENTS: &str = include_str!("../config/python-requirements.txt");
 /// The topic taxonomy.
@@ -194,6 +196,10 @@ impl Default for SimConfig {
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
     pub endpoint: String,
+    /// Whether the user's config file set `endpoint` (it then wins over `HF_ENDPOINT`; see
+    /// `hub::settings`).
+    #[serde(skip)]
+    pub endpoint_in_file: bool,
     pub viewer_endpoint: String,
     pub token_env: String,
     pub max_dataset_bytes: u64,
@@ -272,7 +278,7 @@ pub struct FaultsConfig {
 impl Config {
     /// The embedded default.
     pub fn embedded() -> Config {
-        Config::parse(DEFAULT_TOML, Path::new("<embedded default>"))
+        Config::parse(DEFAULT_TOML, Path::new(EMBEDDED_ORIGIN))
             .expect("the embedded default configuration is valid")
     }
 
@@ -289,12 +295,14 @@ impl Config {
         let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, text))
         })?;
+        let endpoint_in_file = user.get("hub").and_then(|h| h.get("endpoint")).is_some();
         merge(&mut base, user);
         let merged = toml::to_string(&base).expect("a table serialises");
-        let config: Config = toml::from_str(&merged).map_err(|e| {
+        let mut config: Config = toml::from_str(&merged).map_err(|e| {
             anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, &merged))
         })?;
         config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", origin.display()))?;
+        config.hub.endpoint_in_file = endpoint_in_file && origin != Path::new(EMBEDDED_ORIGIN);
         Ok(config)
     }
 
@@ -436,11 +444,6 @@ impl Config {
     pub fn llm_api_key(endpoint: &EndpointConfig) -> Option<String> {
         read_secret(&endpoint.api_key_env)
     }
-
-    /// Reads the Hub token from the environment variable the config names.
-    pub fn hub_token(&self) -> Option<String> {
-        read_secret(&self.hub.token_env)
-    }
 }
 
 fn read_secret(var: &str) -> Option<String> {
@@ -482,6 +485,14 @@ mod tests {
         assert!(c.llm.endpoints[&c.llm.routes.rollout].is_sim());
         assert!(c.hub.is_mirror());
         assert_eq!(c.run.tasks, 3);
+    }
+
+    #[test]
+    fn records_whether_the_user_file_names_the_hub_endpoint() {
+        assert!(!Config::embedded().hub.endpoint_in_file);
+        assert!(!Config::parse("[hub]\ntoken_env = \"MY_TOKEN\"\n", Path::new("a.toml")).unwrap().hub.endpoint_in_file);
+        let c = Config::parse("[hub]\nendpoint = \"mirror\"\n", Path::new("b.toml")).unwrap();
+        assert!(c.hub.endpoint_in_file && c.hub.is_mirror());
     }
 
     #[test]

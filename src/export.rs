@@ -802,6 +802,13 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
     }
 
     let accepted = inputs.tasks.len() as u64;
+    // The spread of the accepted tasks: how many per dataset and per task type.
+    let mut by_dataset: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut by_task_type: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in &inputs.tasks {
+        *by_dataset.entry(t.dataset.id.as_str()).or_default() += 1;
+        *by_task_type.entry(t.topic.sample.task_type.as_str()).or_default() += 1;
+    }
     let rollouts_total = inputs.rollouts.len() as u64;
     let wall = inputs.wall_time_secs;
     json!({
@@ -819,6 +826,10 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
             "accepted": accepted,
             "accepted_ids": inputs.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
             "yield": if task_units > 0 { accepted as f64 / task_units as f64 } else { 0.0 },
+            "distinct_datasets": by_dataset.len(),
+            "distinct_task_types": by_task_type.len(),
+            "by_dataset": by_dataset,
+            "by_task_type": by_task_type,
         },
         "rollouts": {
             "total": rollouts_total,
@@ -957,7 +968,14 @@ pub fn summary_table(report: &Value) -> String {
         .map(|m| m.iter().map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0))).collect())
         .unwrap_or_default();
     let mut facts: Vec<(std::borrow::Cow<str>, String)> = vec![
-        ("accepted tasks".into(), format!("{accepted} of {topics} topics (yield {yield_pct:.1}%)")),
+        (
+            "accepted tasks".into(),
+            format!(
+                "{accepted} of {topics} topics (yield {yield_pct:.1}%), {} datasets, {} task types",
+                u(report, &["tasks", "distinct_datasets"]),
+                u(report, &["tasks", "distinct_task_types"])
+            ),
+        ),
         (
             "rollouts kept".into(),
             format!(
@@ -1527,6 +1545,7 @@ mod tests {
         let mut minimize_task = accepted("wineT2", DESCRIPTION);
         minimize_task.bundle.priority_metric = "rmse".into();
         minimize_task.bundle.direction = Direction::Minimize;
+        minimize_task.topic.sample.task_type = "regression".into();
         let mut other_turns = TURNS.to_vec();
         other_turns[2].1 = "DISCUSSION\nother\n\n```\nls -la\n```";
         let mut t2 = rollout(
@@ -1703,6 +1722,9 @@ mod tests {
         assert_eq!(report["tasks"]["accepted"], 2);
         assert_eq!(report["tasks"]["topic_units"], 6);
         assert!((report["tasks"]["yield"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-12);
+        assert_eq!((report["tasks"]["distinct_datasets"].as_u64(), report["tasks"]["distinct_task_types"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(report["tasks"]["by_task_type"], json!({"classification": 1, "regression": 1}));
+        assert_eq!(report["tasks"]["by_dataset"], json!({"sklearn/wine": 2}));
         assert_eq!(
             report["rollouts"],
             json!({"total": 4, "scored": 3, "kept": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})

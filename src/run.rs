@@ -12,13 +12,10 @@ use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
 
 use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
 use crate::export::OutputDir;
-use crate::hub::{HubClient, HubMirror};
+use crate::hub::{CachedHub, HubClient, HubMirror, HubSettings};
 use crate::gateway::{Gateway, Source};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
 use crate::store::SqliteStore;
-
-/// The real dataset-viewer API, used when `hub.viewer_endpoint` is empty and the Hub is real.
-const DEFAULT_VIEWER: &str = "https://datasets-server.huggingface.co";
 
 /// What `gymforge run` (or `gymforge daemon`) was asked to do.
 pub struct RunRequest {
@@ -36,7 +33,7 @@ pub struct RunRequest {
 pub struct Services {
     pub sandbox: Arc<BwrapSandbox>,
     pub python: PythonEnv,
-    pub hub: Arc<HubClient>,
+    pub hub: Arc<CachedHub<HubClient>>,
     pub llm: Arc<Gateway>,
     /// Human-readable description of each service, for the summary and report.
     pub labels: serde_json::Value,
@@ -86,32 +83,21 @@ pub async fn sandbox(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow:
 }
 
 /// Starts or connects every service the config names. `spent_usd` is what earlier sessions of
-/// the run spent on LLM calls (it counts against the run's budget).
+/// the run spent on LLM calls (it counts against the run's budget); `state` is the run's state
+/// directory, which holds the Hub cache.
 pub async fn services(
     config: &Config,
     llm_source: Source,
     spent_usd: f64,
+    state: &Path,
     status: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Services> {
     let (python, sandbox) = sandbox(config, status).await?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
 
-    let hub_timeout = Duration::from_secs(config.hub.timeout_secs);
-    let (hub, hub_label) = if config.hub.is_mirror() {
-        status("building the embedded Hub mirror");
-        let root = HubMirror::ensure_built(&mirror_cache_dir(config), &python.python(), &|line: &str| {
-            status(&format!("building the embedded Hub mirror: {}", line.trim()))
-        })
-        .await?;
-        let (addr, _handle) = HubMirror::serve(root, loopback).await?;
-        let base = format!("http://{addr}");
-        let client = HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, hub_timeout)?;
-        (client, serde_json::json!({ "kind": "embedded mirror of datasets bundled with scikit-learn", "simulated": true, "endpoint": base }))
-    } else {
-        let viewer = if config.hub.viewer_endpoint.is_empty() { DEFAULT_VIEWER.to_string() } else { config.hub.viewer_endpoint.clone() };
-        let client = HubClient::new(config.hub.endpoint.clone(), viewer, config.hub_token(), config.hub.max_dataset_bytes, hub_timeout)?;
-        (client, serde_json::json!({ "kind": "Hugging Face Hub", "simulated": false, "endpoint": config.hub.endpoint }))
-    };
+    let (hub, hub_label) = hub(config, &HubSettings::from_env(&config.hub), &python, loopback, status).await?;
+    let scope = crate::hub::cache::scope(hub.api_base(), hub.viewer_base(), hub.has_token());
+    let hub = CachedHub::new(hub, state.join(crate::hub::cache::CACHE_DIR), scope);
 
     let (llm, llm_label) = gateway(config, llm_source, spent_usd, loopback).await?;
     llm.check_reachable().await?;
@@ -123,6 +109,38 @@ pub async fn services(
         llm: Arc::new(llm),
         labels: serde_json::json!({ "llm": llm_label, "hub": hub_label }),
     })
+}
+
+/// The Hub client the settings ask for: the embedded mirror (built if needed and served on
+/// loopback) or a real Hub. Also returns the Hub's service label.
+pub async fn hub(
+    config: &Config,
+    settings: &HubSettings,
+    python: &PythonEnv,
+    loopback: SocketAddr,
+    status: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<(HubClient, serde_json::Value)> {
+    if let (Some(client), Some(endpoint)) = (settings.client(&config.hub)?, &settings.endpoint) {
+        let label = serde_json::json!({
+            "kind": "Hugging Face Hub",
+            "simulated": false,
+            "endpoint": endpoint,
+            "endpoint_from": settings.source.as_str(),
+            "viewer": settings.viewer,
+            "token": settings.token.is_some(),
+        });
+        return Ok((client, label));
+    }
+    status("building the embedded Hub mirror");
+    let root = HubMirror::ensure_built(&mirror_cache_dir(config), &python.python(), &|line: &str| {
+        status(&format!("building the embedded Hub mirror: {}", line.trim()))
+    })
+    .await?;
+    let (addr, _handle) = HubMirror::serve(root, loopback).await?;
+    let base = format!("http://{addr}");
+    let client = HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, Duration::from_secs(config.hub.timeout_secs))?;
+    let label = serde_json::json!({ "kind": "embedded mirror of datasets bundled with scikit-learn", "simulated": true, "endpoint": base });
+    Ok((client, label))
 }
 
 /// Starts the simulated teacher if a routed endpoint is `"sim"` (and answers are live), and
@@ -246,7 +264,7 @@ pub async fn run_batch(
     };
     let run_id = run_id(&store)?;
     let store = Arc::new(store);
-    let services = services(&config, llm_source, spent_usd, status).await?;
+    let services = services(&config, llm_source, spent_usd, &state, status).await?;
     let sft = crate::sft::SftOptions { keep_observations: config.agent.keep_observations as usize, ..Default::default() };
     let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone()).with_sft(sft);
     let pipeline = Arc::new(Pipeline {

@@ -1,5 +1,6 @@
 //! `gymforge check task DIR` on a hand-written bundle: valid as shipped, and invalid after each
-//! of several deliberate breakages, each reported with its own reason.
+//! of several deliberate breakages, each reported with its own reason: one breakage for every
+//! rule of a valid task (DESIGN.md 3.3) and every drop reason the checks give.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +60,20 @@ fn valid_bundle_passes_every_check() {
 
 #[test]
 fn each_breakage_is_reported_with_its_reason() {
-    let cases: [(&str, &str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str, &str); 13] = [
+        // Static: the priority metric must be one of the declared metrics.
+        ("task.json", "\"priority_metric\": \"accuracy\"", "\"priority_metric\": \"auc\"", "bundle_invalid"),
+        // prepare.py crashes, or does not write every file.
+        ("prepare.py", "pd.read_csv(\"raw/points.csv\")", "pd.read_csv(\"raw/point.csv\")", "prepare_failed"),
+        ("prepare.py", ".to_csv(\"sample_submission.csv\"", ".to_csv(\"sample.csv\"", "prepare_failed"),
+        // The answers are not in the baseline's workspace: reading them fails the baseline.
+        ("baseline.py", "test = pd.read_csv(\"data/test.csv\")", "test = pd.read_csv(\"data/test.csv\")\nanswers = pd.read_csv(\"data/answers.csv\")", "baseline_failed"),
+        // The answers are mounted read-only into evaluation: writing them fails evaluate.py.
+        ("evaluate.py", "answers = pd.read_csv(\"data/answers.csv\")", "answers = pd.read_csv(\"data/answers.csv\")\nopen(\"data/answers.csv\", \"a\").write(\"1,1\\n\")", "eval_failed"),
+        // Metrics must be finite and non-negative.
+        ("evaluate.py", "{\"accuracy\": float(", "{\"accuracy\": -1.0 * float(", "eval_format"),
+        // A score that changes from one run to the next is not reproducible.
+        ("evaluate.py", "{\"accuracy\": float(", "{\"accuracy\": __import__(\"random\").random() + float(", "baseline_not_reproducible"),
         ("evaluate.py", "print(json.dumps(", "print('scoring'); print(json.dumps(", "eval_format"),
         ("prepare.py", "test.drop(columns=[\"label\"])", "test", "leak"),
         ("baseline.py", "model = LogisticRegression()", "model = LogisticRegresion()", "baseline_failed"),
@@ -75,7 +89,22 @@ fn each_breakage_is_reported_with_its_reason() {
         assert!(!ok, "{file}: {to} must make the task invalid");
         assert_eq!(report["valid"], false);
         assert_eq!(report["failure"]["reason"], reason, "{report:#}");
+        if to.contains("answers.csv") {
+            assert!(report["failure"]["output"].as_str().unwrap().contains("answers.csv"), "{report:#}");
+        }
     }
+}
+
+/// A baseline that outlives the task's training timeout is stopped and reported as a timeout.
+#[test]
+fn a_baseline_over_its_timeout_is_a_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(tmp.path());
+    edit(&dir.join("task.json"), "\"training_timeout\": 300", "\"training_timeout\": 2");
+    edit(&dir.join("baseline.py"), "model = LogisticRegression()", "__import__(\"time\").sleep(3600)\nmodel = LogisticRegression()");
+    let (ok, report) = check(&dir);
+    assert!(!ok);
+    assert_eq!((report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()), (Some("baseline"), Some("timeout")), "{report:#}");
 }
 
 #[test]

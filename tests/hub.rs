@@ -16,7 +16,7 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use gymforge::hub::{HubClient, HubMirror, mirror_client};
+use gymforge::hub::{CachedHub, HubClient, HubMirror, HubSettings, cache, mirror_client};
 use gymforge_actors::model::{DatasetMeta, ParquetFile};
 use gymforge_actors::ports::{DatasetCheck, Hub, PortError};
 use serde_json::{Value, json};
@@ -1161,4 +1161,144 @@ async fn download_refuses_unsafe_paths_and_maps_statuses() {
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(!dest.path().join("train/0000.parquet").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run's Hub cache and the Hugging Face environment variables
+
+fn cached(base: &str, token: Option<&str>, dir: &Path) -> CachedHub<HubClient> {
+    CachedHub::new(fake_client(base, token, TIMEOUT), dir.to_path_buf(), cache::scope(base, base, token.is_some()))
+}
+
+async fn verified_by<H: Hub>(hub: &H, id: &str) -> DatasetMeta {
+    match hub.verify(id).await {
+        Ok(DatasetCheck::Verified(meta)) => meta,
+        other => panic!("{id} did not verify: {other:?}"),
+    }
+}
+
+/// Every file below `dir`, as text where it is text.
+fn texts_under(dir: &Path) -> String {
+    let mut all = String::new();
+    for entry in walk(dir) {
+        all.push_str(&String::from_utf8_lossy(&std::fs::read(&entry).unwrap()));
+    }
+    all
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+/// A resumed run (a second cache over the same directory) gets the same verdicts and files
+/// without a single request; a damaged cached file is fetched again; a token is another scope.
+#[tokio::test]
+async fn hub_cache_survives_a_resume_without_requests() {
+    let seen: Seen = Default::default();
+    let base = spawn(recording(fake_hub(None), seen.clone())).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state").join(cache::CACHE_DIR);
+    let count = || seen.lock().unwrap().len();
+
+    let first = cached(&base, None, &dir);
+    let meta = verified_by(&first, "acme/reviews").await;
+    let staged = first.download(&meta, &tmp.path().join("raw-1")).await.unwrap();
+    let missing = first.verify("acme/missing").await.unwrap();
+    assert!(matches!(&missing, DatasetCheck::Rejected { reason, .. } if reason == "not_found"), "{missing:?}");
+    // Asking again in the same process costs nothing either.
+    verified_by(&first, "acme/reviews").await;
+    let asked = count();
+    assert!(asked >= 8, "the first verification asks the API, the viewer and the files ({asked} requests)");
+    drop(first);
+
+    let resumed = cached(&base, None, &dir);
+    assert_eq!(verified_by(&resumed, "acme/reviews").await, meta);
+    let again = resumed.download(&meta, &tmp.path().join("raw-2")).await.unwrap();
+    assert_eq!(again, staged);
+    for file in &staged {
+        let (downloaded, copied) = (tmp.path().join("raw-1").join(&file.path), tmp.path().join("raw-2").join(&file.path));
+        assert_eq!(std::fs::read(&copied).unwrap(), std::fs::read(&downloaded).unwrap());
+        // The sandbox user must be able to read a copy as it reads a download.
+        let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
+        assert_eq!(mode(&copied), mode(&downloaded), "{}", file.path);
+    }
+    assert!(matches!(resumed.verify("acme/missing").await.unwrap(), DatasetCheck::Rejected { reason, .. } if reason == "not_found"));
+    assert_eq!(count(), asked, "the resumed run asked the Hub again: {:?}", &seen.lock().unwrap()[asked..]);
+
+    // A cached file that no longer matches its checksum is downloaded again.
+    let cached_file = walk(&dir.join("files")).into_iter().find(|p| p.extension().is_some_and(|e| e == "parquet")).unwrap();
+    std::fs::write(&cached_file, b"damaged").unwrap();
+    assert_eq!(resumed.download(&meta, &tmp.path().join("raw-3")).await.unwrap(), staged);
+    assert_eq!(count(), asked + staged.len(), "a damaged cache entry is fetched again, every file of the revision");
+
+    // With a token the verdicts may differ (gated data): asked again, and the token stays off disk.
+    let with_token = cached(&base, Some("hf_cache_secret"), &dir);
+    verified_by(&with_token, "acme/reviews").await;
+    assert!(count() > asked + staged.len());
+    assert!(!texts_under(&dir).contains("hf_cache_secret"));
+}
+
+/// Transient failures are not remembered: the next verification asks again.
+#[tokio::test]
+async fn hub_cache_keeps_no_transient_failure() {
+    let base = fake_with(vec![canned(API, 503, &[], json!({"error": "busy"}))]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = cached(&base, None, tmp.path());
+    assert!(matches!(hub.verify("acme/reviews").await, Err(PortError::Transient(_))));
+    assert!(walk(tmp.path()).is_empty(), "{:?}", walk(tmp.path()));
+}
+
+/// `HF_ENDPOINT` and `HF_TOKEN`, resolved as `gymforge run` resolves them, reach the client: the
+/// endpoint replaces the embedded mirror, the token is sent as a bearer token and opens a gated
+/// dataset, and without it the gated dataset is skipped with no Authorization header sent. The
+/// token appears in no verdict, error or cache file.
+#[tokio::test]
+async fn hf_endpoint_and_token_come_from_the_environment() {
+    let gated = json!({"id": "acme/reviews", "sha": FAKE_SHA, "private": false, "gated": "manual", "disabled": false});
+    let seen: Seen = Default::default();
+    let base = spawn(recording(with_overrides(fake_hub(None), vec![canned(API, 200, &[], gated)]), seen.clone())).await;
+    // A user file that sets the viewer but not the endpoint: HF_ENDPOINT decides the endpoint.
+    let config = gymforge::config::Config::parse(&format!("[hub]\nviewer_endpoint = \"{base}\"\n"), Path::new("test.toml")).unwrap();
+    let env = |token: Option<&'static str>| {
+        let base = base.clone();
+        move |name: &str| match name {
+            "HF_ENDPOINT" => Some(base.clone()),
+            "HF_TOKEN" => token.map(str::to_string),
+            _ => None,
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+
+    let anonymous = HubSettings::resolve(&config.hub, &env(None));
+    assert_eq!(anonymous.endpoint.as_deref(), Some(base.as_str()));
+    let client = anonymous.client(&config.hub).unwrap().expect("a real Hub, not the mirror");
+    let hub = CachedHub::new(client, tmp.path().join("anonymous"), cache::scope(&base, &base, false));
+    let (reason, detail) = match hub.verify("acme/reviews").await.unwrap() {
+        DatasetCheck::Rejected { reason, detail } => (reason, detail),
+        other => panic!("a gated dataset without a token: {other:?}"),
+    };
+    assert_eq!(reason, "gated", "{detail}");
+    assert!(seen.lock().unwrap().iter().all(|(_, auth)| auth.is_none()));
+
+    let secret = "hf_env_secret_7f3a";
+    let authorised = HubSettings::resolve(&config.hub, &env(Some(secret)));
+    assert!(!format!("{authorised:?}").contains(secret));
+    let client = authorised.client(&config.hub).unwrap().unwrap();
+    assert!(!format!("{client:?}").contains(secret));
+    let hub = CachedHub::new(client, tmp.path().join("authorised"), cache::scope(&base, &base, true));
+    let meta = verified_by(&hub, "acme/reviews").await;
+    hub.download(&meta, &tmp.path().join("raw")).await.unwrap();
+    let bearer = format!("Bearer {secret}");
+    let sent: Vec<(String, Option<String>)> = seen.lock().unwrap().clone();
+    assert!(sent.iter().any(|(path, auth)| path == API && auth.as_deref() == Some(bearer.as_str())), "{sent:?}");
+    assert!(!texts_under(tmp.path()).contains(secret));
+
+    // A config file that names the endpoint wins over HF_ENDPOINT.
+    let pinned = gymforge::config::Config::parse("[hub]\nendpoint = \"https://huggingface.co\"\n", Path::new("pinned.toml")).unwrap();
+    assert_eq!(HubSettings::resolve(&pinned.hub, &env(Some(secret))).endpoint.as_deref(), Some("https://huggingface.co"));
 }

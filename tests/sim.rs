@@ -258,21 +258,38 @@ fn prepare_task(label: &str, bundle: &TaskBundle, raw_dir: &Path, root: &Path) -
     (prepared, scores)
 }
 
-/// Every mirror dataset: prepare.py, baseline.py and evaluate.py run, and evaluate prints
-/// exactly one JSON object of finite, non-negative metrics with a sensible baseline score.
+/// Every task type each mirror dataset supports: prepare.py, baseline.py and evaluate.py run,
+/// and evaluate prints exactly one JSON object of finite, non-negative metrics with a sensible
+/// baseline score. Regression on iris and wine predicts a numeric column (petal width,
+/// alcohol); ranking orders rows by a class's probability or by the numeric target.
 #[test]
-fn clean_bundles_run_for_every_dataset() {
+fn clean_bundles_run_for_every_dataset_and_task_type() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = make_raw(&tmp.path().join("raw"), &ALL_DATASETS);
-    for name in ALL_DATASETS {
+    let mut cases: Vec<(&str, &str)> = ALL_DATASETS.iter().map(|name| (*name, task_type(name))).collect();
+    cases.extend(ALL_DATASETS.iter().map(|name| (*name, "ranking")));
+    cases.extend([("iris", "regression"), ("wine", "regression")]);
+    for (name, task) in cases {
         let d = &raw[name];
-        let answer = sim::answer(&sim_cfg(7, 0.0), &codegen_messages(&idea(&format!("{name} challenge"), task_type(name), "none"), &d.meta)).unwrap();
+        let answer = sim::answer(&sim_cfg(7, 0.0), &codegen_messages(&idea(&format!("{name} challenge"), task, "none"), &d.meta)).unwrap();
         let bundle = bundle_from(&answer);
-        let (_, scores) = prepare_task(name, &bundle, &d.raw_dir, &tmp.path().join(name));
-        if name == "diabetes" {
-            assert!(scores["rmse"] > 10.0 && scores["rmse"] < 100.0, "{scores:?}");
-        } else {
-            assert!(scores["accuracy"] > 0.8, "{name}: {scores:?}");
+        let label = format!("{name} {task}");
+        let (_, scores) = prepare_task(&label, &bundle, &d.raw_dir, &tmp.path().join(label.replace(' ', "-")));
+        match (name, task) {
+            ("diabetes", "regression") => assert!(scores["rmse"] > 10.0 && scores["rmse"] < 100.0, "{scores:?}"),
+            ("iris", "regression") => {
+                assert_eq!(bundle.target_column, "petal_width_cm");
+                assert!(scores["rmse"] < 0.5, "{label}: {scores:?}");
+            }
+            ("wine", "regression") => {
+                assert_eq!(bundle.target_column, "alcohol");
+                assert!(scores["rmse"] < 0.8, "{label}: {scores:?}");
+            }
+            (_, "ranking") => {
+                assert_eq!((bundle.priority_metric.as_str(), bundle.metrics.len()), ("ndcg_at_10", 2), "{label}");
+                assert!(scores["ndcg_at_10"] > 0.6 && scores["ndcg_at_10"] <= 1.0, "{label}: {scores:?}");
+            }
+            _ => assert!(scores["accuracy"] > 0.8, "{label}: {scores:?}"),
         }
     }
 }
@@ -283,16 +300,24 @@ fn clean_bundles_run_for_every_dataset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_twist_passes_the_task_checks() {
     let tmp = tempfile::tempdir().unwrap();
-    let raw = make_raw(&tmp.path().join("raw"), &["iris", "diabetes"]);
+    let raw = make_raw(&tmp.path().join("raw"), &["iris", "diabetes", "breast_cancer"]);
     // The twists that change the data; "compute budget" only changes the task text.
+    let twists = ["few labels", "class imbalance", "noisy labels", "distribution shift"];
+    let mut cases: Vec<(&str, &str, &str)> = Vec::new();
     for name in ["iris", "diabetes"] {
-        for twist in ["few labels", "class imbalance", "noisy labels"] {
+        cases.extend(twists.iter().map(|twist| (name, task_type(name), *twist)));
+    }
+    // Ranking by class probability and by a numeric target.
+    cases.extend(["few labels", "class imbalance", "distribution shift"].map(|twist| ("breast_cancer", "ranking", twist)));
+    cases.push(("diabetes", "ranking", "distribution shift"));
+    for (name, task, twist) in cases {
+        {
             let d = &raw[name];
-            let answer = sim::answer(&sim_cfg(11, 0.0), &codegen_messages(&idea("Twisted", task_type(name), twist), &d.meta)).unwrap();
+            let answer = sim::answer(&sim_cfg(11, 0.0), &codegen_messages(&idea("Twisted", task, twist), &d.meta)).unwrap();
             let bundle = bundle_from(&answer);
-            let work = tmp.path().join(format!("check-{name}-{}", twist.replace(' ', "-")));
+            let work = tmp.path().join(format!("check-{name}-{task}-{}", twist.replace(' ', "-")));
             let (failure, passed) = check(&bundle, &d.raw_dir, &work).await;
-            assert!(failure.is_none(), "{name} / {twist}: {failure:#?}");
+            assert!(failure.is_none(), "{name} / {task} / {twist}: {failure:#?}");
             let passed = passed.unwrap();
             assert!(passed.baseline_scores.values().all(|v| v.is_finite() && *v >= 0.0));
             if twist == "few labels" {
@@ -301,8 +326,31 @@ async fn every_twist_passes_the_task_checks() {
                 let rows = train.lines().count() - 1;
                 assert!(unlabelled * 2 > rows, "{name}: {unlabelled} of {rows} unlabelled");
             }
+            if twist == "distribution shift" {
+                assert_shifted(&passed.prepared, &bundle.target_column, name);
+            }
         }
     }
+}
+
+/// The test rows of a shifted task all lie at or above the training rows' range on one feature.
+fn assert_shifted(prepared: &PreparedTask, target: &str, name: &str) {
+    let read = |file: &str| -> (Vec<String>, Vec<Vec<f64>>) {
+        let text = std::fs::read_to_string(prepared.public_data().join(file)).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+        let rows = lines.map(|l| l.split(',').map(|v| v.parse::<f64>().unwrap_or(f64::NAN)).collect()).collect();
+        (header, rows)
+    };
+    let (header, train) = read("train.csv");
+    let (test_header, test) = read("test.csv");
+    let shifted = test_header.iter().enumerate().filter(|(_, c)| *c != "id" && *c != target).any(|(j, column)| {
+        let i = header.iter().position(|c| c == column).unwrap();
+        let train_max = train.iter().map(|r| r[i]).fold(f64::NEG_INFINITY, f64::max);
+        let test_min = test.iter().map(|r| r[j]).fold(f64::INFINITY, f64::min);
+        test_min >= train_max
+    });
+    assert!(shifted, "{name}: no feature separates the test rows from the training rows");
 }
 
 fn seed_with_bug(bug: Bug, title: &str) -> u64 {

@@ -13,6 +13,7 @@ pub mod debug;
 pub mod export;
 pub mod json;
 pub mod llm;
+pub mod minhash;
 pub mod model;
 pub mod paths;
 pub mod pipeline;

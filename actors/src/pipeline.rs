@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Stage, TopicSample};
 use crate::ports::{Hub, Llm, Outputs, Sandbox, Store};
-use crate::seed::Rng;
+use crate::seed::{Rng, hash};
 
 /// Knobs of one run; built by the application from its configuration.
 #[derive(Clone, Debug)]
@@ -97,17 +97,19 @@ pub struct Taxonomy {
 
 impl Taxonomy {
     /// Samples the topic of task unit `seq`; a pure function of the seed and `seq`.
+    ///
+    /// Each axis is stratified rather than drawn independently per unit (see
+    /// [`stratified_pick`]): every block of [`STRATA_BLOCK`] consecutive units covers each axis
+    /// in proportion to its weights, so a small batch spans domains and task types instead of
+    /// leaving that to luck. Within a block each axis visits its picks in its own seeded order,
+    /// so the axes do not move in lockstep (the same task type always with the same domain).
     pub fn sample(&self, seed: u64, seq: u64) -> TopicSample {
-        let mut rng = Rng::new(crate::seed::hash(&["topic", &seed.to_string(), &seq.to_string()]));
-        let mut pick = |axis: &[Weighted]| {
-            let weights: Vec<f64> = axis.iter().map(|w| w.weight).collect();
-            axis[rng.weighted(&weights)].name.clone()
-        };
+        let pick = |name: &str, axis: &[Weighted]| axis[stratified_pick(seed, name, axis, shuffled_position(seed, name, seq))].name.clone();
         TopicSample {
-            domain: pick(&self.domain),
-            task_type: pick(&self.task_type),
-            modality: pick(&self.modality),
-            twist: pick(&self.twist),
+            domain: pick("domain", &self.domain),
+            task_type: pick("task_type", &self.task_type),
+            modality: pick("modality", &self.modality),
+            twist: pick("twist", &self.twist),
         }
     }
 
@@ -125,6 +127,45 @@ impl Taxonomy {
         }
         Ok(())
     }
+}
+
+/// Units per block within which each axis's stratified picks are shuffled.
+pub const STRATA_BLOCK: u64 = 8;
+
+/// Where unit `seq` reads an axis's stratified sequence: its own block, at a position given by
+/// a seeded permutation of the block that is different for every axis.
+fn shuffled_position(seed: u64, axis_name: &str, seq: u64) -> u64 {
+    let block = seq / STRATA_BLOCK;
+    let mut order: Vec<u64> = (0..STRATA_BLOCK).collect();
+    let mut rng = Rng::new(hash(&["strata", &seed.to_string(), axis_name, &block.to_string()]));
+    for i in (1..order.len()).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    block * STRATA_BLOCK + order[(seq % STRATA_BLOCK) as usize]
+}
+
+/// The entry of `axis` that position `seq` of its sequence gets: smooth weighted round-robin. Every unit, each
+/// entry earns its share of the total weight as credit; the entry with the most credit is
+/// chosen and pays one unit. After `n` units every entry has been chosen within about one of
+/// `n` times its share. The seed sets each entry's starting credit, so seeds differ in order.
+/// Entries without a positive weight are never chosen.
+pub fn stratified_pick(seed: u64, axis_name: &str, axis: &[Weighted], seq: u64) -> usize {
+    let weights: Vec<f64> = axis.iter().map(|w| if w.weight > 0.0 { w.weight } else { 0.0 }).collect();
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return 0;
+    }
+    let mut rng = Rng::new(hash(&["taxonomy", &seed.to_string(), axis_name]));
+    let mut credit: Vec<f64> = weights.iter().map(|w| if *w > 0.0 { rng.next_f64() } else { f64::NEG_INFINITY }).collect();
+    let mut chosen = 0;
+    for _ in 0..=seq {
+        for (c, w) in credit.iter_mut().zip(&weights) {
+            *c += w / total;
+        }
+        chosen = (0..credit.len()).fold(0, |best, i| if credit[i] > credit[best] { i } else { best });
+        credit[chosen] -= 1.0;
+    }
+    chosen
 }
 
 /// Live counts for progress displays, published by the supervisor after every event.
@@ -177,5 +218,72 @@ impl Pipeline {
 
     pub fn workers_for(&self, stage: Stage) -> u32 {
         self.settings.workers.iter().find(|(s, _)| *s == stage).map(|(_, n)| *n).unwrap_or(1).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn axis(weights: &[f64]) -> Vec<Weighted> {
+        weights.iter().enumerate().map(|(i, w)| Weighted { name: format!("e{i}"), weight: *w }).collect()
+    }
+
+    #[test]
+    fn shuffled_positions_permute_each_block() {
+        for seed in 0..5 {
+            let mut positions: Vec<u64> = (0..3 * STRATA_BLOCK).map(|seq| shuffled_position(seed, "domain", seq)).collect();
+            assert_ne!(positions, (0..3 * STRATA_BLOCK).collect::<Vec<_>>());
+            assert!(positions.chunks(STRATA_BLOCK as usize).enumerate().all(|(b, c)| c.iter().all(|p| p / STRATA_BLOCK == b as u64)));
+            positions.sort();
+            assert_eq!(positions, (0..3 * STRATA_BLOCK).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn stratified_picks_follow_the_weights_in_every_prefix() {
+        let weights = [2.0, 1.0, 1.0, 0.5, 0.0];
+        let entries = axis(&weights);
+        let total: f64 = weights.iter().sum();
+        for seed in 0..20 {
+            let mut counts = [0f64; 5];
+            for seq in 0..60 {
+                counts[stratified_pick(seed, "task_type", &entries, seq)] += 1.0;
+                let n = (seq + 1) as f64;
+                for (i, w) in weights.iter().enumerate() {
+                    let expected = n * w / total;
+                    assert!((counts[i] - expected).abs() < 1.5, "seed {seed}, after {n}: entry {i} chosen {} times, expected {expected}", counts[i]);
+                }
+            }
+            assert_eq!(counts[4], 0.0, "a zero weight is never chosen");
+        }
+    }
+
+    #[test]
+    fn ten_units_cover_every_domain_and_task_type() {
+        let t = Taxonomy {
+            domain: axis(&[1.0, 1.0, 1.0, 0.7, 0.8]),
+            task_type: axis(&[2.0, 1.0, 1.0]),
+            modality: axis(&[1.0]),
+            twist: axis(&[2.0, 1.0, 1.0, 0.5, 0.5, 0.7]),
+        };
+        for seed in 0..50 {
+            let samples: Vec<TopicSample> = (0..10).map(|seq| t.sample(seed, seq)).collect();
+            let domains: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.domain.as_str()).collect();
+            let types: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.task_type.as_str()).collect();
+            assert_eq!((domains.len(), types.len()), (5, 3), "seed {seed}: {samples:?}");
+            assert_eq!(samples, (0..10).map(|seq| t.sample(seed, seq)).collect::<Vec<_>>());
+        }
+        // The axes are not in lockstep (which would give four or five pairs): sixteen units pair
+        // the 5 domains and 3 task types in about ten ways, as independent draws would.
+        let mut total = 0;
+        for seed in 0..50 {
+            let pairs: std::collections::BTreeSet<(String, String)> = (0..16).map(|seq| t.sample(seed, seq)).map(|s| (s.domain, s.task_type)).collect();
+            assert!(pairs.len() >= 7, "seed {seed}: {pairs:?}");
+            total += pairs.len();
+        }
+        assert!(total >= 475, "{total} distinct pairs in 50 seeds");
+        let orders: std::collections::BTreeSet<Vec<String>> = (0..10).map(|seed| (0..6).map(|seq| t.sample(seed, seq).domain).collect()).collect();
+        assert!(orders.len() > 3, "seeds should change the order: {orders:?}");
     }
 }

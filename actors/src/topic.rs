@@ -1,17 +1,18 @@
 //! Topic stage: sample a point of the taxonomy, have the LLM expand it into a challenge idea,
-//! and reject ideas that nearly duplicate an earlier one.
-
-use std::collections::HashSet;
+//! and reject ideas that nearly duplicate an earlier one (word-shingle MinHash, see
+//! [`crate::minhash`]); rejections are dropped as `near_duplicate` and counted in the funnel.
 
 use serde::Deserialize;
 
 use crate::llm::{ask_json, unparseable};
+use crate::minhash::Signature;
 use crate::model::{Outcome, Stage, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, PortError};
 use crate::template::render;
 
-/// Jaccard similarity of word shingles above which an idea counts as a near duplicate.
+/// Estimated Jaccard similarity of word shingles at or above which an idea counts as a near
+/// duplicate.
 pub const NEAR_DUPLICATE_JACCARD: f64 = 0.6;
 
 #[derive(Deserialize)]
@@ -59,8 +60,8 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         return Ok(Outcome::Drop { reason: "llm_unparseable".into(), detail: "empty title or idea".into() });
     }
     let idea = TopicIdea { sample, title: answer.title.trim().to_string(), idea: answer.idea.trim().to_string() };
-    let text = format!("{} {}", idea.title, idea.idea);
-    if let Some(dup) = earlier.iter().find(|e| similarity(&text, &format!("{} {}", e.title, e.idea)) >= NEAR_DUPLICATE_JACCARD) {
+    let signature = Signature::of(&format!("{} {}", idea.title, idea.idea));
+    if let Some(dup) = earlier.iter().find(|e| signature.jaccard(&Signature::of(&format!("{} {}", e.title, e.idea))) >= NEAR_DUPLICATE_JACCARD) {
         return Ok(Outcome::Drop {
             reason: "near_duplicate".into(),
             detail: format!("\"{}\" nearly duplicates \"{}\"", idea.title, dup.title),
@@ -69,40 +70,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     Ok(Outcome::Advance(serde_json::to_value(&idea).expect("serialisable")))
 }
 
-/// Jaccard similarity of the word-trigram shingles of two normalised texts.
+/// Estimated Jaccard similarity of the word shingles of two texts (MinHash).
 pub fn similarity(a: &str, b: &str) -> f64 {
-    let (sa, sb) = (shingles(a), shingles(b));
-    if sa.is_empty() && sb.is_empty() {
-        return 1.0;
-    }
-    let inter = sa.intersection(&sb).count() as f64;
-    let union = sa.union(&sb).count() as f64;
-    inter / union
-}
-
-fn shingles(text: &str) -> HashSet<String> {
-    let words: Vec<String> = text
-        .to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect();
-    if words.len() < 3 {
-        return words.into_iter().collect();
-    }
-    words.windows(3).map(|w| w.join(" ")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::similarity;
-
-    #[test]
-    fn near_duplicates_score_high_and_different_ideas_low() {
-        let a = "Predict wine cultivar from chemical analysis with few labels";
-        let b = "Predict the wine cultivar from chemical analysis with few labels";
-        let c = "Forecast disease progression from patient vitals under a compute budget";
-        assert!(similarity(a, b) >= 0.5, "{}", similarity(a, b));
-        assert!(similarity(a, c) < 0.1);
-    }
+    Signature::of(a).jaccard(&Signature::of(b))
 }

@@ -498,6 +498,10 @@ mod tests {
         assert!(parse_scores(&out("{\"accuracy\": -1}", "")).is_err());
         assert!(parse_scores(&out("{\"accuracy\": \"high\"}", "")).is_err());
         assert!(parse_scores(&out("{}", "")).is_err());
+        // Python's json.dumps writes NaN and Infinity, which are not JSON numbers.
+        assert!(parse_scores(&out("{\"accuracy\": NaN}", "")).is_err());
+        assert!(parse_scores(&out("{\"rmse\": Infinity}", "")).is_err());
+        assert!(parse_scores(&out("{\"accuracy\": 0.5}\n{\"accuracy\": 0.6}", "")).is_err());
     }
 
     #[test]

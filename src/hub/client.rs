@@ -119,6 +119,21 @@ impl HubClient {
         })
     }
 
+    /// The Hub API's base URL.
+    pub fn api_base(&self) -> &str {
+        &self.api_base
+    }
+
+    /// The dataset viewer's base URL.
+    pub fn viewer_base(&self) -> &str {
+        &self.viewer_base
+    }
+
+    /// Whether requests carry an access token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// The parquet size limit, in bytes.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes

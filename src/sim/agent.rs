@@ -42,7 +42,13 @@ impl Task {
     fn parse(description: &str) -> Task {
         let d = description.to_lowercase();
         let regression_terms = ["rmse", "squared error", "absolute error", "regression", "r2"];
-        let regression = regression_terms.iter().any(|t| d.contains(t)) && !d.contains("accuracy");
+        // A ranking by a numeric column is fitted as a regression, a ranking by class as a
+        // classification (its scores are class probabilities).
+        let regression = if d.contains("ranking task") {
+            d.contains("minus the smallest value")
+        } else {
+            regression_terms.iter().any(|t| d.contains(t)) && !d.contains("accuracy")
+        };
         let minimize = if d.contains("lower is better") || d.contains("minimi") {
             true
         } else if d.contains("higher is better") || d.contains("maximi") {
@@ -51,7 +57,7 @@ impl Task {
             regression
         };
         let names: Vec<&str> = quoted(description, '`');
-        let metric_names = ["accuracy", "f1_macro", "f1", "rmse", "mae", "r2", "auc", "roc_auc", "log_loss"];
+        let metric_names = ["accuracy", "f1_macro", "f1", "rmse", "mae", "r2", "auc", "roc_auc", "log_loss", "ndcg_at_10", "ndcg"];
         let metric = ["ranked by", "scored by", "ranked on", "metric"]
             .iter()
             .filter_map(|phrase| d.find(phrase))

@@ -70,6 +70,8 @@ pub(crate) enum Twist {
     ClassImbalance,
     NoisyLabels,
     ComputeBudget,
+    /// The test rows are the top fifth of one feature's range: a covariate shift.
+    DistributionShift,
 }
 
 impl Twist {
@@ -81,6 +83,8 @@ impl Twist {
             Twist::ClassImbalance
         } else if t.contains("noisy label") || t.contains("label noise") {
             Twist::NoisyLabels
+        } else if t.contains("distribution shift") || t.contains("covariate shift") || t.contains("domain shift") {
+            Twist::DistributionShift
         } else if t.contains("compute budget") || t.contains("budget") {
             Twist::ComputeBudget
         } else {
@@ -95,6 +99,7 @@ impl Twist {
             Twist::ClassImbalance => "Imbalanced",
             Twist::NoisyLabels => "NoisyLabels",
             Twist::ComputeBudget => "ComputeBudget",
+            Twist::DistributionShift => "Shifted",
         }
     }
 
@@ -105,8 +110,46 @@ impl Twist {
             Twist::ClassImbalance => " under class imbalance",
             Twist::NoisyLabels => " with noisy labels",
             Twist::ComputeBudget => " on a compute budget",
+            Twist::DistributionShift => " under distribution shift",
         }
     }
+}
+
+/// The kind of task, from the taxonomy's task type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Classification,
+    Regression,
+    /// Order the test rows by relevance: a score per row, scored by NDCG.
+    Ranking,
+}
+
+impl Kind {
+    pub(crate) fn parse(task_type: &str) -> Kind {
+        let t = task_type.to_lowercase();
+        if t.contains("rank") || t.contains("retriev") {
+            Kind::Ranking
+        } else if t.contains("regress") {
+            Kind::Regression
+        } else {
+            Kind::Classification
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Classification => "classification",
+            Kind::Regression => "regression",
+            Kind::Ranking => "ranking",
+        }
+    }
+}
+
+/// A numeric column of a class-labelled dataset that makes a sensible regression target.
+struct NumericTarget {
+    column: &'static str,
+    subject: &'static str,
+    goal: &'static str,
 }
 
 /// What the simulator knows about a dataset of the embedded mirror.
@@ -120,6 +163,12 @@ struct KnownDataset {
     about: &'static str,
     /// What one prediction is about, for the task statement.
     goal: &'static str,
+    /// For regression on a class-labelled dataset: which column to predict instead.
+    numeric_target: Option<NumericTarget>,
+    /// For ranking on a class-labelled dataset: the class that counts as relevant (one that
+    /// overlaps the others, so a ranking has room to improve: versicolor, the middle wine
+    /// cultivar, malignant, the digit 8).
+    relevant_class: usize,
 }
 
 const KNOWN: [KnownDataset; 5] = [
@@ -129,6 +178,8 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "iris species",
         about: "Fisher's iris data: flowers of three iris species, each described by the length and width of its sepals and petals in centimetres.",
         goal: "predict the species of an iris flower from four measurements of its sepals and petals",
+        numeric_target: Some(NumericTarget { column: "petal_width_cm", subject: "iris petal width", goal: "predict the petal width of an iris flower from its sepal measurements and petal length" }),
+        relevant_class: 1,
     },
     KnownDataset {
         id: "sklearn/wine",
@@ -136,6 +187,8 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "wine cultivar",
         about: "Results of a chemical analysis of wines grown in the same region of Italy by three different cultivators: thirteen constituents per wine, such as alcohol, malic acid, flavanoids and colour intensity.",
         goal: "predict which of three cultivators produced a wine from its chemical analysis",
+        numeric_target: Some(NumericTarget { column: "alcohol", subject: "wine alcohol content", goal: "predict the alcohol content of a wine from the rest of its chemical analysis" }),
+        relevant_class: 1,
     },
     KnownDataset {
         id: "sklearn/breast_cancer",
@@ -143,6 +196,8 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "breast tumour diagnosis",
         about: "Breast Cancer Wisconsin (Diagnostic): thirty features computed from a digitised image of a fine needle aspirate of a breast mass (mean, standard error and worst value of ten properties of the cell nuclei).",
         goal: "predict whether a breast mass is malignant or benign from features of its cell nuclei",
+        numeric_target: None,
+        relevant_class: 0,
     },
     KnownDataset {
         id: "sklearn/digits",
@@ -150,6 +205,8 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "handwritten digit",
         about: "Optical recognition of handwritten digits: 8x8 images with pixel intensities from 0 to 16, flattened into 64 columns named pixel_<row>_<column>.",
         goal: "recognise which digit, 0 to 9, a small handwritten image shows",
+        numeric_target: None,
+        relevant_class: 8,
     },
     KnownDataset {
         id: "sklearn/diabetes",
@@ -157,6 +214,8 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "diabetes progression",
         about: "Ten baseline variables of diabetes patients (age, sex, body mass index, average blood pressure and six blood serum measurements); the target is a quantitative measure of disease progression one year after baseline.",
         goal: "predict a quantitative measure of diabetes progression one year after baseline from ten baseline variables",
+        numeric_target: None,
+        relevant_class: 0,
     },
 ];
 
@@ -168,7 +227,11 @@ pub(crate) struct Spec {
     pub dataset_id: String,
     pub config: String,
     pub split: String,
-    pub regression: bool,
+    pub kind: Kind,
+    /// The target is a real number (regression, and ranking by a numeric column).
+    pub numeric_target: bool,
+    /// Ranking by class: the class index whose rows are relevant.
+    pub relevant_class: Option<usize>,
     pub class_names: Vec<String>,
     /// Feature columns with their dtypes, in dataset order.
     pub features: Vec<(String, String)>,
@@ -229,20 +292,43 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
     let sample = challenge.sample.unwrap_or_default();
     let twist = Twist::parse(if sample.twist.is_empty() { &challenge.title } else { &sample.twist });
 
-    let target_feature = facts
+    let known = KNOWN.iter().find(|k| k.id == facts.id);
+    let label = facts
         .features
         .iter()
         .find(|f| f.name == "target")
         .or_else(|| facts.features.iter().find(|f| f.class_names.is_some()))
         .or_else(|| facts.features.last())
         .ok_or("the dataset has no columns")?;
+    let mut kind = Kind::parse(&sample.task_type);
+    // Regression on a class-labelled dataset predicts one of its numeric columns instead: the
+    // one known to make sense, else the last floating-point column.
+    let target_feature = match (kind, &label.class_names) {
+        (Kind::Regression, Some(_)) => known
+            .and_then(|k| k.numeric_target.as_ref())
+            .and_then(|t| facts.features.iter().find(|f| f.name == t.column))
+            .or_else(|| facts.features.iter().rev().find(|f| f.name != label.name && f.name != "id" && f.dtype.to_lowercase().starts_with("float")))
+            .unwrap_or(label),
+        _ => label,
+    };
     let class_names = target_feature.class_names.clone().unwrap_or_default();
-    let wants_regression = sample.task_type.to_lowercase().contains("regress");
-    let regression = class_names.is_empty() && (wants_regression || !target_feature.dtype.to_lowercase().contains("int"));
+    let numeric_target = class_names.is_empty() && (kind != Kind::Classification || !target_feature.dtype.to_lowercase().contains("int"));
+    if kind == Kind::Classification && numeric_target {
+        kind = Kind::Regression;
+    } else if kind == Kind::Regression && !numeric_target {
+        kind = Kind::Classification;
+    }
+    let relevant_class = match (kind, class_names.len()) {
+        (Kind::Ranking, n) if n > 0 => {
+            let index = known.map_or(0, |k| k.relevant_class).min(n - 1);
+            Some((index, class_names[index].clone()))
+        }
+        _ => None,
+    };
     let features: Vec<(String, String)> = facts
         .features
         .iter()
-        .filter(|f| f.name != target_feature.name && f.name != "id" && is_numeric(&f.dtype))
+        .filter(|f| f.name != target_feature.name && f.name != label.name && f.name != "id" && is_numeric(&f.dtype))
         .map(|f| (f.name.clone(), f.dtype.clone()))
         .collect();
     if features.is_empty() {
@@ -261,26 +347,37 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
         raw_files.push("raw/train/0000.parquet".into());
     }
 
-    let known = KNOWN.iter().find(|k| k.id == facts.id);
-    let kind = if regression { "regression" } else { "classification" };
-    let (stem, subject) = match known {
-        Some(k) => (k.stem.to_string(), k.subject.to_string()),
-        None => {
+    let predicts_other_column = target_feature.name != label.name;
+    let numeric_known = known.and_then(|k| k.numeric_target.as_ref()).filter(|t| predicts_other_column && t.column == target_feature.name);
+    let (stem, mut subject) = match (known, numeric_known) {
+        (Some(_), Some(t)) => (camel_case(t.subject), t.subject.to_string()),
+        (Some(k), None) if !predicts_other_column => (k.stem.to_string(), k.subject.to_string()),
+        _ => {
             let short = facts.id.rsplit('/').next().unwrap_or(&facts.id).replace(['-', '_'], " ");
+            let short = if predicts_other_column { format!("{short} {}", target_feature.name.replace('_', " ")) } else { short };
             (camel_case(&short), short)
         }
     };
-    let name = format!("{stem}{}{}", capitalise(kind), twist.name_suffix());
-    let title = format!("{}{}{}", capitalise(&subject), if subject.ends_with(kind) { String::new() } else { format!(" {kind}") }, twist.title_suffix());
+    if let Some((_, class)) = &relevant_class {
+        subject = format!("{} {subject}", class.replace('_', " "));
+    }
+    let kind_name = kind.as_str();
+    let name = format!("{stem}{}{}", capitalise(kind_name), twist.name_suffix());
+    let title = format!("{}{}{}", capitalise(&subject), if subject.ends_with(kind_name) { String::new() } else { format!(" {kind_name}") }, twist.title_suffix());
     let title = title.replace(['"', '\\'], "'");
     let about = match known {
         Some(k) => k.about.to_string(),
         None if !facts.description.trim().is_empty() => facts.description.trim().to_string(),
         None => format!("The dataset {}.", facts.id),
     };
-    let goal = match known {
-        Some(k) => k.goal.to_string(),
-        None => format!("predict the `{}` column of {} from the other columns", target_feature.name, facts.id),
+    let goal = match (kind, &relevant_class, known, numeric_known) {
+        (Kind::Ranking, Some((index, class)), _, _) => {
+            format!("order the test rows so that those whose `{}` is {index} ({class}) come first", target_feature.name)
+        }
+        (Kind::Ranking, None, _, _) => format!("order the test rows from the highest `{}` to the lowest", target_feature.name),
+        (_, _, _, Some(t)) => t.goal.to_string(),
+        (_, _, Some(k), None) if !predicts_other_column => k.goal.to_string(),
+        _ => format!("predict the `{}` column of {} from the other columns", target_feature.name, facts.id),
     };
     let split = facts.splits.first().cloned().unwrap_or_else(|| "train".into());
     let rows = if facts.num_rows.is_empty() { None } else { Some(facts.num_rows.values().sum()) };
@@ -291,7 +388,9 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
         dataset_id: facts.id.clone(),
         config: if facts.config.is_empty() { "default".into() } else { facts.config.clone() },
         split,
-        regression,
+        kind,
+        numeric_target,
+        relevant_class: relevant_class.map(|(index, _)| index),
         class_names,
         features,
         target: target_feature.name.clone(),
@@ -323,8 +422,12 @@ fn class_legend(names: &[String]) -> Option<String> {
 }
 
 fn target_meaning(spec: &Spec) -> String {
-    if spec.regression {
+    if spec.numeric_target {
         return "a real number".into();
+    }
+    if let Some(index) = spec.relevant_class {
+        let legend = class_legend(&spec.class_names).map(|l| format!(": {l}")).unwrap_or_default();
+        return format!("a class index{legend}; rows of class {index} are the relevant ones");
     }
     match class_legend(&spec.class_names) {
         Some(legend) => format!("a class index ({legend})"),
@@ -334,7 +437,7 @@ fn target_meaning(spec: &Spec) -> String {
 }
 
 fn twist_paragraph(spec: &Spec) -> Option<&'static str> {
-    match (spec.twist, spec.regression) {
+    match (spec.twist, spec.numeric_target) {
         (Twist::None, _) => None,
         (Twist::FewLabels, _) => Some(
             "Labels are scarce: only about a quarter of the rows in data/train.csv are labelled, and the target of the other rows is empty. The unlabelled rows may still be used, for example for feature scaling or self-training. The validation and test sets are fully labelled.",
@@ -354,14 +457,17 @@ fn twist_paragraph(spec: &Spec) -> Option<&'static str> {
         (Twist::ComputeBudget, _) => Some(
             "Compute budget: the task targets a small CPU-only machine. Keep every training run under one minute on a single core; a model that needs more defeats the purpose of the challenge.",
         ),
+        (Twist::DistributionShift, _) => Some(
+            "Distribution shift: the test rows are the fifth of the data with the highest values of one feature (the feature with the most distinct values), while the training and validation rows come from the lower four fifths of its range. The validation score therefore overestimates the test score; models that extrapolate sensibly beyond the training range do best.",
+        ),
     }
 }
 
 fn description(spec: &Spec) -> String {
-    let (metric, direction, secondary) = if spec.regression {
-        ("root mean squared error (`rmse`)", "lower is better", "the mean absolute error (`mae`)")
-    } else {
-        ("accuracy (`accuracy`)", "higher is better", "the macro-averaged F1 score (`f1_macro`)")
+    let (metric, direction, secondary) = match spec.kind {
+        Kind::Ranking => ("the normalised discounted cumulative gain of the top ten rows (`ndcg_at_10`)", "higher is better", "the NDCG of the whole ranking (`ndcg`)"),
+        _ if spec.numeric_target => ("root mean squared error (`rmse`)", "lower is better", "the mean absolute error (`mae`)"),
+        _ => ("accuracy (`accuracy`)", "higher is better", "the macro-averaged F1 score (`f1_macro`)"),
     };
     let mut parts = vec![
         format!("{}.", spec.title),
@@ -372,12 +478,29 @@ fn description(spec: &Spec) -> String {
     ];
     parts.extend(twist_paragraph(spec).map(str::to_string));
     parts.push("{dataset_docs}".to_string());
-    parts.push(format!(
-        "The column to predict is `{}`: {}. Submissions are ranked by {metric} on the hidden test labels, where {direction}; {secondary} is reported as well.",
-        spec.target,
-        target_meaning(spec)
-    ));
-    let predicted = if spec.regression { "the predicted value" } else { "the predicted class index" };
+    if spec.kind == Kind::Ranking {
+        let relevance = match spec.relevant_class {
+            Some(index) => format!("a test row is relevant when its hidden `{}` is {index}", spec.target),
+            None => format!("the relevance of a test row is its hidden `{}` minus the smallest value among the test rows", spec.target),
+        };
+        parts.push(format!(
+            "This is a ranking task. In the training and validation files `{}` is {}. The column to predict is `{}`: a score for every test row, higher meaning ranked earlier; {relevance}. Submissions are ranked by {metric}, where {direction}; {secondary} is reported as well.",
+            spec.target,
+            target_meaning(spec),
+            spec.target
+        ));
+    } else {
+        parts.push(format!(
+            "The column to predict is `{}`: {}. Submissions are ranked by {metric} on the hidden test labels, where {direction}; {secondary} is reported as well.",
+            spec.target,
+            target_meaning(spec)
+        ));
+    }
+    let predicted = match spec.kind {
+        Kind::Ranking => "the row's score, a finite number",
+        _ if spec.numeric_target => "the predicted value",
+        _ => "the predicted class index",
+    };
     parts.push(format!(
         "SUBMISSION FORMAT:\nWrite the predictions for every row of data/test.csv to a file named submission.csv in the workspace root, with exactly two columns: `id` (copied from data/test.csv) and `{}` ({predicted}). The file has a header line and one row per test row; evaluate.py rejects files with missing, duplicate or unexpected ids.",
         spec.target
@@ -405,18 +528,20 @@ fn dataset_description(spec: &Spec) -> String {
         Some((a, b, c)) => (format!("{a} "), format!("{b} "), format!("{c} ")),
         None => Default::default(),
     };
-    let train_note = match (spec.twist, spec.regression) {
+    let train_note = match (spec.twist, spec.numeric_target) {
         (Twist::FewLabels, _) => format!(" Only about a quarter of the rows are labelled; `{}` is empty for the others.", spec.target),
         (Twist::ClassImbalance, false) => " Every class but the most frequent one is down-sampled, so the file has fewer rows.".to_string(),
         (Twist::ClassImbalance, true) => " Most rows with a target in the top quartile are removed, so the file has fewer rows.".to_string(),
         (Twist::NoisyLabels, false) => " About a tenth of the labels are wrong.".to_string(),
         (Twist::NoisyLabels, true) => " About a tenth of the targets carry heavy noise.".to_string(),
+        (Twist::DistributionShift, _) => " The rows come from the lower four fifths of the shift feature's range.".to_string(),
         _ => String::new(),
     };
     let train_rows = if matches!(spec.twist, Twist::ClassImbalance) { format!("up to {train}") } else { train };
     out.push_str(&format!("- train.csv: {train_rows}training rows with `id`, the {n} feature columns and `{}`.{train_note}\n", spec.target));
     out.push_str(&format!("- validation.csv: {validation}labelled rows with the same columns, for model selection.\n"));
-    out.push_str(&format!("- test.csv: {test}rows with `id` and the feature columns but no `{}`: the rows to predict.\n", spec.target));
+    let test_note = if spec.twist == Twist::DistributionShift { " They are the rows with the highest values of the shift feature." } else { "" };
+    out.push_str(&format!("- test.csv: {test}rows with `id` and the feature columns but no `{}`: the rows to predict.{test_note}\n", spec.target));
     out.push_str("\nCOLUMNS:\n- `id` (int64): row identifier, unique across the three files.\n");
     if n <= 16 {
         for (name, dtype) in &spec.features {
@@ -437,10 +562,10 @@ fn dataset_description(spec: &Spec) -> String {
 
 /// The clean bundle for a spec.
 pub(crate) fn bundle(spec: &Spec) -> TaskBundle {
-    let (metrics, priority, direction) = if spec.regression {
-        (vec!["rmse".to_string(), "mae".to_string()], "rmse", Direction::Minimize)
-    } else {
-        (vec!["accuracy".to_string(), "f1_macro".to_string()], "accuracy", Direction::Maximize)
+    let (metrics, priority, direction) = match spec.kind {
+        Kind::Ranking => (vec!["ndcg_at_10".to_string(), "ndcg".to_string()], "ndcg_at_10", Direction::Maximize),
+        _ if spec.numeric_target => (vec!["rmse".to_string(), "mae".to_string()], "rmse", Direction::Minimize),
+        _ => (vec!["accuracy".to_string(), "f1_macro".to_string()], "accuracy", Direction::Maximize),
     };
     let files = BTreeMap::from([
         ("prepare.py".to_string(), python::prepare(spec)),

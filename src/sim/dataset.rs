@@ -1,18 +1,23 @@
 //! Dataset stage of the simulated teacher: proposes Hub dataset ids for a challenge.
 //!
-//! The simulator "knows" the datasets of the embedded Hub mirror. It proposes first the ones
+//! The simulator "knows" the datasets of the embedded Hub mirror and which task types each
+//! supports (regression also on a numeric column of iris and wine, ranking on all of them). It
+//! proposes first the ones
 //! whose subject the challenge mentions (flowers, wine chemistry, tumours, digits, disease
 //! progression), then the others; within each group the order is rotated by a hash of the seed
 //! and the title, so different challenges get different datasets. Like a real model it
 //! sometimes starts with a plausible id that does not exist, which the verifier rejects; it
 //! never proposes a rejected id again.
 
+use super::codegen::Kind;
 use super::text::{Draw, block_after, bullet_items, labelled_line, normalise};
 
 /// Mirror datasets suited to classification.
 pub(crate) const CLASSIFICATION: [&str; 4] = ["sklearn/iris", "sklearn/wine", "sklearn/breast_cancer", "sklearn/digits"];
-/// Mirror datasets suited to regression.
-pub(crate) const REGRESSION: [&str; 1] = ["sklearn/diabetes"];
+/// Mirror datasets suited to regression: diabetes' target, wine's alcohol, iris' petal width.
+pub(crate) const REGRESSION: [&str; 3] = ["sklearn/diabetes", "sklearn/wine", "sklearn/iris"];
+/// Mirror datasets suited to ranking: by a class's likelihood or by the numeric target.
+pub(crate) const RANKING: [&str; 5] = ["sklearn/iris", "sklearn/wine", "sklearn/breast_cancer", "sklearn/digits", "sklearn/diabetes"];
 /// Share of challenges whose first proposal is an id that does not exist.
 pub(crate) const HALLUCINATION_RATE: f64 = 0.3;
 /// Proposals per answer.
@@ -38,12 +43,12 @@ const KNOWN: [(&str, &[&str], &[&str]); 5] = [
     ),
     (
         "sklearn/digits",
-        &["digit", "pixel", "image", "glyph", "character", "handwrit", "ocr", "scan", "symbol", "vision"],
+        &["digit ", "digits", "pixel", "image", "glyph", "character", "handwrit", "ocr", "scan", "symbol", "vision"],
         &["uci/optical-recognition-of-handwritten-digits", "vision-tabular/digits-8x8"],
     ),
     (
         "sklearn/diabetes",
-        &["diabetes", "progression", "patient", "clinical", "disease", "biomarker", "health", "risk", "blood", "medic"],
+        &["diabetes", "progression", "patient", "clinical", "disease", "biomarker", "health", "risk", "blood", "medic", "hospital", "treatment", "stay"],
         &["clinical-tabular/diabetes-progression", "uci/diabetes-130-us-hospitals"],
     ),
 ];
@@ -52,7 +57,7 @@ const KNOWN: [(&str, &[&str], &[&str]); 5] = [
 struct Request {
     title: String,
     idea: String,
-    regression: bool,
+    kind: Kind,
     rejected: Vec<String>,
 }
 
@@ -66,7 +71,7 @@ fn parse(user: &str) -> Result<Request, String> {
         .iter()
         .filter_map(|item| dataset_id(item))
         .collect();
-    Ok(Request { title, idea, regression: task_type.to_lowercase().contains("regress"), rejected })
+    Ok(Request { title, idea, kind: Kind::parse(&task_type), rejected })
 }
 
 /// The `owner/name` id at the start of a list item such as `uci/x: not_found`.
@@ -76,23 +81,30 @@ fn dataset_id(item: &str) -> Option<String> {
     (token.contains('/') && !token.starts_with('/') && !token.ends_with('/')).then(|| token.to_string())
 }
 
-/// Whether the challenge text mentions what `dataset` is about.
-fn fits(dataset: &str, text: &str) -> bool {
-    KNOWN.iter().find(|(id, _, _)| *id == dataset).is_some_and(|(_, stems, _)| stems.iter().any(|stem| text.contains(stem)))
+/// How many of the word stems of what `dataset` is about start a word of the challenge text
+/// ("vision" is not in "supervision", "digit " is not in "digitised").
+fn fit(dataset: &str, text: &str) -> usize {
+    let starts_a_word = |stem: &str| text.match_indices(stem).any(|(at, _)| !text[..at].chars().next_back().is_some_and(char::is_alphanumeric));
+    KNOWN.iter().find(|(id, _, _)| *id == dataset).map_or(0, |(_, stems, _)| stems.iter().filter(|stem| starts_a_word(stem)).count())
 }
 
 pub(crate) fn answer(cfg: &crate::config::SimConfig, user: &str) -> Result<String, String> {
     let r = parse(user)?;
     let title = normalise(&r.title);
     let text = format!("{} {}", r.title, r.idea).to_lowercase();
-    let known: &[&str] = if r.regression { &REGRESSION } else { &CLASSIFICATION };
+    let known: &[&str] = match r.kind {
+        Kind::Classification => &CLASSIFICATION,
+        Kind::Regression => &REGRESSION,
+        Kind::Ranking => &RANKING,
+    };
     let mut draw = Draw::new(cfg.seed, &["dataset", &title]);
     let start = draw.index(known.len());
     let is_rejected = |id: &str| r.rejected.iter().any(|x| x == id);
 
-    // Rotated, then the datasets that fit the challenge first (the sort is stable).
+    // Rotated, then the datasets that fit the challenge best first (the sort is stable, so
+    // equally fitting ones keep the rotation).
     let mut ranked: Vec<&str> = (0..known.len()).map(|i| known[(start + i) % known.len()]).collect();
-    ranked.sort_by_key(|id| !fits(id, &text));
+    ranked.sort_by_key(|id| std::cmp::Reverse(fit(id, &text)));
 
     let mut proposals: Vec<String> = Vec::new();
     if draw.chance(HALLUCINATION_RATE) {
@@ -144,6 +156,10 @@ mod tests {
             ("Tumour Malignancy from Cytology Features", "sklearn/breast_cancer"),
             ("Recognising Handwritten Digits on a Microcontroller", "sklearn/digits"),
             ("Cultivar Origin from Chemical Assay Results", "sklearn/wine"),
+            ("Identifying Plant Subspecies from Leaf Shape Descriptors for a herbarium digitisation project", "sklearn/iris"),
+            // Stems count at the start of a word only.
+            ("Disease Subtype Ranking from cytology features from digitised slides", "sklearn/breast_cancer"),
+            ("Reaction Yield from a chemical analysis, with scarce supervision", "sklearn/wine"),
         ];
         for seed in 0..10 {
             for (title, expected) in cases {
@@ -163,7 +179,8 @@ mod tests {
     fn parses_rejections_in_the_pipeline_format() {
         let r = parse(&user("T", "classification", "- uci/wine-quality-red: not_found\n- a/b: too_large")).unwrap();
         assert_eq!(r.rejected, vec!["uci/wine-quality-red", "a/b"]);
-        assert!(parse(&user("T", "regression", "(none)")).unwrap().regression);
+        assert_eq!(parse(&user("T", "regression", "(none)")).unwrap().kind, Kind::Regression);
+        assert_eq!(parse(&user("T", "ranking", "(none)")).unwrap().kind, Kind::Ranking);
     }
 
     #[test]
@@ -172,9 +189,11 @@ mod tests {
             let p = proposals(seed, &user("Cultivar Identification", "classification", "(none)"));
             assert!((1..=5).contains(&p.len()));
             assert!(p.iter().any(|id| CLASSIFICATION.contains(&id.as_str())), "{p:?}");
-            let p = proposals(seed, &user("Disease Progression", "regression", "(none)"));
-            assert!(p.contains(&"sklearn/diabetes".to_string()), "{p:?}");
-            assert!(!p.iter().any(|id| CLASSIFICATION.contains(&id.as_str())));
+            let p = proposals(seed, &user_with_idea("Disease Progression", "regression", "Predict the progression of diabetes.", "(none)"));
+            assert_eq!(p.iter().find(|id| id.starts_with("sklearn/")).unwrap(), "sklearn/diabetes", "{p:?}");
+            assert!(p.iter().filter(|id| id.starts_with("sklearn/")).all(|id| REGRESSION.contains(&id.as_str())), "{p:?}");
+            let p = proposals(seed, &user_with_idea("Tumour Triage", "ranking", "Rank biopsies by malignancy.", "(none)"));
+            assert_eq!(p.iter().find(|id| id.starts_with("sklearn/")).unwrap(), "sklearn/breast_cancer", "{p:?}");
         }
     }
 

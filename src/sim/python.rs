@@ -4,7 +4,7 @@
 //! script is written for one task spec: its dataset's columns, its task type and its twist,
 //! with only the code that task needs.
 
-use super::codegen::{Spec, Twist};
+use super::codegen::{Kind, Spec, Twist};
 
 /// Fills every `@@NAME@@` marker; panics on a marker left without a value (a template bug).
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
@@ -103,7 +103,7 @@ def split(frame, rng):
 
 def main():
     rng = np.random.default_rng(SEED)
-    train, validation, test = split(load_raw(), rng)
+    train, validation, test = @@SPLIT@@(load_raw(), rng)
 @@TWIST_CALL@@
     DATA_DIR.mkdir(exist_ok=True)
     train.to_csv(DATA_DIR / "train.csv", index=False)
@@ -123,6 +123,10 @@ if __name__ == "__main__":
 const NAIVE_CLASSIFICATION: &str = r#"def naive_prediction(train):
     """The most frequent training label: what a model that ignores the features would say."""
     return int(train[TARGET].dropna().mode().min())"#;
+
+const NAIVE_RANKING: &str = r#"def naive_prediction(train):
+    """The same score for every row: the ranking of a model that ignores the features."""
+    return 0.0"#;
 
 const NAIVE_REGRESSION: &str = r#"def naive_prediction(train):
     """The mean training target: what a model that ignores the features would say."""
@@ -194,9 +198,30 @@ def perturb_targets(train, rng):
     train[TARGET] = targets
     return train"#;
 
+const SHIFTED_SPLIT: &str = r#"
+
+def shift_feature(frame):
+    """The feature with the most distinct values (the first one on a tie)."""
+    counts = [frame[name].nunique() for name in FEATURES]
+    return FEATURES[int(np.argmax(counts))]
+
+
+def shifted_split(frame, rng):
+    """Like `split`, but the test rows are those with the highest values of the shift feature;
+    train and validation share the lower part of its range."""
+    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
+    n_train = len(frame) * TRAIN_PERCENT // 100
+    n_validation = len(frame) * VALIDATION_PERCENT // 100
+    shift = shift_feature(frame)
+    order = np.argsort(frame[shift].to_numpy(dtype=np.float64), kind="stable")
+    rest, test = np.sort(order[: n_train + n_validation]), np.sort(order[n_train + n_validation :])
+    print(f"shift feature: {shift}")
+    return frame.iloc[rest[:n_train]].copy(), frame.iloc[rest[n_train:]].copy(), frame.iloc[test].copy()"#;
+
 /// The twist's constants, function, call in `main` and one sentence for the module docstring.
 fn twist_parts(spec: &Spec) -> (&'static str, &'static str, &'static str, &'static str) {
-    let r = spec.regression;
+    let r = spec.numeric_target;
     match spec.twist {
         Twist::FewLabels => (
             "LABELLED_SHARE = 0.25  # share of training rows that keep their label\n",
@@ -226,6 +251,12 @@ fn twist_parts(spec: &Spec) -> (&'static str, &'static str, &'static str, &'stat
                 " A tenth of the training labels are flipped to a wrong class; validation and test stay\nclean."
             },
         ),
+        Twist::DistributionShift => (
+            "",
+            SHIFTED_SPLIT,
+            "",
+            " The test rows are the fifth of the data with the highest values of the feature with the\nmost distinct values (a covariate shift); training and validation come from the rest.",
+        ),
         Twist::ComputeBudget | Twist::None => ("", "", "", ""),
     }
 }
@@ -244,11 +275,24 @@ pub(crate) fn prepare(spec: &Spec) -> String {
             ("TARGET", &py_str(&spec.target)),
             ("TWIST_CONSTANTS", constants),
             ("TWIST_FUNCTION", function),
-            ("NAIVE", if spec.regression { NAIVE_REGRESSION } else { NAIVE_CLASSIFICATION }),
+            ("NAIVE", match spec.kind {
+                Kind::Ranking => NAIVE_RANKING,
+                _ if spec.numeric_target => NAIVE_REGRESSION,
+                _ => NAIVE_CLASSIFICATION,
+            }),
+            ("SPLIT", if spec.twist == Twist::DistributionShift { "shifted_split" } else { "split" }),
             ("TWIST_CALL", call),
         ],
     )
 }
+
+/// The start of every baseline's `main`: the three data files, the feature columns and, with
+/// few labels, only the labelled training rows.
+const LOAD_DATA: &str = r#"    train = pd.read_csv("data/train.csv")
+    validation = pd.read_csv("data/validation.csv")
+    test = pd.read_csv("data/test.csv")
+    features = [column for column in test.columns if column != "id"]
+@@LABELLED@@"#;
 
 const BASELINE_CLASSIFICATION: &str = r#""""Baseline for the @@TITLE@@ task: logistic regression on standardised features.
 
@@ -267,11 +311,7 @@ TARGET = @@TARGET@@
 
 
 def main():
-    train = pd.read_csv("data/train.csv")
-    validation = pd.read_csv("data/validation.csv")
-    test = pd.read_csv("data/test.csv")
-    features = [column for column in test.columns if column != "id"]
-@@LABELLED@@
+@@LOAD_DATA@@
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=np.int64))
 
@@ -305,11 +345,7 @@ TARGET = @@TARGET@@
 
 
 def main():
-    train = pd.read_csv("data/train.csv")
-    validation = pd.read_csv("data/validation.csv")
-    test = pd.read_csv("data/test.csv")
-    features = [column for column in test.columns if column != "id"]
-@@LABELLED@@
+@@LOAD_DATA@@
     model = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
     model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=np.float64))
 
@@ -327,15 +363,101 @@ if __name__ == "__main__":
     main()
 "#;
 
+const BASELINE_RANKING: &str = r#""""Baseline for the @@TITLE@@ task: @@MODEL_DOC@@ on standardised features.
+
+Trains on @@TRAIN_ROWS@@data/train.csv, scores every row (@@SCORE_DOC@@), reports the NDCG
+of the top ten rows of data/validation.csv, and writes submission.csv with the columns `id` and
+`@@TARGET_NAME@@` (the score; higher means ranked earlier).
+"""
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import @@MODEL_CLASS@@
+from sklearn.metrics import ndcg_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+TARGET = @@TARGET@@
+@@RELEVANCE_CONSTANT@@
+
+def relevance(frame):
+    """How relevant each row is: what the ranking should put first."""
+    truth = frame[TARGET].to_numpy(dtype=np.float64)
+    return @@RELEVANCE@@
+
+
+def scores(model, frame, features):
+    """The ranking score of each row."""
+    inputs = frame[features].to_numpy(dtype=np.float64)
+    return @@SCORES@@
+
+
+def main():
+@@LOAD_DATA@@
+    model = make_pipeline(StandardScaler(), @@MODEL@@)
+    model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=@@FIT_DTYPE@@))
+
+    ndcg = ndcg_score([relevance(validation)], [scores(model, validation, features)], k=10)
+    print(f"validation ndcg@10: {ndcg:.4f}")
+
+    submission = pd.DataFrame({"id": test["id"], TARGET: scores(model, test, features)})
+    submission.to_csv("submission.csv", index=False)
+    print(f"wrote submission.csv with {len(submission)} rows")
+
+
+if __name__ == "__main__":
+    main()
+"#;
+
+/// How a ranking task's relevance is computed from the true target (Python, `truth` in scope).
+fn ranking_relevance(spec: &Spec) -> (&'static str, String) {
+    match spec.relevant_class {
+        Some(class) => ("(truth == RELEVANT_CLASS).astype(np.float64)", format!("RELEVANT_CLASS = {class}
+")),
+        None => ("truth - truth.min()", String::new()),
+    }
+}
+
+fn ranking_baseline(spec: &Spec, train_rows: &str, labelled: &str) -> String {
+    let (relevance, constant) = ranking_relevance(spec);
+    let by_class = spec.relevant_class.is_some();
+    fill(
+        BASELINE_RANKING,
+        &[
+            ("LOAD_DATA", LOAD_DATA),
+            ("TITLE", &spec.title),
+            ("MODEL_DOC", if by_class { "logistic regression probabilities" } else { "ridge regression predictions" }),
+            ("SCORE_DOC", if by_class { "the predicted probability of the relevant class" } else { "the predicted target" }),
+            ("TRAIN_ROWS", train_rows),
+            ("TARGET_NAME", &spec.target),
+            ("MODEL_CLASS", if by_class { "LogisticRegression" } else { "Ridge" }),
+            ("TARGET", &py_str(&spec.target)),
+            ("RELEVANCE_CONSTANT", &constant),
+            ("RELEVANCE", relevance),
+            (
+                "SCORES",
+                if by_class { "model.predict_proba(inputs)[:, list(model.classes_).index(RELEVANT_CLASS)]" } else { "model.predict(inputs)" },
+            ),
+            ("LABELLED", labelled),
+            ("MODEL", if by_class { "LogisticRegression(max_iter=1000)" } else { "Ridge(alpha=1.0)" }),
+            ("FIT_DTYPE", if by_class { "np.int64" } else { "np.float64" }),
+        ],
+    )
+}
+
 pub(crate) fn baseline(spec: &Spec) -> String {
     let (train_rows, labelled) = if spec.twist == Twist::FewLabels {
         ("the labelled rows of ", "    train = train[train[TARGET].notna()]  # unlabelled rows have an empty target\n")
     } else {
         ("", "")
     };
+    if spec.kind == Kind::Ranking {
+        return ranking_baseline(spec, train_rows, labelled);
+    }
     fill(
-        if spec.regression { BASELINE_REGRESSION } else { BASELINE_CLASSIFICATION },
+        if spec.numeric_target { BASELINE_REGRESSION } else { BASELINE_CLASSIFICATION },
         &[
+            ("LOAD_DATA", LOAD_DATA),
             ("TITLE", &spec.title),
             ("TRAIN_ROWS", train_rows),
             ("TARGET_NAME", &spec.target),
@@ -367,7 +489,7 @@ from sklearn.metrics import @@METRIC_IMPORTS@@  # noqa: E402
 
 ANSWERS = "data/answers.csv"
 TARGET = @@TARGET@@
-
+@@CONSTANTS@@
 
 def fail(message):
     print(f"invalid submission: {message}", file=sys.stderr)
@@ -433,11 +555,20 @@ const SCORING_REGRESSION: &str = r#"    truth = answers[TARGET].to_numpy(dtype=n
         "mae": float(mean_absolute_error(truth, predicted)),
     }"#;
 
+const SCORING_RANKING: &str = r#"    truth = answers[TARGET].to_numpy(dtype=np.float64)
+    relevance = @@RELEVANCE@@
+    scores = {
+        "ndcg_at_10": float(ndcg_score([relevance], [predicted], k=10)),
+        "ndcg": float(ndcg_score([relevance], [predicted])),
+    }"#;
+
 pub(crate) fn evaluate(spec: &Spec) -> String {
-    let (imports, doc, scoring) = if spec.regression {
-        ("mean_absolute_error, mean_squared_error", "rmse and mae, both lower is better", SCORING_REGRESSION)
-    } else {
-        ("accuracy_score, f1_score", "accuracy and f1_macro, both higher is better", SCORING_CLASSIFICATION)
+    let (relevance, constant) = ranking_relevance(spec);
+    let ranking = SCORING_RANKING.replace("@@RELEVANCE@@", relevance);
+    let (imports, doc, scoring, constants) = match spec.kind {
+        Kind::Ranking => ("ndcg_score", "ndcg_at_10 and ndcg, both higher is better", ranking.as_str(), constant.as_str()),
+        _ if spec.numeric_target => ("mean_absolute_error, mean_squared_error", "rmse and mae, both lower is better", SCORING_REGRESSION, ""),
+        _ => ("accuracy_score, f1_score", "accuracy and f1_macro, both higher is better", SCORING_CLASSIFICATION, ""),
     };
     fill(
         EVALUATE,
@@ -448,6 +579,7 @@ pub(crate) fn evaluate(spec: &Spec) -> String {
             ("METRIC_IMPORTS", imports),
             ("TARGET", &py_str(&spec.target)),
             ("SCORING", scoring),
+            ("CONSTANTS", constants),
         ],
     )
 }

@@ -5,6 +5,7 @@
 //! Ideas are assembled from per-domain vocabularies and several phrasings of each sentence, so
 //! that ideas in the same domain read differently (the pipeline drops near duplicates).
 
+use super::codegen::Kind;
 use super::text::{Draw, block_after, bullet_items, capitalise, labelled_line, normalise, title_case};
 
 /// What the simulator knows about a research domain.
@@ -186,9 +187,6 @@ fn parse(user: &str) -> Result<Request, String> {
     })
 }
 
-fn is_regression(task_type: &str) -> bool {
-    task_type.to_lowercase().contains("regress")
-}
 
 fn twist_suffixes(twist: &str) -> &'static [&'static str] {
     match normalise(twist).as_str() {
@@ -196,6 +194,7 @@ fn twist_suffixes(twist: &str) -> &'static [&'static str] {
         "class imbalance" => &[" under Class Imbalance", " with Rare Classes", " on a Skewed Training Set"],
         "noisy labels" => &[" with Noisy Labels", " under Label Noise", " from Imperfect Annotations"],
         "compute budget" => &[" on a Compute Budget", " under a Tight Training Budget", " in a Minute of CPU"],
+        "distribution shift" => &[" under Distribution Shift", " beyond the Training Range", " on Shifted Test Data"],
         _ => &[""],
     }
 }
@@ -228,6 +227,11 @@ fn twist_sentences(twist: &str, regression: bool) -> &'static [&'static str] {
             "The {subject} of about one training {unit} in ten is badly mismeasured, and the clean validation split is the only trustworthy signal for model selection.",
             "Measurement noise is part of the setting: roughly ten percent of the training {unit}s have a corrupted {subject}, while the test values are verified.",
         ],
+        ("distribution shift", _) => &[
+            "The test {unit}s lie beyond the range the training {unit}s cover on one key measurement, so the model has to extrapolate rather than interpolate.",
+            "Training and test data come from different parts of the measurement range: the held-out {unit}s have the highest values of one feature, a deliberate covariate shift.",
+            "The evaluation {unit}s are drawn from a shifted population (the top fifth of one feature), so a validation score from the training range is optimistic.",
+        ],
         ("compute budget", _) => &[
             "Training has to finish within a minute on a single CPU core, so the agent must trade {subject} accuracy against cost.",
             "The deployment target is a small CPU-only machine, so every training run on the {unit} data must stay within a one-minute budget.",
@@ -247,8 +251,15 @@ fn twist_sentences(twist: &str, regression: bool) -> &'static [&'static str] {
 }
 
 /// Sentences on how the challenge is scored; `{subject}` is filled in.
-fn scoring_sentences(regression: bool) -> &'static [&'static str] {
-    if regression {
+fn scoring_sentences(kind: Kind) -> &'static [&'static str] {
+    if kind == Kind::Ranking {
+        return &[
+            "Submissions score every held-out {unit}, and the ranking they induce is scored by NDCG of the top ten (higher is better), with NDCG over the whole list reported alongside.",
+            "The score is NDCG@10 of the ranking of held-out {unit}s by their {subject} (higher is better); full-list NDCG is tracked as a secondary metric.",
+            "Each submission is a score per {unit}; the induced order is ranked by NDCG at ten (higher is better), and the NDCG of the whole ranking is reported too.",
+        ];
+    }
+    if kind == Kind::Regression {
         &[
             "Submissions are scored by root mean squared error of the predicted {subject} on a held-out test split (lower is better), with mean absolute error reported alongside.",
             "The score is the test-set RMSE of the {subject} predictions, lower being better; MAE is tracked as a secondary metric.",
@@ -269,9 +280,11 @@ fn scoring_sentences(regression: bool) -> &'static [&'static str] {
 /// number of taken ideas and each `attempt`, so ideas in a run are independent draws.
 fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
     let d = domain(&r.domain);
-    let regression = is_regression(&r.task_type);
+    let kind = Kind::parse(&r.task_type);
     let (taken, attempt) = (r.taken.len().to_string(), attempt.to_string());
     let mut s = Draw::new(seed, &["topic", &r.domain, &r.task_type, &r.modality, &r.twist, &taken, &attempt]);
+    // A ranking orders units by a class's likelihood or by a quantity.
+    let regression = kind == Kind::Regression || (kind == Kind::Ranking && s.chance(0.5));
 
     let subject = *s.pick(if regression { d.quantities } else { d.classes });
     let measurement = *s.pick(d.measurements);
@@ -279,12 +292,16 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
     let context = *s.pick(d.contexts);
     let stake = *s.pick(d.stakes);
     let suffix = *s.pick(twist_suffixes(&r.twist));
-    let noun = if regression {
+    let noun = if kind == Kind::Ranking {
+        *s.pick(&["Ranking", "Prioritisation", "Triage"])
+    } else if regression {
         *s.pick(&["Regression", "Prediction", "Estimation", "Forecasting"])
     } else {
         *s.pick(&["Classification", "Identification", "Recognition", "Prediction"])
     };
-    let gerund = if regression {
+    let gerund = if kind == Kind::Ranking {
+        *s.pick(&["Ranking", "Prioritising"])
+    } else if regression {
         *s.pick(&["Predicting", "Estimating", "Forecasting"])
     } else {
         *s.pick(&["Identifying", "Classifying", "Recognising"])
@@ -301,6 +318,11 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
     let subject_lc = subject.to_lowercase();
     let verb = if regression { *s.pick(&["predict", "estimate"]) } else { *s.pick(&["classify", "identify", "predict"]) };
     let problem = match *s.pick(&[0, 1, 2, 3, 4]) {
+        _ if kind == Kind::Ranking => match *s.pick(&[0, 1, 2]) {
+            0 => format!("For {context}, the task is to rank {unit}s by their {subject_lc}, using {measurement}."),
+            1 => format!("Build a model that orders {unit}s by {subject_lc} from {measurement}, so that {context} can look at the most relevant ones first."),
+            _ => format!("The challenge is to prioritise {unit}s by {subject_lc} using {measurement}; the intended user is {context}."),
+        },
         0 => format!("For {context}, the task is to {verb} the {subject_lc} of each {unit} from {measurement}."),
         1 => format!("Build a model that can {verb} the {subject_lc} of a {unit} from {measurement}, as needed by {context}."),
         2 => format!("The challenge is to {verb} the {subject_lc} of every {unit} from {measurement}; the intended user is {context}."),
@@ -320,7 +342,7 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
     } else {
         Some(format!("The inputs are {} features.", r.modality.to_lowercase()))
     };
-    let scoring_template = s.pick::<&str>(scoring_sentences(regression));
+    let scoring_template = s.pick::<&str>(scoring_sentences(kind));
     let scoring = fill(scoring_template);
     let mut sentences = vec![problem];
     if s.chance(0.7) {
@@ -388,12 +410,18 @@ mod tests {
             ("medicine", "regression", "noisy labels"),
             ("vision", "classification", "compute budget"),
             ("oceanography", "classification", "none"),
+            ("public health", "ranking", "distribution shift"),
+            ("chemistry", "ranking", "few labels"),
         ] {
             let (title, idea) = parsed(&answer(&cfg(3), &user(domain, task, twist, "(none yet)")).unwrap());
             assert!(!title.is_empty() && title.len() < 90, "{title}");
             let sentences = idea.matches(". ").count() + 1;
             assert!((3..=5).contains(&sentences), "{idea}");
-            let scored_by = if task == "regression" { "RMSE" } else { "accuracy" };
+            let scored_by = match task {
+                "regression" => "RMSE",
+                "ranking" => "NDCG",
+                _ => "accuracy",
+            };
             assert!(idea.to_lowercase().contains(&scored_by.to_lowercase()) || idea.contains("root mean squared"), "{idea}");
             assert!(!idea.contains('{') && !title.contains('{'));
         }

@@ -1,0 +1,149 @@
+//! Near-duplicate detection for topic ideas: word-shingle MinHash signatures.
+//!
+//! A text is normalised (lower case, words of letters and digits), cut into overlapping word
+//! shingles of [`SHINGLE_WORDS`] words, and summarised by [`PERMUTATIONS`] minimum hash values,
+//! one per random permutation of the shingle space. The share of positions where two
+//! signatures agree estimates the Jaccard similarity of the two shingle sets (standard error
+//! about `sqrt(J(1-J)/PERMUTATIONS)`, under 0.045), so comparing a new idea with every earlier
+//! one costs a fixed-size comparison per idea, whatever the texts' lengths.
+
+use std::collections::BTreeSet;
+
+use crate::seed::{hash, splitmix};
+
+/// Words per shingle.
+pub const SHINGLE_WORDS: usize = 3;
+/// Hash functions (permutations) per signature.
+pub const PERMUTATIONS: usize = 128;
+
+/// The Mersenne prime 2^61 - 1: the permutations are `(a * x + b) mod P`.
+const P: u64 = (1 << 61) - 1;
+
+/// The MinHash signature of one text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    minima: Vec<u64>,
+    /// An empty text has no shingles; two empty texts count as identical.
+    empty: bool,
+}
+
+impl Signature {
+    pub fn of(text: &str) -> Signature {
+        let shingles = shingles(text);
+        let mut minima = vec![u64::MAX; PERMUTATIONS];
+        for shingle in &shingles {
+            let x = hash(&[shingle]) % P;
+            for (i, (a, b)) in permutations().enumerate() {
+                let y = mul_add_mod(a, x, b);
+                if y < minima[i] {
+                    minima[i] = y;
+                }
+            }
+        }
+        Signature { minima, empty: shingles.is_empty() }
+    }
+
+    /// Estimated Jaccard similarity of the two texts' shingle sets, in [0, 1].
+    pub fn jaccard(&self, other: &Signature) -> f64 {
+        match (self.empty, other.empty) {
+            (true, true) => return 1.0,
+            (true, false) | (false, true) => return 0.0,
+            _ => {}
+        }
+        let equal = self.minima.iter().zip(&other.minima).filter(|(x, y)| x == y).count();
+        equal as f64 / PERMUTATIONS as f64
+    }
+}
+
+/// The word shingles of a normalised text; a text shorter than one shingle is one shingle.
+pub fn shingles(text: &str) -> BTreeSet<String> {
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    if words.is_empty() {
+        return BTreeSet::new();
+    }
+    if words.len() < SHINGLE_WORDS {
+        return BTreeSet::from([words.join(" ")]);
+    }
+    words.windows(SHINGLE_WORDS).map(|w| w.join(" ")).collect()
+}
+
+/// Exact Jaccard similarity of the shingle sets (what the signatures estimate).
+pub fn exact_jaccard(a: &str, b: &str) -> f64 {
+    let (sa, sb) = (shingles(a), shingles(b));
+    if sa.is_empty() && sb.is_empty() {
+        return 1.0;
+    }
+    sa.intersection(&sb).count() as f64 / sa.union(&sb).count() as f64
+}
+
+/// The fixed coefficients `(a, b)` of each permutation, `1 <= a < P`, `0 <= b < P`; derived
+/// from constants so signatures are comparable across processes and runs.
+fn permutations() -> impl Iterator<Item = (u64, u64)> {
+    (0..PERMUTATIONS as u64).map(|i| {
+        let a = splitmix(0x6d69_6e68_6173_6800 ^ i) % (P - 1) + 1;
+        let b = splitmix(0x6d69_6e68_6173_6801 ^ (i << 32)) % P;
+        (a, b)
+    })
+}
+
+/// `(a * x + b) mod P` without overflow.
+fn mul_add_mod(a: u64, x: u64, b: u64) -> u64 {
+    ((u128::from(a) * u128::from(x) + u128::from(b)) % u128::from(P)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_texts_agree_everywhere() {
+        let t = "Predict the wine cultivar from a chemical analysis of thirteen constituents";
+        assert_eq!(Signature::of(t).jaccard(&Signature::of(t)), 1.0);
+        // Case and punctuation do not matter.
+        let shouted = "PREDICT the wine-cultivar, from a chemical analysis of thirteen constituents!";
+        assert_eq!(Signature::of(t).jaccard(&Signature::of(shouted)), 1.0);
+    }
+
+    #[test]
+    fn estimates_follow_the_exact_jaccard() {
+        let base: Vec<String> = (0..60).map(|i| format!("w{i}")).collect();
+        // Replace a growing tail of words: the exact similarity falls from 1 towards 0.
+        for changed in [0usize, 5, 15, 30, 45, 60] {
+            let mut other = base.clone();
+            for w in other.iter_mut().skip(60 - changed) {
+                w.push('x');
+            }
+            let (a, b) = (base.join(" "), other.join(" "));
+            let exact = exact_jaccard(&a, &b);
+            let estimate = Signature::of(&a).jaccard(&Signature::of(&b));
+            // Five standard errors of a 128-permutation estimate at worst (J = 0.5).
+            assert!((estimate - exact).abs() <= 0.23, "{changed} changed: exact {exact}, estimate {estimate}");
+        }
+    }
+
+    #[test]
+    fn near_duplicates_score_high_and_different_ideas_low() {
+        let a = "Predict wine cultivar from chemical analysis with few labels. Only a quarter of the training rows are labelled, so self-training pays off.";
+        let b = "Predict the wine cultivar from chemical analysis with few labels. Only a quarter of the training rows are labelled, so self-training pays off.";
+        let c = "Forecast disease progression from patient vitals under a compute budget, scored by RMSE on a held-out split.";
+        let (sa, sb, sc) = (Signature::of(a), Signature::of(b), Signature::of(c));
+        assert!(sa.jaccard(&sb) >= 0.6, "{}", sa.jaccard(&sb));
+        assert!(sa.jaccard(&sc) < 0.1, "{}", sa.jaccard(&sc));
+    }
+
+    #[test]
+    fn empty_and_short_texts() {
+        assert_eq!(Signature::of("").jaccard(&Signature::of("  ... ")), 1.0);
+        assert_eq!(Signature::of("").jaccard(&Signature::of("iris")), 0.0);
+        assert_eq!(shingles("two words"), BTreeSet::from(["two words".to_string()]));
+        assert_eq!(shingles("a b c d").len(), 2);
+    }
+
+    #[test]
+    fn signatures_are_stable_across_calls() {
+        let t = "Species identification from petal and sepal measurements";
+        assert_eq!(Signature::of(t), Signature::of(t));
+        assert_eq!(Signature::of(t).minima.len(), PERMUTATIONS);
+    }
+}

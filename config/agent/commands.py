@@ -211,6 +211,17 @@ def count_in(path, term):
         return 0
 
 
+def print_matches(term, where, count, lines):
+    """Search results in MLGym's layout: a header with the count, one line per hit, a footer."""
+    if not lines:
+        print(f'No matches found for "{term}" in {where}')
+        return
+    print(f'Found {count} matches for "{term}" in {where}:')
+    for line in lines:
+        print(line)
+    print(f'End of matches for "{term}" in {where}')
+
+
 def cmd_search_dir(state, args):
     if not 1 <= len(args) <= 2:
         fail("Usage: search_dir <search_term> [<dir>]")
@@ -218,15 +229,9 @@ def cmd_search_dir(state, args):
     if not os.path.isdir(root):
         fail(f"Directory {root} not found")
     hits = [(p, n) for p in text_files(root) for n in [count_in(p, term)] if n > 0]
-    if not hits:
-        print(f'No matches found for "{term}" in {root}')
-        return
     if len(hits) > MAX_LISTED_FILES:
         fail(f'More than {MAX_LISTED_FILES} files matched for "{term}" in {root}. Please narrow your search.')
-    print(f'Found {sum(n for _, n in hits)} matches for "{term}" in {root}:')
-    for p, n in hits:
-        print(f"{p} ({n} matches)")
-    print(f'End of matches for "{term}" in {root}')
+    print_matches(term, root, sum(n for _, n in hits), [f"{p} ({n} matches)" for p, n in hits])
 
 
 def cmd_search_file(state, args):
@@ -236,14 +241,8 @@ def cmd_search_file(state, args):
     path = os.path.abspath(args[1]) if len(args) == 2 else require_open(state)
     if not os.path.isfile(path):
         fail(f"Error: File name {args[1]} not found. Please provide a valid file name.")
-    hits = [(i, line) for i, line in enumerate(read_lines(path), 1) if term in line]
-    if not hits:
-        print(f'No matches found for "{term}" in {path}')
-        return
-    print(f'Found {len(hits)} matches for "{term}" in {path}:')
-    for i, line in hits:
-        print(f"Line {i}:{line}")
-    print(f'End of matches for "{term}" in {path}')
+    hits = [f"Line {i}:{line}" for i, line in enumerate(read_lines(path), 1) if term in line]
+    print_matches(term, path, len(hits), hits)
 
 
 def cmd_find_file(state, args):
@@ -253,13 +252,7 @@ def cmd_find_file(state, args):
     if not os.path.isdir(root):
         fail(f"Directory {root} not found")
     found = [p for p in text_files(root) if fnmatch.fnmatch(os.path.basename(p), pattern)]
-    if not found:
-        print(f'No matches found for "{pattern}" in {root}')
-        return
-    print(f'Found {len(found)} matches for "{pattern}" in {root}:')
-    for p in found:
-        print(p)
-    print(f'End of matches for "{pattern}" in {root}')
+    print_matches(pattern, root, len(found), found)
 
 
 def cmd_state(state, args):

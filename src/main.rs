@@ -202,13 +202,18 @@ enum ServeCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Runs and daemons export telemetry as their configuration says; a configuration error is
-    // reported by the command itself.
-    let telemetry_config = match &cli.command {
-        Command::Run { batch, .. } | Command::Daemon { batch, .. } => batch_config(batch).ok().map(|c| c.telemetry),
+    // A batch's configuration is read first: it says where telemetry goes.
+    let batch = match &cli.command {
+        Command::Run { batch, .. } | Command::Daemon { batch, .. } => match batch_config(batch) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
         _ => None,
     };
-    let telemetry = match gymforge::telemetry::init(telemetry_config.as_ref()) {
+    let telemetry = match gymforge::telemetry::init(batch.as_ref().map(|c| &c.telemetry)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -223,7 +228,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command, batch)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -236,15 +241,17 @@ fn main() -> ExitCode {
     code
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs a command; `batch` is the configuration `main` read for `run` and `daemon`.
+async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<ExitCode> {
+    const READ_IN_MAIN: &str = "main reads the configuration of run and daemon";
     match command {
-        Command::Run { batch, record, replay } => {
-            let config = batch_config(&batch)?;
+        Command::Run { batch: args, record, replay } => {
+            let config = batch.expect(READ_IN_MAIN);
             let source = match replay {
                 Some(path) => gymforge::gateway::Source::Replay(path),
                 None => gymforge::gateway::Source::Live { record },
             };
-            run(config, batch.out, source).await
+            run(config, args.out, source).await
         }
         Command::Export { what: ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget, keep_observations } } => {
             let db = gymforge::run::state_dir(&out).join("state.db");
@@ -280,12 +287,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             display.finish();
             print_bench(result?, json)
         }
-        Command::Daemon { batch, listen } => {
-            let mut config = batch_config(&batch)?;
+        Command::Daemon { batch: args, listen } => {
+            let mut config = batch.expect(READ_IN_MAIN);
             if let Some(addr) = listen {
                 config.daemon.listen = addr.to_string();
             }
-            daemon(config, batch.out).await
+            daemon(config, args.out).await
         }
         Command::Check { what: CheckCommand::Task { dir, config } } => {
             let config = load_config(config.as_deref())?;

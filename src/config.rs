@@ -206,9 +206,12 @@ pub struct HubConfig {
     pub timeout_secs: u64,
 }
 
+/// The `hub.endpoint` value that selects the embedded Hub mirror.
+pub const MIRROR_ENDPOINT: &str = "mirror";
+
 impl HubConfig {
     pub fn is_mirror(&self) -> bool {
-        self.endpoint == "mirror"
+        self.endpoint == MIRROR_ENDPOINT
     }
 }
 

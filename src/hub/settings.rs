@@ -74,7 +74,7 @@ impl HubSettings {
             Some(url) => (url, EndpointSource::Environment),
             None => (hub.endpoint.clone(), EndpointSource::EmbeddedDefault),
         };
-        if endpoint == "mirror" {
+        if endpoint == crate::config::MIRROR_ENDPOINT {
             return HubSettings { endpoint: None, viewer: String::new(), source, token: None };
         }
         let viewer = if hub.viewer_endpoint.trim().is_empty() { DEFAULT_VIEWER.to_string() } else { hub.viewer_endpoint.clone() };

@@ -18,8 +18,8 @@ pub async fn check_task(config: &Config, dir: &Path, status: &(dyn Fn(&str) + Sy
     let bundle = validate::read_bundle_dir(dir).map_err(anyhow::Error::msg)?;
     let raw = dir.join("raw");
     anyhow::ensure!(raw.is_dir(), "{} has no raw/ directory with the data prepare.py reads", dir.display());
-    let (_python, sandbox) = crate::run::sandbox(config, status).await?;
     let work = tempfile::Builder::new().prefix("gymforge-check-").tempdir().context("cannot create a scratch directory")?;
+    let (_python, sandbox) = crate::run::sandbox(config, work.path(), status).await?;
     status("running the task's checks in the sandbox");
     let check = TaskCheck {
         sandbox: sandbox.as_ref(),

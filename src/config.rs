@@ -220,6 +220,7 @@ impl HubConfig {
 pub struct SandboxConfig {
     pub python_env: String,
     pub base_python: String,
+    pub bwrap: String,
     pub memory_mb: u64,
     pub cpu_secs: u64,
     pub max_processes: u64,
@@ -443,6 +444,22 @@ impl Config {
         Ok(())
     }
 
+    /// Makes the config's relative paths (the Python environment, a base interpreter given as a
+    /// path) absolute against the working directory, once, when gymforge starts: nothing later
+    /// depends on the directory it runs in.
+    pub fn resolve_paths(&mut self) -> anyhow::Result<()> {
+        let sandbox = &mut self.sandbox;
+        if !sandbox.python_env.is_empty() {
+            sandbox.python_env = absolute(Path::new(&sandbox.python_env))?.to_string_lossy().into_owned();
+        }
+        for program in [&mut sandbox.base_python, &mut sandbox.bwrap] {
+            if program.contains('/') {
+                *program = absolute(Path::new(program.as_str()))?.to_string_lossy().into_owned();
+            }
+        }
+        Ok(())
+    }
+
     /// Reads an endpoint's API key from the environment variable its config names.
     pub fn llm_api_key(endpoint: &EndpointConfig) -> Option<String> {
         read_secret(&endpoint.api_key_env)
@@ -476,6 +493,11 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         }
         _ => message,
     }
+}
+
+/// `path` made absolute against the working directory (without resolving symlinks).
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute (is the working directory gone?)", path.display()))
 }
 
 #[cfg(test)]

@@ -264,8 +264,9 @@ fn io_err(context: impl std::fmt::Display, err: io::Error) -> PortError {
     use io::ErrorKind::*;
     let msg = format!("output: {context}: {err}");
     match err.kind() {
-        NotFound | PermissionDenied | InvalidInput | InvalidData | AlreadyExists | IsADirectory
-        | NotADirectory | ReadOnlyFilesystem => PortError::Permanent(msg),
+        // Every later task and trajectory would fail to be written the same way.
+        PermissionDenied | ReadOnlyFilesystem => PortError::Refused { reason: "output_unwritable".into(), detail: msg },
+        NotFound | InvalidInput | InvalidData | AlreadyExists | IsADirectory | NotADirectory => PortError::Permanent(msg),
         _ => PortError::Transient(msg),
     }
 }
@@ -721,6 +722,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         dropped: u64,
         in_progress: u64,
         reasons: BTreeMap<String, u64>,
+        details: BTreeMap<String, String>,
     }
     let mut counts: BTreeMap<Stage, Counts> = BTreeMap::new();
     let (mut task_units, mut rollout_units) = (0u64, 0u64);
@@ -751,6 +753,10 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
                 UnitStatus::Dropped => {
                     c.dropped += 1;
                     let reason = unit.drop_reason.clone().unwrap_or_else(|| "unknown".into());
+                    // The first unit dropped for a reason says, in words, what happened.
+                    if let Some(detail) = &unit.drop_detail {
+                        c.details.entry(reason.clone()).or_insert_with(|| short_detail(detail));
+                    }
                     *c.reasons.entry(reason).or_default() += 1;
                 }
             }
@@ -767,6 +773,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
                 "dropped": c.dropped,
                 "in_progress": c.in_progress,
                 "drop_reasons": c.reasons,
+                "drop_details": c.details,
             })
         })
         .collect();
@@ -897,6 +904,36 @@ fn duration(secs: f64) -> String {
     if h > 0 { format!("{h}h {m:02}m {s:02}s") } else { format!("{m}m {s:02}s") }
 }
 
+/// One line for each of the `n` most frequent drop reasons of the run: stage, reason, count and
+/// what happened to the first unit dropped for it.
+fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
+    let mut all: Vec<(u64, &str, &str, &str)> = Vec::new();
+    for stage in report.get("stages").and_then(Value::as_array).into_iter().flatten() {
+        let name = stage.get("stage").and_then(Value::as_str).unwrap_or("?");
+        for (reason, count) in stage.get("drop_reasons").and_then(Value::as_object).into_iter().flatten() {
+            let detail = stage.pointer(&format!("/drop_details/{reason}")).and_then(Value::as_str).unwrap_or("");
+            all.push((count.as_u64().unwrap_or(0), name, reason.as_str(), detail));
+        }
+    }
+    all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(b.2)));
+    all.iter()
+        .take(n)
+        .map(|(count, stage, reason, detail)| {
+            let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+            format!("  {stage} {reason} x{count}{detail}")
+        })
+        .collect()
+}
+
+/// A drop detail cut to one line of at most 200 characters.
+fn short_detail(detail: &str) -> String {
+    let line = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line,
+    }
+}
+
 /// Renders a report (as [`build_report`] makes it) as an aligned plain-text table for the
 /// terminal: per stage entered / passed / dropped with the top drop reasons, then yield,
 /// rollouts kept, tokens, cost, wall time, throughput, and the services the run used (marked
@@ -954,6 +991,10 @@ pub fn summary_table(report: &Value) -> String {
             w4 = widths[4],
         );
         out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for line in frequent_drop_details(report, 3) {
+        out.push_str(&line);
         out.push('\n');
     }
     out.push('\n');
@@ -1534,6 +1575,7 @@ mod tests {
             status,
             attempts: 0,
             drop_reason: reason.map(str::to_string),
+            drop_detail: reason.map(|r| format!("what {r} means")),
         }
     }
 

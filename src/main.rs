@@ -4,12 +4,26 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gymforge::config::Config;
 use gymforge::progress::Display;
 
+/// Exit statuses of `gymforge run` (and of every command: 1 and 2 mean the same everywhere).
+const EXIT_CODES: &str = "Exit status:
+  0  the batch met its target (or was already complete), or the command succeeded
+  1  error: the command could not start, or a condition that dooms every unit (the sandbox
+     cannot start, the Hub does not answer, an endpoint refuses the API key, ...) stopped it;
+     the last line says which
+  2  the command line is wrong
+  3  the batch ended short of its target (fewer tasks accepted or trajectories made than
+     asked); the last line says why. Running the same command again resumes it.";
+
+/// `gymforge run`'s status when the batch ended short of its target.
+const EXIT_SHORT: u8 = 3;
+
 #[derive(Parser)]
-#[command(name = "gymforge", version, about = "Manufactures MLGym-compatible ML research tasks and teacher trajectories")]
+#[command(name = "gymforge", version, about = "Manufactures MLGym-compatible ML research tasks and teacher trajectories", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +33,7 @@ struct Cli {
 enum Command {
     /// Run one batch: synthesize tasks, run teacher rollouts, export MLGym tasks and SFT data.
     /// Running again on the same --out resumes an interrupted batch.
+    #[command(after_help = EXIT_CODES)]
     Run {
         #[command(flatten)]
         batch: BatchArgs,
@@ -201,7 +216,11 @@ enum ServeCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = resolve_paths(&mut cli.command) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     // A batch's configuration is read first: it says where telemetry goes.
     let batch = match &cli.command {
         Command::Run { batch, .. } | Command::Daemon { batch, .. } => match batch_config(batch) {
@@ -322,7 +341,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let config = load_config(config.as_deref())?;
             let display = Display::new();
             let setup = async {
-                let (python, _) = gymforge::run::sandbox(&config, &|m: &str| display.status(m)).await?;
+                let (python, _) = gymforge::run::sandbox(&config, &std::env::temp_dir(), &|m: &str| display.status(m)).await?;
                 gymforge::hub::HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(&config), &python.python(), &|m: &str| display.status(m)).await
             };
             let root = setup.await;
@@ -343,18 +362,27 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
     let follow = display.follow(rx);
     let (result, ()) = tokio::join!(run, follow);
     display.finish();
-    let outcome = result?;
+    let end = result?;
     let report_path = out.join("report.json");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
+    let text = std::fs::read_to_string(&report_path).with_context(|| format!("cannot read {}", report_path.display()))?;
+    let report: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", report_path.display()))?;
     println!("{}", gymforge::export::summary_table(&report));
     println!("outputs in {}", out.display());
-    if outcome.accepted_tasks < outcome.target_tasks {
-        eprintln!(
-            "warning: {} of {} tasks accepted; the topic budget (run.max_topics_per_task) ran out first",
-            outcome.accepted_tasks, outcome.target_tasks
+    if end.already_complete {
+        let t = &end.tally;
+        println!(
+            "already complete: {} tasks x {} rollouts were made earlier (the summary above is theirs); ask for more with --tasks or --rollouts",
+            t.accepted_tasks, t.rollouts_per_task
         );
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(match end.tally.shortfall() {
+        Some(why) => {
+            eprintln!("gymforge: {why}");
+            ExitCode::from(EXIT_SHORT)
+        }
+        None => ExitCode::SUCCESS,
+    })
 }
 
 /// Prints a bench's report; a missed target is exit status 1.
@@ -405,9 +433,9 @@ async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
     tokio::pin!(batch);
     tokio::select! {
         result = &mut batch => {
-            let outcome = result?;
+            let end = result?;
             state.set_phase("finished");
-            eprintln!("gymforge daemon: batch finished, {} of {} tasks accepted; serving status until stopped", outcome.accepted_tasks, outcome.target_tasks);
+            eprintln!("gymforge daemon: batch finished, {} of {} tasks accepted; serving status until stopped", end.tally.accepted_tasks, end.tally.target_tasks);
             stop_signal().await;
         }
         _ = stop_signal() => {
@@ -427,9 +455,47 @@ async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Ok(Config::embedded()),
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
+    };
+    config.resolve_paths()?;
+    Ok(config)
+}
+
+/// Makes every path on the command line absolute against the working directory, once, before
+/// anything else runs: no later step depends on the directory gymforge was started in.
+fn resolve_paths(command: &mut Command) -> anyhow::Result<()> {
+    use gymforge::config::absolute;
+    fn one(p: &mut PathBuf) -> anyhow::Result<()> {
+        *p = absolute(p)?;
+        Ok(())
+    }
+    fn maybe(p: &mut Option<PathBuf>) -> anyhow::Result<()> {
+        p.as_mut().map_or(Ok(()), one)
+    }
+    fn batch(b: &mut BatchArgs) -> anyhow::Result<()> {
+        one(&mut b.out)?;
+        maybe(&mut b.config)
+    }
+    match command {
+        Command::Run { batch: b, record, replay } => {
+            batch(b)?;
+            maybe(record)?;
+            maybe(replay)
+        }
+        Command::Daemon { batch: b, .. } => batch(b),
+        Command::Export { what: ExportCommand::Sft { out, file, .. } } => {
+            one(out)?;
+            maybe(file)
+        }
+        Command::Check { what: CheckCommand::Task { dir, config } } => {
+            one(dir)?;
+            maybe(config)
+        }
+        Command::Aup { out, best, last, directions, svg, .. } => [out, best, last, directions, svg].into_iter().try_for_each(maybe),
+        Command::Sim { what: ServeCommand::Serve { config, .. } } | Command::Hub { what: ServeCommand::Serve { config, .. } } => maybe(config),
+        Command::Bench { .. } => Ok(()),
     }
 }
 

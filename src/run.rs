@@ -61,8 +61,9 @@ pub fn taxonomy() -> Taxonomy {
     t
 }
 
-/// Provisions the Python environment and checks the sandbox works.
-pub async fn sandbox(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow::Result<(PythonEnv, Arc<BwrapSandbox>)> {
+/// Provisions the Python environment and checks that the sandbox works with its files under
+/// `probe_root` (where the run's jobs will have theirs).
+pub async fn sandbox(config: &Config, probe_root: &Path, status: &(dyn Fn(&str) + Sync)) -> anyhow::Result<(PythonEnv, Arc<BwrapSandbox>)> {
     let cfg = config.sandbox.clone();
     status("checking the sandbox's Python environment");
     let python = {
@@ -78,7 +79,8 @@ pub async fn sandbox(config: &Config, status: &(dyn Fn(&str) + Sync)) -> anyhow:
         task.await.context("the Python provisioning task failed")??
     };
     let sandbox = BwrapSandbox::new(&config.sandbox, python.clone())?;
-    sandbox.probe().await?;
+    status("checking that the sandbox starts and reaches its files");
+    sandbox.probe(probe_root).await?;
     Ok((python, Arc::new(sandbox)))
 }
 
@@ -92,10 +94,12 @@ pub async fn services(
     state: &Path,
     status: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Services> {
-    let (python, sandbox) = sandbox(config, status).await?;
+    let (python, sandbox) = sandbox(config, &state.join("work"), status).await?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
 
     let (hub, hub_label) = hub(config, &HubSettings::from_env(&config.hub), &python, loopback, status).await?;
+    status("checking that the Hub answers");
+    hub.check_reachable().await?;
     let scope = crate::hub::cache::scope(hub.api_base(), hub.viewer_base(), hub.has_token());
     let hub = CachedHub::new(hub, state.join(crate::hub::cache::CACHE_DIR), scope);
 
@@ -246,18 +250,160 @@ pub fn state_dir(out: &Path) -> PathBuf {
     out.join(".gymforge")
 }
 
+/// Where a batch stands, counted from its units in the store: what `gymforge run` judges its
+/// exit status by.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    /// Accepted tasks asked for (0: no target).
+    pub target_tasks: u32,
+    pub rollouts_per_task: u32,
+    pub topic_units: u32,
+    pub accepted_tasks: u32,
+    /// Rollouts that ended with a trajectory.
+    pub trajectories: u32,
+    pub rollouts_dropped: u32,
+    /// Units not yet ended.
+    pub pending: u32,
+    /// Accepted tasks with fewer than `rollouts_per_task` ended rollouts.
+    pub tasks_missing_rollouts: u32,
+    /// The most rollouts any task has.
+    pub most_rollouts: u32,
+    /// The most frequent drop reasons as `(count, stage, reason, detail)`, most frequent first.
+    pub top_drops: Vec<(u32, Stage, String, String)>,
+}
+
+impl Tally {
+    pub fn of(units: &[gymforge_actors::Unit], target_tasks: u32, rollouts_per_task: u32) -> Tally {
+        use gymforge_actors::model::{UnitKind, UnitStatus};
+        use std::collections::BTreeMap;
+        let mut t = Tally { target_tasks, rollouts_per_task, ..Tally::default() };
+        let mut ended_rollouts: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut rollouts: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut drops: BTreeMap<(Stage, &str), (u32, &str)> = BTreeMap::new();
+        for u in units {
+            match (u.kind, u.status) {
+                (_, UnitStatus::Pending) => t.pending += 1,
+                (UnitKind::Task, UnitStatus::Done) => t.accepted_tasks += 1,
+                (UnitKind::Rollout, UnitStatus::Done) => t.trajectories += 1,
+                (UnitKind::Rollout, UnitStatus::Dropped) => t.rollouts_dropped += 1,
+                (UnitKind::Task, UnitStatus::Dropped) => {}
+            }
+            t.topic_units += u32::from(u.kind == UnitKind::Task);
+            if let (UnitKind::Rollout, Some(task)) = (u.kind, u.parent.as_deref()) {
+                *rollouts.entry(task).or_default() += 1;
+                if u.status != UnitStatus::Pending {
+                    *ended_rollouts.entry(task).or_default() += 1;
+                }
+            }
+            if let (UnitStatus::Dropped, Some(reason)) = (u.status, u.drop_reason.as_deref()) {
+                let entry = drops.entry((u.stage, reason)).or_insert((0, u.drop_detail.as_deref().unwrap_or("")));
+                entry.0 += 1;
+            }
+        }
+        t.most_rollouts = rollouts.values().copied().max().unwrap_or(0);
+        t.tasks_missing_rollouts = units
+            .iter()
+            .filter(|u| u.kind == UnitKind::Task && u.status == UnitStatus::Done)
+            .filter(|u| ended_rollouts.get(u.id.as_str()).copied().unwrap_or(0) < rollouts_per_task)
+            .count() as u32;
+        let one_line = |d: &str| {
+            let line = d.split_whitespace().collect::<Vec<_>>().join(" ");
+            match line.char_indices().nth(300) {
+                Some((at, _)) => format!("{}...", &line[..at]),
+                None => line,
+            }
+        };
+        let mut top: Vec<_> = drops.into_iter().map(|((stage, reason), (n, detail))| (n, stage, reason.to_string(), one_line(detail))).collect();
+        top.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        top.truncate(3);
+        t.top_drops = top;
+        t
+    }
+
+    /// Nothing is left to do for the target: every asked-for task is accepted and every
+    /// accepted task's rollouts have ended.
+    pub fn complete(&self) -> bool {
+        self.target_tasks > 0 && self.accepted_tasks >= self.target_tasks && self.pending == 0 && self.tasks_missing_rollouts == 0
+    }
+
+    /// Why a batch that has ended falls short of its target, or `None` when it met it.
+    pub fn shortfall(&self) -> Option<String> {
+        if self.target_tasks == 0 {
+            return None;
+        }
+        let asked_trajectories = self.accepted_tasks.min(self.target_tasks) * self.rollouts_per_task;
+        let mut short = Vec::new();
+        if self.accepted_tasks < self.target_tasks {
+            short.push(format!(
+                "{} of {} tasks accepted after {} topics (the topic budget is run.max_topics_per_task per task)",
+                self.accepted_tasks, self.target_tasks, self.topic_units
+            ));
+        }
+        if self.trajectories < asked_trajectories {
+            short.push(format!("{} of {asked_trajectories} trajectories ({} rollouts dropped)", self.trajectories, self.rollouts_dropped));
+        }
+        if short.is_empty() {
+            return None;
+        }
+        let why = match self.top_drops.first() {
+            Some((n, stage, reason, detail)) => format!("; most frequent drop: {reason} at {stage} x{n}: {detail}"),
+            None => String::new(),
+        };
+        Some(format!("the batch ended short of its target: {}{why}", short.join(", ")))
+    }
+
+    /// Says so when the directory already holds more than this run asks for: nothing is removed.
+    pub fn more_than_asked(&self) -> Option<String> {
+        let more_tasks = self.target_tasks > 0 && self.accepted_tasks > self.target_tasks;
+        let more_rollouts = self.most_rollouts > self.rollouts_per_task;
+        (more_tasks || more_rollouts).then(|| {
+            format!(
+                "the output directory already holds {} accepted tasks with up to {} rollouts each, more than the {} tasks x {} rollouts asked for; \
+                 nothing is removed, and its outputs keep all of them",
+                self.accepted_tasks,
+                self.most_rollouts,
+                self.target_tasks,
+                self.rollouts_per_task
+            )
+        })
+    }
+}
+
+/// How a batch ended.
+#[derive(Clone, Debug)]
+pub struct BatchEnd {
+    /// The store's count after the run.
+    pub tally: Tally,
+    /// The batch had met its target before this run started: nothing ran.
+    pub already_complete: bool,
+}
+
+/// Counts the batch's units in the store.
+fn tally(store: &SqliteStore, config: &Config) -> anyhow::Result<Tally> {
+    use gymforge_actors::ports::Store;
+    let units = store.units().map_err(anyhow::Error::msg)?;
+    Ok(Tally::of(&units, config.run.tasks, config.run.rollouts))
+}
+
 /// Runs one batch to its end. `progress` receives live snapshots.
 pub async fn run_batch(
     request: RunRequest,
     status: &(dyn Fn(&str) + Sync),
     progress: tokio::sync::watch::Sender<Progress>,
-) -> anyhow::Result<gymforge_actors::RunOutcome> {
+) -> anyhow::Result<BatchEnd> {
     let RunRequest { config, out, llm_source, drain, daemon } = request;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let state = state_dir(&out);
     let _lock = StateLock::acquire(&state)?;
     let store = SqliteStore::open(&state.join("state.db"))?;
     check_resumable(&store, &config, &out)?;
+    let before = tally(&store, &config)?;
+    if let Some(note) = before.more_than_asked() {
+        tracing::warn!("{note}");
+    }
+    if before.complete() && out.join("report.json").is_file() {
+        return Ok(BatchEnd { tally: before, already_complete: true });
+    }
     let spent_usd: f64 = {
         use gymforge_actors::ports::Store;
         store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum()
@@ -273,7 +419,7 @@ pub async fn run_batch(
         sandbox: services.sandbox.clone(),
         store: store.clone(),
         outputs: Arc::new(outputs),
-        telemetry: Arc::new(crate::telemetry::units::UnitTraces::new(run_id, store)),
+        telemetry: Arc::new(crate::telemetry::units::UnitTraces::new(run_id, store.clone())),
         settings: settings(&config, state.join("work")),
         prompts: prompts(),
         taxonomy: taxonomy(),
@@ -284,9 +430,10 @@ pub async fn run_batch(
         d.gateway.set(services.llm.clone()).ok();
         d.set_phase("running");
     }
-    let outcome = gymforge_actors::supervisor::run_pipeline_until(pipeline, drain).await.map_err(anyhow::Error::msg)?;
+    let outcome = gymforge_actors::supervisor::run_pipeline_until(pipeline, drain).await;
     services.llm.log_summary();
-    Ok(outcome)
+    outcome.map_err(anyhow::Error::msg)?;
+    Ok(BatchEnd { tally: tally(&store, &config)?, already_complete: false })
 }
 
 /// One process at a time per output directory: an exclusive `flock` on `.gymforge/lock`, held

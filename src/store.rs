@@ -25,7 +25,7 @@ use gymforge_actors::ports::{Event, PortError, Store, Usage, UsageRow};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS units (
     attempts    INTEGER NOT NULL DEFAULT 0,
     drop_reason TEXT,
     drop_detail TEXT,
+    claim       TEXT,
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
@@ -74,6 +75,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL,
     at     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit    TEXT NOT NULL,
+    stage   TEXT NOT NULL,
+    session TEXT NOT NULL,
+    at      TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -86,6 +94,8 @@ const UNIT_ORDER: &str = "CASE u.kind WHEN 'task' THEN 0 ELSE 1 END, u.seq, u.id
 /// The SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// This process's claim token: claims with another token were made by an earlier process.
+    session: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -135,10 +145,15 @@ impl SqliteStore {
                 // Version 2 records which configured endpoint answered each call.
                 tx.execute_batch("ALTER TABLE usage ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''")?;
             }
+            if (1..=2).contains(&version) {
+                // Version 3 claims a unit before work starts on it (and keeps the history).
+                tx.execute_batch("ALTER TABLE units ADD COLUMN claim TEXT")?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        Ok(SqliteStore { conn: Mutex::new(conn), session: format!("{}-{nanos:x}", std::process::id()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -154,6 +169,14 @@ impl SqliteStore {
             .query_row("SELECT CAST((julianday(created_at) - 2440587.5) * 86400000.0 AS INTEGER) FROM units WHERE id = ?1", [unit], |row| row.get(0))
             .optional()?;
         Ok(ms.map(|ms| ms.max(0) as u64))
+    }
+
+    /// `(unit, stage, session)` of every claim ever made, oldest first.
+    pub fn claim_history(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT unit, stage, session FROM claims ORDER BY id")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// `(unit, stage, created_at)` of every stored stage result, in unit order then stage.
@@ -249,6 +272,7 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Unit> {
         status: parse_status(5, &status)?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         drop_reason: row.get(7)?,
+        drop_detail: row.get(8)?,
     })
 }
 
@@ -267,7 +291,7 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT u.id, u.kind, u.seq, u.parent, u.stage, u.status, u.attempts, \
-                 u.drop_reason FROM units u ORDER BY {UNIT_ORDER}"
+                 u.drop_reason, u.drop_detail FROM units u ORDER BY {UNIT_ORDER}"
             ))
             .map_err(|e| db_err("listing units", e))?;
         let rows = stmt
@@ -381,13 +405,13 @@ impl Store for SqliteStore {
         match next {
             Some(next) => tx.execute(
                 &format!(
-                    "UPDATE units SET stage = ?2, attempts = 0, updated_at = {NOW} WHERE id = ?1"
+                    "UPDATE units SET stage = ?2, attempts = 0, claim = NULL, updated_at = {NOW} WHERE id = ?1"
                 ),
                 params![unit, next.as_str()],
             ),
             None => tx.execute(
                 &format!(
-                    "UPDATE units SET status = 'done', attempts = 0, updated_at = {NOW} \
+                    "UPDATE units SET status = 'done', attempts = 0, claim = NULL, updated_at = {NOW} \
                      WHERE id = ?1"
                 ),
                 params![unit],
@@ -422,7 +446,7 @@ impl Store for SqliteStore {
         tx.execute(
             &format!(
                 "UPDATE units SET status = 'dropped', drop_reason = ?2, drop_detail = ?3, \
-                 updated_at = {NOW} WHERE id = ?1"
+                 claim = NULL, updated_at = {NOW} WHERE id = ?1"
             ),
             params![unit, reason, detail],
         )
@@ -436,7 +460,7 @@ impl Store for SqliteStore {
         let attempts: Option<i64> = conn
             .query_row(
                 &format!(
-                    "UPDATE units SET attempts = attempts + 1, updated_at = {NOW} \
+                    "UPDATE units SET attempts = attempts + 1, claim = NULL, updated_at = {NOW} \
                      WHERE id = ?1 RETURNING attempts"
                 ),
                 params![unit],
@@ -448,6 +472,36 @@ impl Store for SqliteStore {
             Some(n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
             None => Err(PortError::Permanent(format!("store: {context}: no such unit"))),
         }
+    }
+
+    fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError> {
+        let context = format!("claiming {unit} at {stage}");
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&context, e))?;
+        let claimed = tx
+            .execute(
+                &format!(
+                    "UPDATE units SET claim = ?3, updated_at = {NOW} WHERE id = ?1 AND stage = ?2 \
+                     AND status = 'pending' AND (claim IS NULL OR claim != ?3)"
+                ),
+                params![unit, stage.as_str(), self.session],
+            )
+            .map_err(|e| db_err(&context, e))?;
+        if claimed == 1 {
+            tx.execute(
+                &format!("INSERT INTO claims (unit, stage, session, at) VALUES (?1, ?2, ?3, {NOW})"),
+                params![unit, stage.as_str(), self.session],
+            )
+            .map_err(|e| db_err(&context, e))?;
+        }
+        tx.commit().map_err(|e| db_err(&context, e))?;
+        Ok(claimed == 1)
+    }
+
+    fn release(&self, unit: &str) -> Result<(), PortError> {
+        let conn = self.lock();
+        conn.execute("UPDATE units SET claim = NULL WHERE id = ?1", params![unit]).map_err(|e| db_err(&format!("releasing {unit}"), e))?;
+        Ok(())
     }
 
     fn add_usage(
@@ -577,6 +631,7 @@ mod tests {
             status: UnitStatus::Pending,
             attempts: 0,
             drop_reason: None,
+            drop_detail: None,
         }
     }
 
@@ -590,6 +645,7 @@ mod tests {
             status: UnitStatus::Pending,
             attempts: 0,
             drop_reason: None,
+            drop_detail: None,
         }
     }
 

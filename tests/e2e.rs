@@ -127,7 +127,7 @@ fn python_formats(description: &str) -> bool {
 
 async fn sandbox() -> gymforge::sandbox::BwrapSandbox {
     let config = Config::embedded();
-    let (_, sandbox) = gymforge::run::sandbox(&config, &|_| {}).await.expect("sandbox works");
+    let (_, sandbox) = gymforge::run::sandbox(&config, &std::env::temp_dir(), &|_| {}).await.expect("sandbox works");
     std::sync::Arc::try_unwrap(sandbox).ok().expect("sole owner")
 }
 

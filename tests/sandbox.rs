@@ -61,7 +61,7 @@ fn describe(out: &JobOutput) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn probe_succeeds() {
-    sandbox().probe().await.expect("the probe passes on this machine");
+    sandbox().probe(&std::env::temp_dir()).await.expect("the probe passes on this machine");
 }
 
 #[tokio::test(flavor = "multi_thread")]

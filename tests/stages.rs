@@ -61,7 +61,7 @@ fn with_store(p: &Pipeline, dir: &Path) -> Pipeline {
 }
 
 fn task_unit(seq: u64, stage: Stage) -> Unit {
-    Unit { id: format!("t{seq:06}"), kind: UnitKind::Task, seq, parent: None, stage, status: UnitStatus::Pending, attempts: 0, drop_reason: None }
+    Unit { id: format!("t{seq:06}"), kind: UnitKind::Task, seq, parent: None, stage, status: UnitStatus::Pending, attempts: 0, drop_reason: None, drop_detail: None }
 }
 
 /// Stores `idea` as the topic result of an earlier unit.

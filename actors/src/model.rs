@@ -100,6 +100,8 @@ pub struct Unit {
     /// Attempts made at the current stage (crashes and transient failures).
     pub attempts: u32,
     pub drop_reason: Option<String>,
+    /// What happened, in words, for a dropped unit.
+    pub drop_detail: Option<String>,
 }
 
 /// A point sampled from the topic taxonomy.

@@ -244,8 +244,16 @@ pub trait Store: Send + Sync {
         next: Option<Stage>,
     ) -> Result<(), PortError>;
     fn drop_unit(&self, unit: &str, reason: &str, detail: &str) -> Result<(), PortError>;
-    /// Counts one more attempt at the unit's current stage; returns the new count.
+    /// Counts one more attempt at the unit's current stage; returns the new count. Releases the
+    /// unit's claim.
     fn record_attempt(&self, unit: &str) -> Result<u32, PortError>;
+    /// Claims a pending unit at `stage` for this process before any work starts on it; false
+    /// when it is already claimed and not released (completing, dropping, counting an attempt
+    /// or [`Store::release`] release a claim; a claim made by an earlier process is stale and
+    /// taken over). Every claim is kept in the store's claim history.
+    fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError>;
+    /// Gives up a claim without a verdict (the worker holding the unit crashed).
+    fn release(&self, unit: &str) -> Result<(), PortError>;
     fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError>;
     fn usage(&self) -> Result<Vec<UsageRow>, PortError>;
     fn add_event(&self, event: &Event) -> Result<(), PortError>;

@@ -12,7 +12,7 @@
 //! previous stages' results are kept) up to `max_attempts`, then dropped as `worker_crashed`;
 //! the worker is replaced. More than `max_restarts` restarts in a run stop it with an error.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,9 @@ pub struct State {
     pools: BTreeMap<Stage, Pool>,
     worker_stage: HashMap<ActorId, Stage>,
     units: BTreeMap<UnitId, Unit>,
+    /// Units in a stage queue or in a worker's hands: a unit is scheduled at most once, however
+    /// it came to be queued (created, resumed, grown, retried, after a crash).
+    scheduled: HashSet<UnitId>,
     retries_waiting: usize,
     restarts: u32,
     started: Instant,
@@ -114,6 +117,7 @@ impl Actor for Supervisor {
             pools: Stage::ALL.iter().map(|s| (*s, Pool::default())).collect(),
             worker_stage: HashMap::new(),
             units,
+            scheduled: HashSet::new(),
             retries_waiting: 0,
             restarts: 0,
             started: Instant::now(),
@@ -149,7 +153,7 @@ impl Actor for Supervisor {
         pending.sort_by_key(|u| (u.kind == UnitKind::Rollout, u.seq));
         let queued: Vec<(Stage, UnitId)> = pending.iter().map(|u| (u.stage, u.id.clone())).collect();
         for (stage, id) in queued {
-            state.pool(stage).queue.push_back(id);
+            state.enqueue(stage, id, false);
         }
         if let Some(drain) = state.drain.take() {
             let me = myself.clone();
@@ -171,13 +175,14 @@ impl Actor for Supervisor {
                         pool.idle.push(actor);
                     }
                 }
+                state.scheduled.remove(&unit);
                 state.apply(&myself, &unit, verdict)?;
             }
             SupervisorMsg::Requeue(unit) => {
                 state.retries_waiting = state.retries_waiting.saturating_sub(1);
                 if let Some(u) = state.units.get(&unit) {
                     let stage = u.stage;
-                    state.pool(stage).queue.push_front(unit);
+                    state.enqueue(stage, unit, true);
                 }
             }
             SupervisorMsg::Drain => {
@@ -207,12 +212,14 @@ impl Actor for Supervisor {
         state.p.telemetry.worker_restarted(stage);
         tracing::warn!(%stage, unit = ?held, %reason, restarts = state.restarts, "stage worker crashed; restarting it");
         if let Some(unit) = held {
+            state.scheduled.remove(&unit);
+            state.p.store.release(&unit)?;
             state.p.store.add_event(&Event { kind: "worker_restart".into(), unit: unit.clone(), stage, detail: reason.clone() })?;
             let attempts = state.p.store.record_attempt(&unit)?;
             if attempts >= state.p.settings.max_attempts {
                 let detail = format!("worker crashed {attempts} times; last: {reason}");
                 state.p.store.drop_unit(&unit, "worker_crashed", &detail)?;
-                let verdict = Verdict::Dropped { reason: "worker_crashed".into() };
+                let verdict = Verdict::Dropped { reason: "worker_crashed".into(), fatal: None };
                 if let Some(u) = state.units.get(&unit) {
                     state.p.telemetry.stage_ended(u, stage, &verdict, std::time::Duration::ZERO);
                 }
@@ -221,7 +228,7 @@ impl Actor for Supervisor {
                 if let Some(u) = state.units.get_mut(&unit) {
                     u.attempts = attempts;
                 }
-                state.pool(stage).queue.push_front(unit);
+                state.enqueue(stage, unit, true);
             }
         }
         if state.restarts > state.p.settings.max_restarts {
@@ -239,6 +246,15 @@ impl State {
         self.pools.get_mut(&stage).expect("a pool per stage")
     }
 
+    /// Queues a unit at `stage` (at the front: a retry) unless it is scheduled already.
+    fn enqueue(&mut self, stage: Stage, id: UnitId, front: bool) {
+        if !self.scheduled.insert(id.clone()) {
+            return;
+        }
+        let queue = &mut self.pool(stage).queue;
+        if front { queue.push_front(id) } else { queue.push_back(id) }
+    }
+
     async fn spawn_worker(&mut self, myself: &ActorRef<SupervisorMsg>, stage: Stage) -> Result<(), ActorProcessingErr> {
         let args = WorkerArgs { stage, pipeline: self.p.clone(), supervisor: myself.clone() };
         let (worker, _) = Actor::spawn_linked(None, StageWorker, args, myself.get_cell()).await?;
@@ -254,7 +270,7 @@ impl State {
             Verdict::Advanced { next: Some(stage) } => {
                 unit.stage = stage;
                 unit.attempts = 0;
-                self.pool(stage).queue.push_back(unit_id.to_string());
+                self.enqueue(stage, unit_id.to_string(), false);
             }
             Verdict::Advanced { next: None } => {
                 unit.status = UnitStatus::Done;
@@ -265,14 +281,19 @@ impl State {
                     self.create_rollouts(unit_id)?;
                 }
             }
-            Verdict::Dropped { reason } => {
+            Verdict::Dropped { reason, fatal } => {
                 unit.status = UnitStatus::Dropped;
                 unit.drop_reason = Some(reason);
                 self.ended_since_export = true;
                 if unit.kind == UnitKind::Task {
                     self.dropped_in_a_row += 1;
                 }
+                if let Some(message) = fatal {
+                    // The units in flight stay pending in the store: a later run resumes them.
+                    self.fail(myself, message);
+                }
             }
+            Verdict::NotClaimed => {}
             Verdict::Retry { attempts } => {
                 unit.attempts = attempts;
                 self.retries_waiting += 1;
@@ -301,10 +322,11 @@ impl State {
                 status: UnitStatus::Pending,
                 attempts: 0,
                 drop_reason: None,
+                drop_detail: None,
             };
             self.p.store.insert_unit(&unit)?;
             self.units.insert(id.clone(), unit);
-            self.pool(Stage::Rollout).queue.push_back(id);
+            self.enqueue(Stage::Rollout, id, false);
         }
         Ok(())
     }
@@ -338,9 +360,10 @@ impl State {
                 status: UnitStatus::Pending,
                 attempts: 0,
                 drop_reason: None,
+                drop_detail: None,
             };
             self.p.store.insert_unit(&unit)?;
-            self.pool(Stage::Topic).queue.push_back(unit.id.clone());
+            self.enqueue(Stage::Topic, unit.id.clone(), false);
             self.units.insert(unit.id.clone(), unit);
             created += 1;
             live += 1;
@@ -371,6 +394,7 @@ impl State {
                 }
                 let unit_id = pool.queue.pop_front().expect("non-empty");
                 let Some(unit) = self.units.get(&unit_id).filter(|u| u.status == UnitStatus::Pending).cloned() else {
+                    self.scheduled.remove(&unit_id);
                     continue;
                 };
                 let worker = pool.idle.pop().expect("non-empty");

@@ -30,9 +30,13 @@ pub enum WorkerMsg {
 pub enum Verdict {
     /// Moved to the next stage (`None`: the unit is done).
     Advanced { next: Option<Stage> },
-    Dropped { reason: String },
+    /// `fatal`: the reason dooms every unit (see [`stops_the_run`]); the run stops with this
+    /// message.
+    Dropped { reason: String, fatal: Option<String> },
     /// A transient failure; the unit should be tried again after a pause.
     Retry { attempts: u32 },
+    /// The unit was claimed already (it is being worked on elsewhere): nothing was done.
+    NotClaimed,
 }
 
 impl Actor for StageWorker {
@@ -46,6 +50,12 @@ impl Actor for StageWorker {
 
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerArgs) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Work(unit) = msg;
+        // No work starts on a unit that is not claimed in the store first.
+        if !state.pipeline.store.claim(&unit.id, state.stage)? {
+            tracing::error!(unit = %unit.id, stage = %state.stage, "unit already claimed; not working on it twice");
+            state.supervisor.cast(SupervisorMsg::Finished { worker: myself.get_id(), unit: unit.id, verdict: Verdict::NotClaimed })?;
+            return Ok(());
+        }
         inject_fault(&state.pipeline, state.stage, &unit)?;
         let span = state.pipeline.telemetry.stage_span(&unit, state.stage);
         let started = std::time::Instant::now();
@@ -69,7 +79,8 @@ pub async fn process(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Verdict,
     let drop = |reason: &str, detail: &str| -> Result<Verdict, PortError> {
         tracing::info!(unit = %unit.id, %stage, reason, detail, "unit dropped");
         p.store.drop_unit(&unit.id, reason, detail)?;
-        Ok(Verdict::Dropped { reason: reason.to_string() })
+        let fatal = stops_the_run(reason).then(|| format!("{detail} ({stage} stage, unit {}: {reason})", unit.id));
+        Ok(Verdict::Dropped { reason: reason.to_string(), fatal })
     };
     match result {
         Ok(Outcome::Advance(value)) => {
@@ -88,9 +99,17 @@ pub async fn process(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Verdict,
                 Ok(Verdict::Retry { attempts })
             }
         }
-        Err(PortError::Permanent(e)) => drop("permanent_error", &e),
+        // Named after the stage: the detail says what failed.
+        Err(PortError::Permanent(e)) => drop(&format!("{stage}_failed"), &e),
         Err(PortError::Refused { reason, detail }) => drop(&reason, &detail),
     }
+}
+
+/// Drop reasons that would end every later unit the same way: the first one stops the run
+/// instead of letting it burn its topic budget (the sandbox cannot start, an endpoint refuses
+/// the key or has no quota, the run's LLM budget is spent, the output directory is unwritable).
+pub fn stops_the_run(reason: &str) -> bool {
+    matches!(reason, "sandbox_unavailable" | "llm_auth" | "llm_quota" | "budget_exhausted" | "output_unwritable")
 }
 
 /// Fails on purpose at the configured rates (a pure function of seed, unit, stage and attempt).

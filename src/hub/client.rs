@@ -134,6 +134,25 @@ impl HubClient {
         self.token.is_some()
     }
 
+    /// Fails with one sentence when the Hub or the viewer does not answer at all; any HTTP
+    /// answer counts as reachable (what a dataset needs is verified per dataset later).
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        for (service, url) in [
+            ("Hub API", format!("{}/api/datasets?limit=1", self.api_base)),
+            ("dataset viewer", format!("{}/healthcheck", self.viewer_base)),
+        ] {
+            let request = self.authorize(self.http.get(&url).timeout(Duration::from_secs(20)), &url);
+            if let Err(e) = request.send().await {
+                anyhow::bail!(
+                    "the {service} at {} is unreachable ({}); check `hub.endpoint` / `hub.viewer_endpoint` or the HF_ENDPOINT variable",
+                    Url::parse(&url).map(|u| u.origin().ascii_serialization()).unwrap_or_default(),
+                    describe_reqwest(&e)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The parquet size limit, in bytes.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use super::cgroup::{Cgroups, JobCgroup};
 use super::pyenv::PythonEnv;
+use super::staging::{StagePlan, Staging};
 use crate::config::SandboxConfig;
 
 /// The unprivileged uid and gid jobs run as when gymforge runs as root (`nobody`).
@@ -80,12 +81,17 @@ pub struct BwrapSandbox {
     as_root: bool,
     /// Per-job memory and process limits, where the machine allows them.
     cgroups: Option<Cgroups>,
+    /// As root: how the child makes host paths reachable for bwrap (see `staging.rs`).
+    staging: Option<Staging>,
 }
 
 impl BwrapSandbox {
     /// Checks that bwrap exists and the environment is usable by the sandbox user.
     pub fn new(cfg: &SandboxConfig, env: PythonEnv) -> anyhow::Result<BwrapSandbox> {
-        let bwrap = find_bwrap().ok_or_else(|| anyhow!(BWRAP_MISSING))?;
+        let bwrap = find_bwrap(&cfg.bwrap).ok_or_else(|| match cfg.bwrap.as_str() {
+            "" => anyhow!(BWRAP_MISSING),
+            path => anyhow!("bubblewrap is not at {path} (`sandbox.bwrap`): point it at the bwrap program or leave it empty to search PATH"),
+        })?;
         if !env.python().exists() {
             bail!(
                 "the sandbox's Python environment {} has no interpreter: provision it first",
@@ -94,9 +100,18 @@ impl BwrapSandbox {
         }
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
-        if as_root {
-            reachable_by_sandbox_user(&env.dir, false).map_err(|e| anyhow!(e))?;
-        }
+        let staging = if as_root {
+            match Staging::detect() {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    tracing::warn!(%why, "the sandbox cannot stage its files in a private mount namespace; every path it mounts must be reachable by uid 65534");
+                    reachable_by_sandbox_user(&env.dir, false, true).map_err(|e| anyhow!(e))?;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let cgroups = if as_root {
             match Cgroups::detect(Path::new("/sys/fs/cgroup")) {
                 Ok(c) => {
@@ -125,6 +140,7 @@ impl BwrapSandbox {
             max_output_bytes: cfg.max_output_bytes,
             as_root,
             cgroups,
+            staging,
         })
     }
 
@@ -133,38 +149,50 @@ impl BwrapSandbox {
         self.cgroups.as_ref().map(Cgroups::describe)
     }
 
-    /// Runs `python -c "print(1)"` in the sandbox and checks that it printed 1 with no
-    /// capabilities. Any failure becomes one sentence saying what to fix.
-    pub async fn probe(&self) -> anyhow::Result<()> {
-        let dir = std::env::temp_dir().join(format!(
-            "gymforge-probe-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow!("cannot create the probe directory {}: {e}", dir.display()))?;
-        let script = "print(1)\n\
+    /// Runs a job the way the pipeline's jobs run, in a directory under `root` (a run's work
+    /// directory, so that the paths the pipeline will use are the ones tried): the sandbox
+    /// starts, drops every capability, reads a read-only mount, writes its work directory and
+    /// imports the Python packages tasks use. Any failure becomes one sentence saying what to
+    /// fix.
+    pub async fn probe(&self, root: &Path) -> anyhow::Result<()> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = root.join(format!("sandbox-probe-{}-{nanos}", std::process::id()));
+        let (work, data) = (dir.join("work"), dir.join("data"));
+        std::fs::create_dir_all(&work)
+            .and_then(|()| std::fs::create_dir_all(&data))
+            .and_then(|()| std::fs::write(data.join("probe.txt"), "gymforge\n"))
+            .map_err(|e| anyhow!("cannot create the sandbox probe's directory {}: {e}", dir.display()))?;
+        let script = "print(open('data/probe.txt').read().strip())\n\
+                      open('written.txt', 'w').write('ok')\n\
+                      import numpy, pandas, sklearn, pyarrow\n\
                       caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff:')]\n\
                       print('CapEff', caps[0] if caps else 'unknown')";
         let job = SandboxJob {
             label: "sandbox probe".to_string(),
-            workdir: dir.clone(),
+            workdir: work.clone(),
             workdir_inside: PROBE_INSIDE.to_string(),
-            mounts: Vec::new(),
+            mounts: vec![Mount { host: data, inside: format!("{PROBE_INSIDE}/data"), writable: false }],
             command: vec!["python".into(), "-c".into(), script.into()],
             timeout: Duration::from_secs(120),
         };
         let result = self.run(job).await;
+        let written = work.join("written.txt").is_file();
         let _ = std::fs::remove_dir_all(&dir);
-        let out = result.map_err(|e| anyhow!("{e}"))?;
-        if !out.success() || out.stdout.lines().next() != Some("1") {
+        let out = result.map_err(|e| match e {
+            PortError::Refused { detail, .. } => anyhow!("{detail}"),
+            e => anyhow!("{e}"),
+        })?;
+        if !out.success() || out.stdout.lines().next() != Some("gymforge") || !written {
+            let said = one_line(&out.stderr, 600);
+            let hint = if said.contains("ModuleNotFoundError") || said.contains("ImportError") {
+                format!(" (the Python environment {} is incomplete: remove it and gymforge provisions it again)", self.env.dir.display())
+            } else {
+                String::new()
+            };
             bail!(
-                "the sandbox started but `python -c \"print(1)\"` failed ({}): {}",
+                "the sandbox started but the probe job failed ({}) in {}: {said}{hint}",
                 out.status_line(),
-                one_line(&out.stderr, 600)
+                root.display()
             );
         }
         let caps =
@@ -178,8 +206,21 @@ impl BwrapSandbox {
         Ok(())
     }
 
-    /// bwrap's arguments for a job (everything after the program name).
-    fn args(&self, job: &SandboxJob) -> Vec<OsString> {
+    /// The host paths bwrap binds for `job` (the Python environment, the work directory, then
+    /// each mount) and the source path bwrap is given for each: staged as root, else the host
+    /// path itself.
+    fn bind_sources(&self, job: &SandboxJob) -> (StagePlan, Vec<PathBuf>) {
+        let mut hosts: Vec<(&Path, bool)> = vec![(&self.env.dir, true), (&job.workdir, true)];
+        hosts.extend(job.mounts.iter().map(|m| (m.host.as_path(), m.host.is_dir())));
+        match &self.staging {
+            Some(staging) => staging.plan(&hosts),
+            None => (StagePlan::default(), hosts.iter().map(|(p, _)| p.to_path_buf()).collect()),
+        }
+    }
+
+    /// bwrap's arguments for a job (everything after the program name); `sources` as
+    /// [`Self::bind_sources`] gives them.
+    fn args(&self, job: &SandboxJob, sources: &[PathBuf]) -> Vec<OsString> {
         let mut a = Args::default();
         a.push(&["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]);
         a.push(&["--new-session", "--hostname", "sandbox"]);
@@ -205,22 +246,22 @@ impl BwrapSandbox {
             }
         }
         let env_dir = path_str(&self.env.dir);
-        a.push(&["--ro-bind", &env_dir, &env_dir]);
+        a.push_os("--ro-bind", &sources[0], &env_dir);
         a.push(&["--proc", "/proc", "--dev", "/dev"]);
         for parent in parents(&job.workdir_inside) {
             a.push(&["--dir", &parent]);
         }
-        a.push_os("--bind", &job.workdir, &job.workdir_inside);
+        a.push_os("--bind", &sources[1], &job.workdir_inside);
 
-        let mut mounts: Vec<&Mount> = job.mounts.iter().collect();
-        mounts.sort_by_key(|m| Path::new(&m.inside).components().count());
-        for m in mounts {
+        let mut mounts: Vec<(&Mount, &PathBuf)> = job.mounts.iter().zip(&sources[2..]).collect();
+        mounts.sort_by_key(|(m, _)| Path::new(&m.inside).components().count());
+        for (m, source) in mounts {
             if !Path::new(&m.inside).starts_with(&job.workdir_inside) {
                 for parent in parents(&m.inside) {
                     a.push(&["--dir", &parent]);
                 }
             }
-            a.push_os(if m.writable { "--bind" } else { "--ro-bind" }, &m.host, &m.inside);
+            a.push_os(if m.writable { "--bind" } else { "--ro-bind" }, source, &m.inside);
         }
 
         // The sandbox's own root (a tmpfs bwrap builds) is read-only: writes go only to the
@@ -251,15 +292,16 @@ impl BwrapSandbox {
     /// user applied). Keep the returned groups until the job has ended.
     pub(super) async fn command(&self, job: &SandboxJob) -> Result<(tokio::process::Command, Option<JobCgroup>), PortError> {
         let prepared = {
-            let (job, env_dir, as_root) = (job.clone(), self.env.dir.clone(), self.as_root);
-            tokio::task::spawn_blocking(move || prepare(&job, &env_dir, as_root)).await
+            let (job, env_dir, as_root, staged) = (job.clone(), self.env.dir.clone(), self.as_root, self.staging.is_some());
+            tokio::task::spawn_blocking(move || prepare(&job, &env_dir, as_root, staged)).await
         };
         match prepared {
             Ok(r) => r?,
             Err(e) => return Err(PortError::Transient(format!("sandbox preparation failed: {e}"))),
         }
+        let (plan, sources) = self.bind_sources(job);
         let mut cmd = tokio::process::Command::new(&self.bwrap);
-        cmd.args(self.args(job))
+        cmd.args(self.args(job, &sources))
             .env_clear()
             .current_dir("/")
             .stdin(Stdio::null())
@@ -278,6 +320,7 @@ impl BwrapSandbox {
         unsafe {
             cmd.pre_exec(move || {
                 super::cgroup::join(&procs)?;
+                super::staging::enter(&plan)?;
                 child_setup(limits, drop_to_nobody)
             });
         }
@@ -382,11 +425,18 @@ impl Sandbox for BwrapSandbox {
 }
 
 /// Host-side preparation: validates paths, creates mountpoints inside the work directory and,
-/// as root, hands the writable trees to the sandbox user. Blocking.
-fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool) -> Result<(), PortError> {
+/// as root, hands the writable trees to the sandbox user. `staged`: the child stages the host
+/// paths (see `staging.rs`), so the directories above them need not be reachable. Blocking.
+fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool, staged: bool) -> Result<(), PortError> {
     let perm = |m: String| PortError::Permanent(m);
     if job.command.is_empty() {
         return Err(perm(format!("sandbox job `{}` has an empty command", job.label)));
+    }
+    // bwrap runs in `/`: a relative host path would name something else there.
+    for host in std::iter::once(&job.workdir).chain(job.mounts.iter().map(|m| &m.host)) {
+        if !host.is_absolute() {
+            return Err(perm(format!("sandbox job `{}`: host path {} is relative; paths are made absolute when gymforge starts", job.label, host.display())));
+        }
     }
     check_inside(&job.workdir_inside, env_dir).map_err(perm)?;
     for m in &job.mounts {
@@ -414,10 +464,10 @@ fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool) -> Result<(), PortEr
         }
     }
     if as_root {
-        reachable_by_sandbox_user(&job.workdir, true).map_err(perm)?;
+        reachable_by_sandbox_user(&job.workdir, true, !staged).map_err(perm)?;
         chown_tree(&job.workdir).map_err(perm)?;
         for m in &job.mounts {
-            reachable_by_sandbox_user(&m.host, m.writable).map_err(perm)?;
+            reachable_by_sandbox_user(&m.host, m.writable, !staged).map_err(perm)?;
             if m.writable {
                 chown_tree(&m.host).map_err(perm)?;
             }
@@ -429,16 +479,16 @@ fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool) -> Result<(), PortEr
 const BWRAP_MISSING: &str =
     "bubblewrap (bwrap) is not installed: run `apt-get install -y bubblewrap`";
 
-/// Finds `bwrap` on PATH or in the usual places.
-fn find_bwrap() -> Option<PathBuf> {
+/// The configured `bwrap` (`sandbox.bwrap`), or else the first on PATH or in the usual places.
+fn find_bwrap(configured: &str) -> Option<PathBuf> {
+    let executable = |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !configured.is_empty() {
+        return Some(PathBuf::from(configured)).filter(executable);
+    }
     let mut dirs: Vec<PathBuf> =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/local/bin", "/bin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join("bwrap")).find(|p| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
+    dirs.into_iter().map(|d| d.join("bwrap")).find(executable)
 }
 
 /// Runs in the forked child before exec: limits, then (as root) the switch to `nobody`, then
@@ -489,14 +539,14 @@ fn child_setup(limits: Limits, drop_to_nobody: bool) -> std::io::Result<()> {
 pub(super) fn spawn_error(e: std::io::Error) -> PortError {
     use std::io::ErrorKind::*;
     match e.kind() {
-        NotFound => PortError::Permanent(BWRAP_MISSING.to_string()),
+        NotFound => unavailable(BWRAP_MISSING.to_string()),
         WouldBlock | OutOfMemory | Interrupted => {
             PortError::Transient(format!("cannot start the sandbox: {e}"))
         }
         _ if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::ENOMEM) => {
             PortError::Transient(format!("cannot start the sandbox: {e}"))
         }
-        _ => PortError::Permanent(format!("cannot start the sandbox (bwrap): {e}")),
+        _ => unavailable(format!("cannot start the sandbox (bwrap): {e}")),
     }
 }
 
@@ -508,7 +558,7 @@ pub(super) fn setup_failure(stderr: &str) -> PortError {
         return PortError::Transient(format!("the sandbox could not start for lack of processes or memory (bwrap said: {said})"));
     }
     if said.contains("namespace") || said.contains("uid map") || said.contains("setting up uid") {
-        return PortError::Permanent(format!(
+        return unavailable(format!(
             "bubblewrap may not create user namespaces on this machine, so the sandbox cannot \
              start (bwrap said: {said}); allow unprivileged user namespaces, e.g. \
              `sysctl -w user.max_user_namespaces=10000` (Debian: also \
@@ -516,7 +566,12 @@ pub(super) fn setup_failure(stderr: &str) -> PortError {
              `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`)"
         ));
     }
-    PortError::Permanent(format!("the sandbox failed to start (bwrap said: {said})"))
+    unavailable(format!("the sandbox failed to start (bwrap said: {said})"))
+}
+
+/// The sandbox cannot start at all: every job would fail the same way, so the run stops.
+fn unavailable(detail: String) -> PortError {
+    PortError::Refused { reason: "sandbox_unavailable".into(), detail }
 }
 
 /// Reads `r` to the end, keeping the first `cap` bytes in `buf` and discarding the rest.
@@ -723,12 +778,13 @@ fn list_dir(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
     Ok(names)
 }
 
-/// As root, bwrap runs as uid 65534: every ancestor of `path` must be searchable by others
-/// and `path` itself readable (and, for writable trees, handed over by `chown_tree`).
-fn reachable_by_sandbox_user(path: &Path, writable: bool) -> Result<(), String> {
+/// As root, bwrap runs as uid 65534: `path` itself must be readable by it (writable trees are
+/// handed over by `chown_tree`) and, unless the child stages it (`ancestors` false), every
+/// ancestor of `path` searchable by others.
+fn reachable_by_sandbox_user(path: &Path, writable: bool, ancestors: bool) -> Result<(), String> {
     let real = std::fs::canonicalize(path)
         .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
-    for ancestor in real.ancestors().skip(1) {
+    for ancestor in real.ancestors().skip(1).filter(|_| ancestors) {
         let meta = std::fs::metadata(ancestor)
             .map_err(|e| format!("cannot stat {}: {e}", ancestor.display()))?;
         if meta.mode() & 0o001 == 0 && meta.uid() != SANDBOX_UID {
@@ -831,13 +887,13 @@ mod tests {
     #[test]
     fn namespace_refusal_is_explained() {
         let e = setup_failure("bwrap: No permissions to creating new namespace, likely because");
-        assert!(matches!(&e, PortError::Permanent(m) if m.contains("user namespaces")), "{e}");
+        assert!(matches!(&e, PortError::Refused { reason, detail } if reason == "sandbox_unavailable" && detail.contains("user namespaces")), "{e}");
     }
 
     #[test]
     fn missing_bwrap_names_the_fix() {
         let e = spawn_error(std::io::Error::from(std::io::ErrorKind::NotFound));
-        assert_eq!(e, PortError::Permanent(BWRAP_MISSING.to_string()));
+        assert_eq!(e, unavailable(BWRAP_MISSING.to_string()));
         let e = spawn_error(std::io::Error::from_raw_os_error(libc::EAGAIN));
         assert!(e.is_transient());
     }

@@ -10,6 +10,7 @@ mod bwrap;
 mod cgroup;
 mod pyenv;
 mod shell;
+mod staging;
 
 pub use bwrap::BwrapSandbox;
 pub use shell::BwrapShell;

@@ -48,11 +48,12 @@ impl Metrics {
         let outcome = match verdict {
             Verdict::Advanced { next: None } => "done",
             Verdict::Advanced { .. } => "advanced",
-            Verdict::Dropped { reason } => {
+            Verdict::Dropped { reason, .. } => {
                 self.units_dropped.add(1, &[stage_kv.clone(), KeyValue::new("reason", reason.clone())]);
                 "dropped"
             }
             Verdict::Retry { .. } => "retry",
+            Verdict::NotClaimed => "not_claimed",
         };
         self.stage_results.add(1, &[stage_kv.clone(), KeyValue::new("outcome", outcome)]);
         self.stage_duration.record(elapsed.as_secs_f64(), &[stage_kv]);

@@ -88,8 +88,8 @@ impl Telemetry for UnitTraces {
         metrics().stage_ended(stage, verdict, elapsed);
         match verdict {
             Verdict::Advanced { next: None } => self.end_unit(unit, "done", None),
-            Verdict::Dropped { reason } => self.end_unit(unit, "dropped", Some(reason)),
-            Verdict::Advanced { .. } | Verdict::Retry { .. } => {}
+            Verdict::Dropped { reason, .. } => self.end_unit(unit, "dropped", Some(reason)),
+            Verdict::Advanced { .. } | Verdict::Retry { .. } | Verdict::NotClaimed => {}
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gymforge::config::Config;
+use gymforge::output::print_line;
 use gymforge::progress::Display;
 
 #[derive(Parser)]
@@ -270,7 +271,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
                 std::fs::create_dir_all(parent)?;
             }
             gymforge::export::write_jsonl(&file, &lines).map_err(anyhow::Error::msg)?;
-            println!("{}: {}", file.display(), summary.describe());
+            print_line(&format!("{}: {}", file.display(), summary.describe()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json } } => {
@@ -300,7 +301,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let result = gymforge::check::check_task(&config, &dir, &|m: &str| display.status(m)).await;
             display.finish();
             let (report, valid) = result?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            print_line(&serde_json::to_string_pretty(&report)?)?;
             Ok(if valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Aup { out, best, last, directions, json, svg } => {
@@ -309,7 +310,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
                 (None, Some(best), Some(last), Some(directions)) => gymforge::aup::AupInput::Tables { best, last, directions },
                 _ => anyhow::bail!("give either --out DIR, or --best, --last and --directions"),
             };
-            println!("{}", gymforge::aup::run_aup(input, json, svg.as_deref())?);
+            print_line(&gymforge::aup::run_aup(input, json, svg.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim { what: ServeCommand::Serve { port, config } } => {
@@ -346,8 +347,8 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
     let outcome = result?;
     let report_path = out.join("report.json");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
-    println!("{}", gymforge::export::summary_table(&report));
-    println!("outputs in {}", out.display());
+    print_line(&gymforge::export::summary_table(&report))?;
+    print_line(&format!("outputs in {}", out.display()))?;
     if outcome.accepted_tasks < outcome.target_tasks {
         eprintln!(
             "warning: {} of {} tasks accepted; the topic budget (run.max_topics_per_task) ran out first",
@@ -360,9 +361,9 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
 /// Prints a bench's report; a missed target is exit status 1.
 fn print_bench(report: gymforge::bench::BenchReport, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.json)?);
+        print_line(&serde_json::to_string_pretty(&report.json)?)?;
     } else {
-        println!("{}", report.table);
+        print_line(&report.table)?;
     }
     Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -111,11 +111,12 @@ struct BatchArgs {
     #[arg(long, default_value = "gymforge-out")]
     out: PathBuf,
     /// Accepted tasks to produce (overrides run.tasks); 0 means no target: keep going until stopped.
-    #[arg(long)]
-    tasks: Option<u32>,
+    // Taken as text (negative numbers included) so that batch_config can say what is wrong with it.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    tasks: Option<String>,
     /// Teacher rollouts per accepted task (overrides run.rollouts).
-    #[arg(long)]
-    rollouts: Option<u32>,
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
+    rollouts: Option<String>,
     /// Seed of everything random in the run (overrides seed and sim.seed).
     #[arg(long)]
     seed: Option<u64>,
@@ -370,12 +371,13 @@ fn print_bench(report: gymforge::bench::BenchReport, json: bool) -> anyhow::Resu
 
 /// The config of a batch: the file (or the embedded default) with the command line's overrides.
 fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
+    let tasks = args.tasks.as_deref().map(|v| whole_number("--tasks", v, 0, " (0: no target)")).transpose()?;
+    let rollouts = args.rollouts.as_deref().map(|v| whole_number("--rollouts", v, 1, "")).transpose()?;
     let mut config = load_config(args.config.as_deref())?;
-    if let Some(n) = args.tasks {
+    if let Some(n) = tasks {
         config.run.tasks = n;
     }
-    if let Some(k) = args.rollouts {
-        anyhow::ensure!(k > 0, "--rollouts must be at least 1");
+    if let Some(k) = rollouts {
         config.run.rollouts = k;
     }
     if let Some(s) = args.seed {
@@ -383,6 +385,15 @@ fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
         config.sim.seed = s;
     }
     Ok(config)
+}
+
+/// The value of a count option such as `--tasks`: a whole number of at least `min`; `note` says
+/// what a special value means.
+fn whole_number(flag: &str, value: &str, min: u32, note: &str) -> anyhow::Result<u32> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if n >= u64::from(min) => u32::try_from(n).map_err(|_| anyhow::anyhow!("{flag} must be at most {}, not {value}", u32::MAX)),
+        _ => anyhow::bail!("{flag} must be a whole number, {min} or more{note}, not {value}"),
+    }
 }
 
 async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {

@@ -405,14 +405,17 @@ async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_
     assert_eq!(actions(&live), actions(&replayed));
     assert!(!actions(&live).is_empty());
     assert_eq!(read(live.join("sft/train.jsonl")), read(replayed.join("sft/train.jsonl")));
-    // MLGym's replay file: one line per trajectory, its assistant turns in order.
+    // MLGym's replay file: one line per trajectory, its assistant turns in order under the task
+    // id, and which rollout unit it is.
     let replay_lines: Vec<serde_json::Value> = read(live.join("replay.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let trajectories = actions(&live);
     assert_eq!(replay_lines.len(), trajectories.len());
+    let mut units = BTreeSet::new();
     for line in &replay_lines {
-        let (task, turns) = line.as_object().unwrap().iter().next().unwrap();
-        assert!(accepted_tasks(&live).as_array().unwrap().iter().any(|t| t["task_id"] == task.as_str()));
-        assert!(turns.as_array().unwrap().iter().all(|t| t.as_str().unwrap().contains("```")));
+        let task = line["task_id"].as_str().unwrap();
+        assert!(accepted_tasks(&live).as_array().unwrap().iter().any(|t| t["task_id"] == task));
+        assert!(line[task].as_array().unwrap().iter().all(|t| t.as_str().unwrap().contains("```")));
+        assert!(units.insert(line["unit"].as_str().unwrap().to_string()), "{line}");
     }
     assert_eq!(live_report["rollouts"], replay_report["rollouts"]);
     assert_eq!(live_report["llm"]["total"], replay_report["llm"]["total"]);

@@ -268,6 +268,11 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
                 gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, keep_observations, simulated, ..Default::default() };
             let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);
             let file = file.unwrap_or_else(|| out.join(if sharegpt { "sft/train.sharegpt.jsonl" } else { "sft/train.jsonl" }));
+            if let Some(why) = summary.nothing_kept() {
+                // An empty file would replace what an earlier export wrote there.
+                let hint = if summary.over_budget > 0 { format!(" (--token-budget {token_budget})") } else { String::new() };
+                anyhow::bail!("{why}{hint}; {} was left as it was", file.display());
+            }
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent)?;
             }

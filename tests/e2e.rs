@@ -262,6 +262,15 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
     }
     let kept: u64 = said.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap();
     assert_eq!(kept, exported.len() as u64, "{said}");
+
+    // A budget no example fits: keeping nothing fails, says how many and why, writes nothing.
+    let tiny = out.path().join("tiny.jsonl");
+    let output = gymforge().args(["export", "sft", "--token-budget", "10", "--out"]).arg(out.path()).arg("--file").arg(&tiny).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("all {} trajectories were left out", trajs.len())), "{stderr}");
+    assert!(stderr.contains("over the token budget (--token-budget 10)"), "{stderr}");
+    assert!(!tiny.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

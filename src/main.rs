@@ -408,7 +408,7 @@ async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
     let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
     let state = DaemonState::new(rx);
     let addr = serve(state.clone(), listen).await?;
-    eprintln!("gymforge daemon: status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
+    tracing::info!("serving status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel();
     let request = gymforge::run::RunRequest {
         config,
@@ -424,19 +424,19 @@ async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
         result = &mut batch => {
             let outcome = result?;
             state.set_phase("finished");
-            eprintln!("gymforge daemon: batch finished, {} of {} tasks accepted; serving status until stopped", outcome.accepted_tasks, outcome.target_tasks);
+            tracing::info!("batch finished, {} of {} tasks accepted; serving status until stopped", outcome.accepted_tasks, outcome.target_tasks);
             stop_signal().await;
         }
         _ = stop_signal() => {
             state.set_phase("draining");
-            eprintln!("gymforge daemon: stopping; units in flight may finish within {} s", drain_timeout.as_secs());
+            tracing::info!("stopping; units in flight may finish within {} s", drain_timeout.as_secs());
             drain_tx.send(()).ok();
             match tokio::time::timeout(drain_timeout, &mut batch).await {
                 Ok(result) => {
                     result?;
-                    eprintln!("gymforge daemon: drained; pending work resumes on the next start");
+                    tracing::info!("drained; pending work resumes on the next start");
                 }
-                Err(_) => eprintln!("gymforge daemon: the drain deadline passed; the units still in flight resume on the next start"),
+                Err(_) => tracing::warn!("the drain deadline passed; the units still in flight resume on the next start"),
             }
         }
     }

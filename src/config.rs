@@ -296,9 +296,15 @@ impl Config {
     /// Parses `text` (named `origin` in errors) merged over the embedded default.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
         let mut base: toml::Table = DEFAULT_TOML.parse().expect("embedded default parses");
-        let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, text))
-        })?;
+        let syntax_error =
+            |e: toml::de::Error| anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, text));
+        // Unknown keys are found in the user's own text, so that the error names its line (once
+        // merged, a key's line would be one of the merged document's).
+        let spanned = toml::de::DeTable::parse(text).map_err(syntax_error)?;
+        if let Some((key, offset, known)) = unknown_key(spanned.get_ref(), &base, "") {
+            bail!("{}:{}: unknown key `{key}` (known here: {})", origin.display(), line_of(text, offset), known.join(", "));
+        }
+        let user: toml::Table = text.parse().map_err(syntax_error)?;
         let endpoint_in_file = user.get("hub").and_then(|h| h.get("endpoint")).is_some();
         merge(&mut base, user);
         let merged = toml::to_string(&base).expect("a table serialises");
@@ -470,6 +476,41 @@ fn read_secret(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// Tables whose keys are names the user chooses (each entry has the shape of the default's entries).
+const NAMED_TABLES: &[&str] = &["llm.endpoints"];
+
+/// The first key of `user` (at dotted path `prefix`) that `default` does not have: its dotted
+/// path, its byte offset in the user's text, and the keys that are allowed there.
+fn unknown_key(user: &toml::de::DeTable, default: &toml::Table, prefix: &str) -> Option<(String, usize, Vec<String>)> {
+    let mut entries: Vec<_> = user.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (key, value) in entries {
+        let name: &str = key.get_ref();
+        let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let expected = match default.get(name) {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => continue,
+            // A new entry of a named table is checked against the shape of the default's entries.
+            None if NAMED_TABLES.contains(&prefix) => match default.values().next() {
+                Some(toml::Value::Table(t)) => t,
+                _ => continue,
+            },
+            None => return Some((path, key.span().start, default.keys().cloned().collect())),
+        };
+        if let toml::de::DeValue::Table(inner) = value.get_ref() {
+            if let Some(found) = unknown_key(inner, expected, &path) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
 /// Recursively merges `over` into `base`: tables merge key by key, everything else replaces.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
@@ -532,6 +573,28 @@ mod tests {
         let err = Config::parse("[run]\ntaks = 9\n", Path::new("my.toml")).unwrap_err().to_string();
         assert!(err.contains("my.toml"), "{err}");
         assert!(err.contains("taks"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_line_of_the_users_file() {
+        let text = "# mine\n[run]\ntasks = 2\ntaskz = 9\n";
+        let err = Config::parse(text, Path::new("my.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("my.toml:4: unknown key `run.taskz`"), "{err}");
+        assert!(err.contains("max_topics_per_task"), "{err}");
+        let err = Config::parse("seed = 1\nsed = 2\n", Path::new("my.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("my.toml:2: unknown key `sed`"), "{err}");
+        let err = Config::parse("\n\nrun.taskz = 9\n", Path::new("my.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("my.toml:3: unknown key `run.taskz`"), "{err}");
+    }
+
+    #[test]
+    fn a_new_endpoints_keys_are_checked_against_an_endpoints_shape() {
+        let text = "[llm.endpoints.teacher]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodle = \"m\"\n";
+        let err = Config::parse(text, Path::new("my.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("my.toml:3: unknown key `llm.endpoints.teacher.modle`"), "{err}");
+        assert!(err.contains("api_key_env"), "{err}");
+        let err = Config::parse("[llm.endpoints.sim]\ntimeout = 5\n", Path::new("my.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("my.toml:2: unknown key `llm.endpoints.sim.timeout`"), "{err}");
     }
 
     #[test]

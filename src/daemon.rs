@@ -6,7 +6,8 @@
 //! format). SIGTERM or SIGINT drains: no new work starts, the units in flight may finish until
 //! `daemon.drain_timeout_secs`, the rest stays pending in the store, and the process exits 0;
 //! the next `daemon` or `run` on the same directory resumes. When the batch reaches its target
-//! the daemon keeps serving its final status until it is stopped.
+//! the daemon keeps serving its final status until it is stopped, and `/readyz` answers 200 with
+//! the phase `finished`: the process is healthy and serving.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -101,10 +102,20 @@ async fn readyz(State(s): State<Arc<DaemonState>>) -> Response {
                 .unwrap_or_default()
         })
         .unwrap_or_default();
-    let ready = phase == "running" && open.is_empty();
+    let ready = is_ready(phase, &open);
     let body = json!({ "ready": ready, "phase": phase, "open_circuits": open });
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
+}
+
+/// Ready: running with every circuit closed, or finished (the batch is done; the process serves
+/// its final status until stopped, whatever state the circuits were left in).
+fn is_ready(phase: &str, open_circuits: &[String]) -> bool {
+    match phase {
+        "running" => open_circuits.is_empty(),
+        "finished" => true,
+        _ => false,
+    }
 }
 
 async fn metrics(State(s): State<Arc<DaemonState>>) -> Response {
@@ -177,6 +188,33 @@ pub async fn stop_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn readyz_of(phase: &'static str) -> (StatusCode, Value) {
+        let (_tx, rx) = tokio::sync::watch::channel(Progress::default());
+        let state = DaemonState::new(rx);
+        state.set_phase(phase);
+        let response = readyz(State(state)).await;
+        let code = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (code, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_ready_while_running_and_once_finished() {
+        for (phase, code) in [
+            ("starting", StatusCode::SERVICE_UNAVAILABLE),
+            ("running", StatusCode::OK),
+            ("draining", StatusCode::SERVICE_UNAVAILABLE),
+            ("finished", StatusCode::OK),
+        ] {
+            let (got, body) = readyz_of(phase).await;
+            assert_eq!(got, code, "{phase}: {body}");
+            assert_eq!(body["phase"], phase);
+            assert_eq!(body["ready"], code == StatusCode::OK);
+        }
+        assert!(!is_ready("running", &["main: failing".into()]));
+        assert!(is_ready("finished", &["main: failing".into()]));
+    }
 
     #[test]
     fn metrics_are_prometheus_text() {

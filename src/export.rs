@@ -460,7 +460,7 @@ impl OutputDir {
 }
 
 /// Writes one JSON value per line, atomically.
-pub fn write_jsonl(path: &Path, lines: &[Value]) -> Result<(), PortError> {
+pub fn write_jsonl<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), PortError> {
     let context = format!("writing {}", path.display());
     let mut file = AtomicFile::create(path).map_err(|e| io_err(&context, e))?;
     for line in lines {
@@ -549,15 +549,36 @@ impl Outputs for OutputDir {
 }
 
 /// MLGym's replay file: per trajectory, `{"<task_id>": [<assistant messages in order>]}`, which
-/// MLGym's replay model answers with one by one to re-run the trajectory in a real environment.
-pub fn replay_lines(rollouts: &[RolloutRecord]) -> Vec<Value> {
+/// MLGym's replay model answers with one by one to re-run the trajectory in a real environment,
+/// followed by `"task_id"` and the rollout's `"unit"` so that the lines of one task's rollouts
+/// can be told apart. MLGym reads a line's first value, so the turns stay first.
+pub fn replay_lines(rollouts: &[RolloutRecord]) -> Vec<ReplayLine<'_>> {
     rollouts
         .iter()
-        .map(|r| {
-            let turns: Vec<&str> = r.trajectory.history.iter().filter(|h| h.role == "assistant").map(|h| h.content.as_str()).collect();
-            json!({ r.task_id.as_str(): turns })
+        .map(|r| ReplayLine {
+            task_id: &r.task_id,
+            unit: &r.unit,
+            turns: r.trajectory.history.iter().filter(|h| h.role == "assistant").map(|h| h.content.as_str()).collect(),
         })
         .collect()
+}
+
+/// One line of `replay.jsonl`; serialised with its keys in that order (see `replay_lines`).
+pub struct ReplayLine<'a> {
+    pub task_id: &'a str,
+    pub unit: &'a str,
+    pub turns: Vec<&'a str>,
+}
+
+impl Serialize for ReplayLine<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry(self.task_id, &self.turns)?;
+        map.serialize_entry("task_id", self.task_id)?;
+        map.serialize_entry("unit", self.unit)?;
+        map.end()
+    }
 }
 
 /// True when any service label says `"simulated": true`.
@@ -1492,6 +1513,7 @@ mod tests {
         turns: &[(&str, &str)],
     ) -> RolloutRecord {
         RolloutRecord {
+            unit: format!("{task_id}.r{run_index}"),
             task_id: task_id.into(),
             run_index,
             run_name: format!("sim-teacher__{task_id}__default__t-0.70__run_{run_index}"),
@@ -1816,6 +1838,51 @@ mod tests {
         for row in &rows[1..] {
             assert!(row.as_bytes()[header_end - 1].is_ascii_digit(), "{table}");
         }
+    }
+
+    #[test]
+    fn replay_lines_lead_with_the_turns_and_name_their_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("out"));
+        let inputs = final_inputs();
+        out.finalize(&inputs).unwrap();
+        let text = fs::read_to_string(out.replay_path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), inputs.rollouts.len());
+        let mut units = HashSet::new();
+        for (line, r) in lines.iter().zip(&inputs.rollouts) {
+            // MLGym's replay model takes a line's first value: the task's assistant turns.
+            assert!(line.starts_with(&format!("{{\"{}\":[\"DISCUSSION", r.task_id)), "{line}");
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v[&r.task_id].as_array().unwrap().len(), 2, "{line}");
+            assert_eq!((v["task_id"].as_str(), v["unit"].as_str()), (Some(r.task_id.as_str()), Some(r.unit.as_str())), "{line}");
+            assert!(units.insert(r.unit.clone()), "one line per rollout unit: {line}");
+        }
+        assert!(units.len() > inputs.tasks.len(), "some task has several rollouts, told apart by unit");
+        // As MLGym reads it, where Python is installed.
+        if let Ok(python) = std::process::Command::new("python3")
+            .args(["-c", "import json, sys\nfor x in open(sys.argv[1]).read().splitlines(keepends=True):\n    t = list(json.loads(x).values())[0]\n    assert all(isinstance(s, str) for s in t) and t, t\nprint('ok')", out.replay_path().to_str().unwrap()])
+            .output()
+        {
+            assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&python.stderr));
+        }
+    }
+
+    #[test]
+    fn a_stored_rollout_is_read_with_its_unit_id() {
+        use gymforge_actors::ports::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let mut u = unit("t0001.r1", UnitKind::Rollout, 1, Stage::Rollout, UnitStatus::Pending, None);
+        u.parent = Some("t0001".into());
+        store.insert_unit(&u).unwrap();
+        // A record stored before records carried their unit.
+        let mut stored = serde_json::to_value(rollout("wineT1", 1, vec![], TURNS)).unwrap();
+        stored.as_object_mut().unwrap().remove("unit");
+        store.complete_stage("t0001.r1", Stage::Rollout, &stored, None).unwrap();
+        let inputs = gymforge_actors::export::final_inputs(&store, 0.0).unwrap();
+        assert_eq!(inputs.rollouts.len(), 1);
+        assert_eq!(inputs.rollouts[0].unit, "t0001.r1");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod export;
 pub mod gateway;
 pub mod hub;
+pub mod output;
 pub mod progress;
 pub mod run;
 pub mod sandbox;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gymforge::config::Config;
+use gymforge::output::print_line;
 use gymforge::progress::Display;
 
 /// Exit statuses of `gymforge run` (and of every command: 1 and 2 mean the same everywhere).
@@ -125,11 +126,12 @@ struct BatchArgs {
     #[arg(long, default_value = "gymforge-out")]
     out: PathBuf,
     /// Accepted tasks to produce (overrides run.tasks); 0 means no target: keep going until stopped.
-    #[arg(long)]
-    tasks: Option<u32>,
+    // Taken as text (negative numbers included) so that batch_config can say what is wrong with it.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    tasks: Option<String>,
     /// Teacher rollouts per accepted task (overrides run.rollouts).
-    #[arg(long)]
-    rollouts: Option<u32>,
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
+    rollouts: Option<String>,
     /// Seed of everything random in the run (overrides seed and sim.seed).
     #[arg(long)]
     seed: Option<u64>,
@@ -285,11 +287,16 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
                 gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, keep_observations, simulated, ..Default::default() };
             let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);
             let file = file.unwrap_or_else(|| out.join(if sharegpt { "sft/train.sharegpt.jsonl" } else { "sft/train.jsonl" }));
+            if let Some(why) = summary.nothing_kept() {
+                // An empty file would replace what an earlier export wrote there.
+                let hint = if summary.over_budget > 0 { format!(" (--token-budget {token_budget})") } else { String::new() };
+                anyhow::bail!("{why}{hint}; {} was left as it was", file.display());
+            }
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent)?;
             }
             gymforge::export::write_jsonl(&file, &lines).map_err(anyhow::Error::msg)?;
-            println!("{}: {}", file.display(), summary.describe());
+            print_line(&format!("{}: {}", file.display(), summary.describe()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json } } => {
@@ -319,7 +326,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let result = gymforge::check::check_task(&config, &dir, &|m: &str| display.status(m)).await;
             display.finish();
             let (report, valid) = result?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            print_line(&serde_json::to_string_pretty(&report)?)?;
             Ok(if valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Aup { out, best, last, directions, json, svg } => {
@@ -328,7 +335,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
                 (None, Some(best), Some(last), Some(directions)) => gymforge::aup::AupInput::Tables { best, last, directions },
                 _ => anyhow::bail!("give either --out DIR, or --best, --last and --directions"),
             };
-            println!("{}", gymforge::aup::run_aup(input, json, svg.as_deref())?);
+            print_line(&gymforge::aup::run_aup(input, json, svg.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim { what: ServeCommand::Serve { port, config } } => {
@@ -366,14 +373,14 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
     let report_path = out.join("report.json");
     let text = std::fs::read_to_string(&report_path).with_context(|| format!("cannot read {}", report_path.display()))?;
     let report: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", report_path.display()))?;
-    println!("{}", gymforge::export::summary_table(&report));
-    println!("outputs in {}", out.display());
+    print_line(&gymforge::export::summary_table(&report))?;
+    print_line(&format!("outputs in {}", out.display()))?;
     if end.already_complete {
         let t = &end.tally;
-        println!(
+        print_line(&format!(
             "already complete: {} tasks x {} rollouts were made earlier (the summary above is theirs); ask for more with --tasks or --rollouts",
             t.accepted_tasks, t.rollouts_per_task
-        );
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     Ok(match end.tally.shortfall() {
@@ -388,21 +395,22 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
 /// Prints a bench's report; a missed target is exit status 1.
 fn print_bench(report: gymforge::bench::BenchReport, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.json)?);
+        print_line(&serde_json::to_string_pretty(&report.json)?)?;
     } else {
-        println!("{}", report.table);
+        print_line(&report.table)?;
     }
     Ok(if report.targets_met { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The config of a batch: the file (or the embedded default) with the command line's overrides.
 fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
+    let tasks = args.tasks.as_deref().map(|v| whole_number("--tasks", v, 0, " (0: no target)")).transpose()?;
+    let rollouts = args.rollouts.as_deref().map(|v| whole_number("--rollouts", v, 1, "")).transpose()?;
     let mut config = load_config(args.config.as_deref())?;
-    if let Some(n) = args.tasks {
+    if let Some(n) = tasks {
         config.run.tasks = n;
     }
-    if let Some(k) = args.rollouts {
-        anyhow::ensure!(k > 0, "--rollouts must be at least 1");
+    if let Some(k) = rollouts {
         config.run.rollouts = k;
     }
     if let Some(s) = args.seed {
@@ -412,6 +420,15 @@ fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The value of a count option such as `--tasks`: a whole number of at least `min`; `note` says
+/// what a special value means.
+fn whole_number(flag: &str, value: &str, min: u32, note: &str) -> anyhow::Result<u32> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if n >= u64::from(min) => u32::try_from(n).map_err(|_| anyhow::anyhow!("{flag} must be at most {}, not {value}", u32::MAX)),
+        _ => anyhow::bail!("{flag} must be a whole number, {min} or more{note}, not {value}"),
+    }
+}
+
 async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
     use gymforge::daemon::{DaemonState, serve, stop_signal};
     let listen: SocketAddr = config.daemon.listen.parse()?;
@@ -419,7 +436,7 @@ async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
     let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
     let state = DaemonState::new(rx);
     let addr = serve(state.clone(), listen).await?;
-    eprintln!("gymforge daemon: status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
+    tracing::info!("serving status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel();
     let request = gymforge::run::RunRequest {
         config,
@@ -435,19 +452,19 @@ async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
         result = &mut batch => {
             let end = result?;
             state.set_phase("finished");
-            eprintln!("gymforge daemon: batch finished, {} of {} tasks accepted; serving status until stopped", end.tally.accepted_tasks, end.tally.target_tasks);
+            tracing::info!("batch finished, {} of {} tasks accepted; serving status until stopped", end.tally.accepted_tasks, end.tally.target_tasks);
             stop_signal().await;
         }
         _ = stop_signal() => {
             state.set_phase("draining");
-            eprintln!("gymforge daemon: stopping; units in flight may finish within {} s", drain_timeout.as_secs());
+            tracing::info!("stopping; units in flight may finish within {} s", drain_timeout.as_secs());
             drain_tx.send(()).ok();
             match tokio::time::timeout(drain_timeout, &mut batch).await {
                 Ok(result) => {
                     result?;
-                    eprintln!("gymforge daemon: drained; pending work resumes on the next start");
+                    tracing::info!("drained; pending work resumes on the next start");
                 }
-                Err(_) => eprintln!("gymforge daemon: the drain deadline passed; the units still in flight resume on the next start"),
+                Err(_) => tracing::warn!("the drain deadline passed; the units still in flight resume on the next start"),
             }
         }
     }

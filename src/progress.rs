@@ -49,7 +49,9 @@ impl Display {
         loop {
             let snapshot = rx.borrow_and_update().clone();
             let line = render(&snapshot);
-            if self.tty {
+            // Until the pipeline reports a unit (setup is still running) there is nothing to show.
+            let shown = has_started(&snapshot);
+            if shown && self.tty {
                 if self.tasks.length() == Some(0) {
                     self.bars.insert_before(&self.status, self.tasks.clone());
                     self.bars.insert_before(&self.status, self.rollouts.clone());
@@ -60,7 +62,7 @@ impl Display {
                 self.rollouts.set_length(u64::from(snapshot.rollouts_total).max(1));
                 self.rollouts.set_position(u64::from(snapshot.rollouts_done));
                 self.status.set_message(stage_line(&snapshot));
-            } else if line != last_line && last_print.elapsed() >= Duration::from_secs(2) {
+            } else if shown && !self.tty && line != last_line && last_print.elapsed() >= Duration::from_secs(2) {
                 eprintln!("gymforge: {line}");
                 last_print = Instant::now();
                 last_line = line;
@@ -82,6 +84,15 @@ impl Default for Display {
     fn default() -> Self {
         Display::new()
     }
+}
+
+/// Whether a snapshot reports pipeline work: some unit was created (queued, in flight, passed,
+/// dropped, accepted, or a rollout). The initial snapshot, before the pipeline runs, does not.
+pub fn has_started(p: &Progress) -> bool {
+    p.accepted_tasks > 0
+        || p.rollouts_total > 0
+        || p.worker_restarts > 0
+        || p.stages.iter().any(|(_, c)| c.queued + c.in_flight + c.passed + c.dropped > 0)
 }
 
 /// One line: accepted tasks, rollouts, and per stage in-flight/queued/dropped counts.
@@ -109,4 +120,24 @@ fn stage_line(p: &Progress) -> String {
         parts.push(format!("restarts {}", p.worker_restarts));
     }
     parts.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gymforge_actors::{Stage, pipeline::StageCounts};
+
+    #[test]
+    fn progress_is_shown_once_a_unit_exists() {
+        assert!(!has_started(&Progress::default()), "the initial snapshot");
+        let idle: Vec<_> = Stage::ALL.iter().map(|&s| (s, StageCounts::default())).collect();
+        let waiting = Progress { stages: idle.clone(), target_tasks: 3, ..Default::default() };
+        assert!(!has_started(&waiting), "the pipeline's first snapshot, before any unit: {}", render(&waiting));
+        let mut queued = waiting.clone();
+        queued.stages[0].1.queued = 1;
+        assert!(has_started(&queued));
+        // A resumed run whose units were all finished before.
+        let resumed = Progress { stages: idle, target_tasks: 3, accepted_tasks: 3, rollouts_total: 6, rollouts_done: 6, ..Default::default() };
+        assert!(has_started(&resumed));
+    }
 }

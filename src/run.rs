@@ -135,11 +135,9 @@ pub async fn hub(
         });
         return Ok((client, label));
     }
-    status("building the embedded Hub mirror");
-    let root = HubMirror::ensure_built(&mirror_cache_dir(config), &python.python(), &|line: &str| {
-        status(&format!("building the embedded Hub mirror: {}", line.trim()))
-    })
-    .await?;
+    // ensure_built says "building" itself, and only when it builds (once; later runs reuse it).
+    status("starting the embedded Hub mirror");
+    let root = HubMirror::ensure_built(&mirror_cache_dir(config), &python.python(), &|line: &str| status(line)).await?;
     let (addr, _handle) = HubMirror::serve(root, loopback).await?;
     let base = format!("http://{addr}");
     let client = HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, Duration::from_secs(config.hub.timeout_secs))?;

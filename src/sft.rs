@@ -63,7 +63,31 @@ pub struct SftSummary {
 impl SftSummary {
     /// `kept 3 of 5 trajectories; left out: 1 without a scored submission, ...`.
     pub fn describe(&self) -> String {
-        let reasons: Vec<String> = [
+        let reasons = self.left_out();
+        let mut text = format!("kept {} of {} trajectories", self.kept, self.trajectories);
+        if !reasons.is_empty() {
+            text.push_str(&format!("; left out: {}", reasons.join(", ")));
+        }
+        if self.shortened > 0 {
+            text.push_str(&format!("; {} shortened by eliding old observations", self.shortened));
+        }
+        text
+    }
+
+    /// When there were trajectories and every one was left out: how many and why, e.g. `all 6
+    /// trajectories were left out: 6 over the token budget`. An export that keeps nothing
+    /// failed.
+    pub fn nothing_kept(&self) -> Option<String> {
+        let all = match self.trajectories {
+            1 => "the 1 trajectory was".to_string(),
+            n => format!("all {n} trajectories were"),
+        };
+        (self.trajectories > 0 && self.kept == 0).then(|| format!("{all} left out: {}", self.left_out().join(", ")))
+    }
+
+    /// `1 without a scored submission`, ... for each reason that left some trajectory out.
+    fn left_out(&self) -> Vec<String> {
+        [
             (self.unscored, "without a scored submission"),
             (self.not_better, "not better than the baseline"),
             (self.malformed, "malformed"),
@@ -73,15 +97,7 @@ impl SftSummary {
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, why)| format!("{n} {why}"))
-        .collect();
-        let mut text = format!("kept {} of {} trajectories", self.kept, self.trajectories);
-        if !reasons.is_empty() {
-            text.push_str(&format!("; left out: {}", reasons.join(", ")));
-        }
-        if self.shortened > 0 {
-            text.push_str(&format!("; {} shortened by eliding old observations", self.shortened));
-        }
-        text
+        .collect()
     }
 }
 
@@ -232,6 +248,38 @@ mod tests {
         let froms: Vec<&str> = line["conversations"].as_array().unwrap().iter().map(|c| c["from"].as_str().unwrap()).collect();
         assert_eq!(froms, ["system", "human", "gpt", "human", "gpt"]);
         assert_eq!(line["meta"]["task_id"], "t");
+    }
+
+    #[test]
+    fn keeping_nothing_of_some_trajectories_is_a_failure_that_says_why() {
+        let all_too_long = SftSummary { trajectories: 6, over_budget: 5, unscored: 1, ..SftSummary::default() };
+        assert_eq!(
+            all_too_long.nothing_kept().as_deref(),
+            Some("all 6 trajectories were left out: 1 without a scored submission, 5 over the token budget")
+        );
+        assert_eq!(SftSummary { trajectories: 6, kept: 1, over_budget: 5, ..SftSummary::default() }.nothing_kept(), None);
+        assert_eq!(SftSummary::default().nothing_kept(), None, "a run without trajectories drops nothing");
+    }
+
+    #[test]
+    fn every_trajectory_over_a_tiny_budget_is_left_out() {
+        let mut history = messages("obs", 2);
+        for item in &mut history {
+            item["agent"] = json!("primary_0");
+        }
+        let rollout: RolloutRecord = serde_json::from_value(json!({
+            "unit": "t0001.r0", "task_id": "t", "run_index": 0, "run_name": "r", "model": "m", "baseline_scores": {},
+            "trajectory": {
+                "environment": "mlgym_main",
+                "trajectory": [],
+                "history": history,
+                "info": {"model_stats": {"total_cost": 0.0, "task_cost": 0.0, "tokens_sent": 0, "tokens_received": 0, "api_calls": 0}, "exit_status": "submitted", "submission": null, "score": [{"accuracy": 0.9}], "summarizer": {}},
+            },
+        }))
+        .unwrap();
+        let (lines, summary) = build(&[rollout], &[], &SftOptions { token_budget: 5, ..SftOptions::default() });
+        assert!(lines.is_empty());
+        assert_eq!(summary.nothing_kept().as_deref(), Some("the 1 trajectory was left out: 1 over the token budget"));
     }
 
     #[test]

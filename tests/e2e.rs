@@ -262,6 +262,15 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
     }
     let kept: u64 = said.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap();
     assert_eq!(kept, exported.len() as u64, "{said}");
+
+    // A budget no example fits: keeping nothing fails, says how many and why, writes nothing.
+    let tiny = out.path().join("tiny.jsonl");
+    let output = gymforge().args(["export", "sft", "--token-budget", "10", "--out"]).arg(out.path()).arg("--file").arg(&tiny).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("all {} trajectories were left out", trajs.len())), "{stderr}");
+    assert!(stderr.contains("over the token budget (--token-budget 10)"), "{stderr}");
+    assert!(!tiny.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,14 +414,17 @@ async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_
     assert_eq!(actions(&live), actions(&replayed));
     assert!(!actions(&live).is_empty());
     assert_eq!(read(live.join("sft/train.jsonl")), read(replayed.join("sft/train.jsonl")));
-    // MLGym's replay file: one line per trajectory, its assistant turns in order.
+    // MLGym's replay file: one line per trajectory, its assistant turns in order under the task
+    // id, and which rollout unit it is.
     let replay_lines: Vec<serde_json::Value> = read(live.join("replay.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let trajectories = actions(&live);
     assert_eq!(replay_lines.len(), trajectories.len());
+    let mut units = BTreeSet::new();
     for line in &replay_lines {
-        let (task, turns) = line.as_object().unwrap().iter().next().unwrap();
-        assert!(accepted_tasks(&live).as_array().unwrap().iter().any(|t| t["task_id"] == task.as_str()));
-        assert!(turns.as_array().unwrap().iter().all(|t| t.as_str().unwrap().contains("```")));
+        let task = line["task_id"].as_str().unwrap();
+        assert!(accepted_tasks(&live).as_array().unwrap().iter().any(|t| t["task_id"] == task));
+        assert!(line[task].as_array().unwrap().iter().all(|t| t.as_str().unwrap().contains("```")));
+        assert!(units.insert(line["unit"].as_str().unwrap().to_string()), "{line}");
     }
     assert_eq!(live_report["rollouts"], replay_report["rollouts"]);
     assert_eq!(live_report["llm"]["total"], replay_report["llm"]["total"]);

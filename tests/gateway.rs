@@ -30,6 +30,8 @@ struct Script {
     seen: Vec<(Instant, Option<String>, Value)>,
     /// When each 429 was sent.
     limited_at: Vec<Instant>,
+    /// The status `GET /models` answers (200 when unset).
+    models_status: Option<u16>,
 }
 
 fn ok_body(content: &str) -> String {
@@ -69,7 +71,13 @@ async fn serve(answers: Vec<Scripted>) -> (String, Arc<Mutex<Script>>) {
                 }
             }),
         )
-        .route("/v1/models", get(|| async { "{}" }));
+        .route("/v1/models", {
+            let state = script.clone();
+            get(move || {
+                let status = state.lock().unwrap().models_status.unwrap_or(200);
+                async move { (StatusCode::from_u16(status).unwrap(), "{}") }
+            })
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -99,6 +107,14 @@ fn gateway(cfg: &LlmConfig, source: Source) -> Gateway {
 
 fn live(base: &str, tweak: impl FnOnce(&mut LlmConfig)) -> Gateway {
     gateway(&llm_config(base, tweak), Source::Live { record: None })
+}
+
+/// A gateway whose endpoint `main` found no API key in its variable `GYMFORGE_TEST_UNSET_KEY`.
+fn live_without_key(base: &str) -> Gateway {
+    let cfg = llm_config(base, |c| c.endpoints.get_mut("main").unwrap().api_key_env = "GYMFORGE_TEST_UNSET_KEY".into());
+    let bases = cfg.endpoints.iter().map(|(n, e)| (n.clone(), e.base_url.clone())).collect();
+    let keys = cfg.endpoints.keys().map(|n| (n.clone(), None)).collect();
+    Gateway::new(&cfg, &bases, &keys, 0.0, Source::Live { record: None }).unwrap()
 }
 
 fn request(unit: &str) -> ChatRequest {
@@ -431,6 +447,37 @@ async fn an_unreachable_endpoint_is_one_clear_message() {
     let g = live(&format!("http://{addr}/v1"), |_| {});
     let err = g.check_reachable().await.unwrap_err().to_string();
     assert!(err.contains("unreachable") && err.contains("llm.endpoints.main.base_url") && !err.contains(KEY), "{err}");
+}
+
+#[tokio::test]
+async fn an_auth_refusal_says_whether_the_key_variable_is_unset() {
+    for status in [401, 403] {
+        let (base, script) = serve(vec![(status, vec![], "unauthorized".into()); 2]).await;
+        script.lock().unwrap().models_status = Some(status);
+        let err = live_without_key(&base).check_reachable().await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "the LLM endpoint `main` at {base} answered HTTP {status}: it needs an API key, \
+                 and the variable GYMFORGE_TEST_UNSET_KEY (llm.endpoints.main.api_key_env) is not set"
+            )
+        );
+        let err = live(&base, |_| {}).check_reachable().await.unwrap_err().to_string();
+        assert!(err.contains("refused the API key") && !err.contains("not set") && !err.contains(KEY), "{err}");
+
+        // The same distinction in a chat call's drop detail.
+        match live_without_key(&base).chat(Stage::Topic, request("t1")).await.unwrap_err() {
+            PortError::Refused { reason, detail } => {
+                assert_eq!(reason, "llm_auth");
+                assert!(detail.contains("the variable GYMFORGE_TEST_UNSET_KEY (llm.endpoints.main.api_key_env) is not set"), "{detail}");
+            }
+            other => panic!("{status}: {other:?}"),
+        }
+        match live(&base, |_| {}).chat(Stage::Topic, request("t2")).await.unwrap_err() {
+            PortError::Refused { reason, detail } => assert!(reason == "llm_auth" && !detail.contains("not set"), "{detail}"),
+            other => panic!("{status}: {other:?}"),
+        }
+    }
 }
 
 /// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).

@@ -567,6 +567,27 @@ async fn built_mirror_is_reused_and_catalogued() {
     );
 }
 
+/// A run's Hub setup on a mirror that is already built starts it without saying it builds it.
+#[tokio::test]
+async fn a_run_starts_an_already_built_mirror_without_building_it() {
+    let m = mirror();
+    let mut config = gymforge::config::Config::embedded();
+    // The mirror is built beside the Python environment: point that at the built cache.
+    config.sandbox.python_env = m.cache.join("pyenv").to_string_lossy().into_owned();
+    assert_eq!(gymforge::run::mirror_cache_dir(&config), m.cache);
+    let python = gymforge::sandbox::PythonEnv { dir: m.python.parent().unwrap().parent().unwrap().to_path_buf() };
+    let settings = HubSettings::resolve(&config.hub, &|_| None);
+    let messages = Mutex::new(Vec::<String>::new());
+    let (_client, label) = gymforge::run::hub(&config, &settings, &python, SocketAddr::from(([127, 0, 0, 1], 0)), &|line: &str| {
+        messages.lock().unwrap().push(line.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(label["simulated"], json!(true));
+    let messages = messages.into_inner().unwrap();
+    assert_eq!(messages, ["starting the embedded Hub mirror"]);
+}
+
 #[tokio::test]
 async fn python_without_the_libraries_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

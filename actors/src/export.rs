@@ -27,7 +27,10 @@ pub fn final_inputs(store: &dyn Store, wall_time_secs: f64) -> Result<FinalInput
         .filter(|(id, _)| exported.contains(id))
         .filter_map(|(_, v)| serde_json::from_value(v).ok())
         .collect();
-    let rollouts: Vec<RolloutRecord> =
-        store.results(Stage::Rollout)?.into_iter().filter_map(|(_, v)| serde_json::from_value(v).ok()).collect();
+    let rollouts: Vec<RolloutRecord> = store
+        .results(Stage::Rollout)?
+        .into_iter()
+        .filter_map(|(id, v)| serde_json::from_value(v).ok().map(|r| RolloutRecord { unit: id, ..r }))
+        .collect();
     Ok(FinalInputs { units: store.units()?, tasks, rollouts, usage: store.usage()?, events: store.events()?, wall_time_secs })
 }

@@ -275,6 +275,10 @@ pub struct Trajectory {
 /// Result of one rollout unit.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RolloutRecord {
+    /// The rollout unit this is the result of (`t000004.r0`). Records stored before the field
+    /// existed read as empty; `export::final_inputs` sets it from the store's unit id.
+    #[serde(default)]
+    pub unit: UnitId,
     pub task_id: String,
     pub run_index: u32,
     /// MLGym run directory name (encodes model, task and sampling settings).

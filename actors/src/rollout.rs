@@ -241,6 +241,7 @@ impl Run<'_> {
         };
         let run_index = (self.unit.seq % 1000) as u32;
         Ok(RolloutRecord {
+            unit: self.unit.id.clone(),
             task_id: self.task.task_id.clone(),
             run_index,
             run_name: run_name(&model, &self.task.task_id, s.temperature, s.top_p, s.cost_limit, run_index),

@@ -83,6 +83,8 @@ pub struct Endpoint {
     pub model: String,
     pub base_url: String,
     api_key: Option<String>,
+    /// The name of the variable the key is read from (`api_key_env`), for messages.
+    api_key_env: String,
     http: reqwest::Client,
     structured_output: StructuredOutput,
     input_price_per_mtok: f64,
@@ -170,6 +172,7 @@ impl Endpoint {
             model: cfg.model.clone(),
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
+            api_key_env: cfg.api_key_env.clone(),
             http,
             structured_output: cfg.structured_output,
             input_price_per_mtok: cfg.input_price_per_mtok,
@@ -245,16 +248,25 @@ impl Endpoint {
             )
         })?;
         match resp.status().as_u16() {
-            401 | 403 => anyhow::bail!(
-                "the LLM endpoint `{}` at {} refused the API key (HTTP {}); check the variable named by `llm.endpoints.{}.api_key_env`",
-                self.name,
-                self.base_url,
-                resp.status().as_u16(),
-                self.name
-            ),
+            status @ (401 | 403) => match self.missing_key() {
+                Some(missing) => anyhow::bail!("the LLM endpoint `{}` at {} answered HTTP {status}: {missing}", self.name, self.base_url),
+                None => anyhow::bail!(
+                    "the LLM endpoint `{}` at {} refused the API key (HTTP {status}); check the variable named by `llm.endpoints.{}.api_key_env`",
+                    self.name,
+                    self.base_url,
+                    self.name
+                ),
+            },
             // Some servers have no /models route; the first chat request will tell.
             _ => Ok(()),
         }
+    }
+
+    /// When no API key was found: why an answer of 401 or 403 is no surprise.
+    fn missing_key(&self) -> Option<String> {
+        self.api_key.is_none().then(|| {
+            format!("it needs an API key, and the variable {} (llm.endpoints.{}.api_key_env) is not set", self.api_key_env, self.name)
+        })
     }
 
     /// Sends one request through every gate, retrying what is worth retrying.
@@ -276,8 +288,13 @@ impl Endpoint {
                 Err(failure) => failure,
             };
             let (error, delay) = match failure {
-                Failure::Permanent { reason, detail } => {
+                Failure::Permanent { reason, mut detail } => {
                     self.stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
+                    if reason == "llm_auth"
+                        && let Some(missing) = self.missing_key()
+                    {
+                        detail = format!("{detail}; {missing}");
+                    }
                     tracing::warn!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, reason, %detail, "LLM call refused");
                     return Err(PortError::Refused { reason: reason.to_string(), detail: format!("endpoint `{}`: {detail}", self.name) });
                 }

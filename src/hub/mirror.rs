@@ -266,7 +266,7 @@ async fn run_build(
     let run = async {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            progress(&line);
+            progress(&format!("building the embedded Hub mirror: {}", line.trim()));
         }
         child.wait().await
     };

@@ -234,7 +234,9 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let telemetry = match gymforge::telemetry::init(batch.as_ref().map(|c| &c.telemetry)) {
+    // A daemon's log is all it says: its own lines (info) show without RUST_LOG.
+    let level = if matches!(cli.command, Command::Daemon { .. }) { "info" } else { "warn" };
+    let telemetry = match gymforge::telemetry::init_with_level(batch.as_ref().map(|c| &c.telemetry), level) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -5,28 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Copies the fixture bundle and writes its raw data: points labelled by a noisy line.
+mod common;
+
 fn bundle(dir: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle");
-    let out = dir.join("bundle");
-    std::fs::create_dir_all(out.join("raw")).unwrap();
-    for f in ["task.json", "prepare.py", "baseline.py", "evaluate.py"] {
-        std::fs::copy(fixture.join(f), out.join(f)).unwrap();
-    }
-    let mut csv = String::from("x,y,label\n");
-    let mut state: u64 = 42;
-    let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    for _ in 0..400 {
-        let (x, y, noise) = (next() * 10.0, next() * 10.0, next());
-        let above = y > 0.5 * x + 2.0;
-        let label = if noise < 0.1 { !above } else { above };
-        csv.push_str(&format!("{x:.4},{y:.4},{}\n", u8::from(label)));
-    }
-    std::fs::write(out.join("raw/points.csv"), csv).unwrap();
-    out
+    common::fixture_bundle(dir)
 }
 
 fn check(dir: &Path) -> (bool, serde_json::Value) {

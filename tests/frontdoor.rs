@@ -127,21 +127,28 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Runs a batch with `config` (TOML merged over the default) that is doomed from the start and
-/// returns its output; it must fail with status 1 before any unit is worked on.
-fn doomed(config: &str) -> (Output, PathBuf, tempfile::TempDir) {
+/// Runs `run --tasks 2 --rollouts 1` (or `args` instead) with `config` (TOML merged over the
+/// default) in a fresh directory; returns the output, the output directory and the directory.
+fn run_with(config: &str, args: &[&str], envs: &[(&str, &str)]) -> (Output, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("doomed.toml");
+    let file = dir.path().join("config.toml");
     std::fs::write(&file, config).unwrap();
     let out_dir = dir.path().join("out");
     let out = gymforge(Path::new(env!("CARGO_BIN_EXE_gymforge")), dir.path(), dir.path())
-        .args(["run", "--tasks", "2", "--rollouts", "1", "--config"])
+        .envs(envs.iter().copied())
+        .args(if args.is_empty() { &["run", "--tasks", "2", "--rollouts", "1"][..] } else { args })
+        .arg("--config")
         .arg(&file)
         .arg("--out")
         .arg(&out_dir)
         .output()
         .unwrap();
     (out, out_dir, dir)
+}
+
+/// A batch doomed from the start: it must fail with status 1 before any unit is worked on.
+fn doomed(config: &str) -> (Output, PathBuf, tempfile::TempDir) {
+    run_with(config, &[], &[])
 }
 
 /// No task unit was claimed: the batch stopped before the pipeline started.
@@ -179,23 +186,13 @@ fn a_batch_whose_endpoint_refuses_the_key_stops_at_once_with_the_reason() {
          requests_per_minute = 60\ninput_tokens_per_minute = 100000\noutput_tokens_per_minute = 100000\nmax_concurrency = 4\ntimeout_secs = 10\n\
          input_price_per_mtok = 0.0\noutput_price_per_mtok = 0.0\nstructured_output = \"none\"\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("locked.toml");
-    std::fs::write(&file, config).unwrap();
-    let out = gymforge(Path::new(env!("CARGO_BIN_EXE_gymforge")), dir.path(), dir.path())
-        .env("GYMFORGE_TEST_KEY_THAT_IS_SET", "sk-wrong")
-        .args(["run", "--tasks", "2", "--rollouts", "1", "--config"])
-        .arg(&file)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
+    let (out, out_dir, _dir) = run_with(&config, &[], &[("GYMFORGE_TEST_KEY_THAT_IS_SET", "sk-wrong")]);
     drop(server);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().last().unwrap_or_default().contains("HTTP 401"), "{}", text(&out));
     assert!(!stderr.contains("sk-wrong"), "the key leaked: {}", text(&out));
-    assert_nothing_claimed(&dir.path().join("out"));
+    assert_nothing_claimed(&out_dir);
 }
 
 /// A loopback port nothing listens on.
@@ -260,16 +257,8 @@ fn growing_a_batch_from_two_to_three_rollouts_runs_each_new_rollout_exactly_once
 #[test]
 fn a_batch_that_ends_short_of_its_target_exits_3_and_says_why() {
     // Every generated bundle fails to validate: no task can be accepted.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("short.toml");
-    std::fs::write(&file, "[run]\nmax_topics_per_task = 1\n\n[pipeline]\ndebug_rounds = 1\n\n[sim]\nbuggy_draft_rate = 1.0\n").unwrap();
-    let out = gymforge(Path::new(env!("CARGO_BIN_EXE_gymforge")), dir.path(), dir.path())
-        .args(["run", "--tasks", "1", "--rollouts", "1", "--config"])
-        .arg(&file)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
+    let config = "[run]\nmax_topics_per_task = 1\n\n[pipeline]\ndebug_rounds = 1\n\n[sim]\nbuggy_draft_rate = 1.0\n";
+    let (out, _out_dir, _dir) = run_with(config, &["run", "--tasks", "1", "--rollouts", "1"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();

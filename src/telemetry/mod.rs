@@ -1,6 +1,7 @@
 //! Logging and OpenTelemetry: how the process's tracing is set up, and where traces and metrics go.
 //!
-//! Logs always go to stderr, filtered by `RUST_LOG` (default `warn`). When an OTLP endpoint is
+//! Logs always go to stderr, filtered by `RUST_LOG` (default `warn`; `info` for a daemon, whose
+//! log is its only output). When an OTLP endpoint is
 //! configured (`telemetry.otlp_endpoint`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `..._TRACES_ENDPOINT`, `..._METRICS_ENDPOINT` variables), the info-level spans of gymforge's
 //! own code are exported as traces and the instruments of [`metrics`] as metrics, over OTLP
@@ -79,6 +80,11 @@ fn destinations(config: Option<&TelemetryConfig>, env: &dyn Fn(&str) -> Option<S
 /// Sets up logging to stderr and, when configured, OTLP export. Call once, before the runtime
 /// starts (the exporters run on threads of their own).
 pub fn init(config: Option<&TelemetryConfig>) -> anyhow::Result<Telemetry> {
+    init_with_level(config, "warn")
+}
+
+/// [`init`] with `default_level` as the log filter when `RUST_LOG` is not set.
+pub fn init_with_level(config: Option<&TelemetryConfig>, default_level: &str) -> anyhow::Result<Telemetry> {
     let to = destinations(config, &|name| std::env::var(name).ok())?;
     RECORD_PROMPTS.set(config.is_some_and(|c| c.record_prompts)).ok();
     let resource = {
@@ -119,7 +125,7 @@ pub fn init(config: Option<&TelemetryConfig>) -> anyhow::Result<Telemetry> {
         None => None,
     };
 
-    let logs = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

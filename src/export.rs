@@ -128,11 +128,12 @@ fn double_braces(text: &str) -> String {
 /// The MLGym task config of an accepted task.
 pub fn task_config(task: &AcceptedTask) -> TaskConfig {
     let id = &task.task_id;
-    let name = if task.topic.title.trim().is_empty() {
-        task.bundle.name.clone()
-    } else {
-        task.topic.title.trim().to_string()
-    };
+    // The bundle's title is written for the verified dataset; the topic's was written before
+    // any dataset was chosen.
+    let name = [task.bundle.title.trim(), task.topic.title.trim()]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .map_or_else(|| task.bundle.name.clone(), str::to_string);
     TaskConfig {
         id: id.clone(),
         name,
@@ -1185,6 +1186,7 @@ mod tests {
             },
             bundle: TaskBundle {
                 name: "wineCultivar".into(),
+                title: String::new(),
                 description: description.to_string(),
                 dataset_description: "Columns: alcohol, ... ; label `cultivar` in {0, 1, 2}."
                     .into(),
@@ -1802,6 +1804,21 @@ mod tests {
         let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
         assert_eq!(report["simulated"], json!(false));
         assert!(!summary_table(&report).contains("SIMULATED"));
+    }
+
+    /// MLGym's task name is the bundle's title (written for the verified dataset), else the
+    /// topic's title, else the bundle's camelCase name.
+    #[test]
+    fn the_task_name_follows_the_bundle_title() {
+        let mut task = accepted("wineCultivarT0001", DESCRIPTION);
+        task.topic.title = "Leaf Morphotype Identification".into();
+        task.bundle.title = "Wine cultivar classification".into();
+        assert_eq!(task_config(&task).name, "Wine cultivar classification");
+        assert_eq!(tasks_index(std::slice::from_ref(&task))[0]["name"], "Wine cultivar classification");
+        task.bundle.title = " ".into();
+        assert_eq!(task_config(&task).name, "Leaf Morphotype Identification");
+        task.topic.title = String::new();
+        assert_eq!(task_config(&task).name, "wineCultivar");
     }
 
     #[test]

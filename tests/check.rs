@@ -7,6 +7,12 @@ use std::process::Command;
 
 /// Copies the fixture bundle and writes its raw data: points labelled by a noisy line.
 fn bundle(dir: &Path) -> PathBuf {
+    bundle_of(dir, 0.1, 0.0)
+}
+
+/// The fixture bundle over 400 points labelled by whether they lie above a line, a `noise`
+/// share of the labels flipped, and no point closer than `gap` to the line.
+fn bundle_of(dir: &Path, noise: f64, gap: f64) -> PathBuf {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle");
     let out = dir.join("bundle");
     std::fs::create_dir_all(out.join("raw")).unwrap();
@@ -19,11 +25,16 @@ fn bundle(dir: &Path) -> PathBuf {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
-    for _ in 0..400 {
-        let (x, y, noise) = (next() * 10.0, next() * 10.0, next());
+    let mut rows = 0;
+    while rows < 400 {
+        let (x, y, flip) = (next() * 10.0, next() * 10.0, next());
+        if (y - 0.5 * x - 2.0).abs() < gap {
+            continue;
+        }
         let above = y > 0.5 * x + 2.0;
-        let label = if noise < 0.1 { !above } else { above };
+        let label = if flip < noise { !above } else { above };
         csv.push_str(&format!("{x:.4},{y:.4},{}\n", u8::from(label)));
+        rows += 1;
     }
     std::fs::write(out.join("raw/points.csv"), csv).unwrap();
     out
@@ -54,7 +65,7 @@ fn valid_bundle_passes_every_check() {
     assert!(ok, "{report:#}");
     assert_eq!(report["valid"], true);
     let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["static", "prepare", "baseline", "reproducible", "trivial", "wrong_shape"]);
+    assert_eq!(names, ["static", "prepare", "baseline", "reproducible", "trivial", "headroom", "wrong_shape"]);
     assert!(report["baseline_scores"]["accuracy"].as_f64().unwrap() > 0.7);
 }
 
@@ -93,6 +104,51 @@ fn each_breakage_is_reported_with_its_reason() {
             assert!(report["failure"]["output"].as_str().unwrap().contains("answers.csv"), "{report:#}");
         }
     }
+}
+
+/// A task whose baseline already predicts the answers perfectly leaves the agent nothing to
+/// improve: clean labels and a wide gap around the line let logistic regression classify every
+/// test point. The check rejects it with its own reason, for a metric whose best value is 1 and
+/// for an error metric whose best value is 0.
+#[test]
+fn a_baseline_at_the_best_possible_score_leaves_no_headroom() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_of(tmp.path(), 0.0, 1.0);
+    let (ok, report) = check(&dir);
+    assert!(!ok, "{report:#}");
+    assert_eq!(report["valid"], false);
+    assert_eq!((report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()), (Some("headroom"), Some("baseline_saturated")), "{report:#}");
+    assert_eq!(report["failure"]["problem"], "baseline accuracy 1.0000 leaves no headroom: the best possible is 1.0 (margin 0.01)");
+    assert!(report["failure"]["output"].as_str().unwrap().contains("'accuracy': 1"), "{report:#}");
+
+    // The same task scored by the root mean squared error of the labels: 0 is the best value,
+    // and the margin is a share of the naive submission's error.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_of(tmp.path(), 0.0, 1.0);
+    let task = dir.join("task.json");
+    edit(&task, "\"priority_metric\": \"accuracy\"", "\"priority_metric\": \"rmse\"");
+    edit(&task, "\"direction\": \"maximize\"", "\"direction\": \"minimize\"");
+    edit(&task, "\"metrics\": [\"accuracy\"]", "\"metrics\": [\"rmse\"]");
+    edit(
+        &dir.join("evaluate.py"),
+        "{\"accuracy\": float((merged[\"label_true\"] == merged[\"label_pred\"]).mean())}",
+        "{\"rmse\": float(((merged[\"label_true\"] - merged[\"label_pred\"]) ** 2).mean() ** 0.5)}",
+    );
+    let (ok, report) = check(&dir);
+    assert!(!ok, "{report:#}");
+    assert_eq!(report["failure"]["reason"], "baseline_saturated", "{report:#}");
+    let problem = report["failure"]["problem"].as_str().unwrap();
+    assert!(problem.starts_with("baseline rmse 0.0000 leaves no headroom: the best possible is 0.0 (margin 0.01 of the naive submission's 0."), "{problem}");
+
+    // With noisy labels the same baseline leaves headroom on the error metric too.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(tmp.path());
+    std::fs::copy(&task, dir.join("task.json")).unwrap();
+    std::fs::copy(task.with_file_name("evaluate.py"), dir.join("evaluate.py")).unwrap();
+    let (ok, report) = check(&dir);
+    assert!(ok, "{report:#}");
+    let headroom = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "headroom").unwrap();
+    assert!(headroom["detail"].as_str().unwrap().contains("leaves headroom"), "{report:#}");
 }
 
 /// A baseline that outlives the task's training timeout is stopped and reported as a timeout.

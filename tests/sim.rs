@@ -196,6 +196,7 @@ async fn check(bundle: &TaskBundle, raw_dir: &Path, work_dir: &Path) -> (Option<
         raw_dir,
         work_dir,
         prepare_timeout: Duration::from_secs(300),
+        headroom: Config::embedded().pipeline.baseline_headroom,
         label: "sim test".into(),
     };
     let (report, passed) = check_bundle(&c).await.expect("the checks run");
@@ -292,8 +293,20 @@ fn assert_titled_for_the_data(label: &str, bundle: &TaskBundle, dataset: &str, t
     }
 }
 
-/// Every task type each mirror dataset supports passes every check of the pipeline, with a
-/// sensible baseline score, and its texts agree with the data. Regression on iris and wine predicts a numeric column (petal width,
+/// The baseline leaves headroom: its priority metric is not within the configured margin of
+/// the metric's best value.
+fn assert_headroom(label: &str, bundle: &TaskBundle, passed: &gymforge_actors::validate::Passed) {
+    let metric = &bundle.priority_metric;
+    let (base, trivial) = (passed.baseline_scores[metric], passed.sample_scores[metric]);
+    let margin = Config::embedded().pipeline.baseline_headroom;
+    let saturated = gymforge_actors::validate::saturation(metric, bundle.direction, base, trivial, margin);
+    assert!(saturated.is_none(), "{label}: {saturated:?}");
+    assert!(gymforge_actors::validate::metric_bound(metric).is_some(), "{label}: {metric} has no known bound");
+}
+
+/// Every task type each mirror dataset supports passes every check of the pipeline (the
+/// baseline leaves headroom included), with a sensible baseline score, and its texts agree
+/// with the data. Regression on iris and wine predicts a numeric column (petal width,
 /// alcohol); ranking orders rows by diabetes' target or by that numeric column.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_bundles_pass_every_check_for_every_dataset_and_task_type() {
@@ -310,6 +323,7 @@ async fn clean_bundles_pass_every_check_for_every_dataset_and_task_type() {
         assert_titled_for_the_data(&label, &bundle, name, task, "none");
         let (failure, passed) = check(&bundle, &d.raw_dir, &tmp.path().join(label.replace(' ', "-"))).await;
         let passed = passed.unwrap_or_else(|| panic!("{label}: {failure:#?}"));
+        assert_headroom(&label, &bundle, &passed);
         let header = |path: PathBuf| std::fs::read_to_string(path).unwrap().lines().next().unwrap().to_string();
         assert_eq!(header(passed.prepared.eval_data().join("answers.csv")), format!("id,{}", bundle.target_column), "{label}");
         assert_eq!(header(passed.prepared.starter().join("sample_submission.csv")), format!("id,{}", bundle.target_column), "{label}");
@@ -332,6 +346,23 @@ async fn clean_bundles_pass_every_check_for_every_dataset_and_task_type() {
             _ => assert!(scores["accuracy"] > 0.8, "{label}: {scores:?}"),
         }
     }
+}
+
+/// Ranking breast tumours by class leaves no headroom: a linear model already puts ten
+/// malignant rows first, so the checks reject the bundle as `baseline_saturated` (which is why
+/// the simulated curator does not propose the dataset for ranking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranking_by_a_well_separated_class_leaves_no_headroom() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = make_raw(&tmp.path().join("raw"), &["breast_cancer"]);
+    let d = &raw["breast_cancer"];
+    let bundle = bundle_from(&sim::answer(&sim_cfg(7, 0.0), &codegen_messages(&idea("Tumour triage", "ranking", "none"), &d.meta)).unwrap());
+    assert_eq!(bundle.title, "Malignant breast tumour diagnosis ranking");
+    let (failure, passed) = check(&bundle, &d.raw_dir, &tmp.path().join("check")).await;
+    assert!(passed.is_none());
+    let failure = failure.unwrap();
+    assert_eq!((failure.step.as_str(), failure.reason.as_str()), ("headroom", "baseline_saturated"), "{failure:#?}");
+    assert!(failure.problem.starts_with("baseline ndcg_at_10 1.0000 leaves no headroom: the best possible is 1.0"), "{}", failure.problem);
 }
 
 /// Every twist that changes the data, for classification and regression, passes the
@@ -361,6 +392,7 @@ async fn every_twist_passes_the_task_checks() {
             let (failure, passed) = check(&bundle, &d.raw_dir, &work).await;
             assert!(failure.is_none(), "{label}: {failure:#?}");
             let passed = passed.unwrap();
+            assert_headroom(&label, &bundle, &passed);
             eprintln!("{label}: {:?} baseline {} naive {}", bundle.title, format_scores(&passed.baseline_scores), format_scores(&passed.sample_scores));
             assert!(passed.baseline_scores.values().all(|v| v.is_finite() && *v >= 0.0));
             if twist == "few labels" {

@@ -47,13 +47,14 @@ pub fn actions(out: &Path) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// `mlgym/tasks.json` without what legitimately differs between two runs of the same batch
-/// (the embedded mirror's loopback port in the parquet URLs).
+/// `mlgym/tasks.json`. Two runs of the same batch write the same one: its provenance names the
+/// parquet files by their place in the dataset repository, not by the embedded mirror's
+/// ephemeral loopback URL.
 pub fn accepted_tasks(out: &Path) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mlgym/tasks.json")).unwrap()).unwrap();
-    for task in v.as_array_mut().unwrap() {
-        for file in task["provenance"]["parquet_files"].as_array_mut().unwrap() {
-            file.as_object_mut().unwrap().remove("url");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mlgym/tasks.json")).unwrap()).unwrap();
+    for task in v.as_array().unwrap() {
+        for file in task["provenance"]["parquet_files"].as_array().unwrap() {
+            assert!(file.get("url").is_none() && file["path"].is_string(), "tasks.json names a loopback URL or no repository path: {file}");
         }
     }
     v

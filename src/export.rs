@@ -908,6 +908,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
             "total": rollouts_total,
             "scored": sft.trajectories - sft.unscored,
             "kept": sft.kept,
+            "kept_beat_baseline": sft.beat_baseline,
             "duplicates": sft.duplicates,
             "malformed": sft.malformed,
             "over_token_budget": sft.over_budget,
@@ -1058,6 +1059,10 @@ pub fn summary_table(report: &Value) -> String {
                 u(report, &["rollouts", "scored"]),
                 u(report, &["rollouts", "duplicates"]),
             ),
+        ),
+        (
+            "beat the baseline".into(),
+            format!("{} of {} kept trajectories", u(report, &["rollouts", "kept_beat_baseline"]), u(report, &["rollouts", "kept"])),
         ),
         ("llm calls".into(), thousands(u(report, &["llm", "total", "calls"]))),
         (
@@ -1801,7 +1806,7 @@ mod tests {
         assert_eq!(report["tasks"]["by_dataset"], json!({"sklearn/wine": 2}));
         assert_eq!(
             report["rollouts"],
-            json!({"total": 4, "scored": 3, "kept": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})
+            json!({"total": 4, "scored": 3, "kept": 2, "kept_beat_baseline": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})
         );
         assert_eq!(report["llm"]["total"]["calls"], 29);
         assert_eq!(report["llm"]["total"]["input_tokens"], 23600);
@@ -1881,6 +1886,35 @@ mod tests {
         let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
         assert_eq!(report["simulated"], json!(false));
         assert!(!summary_table(&report).contains("SIMULATED"));
+    }
+
+    /// report.json and the summary say how many kept trajectories beat their task's baseline:
+    /// a best score better than the baseline's priority metric, in the task's direction.
+    #[test]
+    fn the_report_counts_kept_trajectories_that_beat_the_baseline() {
+        let mut inputs = final_inputs();
+        // Kept, but its best accuracy (0.7) is below the baseline's 0.75.
+        let mut turns = TURNS.to_vec();
+        turns[2].1 = "DISCUSSION\nworse\n\n```\ncat data/train.csv\n```";
+        inputs.rollouts.push(rollout("wineT1", 7, vec![scores(&[("accuracy", 0.6)]), scores(&[("accuracy", 0.7)])], &turns));
+        // Kept, and its best RMSE (2.1) is below the baseline's 2.2 on a minimised metric.
+        turns[2].1 = "DISCUSSION\nbetter\n\n```\nhead data/train.csv\n```";
+        let mut lower = rollout("wineT2", 8, vec![scores(&[("rmse", 2.1)]), scores(&[("rmse", 2.4)])], &turns);
+        lower.baseline_scores = scores(&[("rmse", 2.2)]);
+        inputs.rollouts.push(lower);
+        // Kept, equal to the baseline: not better.
+        turns[2].1 = "DISCUSSION\nsame\n\n```\nwc -l data/train.csv\n```";
+        inputs.rollouts.push(rollout("wineT1", 9, vec![scores(&[("accuracy", 0.75)])], &turns));
+        let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &SftOptions::default());
+        let beats: Vec<&Value> = lines.iter().map(|l| &l["meta"]["beats_baseline"]).collect();
+        assert_eq!(beats, [&json!(true), &json!(true), &json!(false), &json!(true), &json!(false)]);
+        assert_eq!((summary.kept, summary.beat_baseline), (5, 3));
+        let report = build_report(&inputs, &summary);
+        assert_eq!(report["rollouts"]["kept"], 5);
+        assert_eq!(report["rollouts"]["kept_beat_baseline"], 3);
+        let table = summary_table(&report);
+        assert!(table.lines().any(|l| l.starts_with("beat the baseline") && l.ends_with("3 of 5 kept trajectories")), "{table}");
+        assert!(summary.describe().starts_with("kept 5 of 7 trajectories (3 beat the baseline)"), "{}", summary.describe());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub async fn check_task(config: &Config, dir: &Path, status: &(dyn Fn(&str) + Sy
         raw_dir: &raw,
         work_dir: work.path(),
         prepare_timeout: Duration::from_secs(config.pipeline.prepare_timeout_secs),
+        headroom: config.pipeline.baseline_headroom,
         label: format!("check {}", bundle.name),
     };
     let (report, _) = validate::check_bundle(&check).await.map_err(anyhow::Error::msg)?;

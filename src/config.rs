@@ -255,6 +255,8 @@ pub struct PipelineConfig {
     pub rollout_workers: u32,
     pub debug_rounds: u32,
     pub prepare_timeout_secs: u64,
+    /// Margin to the best possible value of the priority metric a baseline must leave.
+    pub baseline_headroom: f64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -358,6 +360,9 @@ impl Config {
         positive("agent.context_window", self.agent.context_window)?;
         positive("agent.wall_clock_secs", self.agent.wall_clock_secs)?;
         rate("sim.buggy_draft_rate", self.sim.buggy_draft_rate)?;
+        if !(0.0..1.0).contains(&self.pipeline.baseline_headroom) {
+            bail!("key `pipeline.baseline_headroom` must be at least 0 and below 1, got {}", self.pipeline.baseline_headroom);
+        }
         let f = &self.sim.faults;
         let fault_rates = [
             ("sim.faults.rate_429", f.rate_429),
@@ -610,6 +615,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("llm.endpoints.sim.requests_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn the_baseline_headroom_is_a_margin_below_one() {
+        assert_eq!(Config::embedded().pipeline.baseline_headroom, 0.01);
+        let c = Config::parse("[pipeline]\nbaseline_headroom = 0.0\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.pipeline.baseline_headroom, 0.0);
+        for bad in ["-0.1", "1.0", "nan"] {
+            let err = Config::parse(&format!("[pipeline]\nbaseline_headroom = {bad}\n"), Path::new("x.toml")).unwrap_err().to_string();
+            assert!(err.contains("pipeline.baseline_headroom"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -128,11 +128,12 @@ fn double_braces(text: &str) -> String {
 /// The MLGym task config of an accepted task.
 pub fn task_config(task: &AcceptedTask) -> TaskConfig {
     let id = &task.task_id;
-    let name = if task.topic.title.trim().is_empty() {
-        task.bundle.name.clone()
-    } else {
-        task.topic.title.trim().to_string()
-    };
+    // The bundle's title is written for the verified dataset; the topic's was written before
+    // any dataset was chosen.
+    let name = [task.bundle.title.trim(), task.topic.title.trim()]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .map_or_else(|| task.bundle.name.clone(), str::to_string);
     TaskConfig {
         id: id.clone(),
         name,
@@ -589,6 +590,83 @@ fn any_simulated(labels: &Value) -> bool {
 // ---------------------------------------------------------------------------------------------
 // tasks.json
 
+/// Where a parquet file lives in its dataset repository, read from the URL the Hub or its
+/// viewer gave for it: `(revision, path)`. Two shapes are known:
+/// `{endpoint}/datasets/{id}/resolve/{revision}/{path}` (revision and path percent-encoded, as
+/// the viewer lists the files of the `refs/convert/parquet` branch), and the viewer's
+/// `{endpoint}/api/datasets/{id}/parquet/{config}/{split}/{n}.parquet` (a file of that branch).
+pub fn repo_file(url: &str, id: &str) -> Option<(String, String)> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let segments: Vec<String> = url.path_segments()?.map(percent_decode).collect();
+    let id: Vec<&str> = id.split('/').collect();
+    let after_id = |prefix: &[&str]| -> Option<&[String]> {
+        let rest = segments.strip_prefix(prefix.iter().map(|s| s.to_string()).collect::<Vec<_>>().as_slice())?;
+        (rest.len() > id.len() && rest.iter().zip(&id).all(|(a, b)| a == b)).then(|| &rest[id.len()..])
+    };
+    let (revision, path) = if let Some(rest) = after_id(&["datasets"]) {
+        match rest {
+            [resolve, revision, path @ ..] if resolve == "resolve" && !path.is_empty() => (revision.clone(), path.join("/")),
+            _ => return None,
+        }
+    } else if let Some(rest) = after_id(&["api", "datasets"]) {
+        match rest {
+            [parquet, path @ ..] if parquet == "parquet" && !path.is_empty() => ("refs/convert/parquet".to_string(), path.join("/")),
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    (!revision.is_empty() && path.split('/').all(|p| !p.is_empty() && p != "." && p != "..")).then_some((revision, path))
+}
+
+/// `%2F` -> `/` in one URL path segment.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `url` points at this machine (`localhost`, `127.0.0.0/8`, `::1`): the embedded
+/// mirror's ephemeral port, meaningless once the run has ended.
+fn is_loopback_url(url: &str) -> bool {
+    let Some(host) = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)) else {
+        return false;
+    };
+    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
+    }
+}
+
+/// A parquet file's provenance in tasks.json: its split and file name, the revision and path
+/// of the file in the dataset repository, and its download URL unless that URL was a loopback
+/// address (the embedded mirror's, which no longer answers once the run is over).
+fn parquet_provenance(f: &gymforge_actors::model::ParquetFile, id: &str) -> Value {
+    let mut entry = json!({"split": f.split, "filename": f.filename, "size": f.size});
+    if let Some((revision, path)) = repo_file(&f.url, id) {
+        entry["revision"] = json!(revision);
+        entry["path"] = json!(path);
+    }
+    if !is_loopback_url(&f.url) {
+        entry["url"] = json!(f.url);
+    }
+    entry
+}
+
 /// `mlgym/tasks.json`: one entry per accepted task.
 pub fn tasks_index(tasks: &[AcceptedTask]) -> Value {
     Value::Array(
@@ -612,12 +690,7 @@ pub fn tasks_index(tasks: &[AcceptedTask]) -> Value {
                         "config": meta.config,
                         "splits": meta.splits,
                         "num_rows": meta.num_rows,
-                        "parquet_files": meta.parquet_files.iter().map(|f| json!({
-                            "split": f.split,
-                            "filename": f.filename,
-                            "url": f.url,
-                            "size": f.size,
-                        })).collect::<Vec<_>>(),
+                        "parquet_files": meta.parquet_files.iter().map(|f| parquet_provenance(f, &meta.id)).collect::<Vec<_>>(),
                     },
                     "topic": {
                         "title": t.topic.title,
@@ -863,6 +936,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
             "total": rollouts_total,
             "scored": sft.trajectories - sft.unscored,
             "kept": sft.kept,
+            "kept_beat_baseline": sft.beat_baseline,
             "duplicates": sft.duplicates,
             "malformed": sft.malformed,
             "over_token_budget": sft.over_budget,
@@ -1047,6 +1121,10 @@ pub fn summary_table(report: &Value) -> String {
                 u(report, &["rollouts", "scored"]),
                 u(report, &["rollouts", "duplicates"]),
             ),
+        ),
+        (
+            "beat the baseline".into(),
+            format!("{} of {} kept trajectories", u(report, &["rollouts", "kept_beat_baseline"]), u(report, &["rollouts", "kept"])),
         ),
         ("llm calls".into(), thousands(u(report, &["llm", "total", "calls"]))),
         (
@@ -1240,13 +1318,14 @@ mod tests {
                 description: "Wine recognition".into(),
                 parquet_files: vec![ParquetFile {
                     split: "train".into(),
-                    url: "http://127.0.0.1:1/wine/train/0000.parquet".into(),
+                    url: "http://127.0.0.1:41234/datasets/sklearn/wine/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet".into(),
                     filename: "0000.parquet".into(),
                     size: 10_000,
                 }],
             },
             bundle: TaskBundle {
                 name: "wineCultivar".into(),
+                title: String::new(),
                 description: description.to_string(),
                 dataset_description: "Columns: alcohol, ... ; label `cultivar` in {0, 1, 2}."
                     .into(),
@@ -1791,7 +1870,7 @@ mod tests {
         assert_eq!(report["tasks"]["by_dataset"], json!({"sklearn/wine": 2}));
         assert_eq!(
             report["rollouts"],
-            json!({"total": 4, "scored": 3, "kept": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})
+            json!({"total": 4, "scored": 3, "kept": 2, "kept_beat_baseline": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})
         );
         assert_eq!(report["llm"]["total"]["calls"], 29);
         assert_eq!(report["llm"]["total"]["input_tokens"], 23600);
@@ -1819,7 +1898,12 @@ mod tests {
         assert_eq!(first["provenance"]["revision"], "0123abcd");
         assert_eq!(first["provenance"]["config"], "default");
         assert_eq!(first["provenance"]["splits"], json!(["train"]));
-        assert_eq!(first["provenance"]["parquet_files"][0]["filename"], "0000.parquet");
+        // The file is named by its place in the dataset repository; the embedded mirror's
+        // loopback URL, dead once the run is over, is not kept.
+        assert_eq!(
+            first["provenance"]["parquet_files"][0],
+            json!({"split": "train", "filename": "0000.parquet", "size": 10_000, "revision": "refs/convert/parquet", "path": "default/train/0000.parquet"})
+        );
         assert_eq!(first["topic"]["sample"]["domain"], "chemistry");
         assert_eq!(first["debug_rounds"], 2);
         assert_eq!(index[1]["direction"], "minimize");
@@ -1911,6 +1995,78 @@ mod tests {
         let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
         assert_eq!(report["simulated"], json!(false));
         assert!(!summary_table(&report).contains("SIMULATED"));
+    }
+
+    /// report.json and the summary say how many kept trajectories beat their task's baseline:
+    /// a best score better than the baseline's priority metric, in the task's direction.
+    #[test]
+    fn the_report_counts_kept_trajectories_that_beat_the_baseline() {
+        let mut inputs = final_inputs();
+        // Kept, but its best accuracy (0.7) is below the baseline's 0.75.
+        let mut turns = TURNS.to_vec();
+        turns[2].1 = "DISCUSSION\nworse\n\n```\ncat data/train.csv\n```";
+        inputs.rollouts.push(rollout("wineT1", 7, vec![scores(&[("accuracy", 0.6)]), scores(&[("accuracy", 0.7)])], &turns));
+        // Kept, and its best RMSE (2.1) is below the baseline's 2.2 on a minimised metric.
+        turns[2].1 = "DISCUSSION\nbetter\n\n```\nhead data/train.csv\n```";
+        let mut lower = rollout("wineT2", 8, vec![scores(&[("rmse", 2.1)]), scores(&[("rmse", 2.4)])], &turns);
+        lower.baseline_scores = scores(&[("rmse", 2.2)]);
+        inputs.rollouts.push(lower);
+        // Kept, equal to the baseline: not better.
+        turns[2].1 = "DISCUSSION\nsame\n\n```\nwc -l data/train.csv\n```";
+        inputs.rollouts.push(rollout("wineT1", 9, vec![scores(&[("accuracy", 0.75)])], &turns));
+        let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &SftOptions::default());
+        let beats: Vec<&Value> = lines.iter().map(|l| &l["meta"]["beats_baseline"]).collect();
+        assert_eq!(beats, [&json!(true), &json!(true), &json!(false), &json!(true), &json!(false)]);
+        assert_eq!((summary.kept, summary.beat_baseline), (5, 3));
+        let report = build_report(&inputs, &summary);
+        assert_eq!(report["rollouts"]["kept"], 5);
+        assert_eq!(report["rollouts"]["kept_beat_baseline"], 3);
+        let table = summary_table(&report);
+        assert!(table.lines().any(|l| l.starts_with("beat the baseline") && l.ends_with("3 of 5 kept trajectories")), "{table}");
+        assert!(summary.describe().starts_with("kept 5 of 7 trajectories (3 beat the baseline)"), "{}", summary.describe());
+    }
+
+    #[test]
+    fn parquet_files_are_named_by_their_place_in_the_dataset_repository() {
+        let hf = "https://huggingface.co/datasets/stanfordnlp/imdb/resolve/refs%2Fconvert%2Fparquet/plain_text/train/0000.parquet";
+        assert_eq!(repo_file(hf, "stanfordnlp/imdb"), Some(("refs/convert/parquet".into(), "plain_text/train/0000.parquet".into())));
+        let at_sha = "https://huggingface.co/datasets/imdb/resolve/e6281661ce1c48d982bc483cf8a173c1bbeb5d31/data/train-00000-of-00001.parquet";
+        assert_eq!(repo_file(at_sha, "imdb"), Some(("e6281661ce1c48d982bc483cf8a173c1bbeb5d31".into(), "data/train-00000-of-00001.parquet".into())));
+        let api = "https://huggingface.co/api/datasets/stanfordnlp/imdb/parquet/plain_text/test/0.parquet";
+        assert_eq!(repo_file(api, "stanfordnlp/imdb"), Some(("refs/convert/parquet".into(), "plain_text/test/0.parquet".into())));
+        let mirror = "http://127.0.0.1:39211/datasets/sklearn/iris/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet";
+        assert_eq!(repo_file(mirror, "sklearn/iris"), Some(("refs/convert/parquet".into(), "default/train/0000.parquet".into())));
+        // Another dataset's file, or a URL of another shape, names no place in this repository.
+        assert_eq!(repo_file(hf, "stanfordnlp/sst2"), None);
+        assert_eq!(repo_file("https://cdn.example.org/files/0000.parquet", "stanfordnlp/imdb"), None);
+        assert_eq!(repo_file("https://huggingface.co/datasets/stanfordnlp/imdb/resolve/main/../../x", "stanfordnlp/imdb"), None);
+
+        let file = |url: &str| ParquetFile { split: "train".into(), url: url.into(), filename: "0000.parquet".into(), size: 7 };
+        let real = parquet_provenance(&file(hf), "stanfordnlp/imdb");
+        assert_eq!(real["url"], hf);
+        assert_eq!(real["path"], "plain_text/train/0000.parquet");
+        for loopback in [mirror, "http://localhost:8080/datasets/sklearn/iris/resolve/main/x.parquet", "http://[::1]:9/datasets/sklearn/iris/resolve/main/x.parquet"] {
+            let v = parquet_provenance(&file(loopback), "sklearn/iris");
+            assert!(v.get("url").is_none(), "{v}");
+            assert!(v["path"].is_string(), "{v}");
+        }
+        let unknown = parquet_provenance(&file("https://cdn.example.org/files/0000.parquet"), "sklearn/iris");
+        assert_eq!(unknown, json!({"split": "train", "filename": "0000.parquet", "size": 7, "url": "https://cdn.example.org/files/0000.parquet"}));
+    }
+
+    /// MLGym's task name is the bundle's title (written for the verified dataset), else the
+    /// topic's title, else the bundle's camelCase name.
+    #[test]
+    fn the_task_name_follows_the_bundle_title() {
+        let mut task = accepted("wineCultivarT0001", DESCRIPTION);
+        task.topic.title = "Leaf Morphotype Identification".into();
+        task.bundle.title = "Wine cultivar classification".into();
+        assert_eq!(task_config(&task).name, "Wine cultivar classification");
+        assert_eq!(tasks_index(std::slice::from_ref(&task))[0]["name"], "Wine cultivar classification");
+        task.bundle.title = " ".into();
+        assert_eq!(task_config(&task).name, "Leaf Morphotype Identification");
+        task.topic.title = String::new();
+        assert_eq!(task_config(&task).name, "wineCultivar");
     }
 
     #[test]

@@ -219,6 +219,7 @@ pub fn settings(config: &Config, work_root: PathBuf) -> Settings {
         ],
         debug_rounds: p.debug_rounds,
         prepare_timeout: Duration::from_secs(p.prepare_timeout_secs),
+        baseline_headroom: p.baseline_headroom,
         agent: AgentSettings {
             max_steps: config.agent.max_steps,
             short_timeout: Duration::from_secs(config.agent.short_timeout_secs),

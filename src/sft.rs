@@ -58,6 +58,9 @@ pub struct SftSummary {
     pub duplicates: u64,
     /// Kept, with old observations elided to fit the budget.
     pub shortened: u64,
+    /// Kept, with a best score better than the task's baseline on its priority metric (in the
+    /// task's direction).
+    pub beat_baseline: u64,
 }
 
 impl SftSummary {
@@ -65,6 +68,9 @@ impl SftSummary {
     pub fn describe(&self) -> String {
         let reasons = self.left_out();
         let mut text = format!("kept {} of {} trajectories", self.kept, self.trajectories);
+        if self.kept > 0 {
+            text.push_str(&format!(" ({} beat the baseline)", self.beat_baseline));
+        }
         if !reasons.is_empty() {
             text.push_str(&format!("; left out: {}", reasons.join(", ")));
         }
@@ -135,6 +141,7 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
             summary.duplicates += 1;
             continue;
         }
+        let beats = line["meta"]["beats_baseline"] == json!(true);
         line["meta"]["simulated"] = json!(options.simulated);
         line["meta"]["tokens"] = json!(tokens(line["messages"].as_array().expect("messages")));
         if options.sharegpt {
@@ -142,6 +149,7 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
         }
         lines.push(line);
         summary.kept += 1;
+        summary.beat_baseline += u64::from(beats);
     }
     (lines, summary)
 }
@@ -284,10 +292,12 @@ mod tests {
 
     #[test]
     fn the_summary_names_every_reason() {
-        let s = SftSummary { trajectories: 6, kept: 2, unscored: 1, not_better: 1, over_budget: 1, duplicates: 1, shortened: 1, malformed: 0 };
+        let s = SftSummary { trajectories: 6, kept: 2, unscored: 1, not_better: 1, over_budget: 1, duplicates: 1, shortened: 1, malformed: 0, beat_baseline: 1 };
         assert_eq!(
             s.describe(),
-            "kept 2 of 6 trajectories; left out: 1 without a scored submission, 1 not better than the baseline, 1 over the token budget, 1 duplicates; 1 shortened by eliding old observations"
+            "kept 2 of 6 trajectories (1 beat the baseline); left out: 1 without a scored submission, 1 not better than the baseline, 1 over the token budget, 1 duplicates; 1 shortened by eliding old observations"
         );
+        let none = SftSummary { trajectories: 1, unscored: 1, ..SftSummary::default() };
+        assert_eq!(none.describe(), "kept 0 of 1 trajectories; left out: 1 without a scored submission");
     }
 }

@@ -11,6 +11,12 @@ fn bundle(dir: &Path) -> PathBuf {
     common::fixture_bundle(dir)
 }
 
+/// The fixture bundle over points with a `noise` share of flipped labels and none closer than
+/// `gap` to the line.
+fn bundle_of(dir: &Path, noise: f64, gap: f64) -> PathBuf {
+    common::fixture_bundle_with(dir, noise, gap)
+}
+
 fn check(dir: &Path) -> (bool, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_gymforge"))
         .args(["check", "task"])
@@ -36,7 +42,7 @@ fn valid_bundle_passes_every_check() {
     assert!(ok, "{report:#}");
     assert_eq!(report["valid"], true);
     let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["static", "prepare", "baseline", "reproducible", "trivial", "wrong_shape"]);
+    assert_eq!(names, ["static", "prepare", "baseline", "reproducible", "trivial", "headroom", "wrong_shape"]);
     assert!(report["baseline_scores"]["accuracy"].as_f64().unwrap() > 0.7);
 }
 
@@ -75,6 +81,51 @@ fn each_breakage_is_reported_with_its_reason() {
             assert!(report["failure"]["output"].as_str().unwrap().contains("answers.csv"), "{report:#}");
         }
     }
+}
+
+/// A task whose baseline already predicts the answers perfectly leaves the agent nothing to
+/// improve: clean labels and a wide gap around the line let logistic regression classify every
+/// test point. The check rejects it with its own reason, for a metric whose best value is 1 and
+/// for an error metric whose best value is 0.
+#[test]
+fn a_baseline_at_the_best_possible_score_leaves_no_headroom() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_of(tmp.path(), 0.0, 1.0);
+    let (ok, report) = check(&dir);
+    assert!(!ok, "{report:#}");
+    assert_eq!(report["valid"], false);
+    assert_eq!((report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()), (Some("headroom"), Some("baseline_saturated")), "{report:#}");
+    assert_eq!(report["failure"]["problem"], "baseline accuracy 1.0000 leaves no headroom: the best possible is 1.0 (margin 0.01)");
+    assert!(report["failure"]["output"].as_str().unwrap().contains("'accuracy': 1"), "{report:#}");
+
+    // The same task scored by the root mean squared error of the labels: 0 is the best value,
+    // and the margin is a share of the naive submission's error.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_of(tmp.path(), 0.0, 1.0);
+    let task = dir.join("task.json");
+    edit(&task, "\"priority_metric\": \"accuracy\"", "\"priority_metric\": \"rmse\"");
+    edit(&task, "\"direction\": \"maximize\"", "\"direction\": \"minimize\"");
+    edit(&task, "\"metrics\": [\"accuracy\"]", "\"metrics\": [\"rmse\"]");
+    edit(
+        &dir.join("evaluate.py"),
+        "{\"accuracy\": float((merged[\"label_true\"] == merged[\"label_pred\"]).mean())}",
+        "{\"rmse\": float(((merged[\"label_true\"] - merged[\"label_pred\"]) ** 2).mean() ** 0.5)}",
+    );
+    let (ok, report) = check(&dir);
+    assert!(!ok, "{report:#}");
+    assert_eq!(report["failure"]["reason"], "baseline_saturated", "{report:#}");
+    let problem = report["failure"]["problem"].as_str().unwrap();
+    assert!(problem.starts_with("baseline rmse 0.0000 leaves no headroom: the best possible is 0.0 (margin 0.01 of the naive submission's 0."), "{problem}");
+
+    // With noisy labels the same baseline leaves headroom on the error metric too.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(tmp.path());
+    std::fs::copy(&task, dir.join("task.json")).unwrap();
+    std::fs::copy(task.with_file_name("evaluate.py"), dir.join("evaluate.py")).unwrap();
+    let (ok, report) = check(&dir);
+    assert!(ok, "{report:#}");
+    let headroom = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "headroom").unwrap();
+    assert!(headroom["detail"].as_str().unwrap().contains("leaves headroom"), "{report:#}");
 }
 
 /// A baseline that outlives the task's training timeout is stopped and reported as a timeout.

@@ -25,6 +25,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
             raw_dir: &raw,
             work_dir: &work_dir,
             prepare_timeout: p.settings.prepare_timeout,
+            headroom: p.settings.baseline_headroom,
             label: format!("{} round {round}", unit.id),
         };
         let (report, passed) = check_bundle(&check).await?;

@@ -187,6 +187,11 @@ pub enum Direction {
 pub struct TaskBundle {
     /// MLGym task id (camelCase, no spaces); gymforge appends the unit id to make it unique.
     pub name: String,
+    /// Human-readable title (MLGym's task name), written for the verified dataset, so it names
+    /// what the data is about. Bundles stored before it existed have none: the topic's title
+    /// stands in.
+    #[serde(default)]
+    pub title: String,
     /// Task statement shown to the agent. Contains `{dataset_docs}` exactly where MLGym should
     /// insert the dataset description; gymforge escapes every other brace on export.
     pub description: String,

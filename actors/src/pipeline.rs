@@ -28,6 +28,9 @@ pub struct Settings {
     pub workers: Vec<(Stage, u32)>,
     pub debug_rounds: u32,
     pub prepare_timeout: Duration,
+    /// How close to the best possible value of its priority metric an accepted task's baseline
+    /// may come (`pipeline.baseline_headroom`; see `validate::saturation`).
+    pub baseline_headroom: f64,
     pub agent: AgentSettings,
     pub faults: Faults,
     /// How often a run without a target rewrites tasks.json, the SFT data and report.json.

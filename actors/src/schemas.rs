@@ -21,6 +21,7 @@ pub fn task_bundle() -> (&'static str, Value) {
         "task_bundle",
         object(json!({
             "name": string(),
+            "title": string(),
             "description": string(),
             "dataset_description": string(),
             "priority_metric": string(),
@@ -61,6 +62,7 @@ mod tests {
     fn the_bundle_schema_matches_the_bundle_type() {
         let bundle = TaskBundle {
             name: "n".into(),
+            title: "t".into(),
             description: "d".into(),
             dataset_description: "dd".into(),
             priority_metric: "accuracy".into(),

@@ -4,8 +4,9 @@
 //! The rules (DESIGN.md 3.3): prepare.py produces the data and hidden answers; the baseline
 //! runs and reproduces its score; evaluate.py prints exactly one JSON object of finite,
 //! non-negative numbers whose keys are the declared metrics; the sample submission evaluates and
-//! scores worse than the baseline; a wrong-shaped submission is rejected; the test file the agent
-//! sees holds no target.
+//! scores worse than the baseline; the baseline leaves headroom (its priority metric is not at,
+//! or within a margin of, the best value the metric can take); a wrong-shaped submission is
+//! rejected; the test file the agent sees holds no target.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,6 +74,9 @@ pub struct TaskCheck<'a> {
     /// Scratch directory for this validation (emptied first).
     pub work_dir: &'a Path,
     pub prepare_timeout: Duration,
+    /// How close to the best possible value of its priority metric the baseline may come (see
+    /// [`saturation`]).
+    pub headroom: f64,
     /// Prefix of sandbox job labels.
     pub label: String,
 }
@@ -207,7 +211,18 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     }
     ok(checks, "trivial", format!("baseline {} {base} beats the naive submission's {trivial}", b.priority_metric));
 
-    // 6. A wrong-shaped submission (one row short) is rejected.
+    // 6. The baseline leaves the agent room to improve.
+    if let Some(problem) = saturation(&b.priority_metric, b.direction, base, trivial, c.headroom) {
+        let evidence = format!("baseline scores {}; naive submission scores {}", format_scores(&baseline_scores), format_scores(&sample_scores));
+        return Ok(Err(fail("headroom", "baseline_saturated", problem, evidence)));
+    }
+    let bound = match metric_bound(&b.priority_metric) {
+        Some(bound) if bound.direction == b.direction => format!("the best possible {} is {:.1}", b.priority_metric, bound.best),
+        _ => format!("not judged: the best value of {} in the declared direction is not known", b.priority_metric),
+    };
+    ok(checks, "headroom", format!("baseline {} {base:.4} leaves headroom ({bound})", b.priority_metric));
+
+    // 7. A wrong-shaped submission (one row short) is rejected.
     let short = c.work_dir.join("short_submission.csv");
     let sample_text = std::fs::read_to_string(prepared.starter().join("sample_submission.csv")).map_err(|e| io_err("cannot read sample submission", e))?;
     let mut lines: Vec<&str> = sample_text.lines().collect();
@@ -349,6 +364,116 @@ pub fn static_problems(b: &TaskBundle) -> Vec<String> {
         problems.push(format!("training_timeout {} must be between 1 and 3600 seconds", b.training_timeout));
     }
     problems
+}
+
+/// The best value a metric can take, known from its name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MetricBound {
+    /// Which way the metric improves.
+    pub direction: Direction,
+    /// The best value the metric can take.
+    pub best: f64,
+    /// Whether the headroom margin is a share of the naive submission's score rather than an
+    /// absolute distance: error metrics have no scale of their own (an RMSE of 0.01 is tiny
+    /// for house prices and large for probabilities).
+    pub relative_margin: bool,
+}
+
+/// Metrics whose best value is 1 (accuracy, F1, AUC, NDCG, R², IoU, correlations, ...),
+/// after [`metric_stem`].
+const BEST_AT_ONE: &[&str] = &[
+    "accuracy", "acc", "balanced_accuracy", "top_k_accuracy", "f1", "fbeta", "precision", "recall", "sensitivity",
+    "specificity", "auc", "roc_auc", "auroc", "pr_auc", "auprc", "average_precision", "ap", "map",
+    "mean_average_precision", "mrr", "mean_reciprocal_rank", "ndcg", "hits", "hit_rate", "r2", "r_squared",
+    "explained_variance", "iou", "miou", "mean_iou", "jaccard", "dice", "exact_match", "em", "mcc",
+    "matthews_corrcoef", "kappa", "cohen_kappa", "quadratic_weighted_kappa", "qwk", "spearman", "pearson",
+];
+
+/// Error metrics whose best value is 0 (RMSE, MAE, log loss, error rates, ...), after
+/// [`metric_stem`].
+const BEST_AT_ZERO: &[&str] = &[
+    "rmse", "mse", "mae", "medae", "rmsle", "msle", "mape", "smape", "mean_squared_error",
+    "root_mean_squared_error", "mean_absolute_error", "median_absolute_error", "mean_absolute_percentage_error",
+    "log_loss", "logloss", "cross_entropy", "nll", "brier", "error", "error_rate", "wer", "cer", "hamming_loss",
+    "zero_one_loss",
+];
+
+/// Words of a metric name that qualify it without changing its range.
+const METRIC_QUALIFIERS: &[&str] = &["macro", "micro", "weighted", "samples", "score", "test", "val", "validation", "overall"];
+
+/// A metric name reduced to what [`BEST_AT_ONE`] and [`BEST_AT_ZERO`] list: lowercase, words
+/// joined by `_`, qualifiers dropped, numbers read as `k` and a trailing cutoff removed
+/// (`NDCG@10` and `ndcg_at_10` -> `ndcg`, `f1_macro` -> `f1`, `top5_accuracy` -> `top_k_accuracy`).
+fn metric_stem(name: &str) -> String {
+    let spaced = name.to_lowercase().replace('@', "_at_").replace('²', "2");
+    let mut words: Vec<String> = Vec::new();
+    for word in spaced.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()) {
+        if METRIC_QUALIFIERS.contains(&word) {
+            continue;
+        }
+        // `top5` -> `top`, `k`; a bare number -> `k`.
+        let letters = word.trim_end_matches(|c: char| c.is_ascii_digit());
+        if letters.len() < word.len() && !letters.is_empty() && !matches!(letters, "r" | "f" | "l") {
+            words.push(letters.to_string());
+            words.push("k".into());
+        } else if letters.is_empty() {
+            words.push("k".into());
+        } else {
+            words.push(word.to_string());
+        }
+    }
+    let mut stem = words.join("_");
+    for cutoff in ["_at_k", "_k"] {
+        if let Some(s) = stem.strip_suffix(cutoff) {
+            stem = s.to_string();
+        }
+    }
+    stem
+}
+
+/// The best value of the metric `name`, when its name says what it is; `None` for metrics
+/// gymforge does not know.
+pub fn metric_bound(name: &str) -> Option<MetricBound> {
+    let stem = metric_stem(name);
+    if BEST_AT_ONE.contains(&stem.as_str()) {
+        Some(MetricBound { direction: Direction::Maximize, best: 1.0, relative_margin: false })
+    } else if BEST_AT_ZERO.contains(&stem.as_str()) {
+        Some(MetricBound { direction: Direction::Minimize, best: 0.0, relative_margin: true })
+    } else {
+        None
+    }
+}
+
+/// Why a baseline leaves no headroom, if it does not: its priority metric `metric` scores
+/// `base`, the naive sample submission `trivial`, and `margin` is the configured headroom.
+///
+/// A metric whose best value is 1 is saturated at `1 - margin` or above (a metric on a
+/// percent scale, with values above 1, at `100 * (1 - margin)`); an error metric whose best
+/// value is 0 at `margin` times the naive submission's score or below. Metrics of unknown
+/// name, and metrics declared in the direction opposite to what their name says, are not
+/// judged.
+pub fn saturation(metric: &str, direction: Direction, base: f64, trivial: f64, margin: f64) -> Option<String> {
+    let bound = metric_bound(metric).filter(|b| b.direction == direction)?;
+    if bound.relative_margin {
+        let limit = bound.best + margin * trivial;
+        return (base <= limit).then(|| {
+            format!(
+                "baseline {metric} {base:.4} leaves no headroom: the best possible is {:.1} (margin {margin} of the naive submission's {trivial:.4} = {:.4})",
+                bound.best,
+                margin * trivial
+            )
+        });
+    }
+    // Bounded metrics: on their own scale, or on a percent scale when the value exceeds 1.
+    let scale = if base > bound.best + 1e-9 { 100.0 } else { 1.0 };
+    if base > bound.best * scale + 1e-9 {
+        return None;
+    }
+    let best = bound.best * scale;
+    (base >= best - margin * scale).then(|| {
+        let on = if scale == 1.0 { String::new() } else { " on a percent scale".to_string() };
+        format!("baseline {metric} {base:.4} leaves no headroom: the best possible is {best:.1}{on} (margin {})", margin * scale)
+    })
 }
 
 /// Scores are reproduced when every metric matches to 1e-9 relative.
@@ -502,6 +627,49 @@ mod tests {
         assert!(parse_scores(&out("{\"accuracy\": NaN}", "")).is_err());
         assert!(parse_scores(&out("{\"rmse\": Infinity}", "")).is_err());
         assert!(parse_scores(&out("{\"accuracy\": 0.5}\n{\"accuracy\": 0.6}", "")).is_err());
+    }
+
+    #[test]
+    fn metric_bounds_come_from_the_metric_name() {
+        let max = |name: &str| metric_bound(name).map(|b| (b.direction, b.best));
+        for name in ["accuracy", "f1_macro", "macro-F1", "ndcg_at_10", "NDCG@10", "ndcg", "r2", "R²", "roc_auc", "top5_accuracy", "hits@10", "mean_iou"] {
+            assert_eq!(max(name), Some((Direction::Maximize, 1.0)), "{name}");
+        }
+        for name in ["rmse", "mae", "log_loss", "logloss", "mean_squared_error", "RMSE", "test_mae"] {
+            assert_eq!(max(name), Some((Direction::Minimize, 0.0)), "{name}");
+            assert!(metric_bound(name).unwrap().relative_margin, "{name}");
+        }
+        for name in ["score", "reward", "perplexity", "bleu", "dcg_at_10", "mean_return"] {
+            assert_eq!(max(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_baseline_at_or_near_the_best_value_is_saturated() {
+        let max = Direction::Maximize;
+        let problem = saturation("accuracy", max, 1.0, 0.33, 0.01).unwrap();
+        assert_eq!(problem, "baseline accuracy 1.0000 leaves no headroom: the best possible is 1.0 (margin 0.01)");
+        assert!(saturation("f1_macro", max, 0.995, 0.2, 0.01).is_some());
+        assert!(saturation("ndcg_at_10", max, 0.99, 0.5, 0.01).is_some());
+        assert!(saturation("accuracy", max, 0.9667, 0.33, 0.01).is_none());
+        // A zero margin rejects only the best value itself.
+        assert!(saturation("accuracy", max, 0.995, 0.33, 0.0).is_none());
+        assert!(saturation("accuracy", max, 1.0, 0.33, 0.0).is_some());
+        // Percent scales: 99.5 is within a margin of 100, 97 is not.
+        assert!(saturation("accuracy", max, 99.5, 33.0, 0.01).unwrap().contains("percent scale"));
+        assert!(saturation("accuracy", max, 97.0, 33.0, 0.01).is_none());
+        assert!(saturation("accuracy", max, 250.0, 33.0, 0.01).is_none());
+        // Error metrics: the margin is a share of the naive submission's score.
+        let min = Direction::Minimize;
+        let problem = saturation("rmse", min, 0.0, 0.8, 0.01).unwrap();
+        assert!(problem.starts_with("baseline rmse 0.0000 leaves no headroom: the best possible is 0.0"), "{problem}");
+        assert!(problem.contains("naive submission's 0.8000"), "{problem}");
+        assert!(saturation("rmse", min, 0.005, 0.8, 0.01).is_some());
+        assert!(saturation("rmse", min, 0.009, 0.8, 0.01).is_none());
+        assert!(saturation("rmse", min, 50.0, 75.0, 0.01).is_none());
+        // Unknown metrics, and metrics declared against their name's direction, are not judged.
+        assert!(saturation("reward", max, 1.0, 0.0, 0.01).is_none());
+        assert!(saturation("accuracy", min, 0.0, 0.5, 0.01).is_none());
     }
 
     #[test]

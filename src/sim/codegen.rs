@@ -17,6 +17,13 @@ use crate::config::SimConfig;
 
 /// Seconds allowed for one training run of a simulated task.
 pub(crate) const TRAINING_TIMEOUT: u64 = 600;
+/// Percent of the rows in the validation split.
+pub(crate) const VALIDATION_PERCENT: u64 = 10;
+/// Percent of the rows in the test split.
+pub(crate) const TEST_PERCENT: u64 = 20;
+/// Datasets with fewer rows get [`SMALL_TEST_PERCENT`] of them as the test split.
+pub(crate) const SMALL_DATASET_ROWS: u64 = 500;
+pub(crate) const SMALL_TEST_PERCENT: u64 = 40;
 
 /// The deliberate bugs of first drafts, each one a mistake real models make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,25 +99,32 @@ impl Twist {
         }
     }
 
-    fn name_suffix(self) -> &'static str {
-        match self {
-            Twist::None => "",
-            Twist::FewLabels => "FewLabels",
-            Twist::ClassImbalance => "Imbalanced",
-            Twist::NoisyLabels => "NoisyLabels",
-            Twist::ComputeBudget => "ComputeBudget",
-            Twist::DistributionShift => "Shifted",
+    /// The camelCase end of the task name. With a numeric target the imbalance is one of
+    /// target values (the top quartile is rare) and the noise is in the targets, not classes.
+    fn name_suffix(self, numeric_target: bool) -> &'static str {
+        match (self, numeric_target) {
+            (Twist::None, _) => "",
+            (Twist::FewLabels, _) => "FewLabels",
+            (Twist::ClassImbalance, false) => "Imbalanced",
+            (Twist::ClassImbalance, true) => "RareHighTargets",
+            (Twist::NoisyLabels, false) => "NoisyLabels",
+            (Twist::NoisyLabels, true) => "NoisyTargets",
+            (Twist::ComputeBudget, _) => "ComputeBudget",
+            (Twist::DistributionShift, _) => "Shifted",
         }
     }
 
-    fn title_suffix(self) -> &'static str {
-        match self {
-            Twist::None => "",
-            Twist::FewLabels => " with few labels",
-            Twist::ClassImbalance => " under class imbalance",
-            Twist::NoisyLabels => " with noisy labels",
-            Twist::ComputeBudget => " on a compute budget",
-            Twist::DistributionShift => " under distribution shift",
+    /// The end of the task title, in the words of the task's target (see [`Twist::name_suffix`]).
+    fn title_suffix(self, numeric_target: bool) -> &'static str {
+        match (self, numeric_target) {
+            (Twist::None, _) => "",
+            (Twist::FewLabels, _) => " with few labels",
+            (Twist::ClassImbalance, false) => " under class imbalance",
+            (Twist::ClassImbalance, true) => " with rare high targets",
+            (Twist::NoisyLabels, false) => " with noisy labels",
+            (Twist::NoisyLabels, true) => " with noisy targets",
+            (Twist::ComputeBudget, _) => " on a compute budget",
+            (Twist::DistributionShift, _) => " under distribution shift",
         }
     }
 }
@@ -165,9 +179,8 @@ struct KnownDataset {
     goal: &'static str,
     /// For regression on a class-labelled dataset: which column to predict instead.
     numeric_target: Option<NumericTarget>,
-    /// For ranking on a class-labelled dataset: the class that counts as relevant (one that
-    /// overlaps the others, so a ranking has room to improve: versicolor, the middle wine
-    /// cultivar, malignant, the digit 8).
+    /// For ranking on a class-labelled dataset without a numeric target: the class that counts
+    /// as relevant (malignant, the digit 8). Datasets with a numeric target rank by it.
     relevant_class: usize,
 }
 
@@ -242,6 +255,9 @@ pub(crate) struct Spec {
     pub twist: Twist,
     /// Seed of prepare.py's shuffle.
     pub split_seed: u64,
+    /// Percent of the rows in the test split ([`TEST_PERCENT`] or [`SMALL_TEST_PERCENT`]); the
+    /// validation split holds [`VALIDATION_PERCENT`], the training split the rest.
+    pub test_percent: u64,
     pub rows: Option<u64>,
     pub about: String,
     pub goal: String,
@@ -302,13 +318,15 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
         .ok_or("the dataset has no columns")?;
     let mut kind = Kind::parse(&sample.task_type);
     // Regression on a class-labelled dataset predicts one of its numeric columns instead: the
-    // one known to make sense, else the last floating-point column.
+    // one known to make sense, else the last floating-point column. Ranking orders by the known
+    // numeric column too when there is one: a graded relevance leaves a ranking room to improve,
+    // while ten rows of one well-separated class are put first by any model.
+    let known_numeric = known.and_then(|k| k.numeric_target.as_ref()).and_then(|t| facts.features.iter().find(|f| f.name == t.column));
     let target_feature = match (kind, &label.class_names) {
-        (Kind::Regression, Some(_)) => known
-            .and_then(|k| k.numeric_target.as_ref())
-            .and_then(|t| facts.features.iter().find(|f| f.name == t.column))
+        (Kind::Regression, Some(_)) => known_numeric
             .or_else(|| facts.features.iter().rev().find(|f| f.name != label.name && f.name != "id" && f.dtype.to_lowercase().starts_with("float")))
             .unwrap_or(label),
+        (Kind::Ranking, Some(_)) => known_numeric.unwrap_or(label),
         _ => label,
     };
     let class_names = target_feature.class_names.clone().unwrap_or_default();
@@ -362,8 +380,13 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
         subject = format!("{} {subject}", class.replace('_', " "));
     }
     let kind_name = kind.as_str();
-    let name = format!("{stem}{}{}", capitalise(kind_name), twist.name_suffix());
-    let title = format!("{}{}{}", capitalise(&subject), if subject.ends_with(kind_name) { String::new() } else { format!(" {kind_name}") }, twist.title_suffix());
+    let name = format!("{stem}{}{}", capitalise(kind_name), twist.name_suffix(numeric_target));
+    let title = format!(
+        "{}{}{}",
+        capitalise(&subject),
+        if subject.ends_with(kind_name) { String::new() } else { format!(" {kind_name}") },
+        twist.title_suffix(numeric_target)
+    );
     let title = title.replace(['"', '\\'], "'");
     let about = match known {
         Some(k) => k.about.to_string(),
@@ -380,7 +403,10 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
         _ => format!("predict the `{}` column of {} from the other columns", target_feature.name, facts.id),
     };
     let split = facts.splits.first().cloned().unwrap_or_else(|| "train".into());
-    let rows = if facts.num_rows.is_empty() { None } else { Some(facts.num_rows.values().sum()) };
+    let rows: Option<u64> = if facts.num_rows.is_empty() { None } else { Some(facts.num_rows.values().sum()) };
+    // A small dataset gets a larger test split, so that one test row is not worth several points
+    // of the score; the shifted split keeps its top fifth.
+    let test_percent = if twist != Twist::DistributionShift && rows.is_some_and(|r| r < SMALL_DATASET_ROWS) { SMALL_TEST_PERCENT } else { TEST_PERCENT };
     let mut draw = Draw::new(seed, &["split-seed", &normalise(&challenge.title)]);
     let spec = Spec {
         title,
@@ -398,6 +424,7 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
         raw_files,
         twist,
         split_seed: 1000 + draw.next_u64() % 9000,
+        test_percent,
         rows,
         about: without_braces(&about),
         goal: without_braces(&goal),
@@ -405,11 +432,23 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
     Ok((challenge.title, spec))
 }
 
-/// Rows of the train, validation and test files, as prepare.py computes them.
-fn split_sizes(rows: u64) -> (u64, u64, u64) {
-    let train = rows * 70 / 100;
-    let validation = rows * 10 / 100;
-    (train, validation, rows - train - validation)
+impl Spec {
+    /// Percent of the rows in the training split.
+    pub(crate) fn train_percent(&self) -> u64 {
+        100 - VALIDATION_PERCENT - self.test_percent
+    }
+
+    /// `70/10/20`: the shares of the training, validation and test splits.
+    pub(crate) fn split_shares(&self) -> String {
+        format!("{}/{VALIDATION_PERCENT}/{}", self.train_percent(), self.test_percent)
+    }
+
+    /// Rows of the train, validation and test files, as prepare.py computes them.
+    fn split_sizes(&self, rows: u64) -> (u64, u64, u64) {
+        let train = rows * self.train_percent() / 100;
+        let validation = rows * VALIDATION_PERCENT / 100;
+        (train, validation, rows - train - validation)
+    }
 }
 
 /// The class names as a legend (`0 = setosa, 1 = versicolor`), or `None` when the names are
@@ -514,17 +553,17 @@ fn dataset_description(spec: &Spec) -> String {
     let mut out = String::new();
     let origin = match spec.rows {
         Some(rows) => format!(
-            "Source: Hugging Face dataset {} (config {}, split {}, {rows} rows), shuffled with a fixed seed and split 70/10/20 into the files below.",
-            spec.dataset_id, spec.config, spec.split
+            "Source: Hugging Face dataset {} (config {}, split {}, {rows} rows), shuffled with a fixed seed and split {} into the files below.",
+            spec.dataset_id, spec.config, spec.split, spec.split_shares()
         ),
         None => format!(
-            "Source: Hugging Face dataset {} (config {}, split {}), shuffled with a fixed seed and split 70/10/20 into the files below.",
-            spec.dataset_id, spec.config, spec.split
+            "Source: Hugging Face dataset {} (config {}, split {}), shuffled with a fixed seed and split {} into the files below.",
+            spec.dataset_id, spec.config, spec.split, spec.split_shares()
         ),
     };
     out.push_str(&format!("{}\n{origin}\n\nFILES (in data/):\n", spec.about));
     let n = spec.features.len();
-    let (train, validation, test) = match spec.rows.map(split_sizes) {
+    let (train, validation, test) = match spec.rows.map(|rows| spec.split_sizes(rows)) {
         Some((a, b, c)) => (format!("{a} "), format!("{b} "), format!("{c} ")),
         None => Default::default(),
     };
@@ -574,6 +613,7 @@ pub(crate) fn bundle(spec: &Spec) -> TaskBundle {
     ]);
     TaskBundle {
         name: spec.name.clone(),
+        title: spec.title.clone(),
         description: description(spec),
         dataset_description: dataset_description(spec),
         priority_metric: priority.to_string(),
@@ -758,6 +798,43 @@ pub(crate) mod tests {
         for b in [few, imb, noisy, budget, plain] {
             assert!(b.files["prepare.py"].contains("test.drop(columns=[TARGET]).to_csv(DATA_DIR / \"test.csv\""));
         }
+    }
+
+    #[test]
+    fn titles_and_twists_are_written_for_the_data() {
+        // A twist is worded for the target: a regression has no classes.
+        let reg = bundle_of(&clean(1), &prompt("sklearn/diabetes", "regression", "class imbalance", "Leaf Morphotype Identification"));
+        assert_eq!(reg.title, "Diabetes progression regression with rare high targets");
+        assert_eq!(reg.name, "diabetesProgressionRegressionRareHighTargets");
+        assert!(reg.description.starts_with("Diabetes progression regression with rare high targets.\n"));
+        let noisy = bundle_of(&clean(1), &prompt("sklearn/diabetes", "regression", "noisy labels", "T"));
+        assert!(noisy.title.ends_with("with noisy targets"), "{}", noisy.title);
+        let texts = format!("{} {} {}", reg.title, reg.description, reg.dataset_description).to_lowercase();
+        assert!(!texts.contains("class"), "{texts}");
+        // The title names the dataset, whatever the challenge was called.
+        let iris = bundle_of(&clean(1), &prompt("sklearn/iris", "classification", "class imbalance", "Leaf Morphotype Identification"));
+        assert_eq!(iris.title, "Iris species classification under class imbalance");
+        // Ranking on iris orders by its numeric column, petal width.
+        let ranking = bundle_of(&clean(1), &prompt("sklearn/iris", "ranking", "none", "T"));
+        assert_eq!((ranking.title.as_str(), ranking.target_column.as_str()), ("Iris petal width ranking", "petal_width_cm"));
+        assert!(ranking.description.contains("minus the smallest value"));
+    }
+
+    #[test]
+    fn small_datasets_get_a_larger_test_split_and_a_simple_baseline() {
+        // 150 rows: half for training, 40% for testing; the shifted split keeps its top fifth.
+        let small = bundle_of(&clean(1), &prompt("sklearn/iris", "classification", "none", "T"));
+        assert!(small.dataset_description.contains("split 50/10/40"), "{}", small.dataset_description);
+        assert!(small.files["prepare.py"].contains("TRAIN_PERCENT = 50\nVALIDATION_PERCENT = 10\n"));
+        assert!(small.dataset_description.contains("- train.csv: 75 training rows"), "{}", small.dataset_description);
+        let shifted = bundle_of(&clean(1), &prompt("sklearn/iris", "classification", "distribution shift", "T"));
+        assert!(shifted.dataset_description.contains("split 70/10/20"));
+        assert!(shifted.files["prepare.py"].contains("TRAIN_PERCENT = 70\n"));
+        // The classification baseline keeps the best quarter of the features, at least two.
+        assert!(small.files["baseline.py"].contains("K_FEATURES = 2 "));
+        let digits = bundle_of(&clean(1), &prompt("sklearn/digits", "classification", "none", "T"));
+        assert!(digits.files["baseline.py"].contains("K_FEATURES = 16 "));
+        assert_eq!([1, 2, 3, 4, 13, 30, 64].map(python::baseline_features), [1, 2, 2, 2, 3, 7, 16]);
     }
 
     #[test]

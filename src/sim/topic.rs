@@ -188,13 +188,18 @@ fn parse(user: &str) -> Result<Request, String> {
 }
 
 
-fn twist_suffixes(twist: &str) -> &'static [&'static str] {
-    match normalise(twist).as_str() {
-        "few labels" => &[" with Few Labels", " from a Handful of Labels", " under Label Scarcity"],
-        "class imbalance" => &[" under Class Imbalance", " with Rare Classes", " on a Skewed Training Set"],
-        "noisy labels" => &[" with Noisy Labels", " under Label Noise", " from Imperfect Annotations"],
-        "compute budget" => &[" on a Compute Budget", " under a Tight Training Budget", " in a Minute of CPU"],
-        "distribution shift" => &[" under Distribution Shift", " beyond the Training Range", " on Shifted Test Data"],
+/// Title endings for the twist. A regression (or a ranking by a quantity) has no classes: its
+/// imbalance is a thinly sampled upper range of the target and its noise is in the measured
+/// values.
+fn twist_suffixes(twist: &str, regression: bool) -> &'static [&'static str] {
+    match (normalise(twist).as_str(), regression) {
+        ("few labels", _) => &[" with Few Labels", " from a Handful of Labels", " under Label Scarcity"],
+        ("class imbalance", false) => &[" under Class Imbalance", " with Rare Classes", " on a Skewed Training Set"],
+        ("class imbalance", true) => &[" with Rare High Values", " with a Skewed Target", " on an Under-Sampled Upper Range"],
+        ("noisy labels", false) => &[" with Noisy Labels", " under Label Noise", " from Imperfect Annotations"],
+        ("noisy labels", true) => &[" with Noisy Targets", " under Measurement Noise", " from Imperfect Measurements"],
+        ("compute budget", _) => &[" on a Compute Budget", " under a Tight Training Budget", " in a Minute of CPU"],
+        ("distribution shift", _) => &[" under Distribution Shift", " beyond the Training Range", " on Shifted Test Data"],
         _ => &[""],
     }
 }
@@ -291,7 +296,7 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
     let unit = *s.pick(d.units);
     let context = *s.pick(d.contexts);
     let stake = *s.pick(d.stakes);
-    let suffix = *s.pick(twist_suffixes(&r.twist));
+    let suffix = *s.pick(twist_suffixes(&r.twist, regression));
     let noun = if kind == Kind::Ranking {
         *s.pick(&["Ranking", "Prioritisation", "Triage"])
     } else if regression {

@@ -47,21 +47,28 @@ pub fn actions(out: &Path) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// `mlgym/tasks.json` without what legitimately differs between two runs of the same batch
-/// (the embedded mirror's loopback port in the parquet URLs).
+/// `mlgym/tasks.json`. Two runs of the same batch write the same one: its provenance names the
+/// parquet files by their place in the dataset repository, not by the embedded mirror's
+/// ephemeral loopback URL.
 pub fn accepted_tasks(out: &Path) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mlgym/tasks.json")).unwrap()).unwrap();
-    for task in v.as_array_mut().unwrap() {
-        for file in task["provenance"]["parquet_files"].as_array_mut().unwrap() {
-            file.as_object_mut().unwrap().remove("url");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mlgym/tasks.json")).unwrap()).unwrap();
+    for task in v.as_array().unwrap() {
+        for file in task["provenance"]["parquet_files"].as_array().unwrap() {
+            assert!(file.get("url").is_none() && file["path"].is_string(), "tasks.json names a loopback URL or no repository path: {file}");
         }
     }
     v
 }
 
-/// Copies the hand-written fixture bundle into `dir/bundle` and writes its raw data: points
-/// labelled by a noisy line. Returns the bundle directory.
+/// Copies the hand-written fixture bundle into `dir/bundle` and writes its raw data: 400 points
+/// labelled by a noisy line (a tenth of the labels flipped). Returns the bundle directory.
 pub fn fixture_bundle(dir: &Path) -> PathBuf {
+    fixture_bundle_with(dir, 0.1, 0.0)
+}
+
+/// [`fixture_bundle`] with a `noise` share of the labels flipped and no point closer than `gap`
+/// to the line.
+pub fn fixture_bundle_with(dir: &Path, noise: f64, gap: f64) -> PathBuf {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle");
     let out = dir.join("bundle");
     std::fs::create_dir_all(out.join("raw")).unwrap();
@@ -74,11 +81,16 @@ pub fn fixture_bundle(dir: &Path) -> PathBuf {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
-    for _ in 0..400 {
-        let (x, y, noise) = (next() * 10.0, next() * 10.0, next());
+    let mut rows = 0;
+    while rows < 400 {
+        let (x, y, flip) = (next() * 10.0, next() * 10.0, next());
+        if (y - 0.5 * x - 2.0).abs() < gap {
+            continue;
+        }
         let above = y > 0.5 * x + 2.0;
-        let label = if noise < 0.1 { !above } else { above };
+        let label = if flip < noise { !above } else { above };
         csv.push_str(&format!("{x:.4},{y:.4},{}\n", u8::from(label)));
+        rows += 1;
     }
     std::fs::write(out.join("raw/points.csv"), csv).unwrap();
     out

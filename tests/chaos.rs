@@ -92,4 +92,16 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         .filter(|p| !p.starts_with(&state) && p.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp")))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Every unit was claimed once per stage in the undisturbed run, and at most once per stage
+    // by each process of the killed one (a restart takes over only what the killed process held).
+    let claims = |out: &Path| gymforge::store::SqliteStore::open(&out.join(".gymforge/state.db")).unwrap().claim_history().unwrap();
+    let calm_claims = claims(&calm);
+    let calm_set: BTreeSet<(String, String)> = calm_claims.iter().map(|(u, s, _)| (u.clone(), s.clone())).collect();
+    assert_eq!(calm_set.len(), calm_claims.len(), "a unit claimed twice at a stage: {calm_claims:?}");
+    let killed_claims = claims(&killed);
+    let per_process: BTreeSet<&(String, String, String)> = killed_claims.iter().collect();
+    assert_eq!(per_process.len(), killed_claims.len(), "a process claimed a unit twice at a stage: {killed_claims:?}");
+    let killed_set: BTreeSet<(String, String)> = killed_claims.iter().map(|(u, s, _)| (u.clone(), s.clone())).collect();
+    assert_eq!(killed_set, calm_set, "the same units were worked on at the same stages");
 }

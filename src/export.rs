@@ -849,7 +849,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
                     let reason = unit.drop_reason.clone().unwrap_or_else(|| "unknown".into());
                     // The first unit dropped for a reason says, in words, what happened.
                     if let Some(detail) = &unit.drop_detail {
-                        c.details.entry(reason.clone()).or_insert_with(|| short_detail(detail));
+                        c.details.entry(reason.clone()).or_insert_with(|| crate::output::one_line(detail, 200));
                     }
                     *c.reasons.entry(reason).or_default() += 1;
                 }
@@ -1000,8 +1000,8 @@ fn duration(secs: f64) -> String {
 }
 
 /// One line for each of the `n` most frequent drop reasons of the run: stage, reason, count and
-/// what happened to the first unit dropped for it.
-fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
+/// what happened to the first unit dropped for it (`debug eval_format x2: ...`).
+pub fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
     let mut all: Vec<(u64, &str, &str, &str)> = Vec::new();
     for stage in report.get("stages").and_then(Value::as_array).into_iter().flatten() {
         let name = stage.get("stage").and_then(Value::as_str).unwrap_or("?");
@@ -1015,18 +1015,9 @@ fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
         .take(n)
         .map(|(count, stage, reason, detail)| {
             let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
-            format!("  {stage} {reason} x{count}{detail}")
+            format!("{stage} {reason} x{count}{detail}")
         })
         .collect()
-}
-
-/// A drop detail cut to one line of at most 200 characters.
-fn short_detail(detail: &str) -> String {
-    let line = detail.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(200) {
-        Some((at, _)) => format!("{}...", &line[..at]),
-        None => line,
-    }
 }
 
 /// Renders a report (as [`build_report`] makes it) as an aligned plain-text table for the
@@ -1089,6 +1080,7 @@ pub fn summary_table(report: &Value) -> String {
         out.push('\n');
     }
     for line in frequent_drop_details(report, 3) {
+        out.push_str("  ");
         out.push_str(&line);
         out.push('\n');
     }

@@ -385,7 +385,8 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
         ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    Ok(match end.tally.shortfall() {
+    let most_frequent_drop = gymforge::export::frequent_drop_details(&report, 1).into_iter().next();
+    Ok(match end.tally.shortfall(most_frequent_drop.as_deref()) {
         Some(why) => {
             eprintln!("gymforge: {why}");
             ExitCode::from(EXIT_SHORT)

@@ -1,4 +1,4 @@
-//! Writing a command's results to standard output.
+//! Text for people: a command's results on standard output, and long text cut to one line.
 //!
 //! A reader that goes away early (`gymforge aup ... | head`) closes the pipe: the rest of the
 //! output is not wanted, which is not an error. gymforge keeps SIGPIPE ignored (it writes to
@@ -15,6 +15,15 @@ static CLOSED: AtomicBool = AtomicBool::new(false);
 /// later call return `Ok` without writing. Other write errors are returned.
 pub fn print_line(text: &str) -> std::io::Result<()> {
     write_line(&mut std::io::stdout().lock(), text, &CLOSED)
+}
+
+/// At most `max` characters of `text` on one line (whitespace runs become one space).
+pub fn one_line(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &joined[..at]),
+        None => joined,
+    }
 }
 
 fn write_line(out: &mut impl Write, text: &str, closed: &AtomicBool) -> std::io::Result<()> {
@@ -86,5 +95,11 @@ mod tests {
         let closed = AtomicBool::new(false);
         assert!(write_line(&mut Full, "x", &closed).is_err());
         assert!(!closed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn one_line_truncates() {
+        assert_eq!(one_line("a\n b\tc", 10), "a b c");
+        assert_eq!(one_line("abcdef", 3), "abc...");
     }
 }

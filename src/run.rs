@@ -267,8 +267,6 @@ pub struct Tally {
     pub tasks_missing_rollouts: u32,
     /// The most rollouts any task has.
     pub most_rollouts: u32,
-    /// The most frequent drop reasons as `(count, stage, reason, detail)`, most frequent first.
-    pub top_drops: Vec<(u32, Stage, String, String)>,
 }
 
 impl Tally {
@@ -278,7 +276,6 @@ impl Tally {
         let mut t = Tally { target_tasks, rollouts_per_task, ..Tally::default() };
         let mut ended_rollouts: BTreeMap<&str, u32> = BTreeMap::new();
         let mut rollouts: BTreeMap<&str, u32> = BTreeMap::new();
-        let mut drops: BTreeMap<(Stage, &str), (u32, &str)> = BTreeMap::new();
         for u in units {
             match (u.kind, u.status) {
                 (_, UnitStatus::Pending) => t.pending += 1,
@@ -294,10 +291,6 @@ impl Tally {
                     *ended_rollouts.entry(task).or_default() += 1;
                 }
             }
-            if let (UnitStatus::Dropped, Some(reason)) = (u.status, u.drop_reason.as_deref()) {
-                let entry = drops.entry((u.stage, reason)).or_insert((0, u.drop_detail.as_deref().unwrap_or("")));
-                entry.0 += 1;
-            }
         }
         t.most_rollouts = rollouts.values().copied().max().unwrap_or(0);
         t.tasks_missing_rollouts = units
@@ -305,17 +298,6 @@ impl Tally {
             .filter(|u| u.kind == UnitKind::Task && u.status == UnitStatus::Done)
             .filter(|u| ended_rollouts.get(u.id.as_str()).copied().unwrap_or(0) < rollouts_per_task)
             .count() as u32;
-        let one_line = |d: &str| {
-            let line = d.split_whitespace().collect::<Vec<_>>().join(" ");
-            match line.char_indices().nth(300) {
-                Some((at, _)) => format!("{}...", &line[..at]),
-                None => line,
-            }
-        };
-        let mut top: Vec<_> = drops.into_iter().map(|((stage, reason), (n, detail))| (n, stage, reason.to_string(), one_line(detail))).collect();
-        top.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        top.truncate(3);
-        t.top_drops = top;
         t
     }
 
@@ -326,7 +308,8 @@ impl Tally {
     }
 
     /// Why a batch that has ended falls short of its target, or `None` when it met it.
-    pub fn shortfall(&self) -> Option<String> {
+    /// `most_frequent_drop` is the report's line for its most frequent drop reason.
+    pub fn shortfall(&self, most_frequent_drop: Option<&str>) -> Option<String> {
         if self.target_tasks == 0 {
             return None;
         }
@@ -344,10 +327,7 @@ impl Tally {
         if short.is_empty() {
             return None;
         }
-        let why = match self.top_drops.first() {
-            Some((n, stage, reason, detail)) => format!("; most frequent drop: {reason} at {stage} x{n}: {detail}"),
-            None => String::new(),
-        };
+        let why = most_frequent_drop.map(|d| format!("; most frequent drop: {d}")).unwrap_or_default();
         Some(format!("the batch ended short of its target: {}{why}", short.join(", ")))
     }
 

@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use gymforge_actors::paths::copy_tree;
 use serde_json::Value;
 
 mod common;
@@ -113,18 +114,6 @@ fn relative_out_and_relative_check_task_dir_work_from_a_private_directory() {
         .unwrap();
     assert_one_task_one_trajectory(&out, &cwd.join("runs/first"));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("outputs in {}", cwd.join("runs/first").display())), "{}", text(&out));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// Runs `run --tasks 2 --rollouts 1` (or `args` instead) with `config` (TOML merged over the
@@ -233,7 +222,7 @@ fn growing_a_batch_from_two_to_three_rollouts_runs_each_new_rollout_exactly_once
     assert!(out.status.success(), "{}", text(&out));
     for round in 0..10 {
         let grown = dir.path().join(format!("grown-{round}"));
-        copy_dir(&first, &grown);
+        copy_tree(&first, &grown).unwrap();
         let out = gymforge(bin, dir.path(), dir.path()).args(["run", "--tasks", "1", "--rollouts", "3", "--out"]).arg(&grown).output().unwrap();
         assert!(out.status.success(), "round {round}: {}", text(&out));
         let store = gymforge::store::SqliteStore::open(&grown.join(".gymforge/state.db")).unwrap();

@@ -32,6 +32,7 @@ use super::cgroup::{Cgroups, JobCgroup};
 use super::pyenv::PythonEnv;
 use super::staging::{StagePlan, Staging};
 use crate::config::SandboxConfig;
+use crate::output::one_line;
 
 /// The unprivileged uid and gid jobs run as when gymforge runs as root (`nobody`).
 const SANDBOX_UID: u32 = 65534;
@@ -828,15 +829,6 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// At most `max` characters of `text` on one line.
-fn one_line(text: &str, max: usize) -> String {
-    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match joined.char_indices().nth(max) {
-        Some((at, _)) => format!("{}...", &joined[..at]),
-        None => joined,
-    }
-}
-
 /// bwrap's argument vector under construction.
 #[derive(Default)]
 struct Args(Vec<OsString>);
@@ -920,11 +912,5 @@ mod tests {
         assert_eq!(owner(&outside), 0);
         assert_eq!(owner(&base), 0);
         std::fs::remove_dir_all(&base).unwrap();
-    }
-
-    #[test]
-    fn one_line_truncates() {
-        assert_eq!(one_line("a\n b\tc", 10), "a b c");
-        assert_eq!(one_line("abcdef", 3), "abc...");
     }
 }

@@ -293,8 +293,12 @@ impl Endpoint {
         if let Some(context) = number_after(&lower, &["maximum context length is", "context length of", "context window of", "n_ctx"]) {
             learned |= self.context_tokens.swap(context, Ordering::Relaxed) != context;
         }
-        if let Some(cap) = number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
-            .filter(|cap| *cap < sent)
+        // Only a refusal about the answer's length teaches a cap ("temperature must be at most
+        // 2" does not).
+        let about_answer_length = ["max_tokens", "max_completion_tokens", "max_new_tokens", "completion tokens"].iter().any(|w| lower.contains(w));
+        if about_answer_length
+            && let Some(cap) = number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
+                .filter(|cap| *cap < sent)
         {
             learned |= self.max_output_tokens.swap(cap, Ordering::Relaxed) != cap;
         }
@@ -694,6 +698,25 @@ mod tests {
         assert_eq!((s["answered"].as_u64(), s["succeeded"].as_u64()), (Some(5), Some(1)), "{s}");
         assert_eq!((s["input_tokens"].as_u64(), s["output_tokens"].as_u64()), (Some(50), Some(15)), "{s}");
         assert!((s["cost_usd"].as_f64().unwrap() - 2.5).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn only_a_refusal_about_the_answer_s_length_teaches_a_cap() {
+        let config = crate::config::Config::embedded();
+        let endpoint = Endpoint::new("e", &config.llm.endpoints["sim"], "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None).unwrap();
+        let request = ChatRequest {
+            unit: "t1".into(),
+            messages: vec![gymforge_actors::ports::ChatMessage::new("user", "hi")],
+            max_tokens: 500,
+            temperature: 0.0,
+            response: ResponseFormat::Text,
+            seed: None,
+        };
+        let prepared = endpoint.prepare(Stage::Topic, &request).unwrap();
+        assert_eq!(endpoint.learn_limits("temperature must be at most 2", &prepared), None);
+        assert_eq!(endpoint.limits(), ModelLimits::default());
+        assert_eq!(endpoint.learn_limits("max_tokens must be at most 256", &prepared), Some(256));
+        assert_eq!(endpoint.limits().max_output_tokens, Some(256));
     }
 
     #[test]

@@ -462,7 +462,7 @@ impl Endpoint {
                             return Err(PortError::Transient(format!("LLM endpoint `{}` asked to wait {} s: {detail}", self.name, w.as_secs())));
                         }
                         Some(w) => w,
-                        None => backoff(attempt),
+                        None => gymforge_actors::seed::backoff(attempt, Duration::from_millis(500), Duration::from_secs(8), &[&request.unit, request.stage.as_str()]),
                     };
                     (detail, delay)
                 }
@@ -668,14 +668,6 @@ impl Drop for ProbeSlot<'_> {
     }
 }
 
-/// Exponential backoff from 0.5 s, capped at 8 s, minus up to 25% jitter.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 500u64.saturating_mul(1 << attempt.saturating_sub(1).min(4)).min(8000);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let jitter = base * u64::from(nanos % 250) / 1000;
-    Duration::from_millis(base - jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,10 +722,4 @@ mod tests {
         assert_eq!(number_after("no numbers here", &["at most"]), None);
     }
 
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) <= Duration::from_millis(500));
-        assert!(backoff(3) > Duration::from_millis(1400));
-        assert!(backoff(20) <= Duration::from_secs(8));
-    }
 }

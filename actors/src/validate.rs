@@ -566,11 +566,10 @@ fn copy(from: &Path, to: &Path) -> Result<(), PortError> {
 
 /// The column names on the first line of a CSV file.
 pub fn csv_header(path: &Path) -> Result<Vec<String>, PortError> {
-    use std::io::BufRead;
     let file = std::fs::File::open(path).map_err(|e| io_err(&format!("cannot open {}", path.display()), e))?;
-    let mut line = String::new();
-    std::io::BufReader::new(file).read_line(&mut line).map_err(|e| io_err("cannot read CSV header", e))?;
-    Ok(line.trim_end().split(',').map(|h| h.trim().trim_matches('"').to_string()).collect())
+    let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
+    let header = reader.headers().map_err(|e| PortError::Permanent(format!("cannot read the CSV header of {}: {e}", path.display())))?;
+    Ok(header.iter().map(|h| h.trim().to_string()).collect())
 }
 
 /// The file of a bundle directory holding everything but the scripts.
@@ -610,6 +609,15 @@ pub fn read_bundle_dir(dir: &Path) -> Result<TaskBundle, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_header_with_commas_is_one_column() {
+        let path = std::env::temp_dir().join(format!("gymforge-header-{}.csv", std::process::id()));
+        std::fs::write(&path, "id,\"price, usd\", label\r\n1,2,3\n").unwrap();
+        let header = csv_header(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(header.unwrap(), ["id", "price, usd", "label"]);
+    }
 
     fn out(stdout: &str, stderr: &str) -> JobOutput {
         JobOutput { exit_code: Some(0), stdout: stdout.into(), stderr: stderr.into(), ..Default::default() }

@@ -493,12 +493,19 @@ const NAMED_TABLES: &[&str] = &["llm.endpoints"];
 
 /// The first key of `user` (at dotted path `prefix`) that `default` does not have: its dotted
 /// path, its byte offset in the user's text, and the keys that are allowed there.
+/// Endpoint keys that have no default (the default file shows them commented out).
+const OPTIONAL_ENDPOINT_KEYS: [&str; 2] = ["context_tokens", "max_output_tokens"];
+
 fn unknown_key(user: &toml::de::DeTable, default: &toml::Table, prefix: &str) -> Option<(String, usize, Vec<String>)> {
     let mut entries: Vec<_> = user.iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
     for (key, value) in entries {
         let name: &str = key.get_ref();
         let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        // Keys without a default value: absent from the default file, known all the same.
+        if prefix.starts_with("llm.endpoints.") && OPTIONAL_ENDPOINT_KEYS.contains(&name) {
+            continue;
+        }
         let expected = match default.get(name) {
             Some(toml::Value::Table(t)) => t,
             Some(_) => continue,
@@ -578,6 +585,12 @@ mod tests {
         let c = Config::parse("[run]\ntasks = 9\n", Path::new("my.toml")).unwrap();
         assert_eq!(c.run.tasks, 9);
         assert_eq!(c.run.rollouts, 2);
+    }
+
+    #[test]
+    fn an_endpoint_may_set_the_model_s_limits() {
+        let c = Config::parse("[llm.endpoints.sim]\ncontext_tokens = 4096\nmax_output_tokens = 1024\n", Path::new("l.toml")).unwrap();
+        assert_eq!((c.llm.endpoints["sim"].context_tokens, c.llm.endpoints["sim"].max_output_tokens), (Some(4096), Some(1024)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, ChatRequest, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
+use crate::ports::{ChatMessage, ChatRequest, Finish, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
 use crate::template::render;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
 use tracing::Instrument;
@@ -126,13 +126,17 @@ impl Run<'_> {
         let began = Instant::now();
         // Prompt tokens of the last call: the next one is at least this long.
         let mut last_input_tokens = 0u64;
+        // The configured window, or the model's when that is smaller.
+        let limits = p.llm.limits(Stage::Rollout);
+        let context_window = limits.context_tokens.map_or(s.context_window, |c| c.min(s.context_window));
+        let max_output = limits.max_output_tokens.unwrap_or(s.max_tokens);
 
         'steps: for step in 1..=s.max_steps {
             if began.elapsed() > s.wall_clock {
                 exit_status = Some("exit_wall_clock".into());
                 break;
             }
-            if last_input_tokens + u64::from(s.max_tokens) > s.context_window {
+            if last_input_tokens + u64::from(s.max_tokens.min(max_output)) > context_window {
                 exit_status = Some("exit_context".into());
                 break;
             }
@@ -142,11 +146,13 @@ impl Run<'_> {
             // Ask for the next command; a malformed answer is re-asked with the error, bounded.
             let mut messages = model_input(&history, s.keep_observations);
             let mut format_errors = 0;
+            let mut max_tokens = s.max_tokens;
+            let mut truncations = 0;
             let (response, thought, action) = loop {
                 let request = ChatRequest {
                     unit: self.unit.id.clone(),
                     messages: messages.clone(),
-                    max_tokens: s.max_tokens,
+                    max_tokens,
                     temperature: s.temperature,
                     response: ResponseFormat::Text,
                     seed: Some(seed.wrapping_add(u64::from(step))),
@@ -167,7 +173,33 @@ impl Run<'_> {
                     exit_status = Some("exit_cost".into());
                     break 'steps;
                 }
-                match agent::parse_action(&reply.content) {
+                // A refusal or a filtered answer ends the run; nothing is left to re-ask.
+                match crate::llm::unusable(&reply) {
+                    Some(no) if no.reason == "llm_refused" => {
+                        exit_status = Some("exit_refused".into());
+                        tracing::info!(unit = %self.unit.id, step, detail = %no.detail, "the agent model refused");
+                        break 'steps;
+                    }
+                    Some(no) if no.reason == "llm_content_filter" => {
+                        exit_status = Some("exit_content_filter".into());
+                        tracing::info!(unit = %self.unit.id, step, detail = %no.detail, "the agent's answer was filtered");
+                        break 'steps;
+                    }
+                    _ => {}
+                }
+                let parsed = agent::parse_action(&reply.content);
+                if parsed.is_err() && reply.finish == Finish::Length {
+                    // Cut off before its command was complete: once more, larger if the cap
+                    // allows, without the cut-off text.
+                    truncations += 1;
+                    if truncations > crate::llm::TRUNCATION_REASKS {
+                        exit_status = Some("exit_truncated".into());
+                        break 'steps;
+                    }
+                    max_tokens = limits.larger_answer(max_tokens);
+                    continue;
+                }
+                match parsed {
                     Ok((thought, action)) => break (reply.content, thought, action),
                     Err(problem) => {
                         format_errors += 1;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use gymforge_actors::Stage;
-use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, PortError};
+use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, ModelLimits, PortError};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -169,11 +169,15 @@ impl Llm for Gateway {
     fn model_for(&self, stage: Stage) -> String {
         self.routes.get(&stage).map(|e| e.model.clone()).unwrap_or_default()
     }
+
+    fn limits(&self, stage: Stage) -> ModelLimits {
+        self.routes.get(&stage).map(|e| e.limits()).unwrap_or_default()
+    }
 }
 
 impl Gateway {
     async fn chat_on(&self, endpoint: &Endpoint, stage: Stage, request: &ChatRequest) -> Result<ChatReply, PortError> {
-        let prepared = endpoint.prepare(stage, request);
+        let prepared = endpoint.prepare(stage, request)?;
         let reply = match &self.replay {
             Some(replay) => match replay.answer(&endpoint.name, stage, &request.unit, &prepared.body) {
                 Replayed::Body(text) => {

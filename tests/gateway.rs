@@ -160,6 +160,21 @@ async fn success_reports_usage_cost_endpoint_and_sends_the_key_only_as_bearer() 
     assert_eq!(snapshot(&g)["succeeded"], 1);
 }
 
+/// An empty answer is billed by the provider: it is answered, its tokens and cost counted, and
+/// it is handed to the stage (which decides what to do with it), but it is not a success.
+#[tokio::test]
+async fn an_empty_answer_is_answered_and_billed_but_not_a_success() {
+    let (base, script) = serve(vec![(200, vec![], ok_body("")), (200, vec![], ok_body("hello"))]).await;
+    let g = live(&base, |_| {});
+    assert_eq!(g.chat(Stage::Topic, request("t1")).await.unwrap().content, "");
+    assert_eq!(g.chat(Stage::Topic, request("t1")).await.unwrap().content, "hello");
+    assert_eq!(script.lock().unwrap().seen.len(), 2, "the empty answer was not retried");
+    let s = snapshot(&g);
+    assert_eq!((s["requests_sent"].as_u64(), s["answered"].as_u64(), s["succeeded"].as_u64()), (Some(2), Some(2), Some(1)), "{s}");
+    assert_eq!((s["input_tokens"].as_u64(), s["output_tokens"].as_u64()), (Some(22), Some(14)), "{s}");
+    assert!((s["cost_usd"].as_f64().unwrap() - 2.0 * (11.0 + 14.0) / 1e6).abs() < 1e-12, "{s}");
+}
+
 #[tokio::test]
 async fn json_requests_carry_the_schema_the_endpoint_understands() {
     for (mode, expected) in [

@@ -55,6 +55,10 @@ impl Policy {
 #[derive(Default)]
 pub struct Stats {
     pub requests_sent: AtomicU64,
+    /// Requests answered with a chat completion (HTTP 2xx), whatever its content: what the
+    /// endpoint bills. The token and cost counters cover every one of them.
+    pub answered: AtomicU64,
+    /// Answers a stage can use ([`usable`]); the rest of `answered` were billed for nothing.
     pub succeeded: AtomicU64,
     pub rate_limited: AtomicU64,
     pub transient_failures: AtomicU64,
@@ -574,7 +578,10 @@ impl Endpoint {
 
     /// Counts a reply and reconciles the token limiters with its real usage.
     pub fn account(&self, reply: &ChatReply, input_charged: u64, output_charged: u32) {
-        self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        if usable(reply) {
+            self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.input_tokens.fetch_add(reply.input_tokens, Ordering::Relaxed);
         self.stats.output_tokens.fetch_add(reply.output_tokens, Ordering::Relaxed);
         self.stats.cost_nano_usd.fetch_add((reply.cost_usd * 1e9) as u64, Ordering::Relaxed);
@@ -609,6 +616,7 @@ impl Endpoint {
             "model": self.model,
             "base_url": self.base_url,
             "requests_sent": sent,
+            "answered": get(&s.answered),
             "succeeded": get(&s.succeeded),
             "rate_limited": get(&s.rate_limited),
             "transient_failures": get(&s.transient_failures),
@@ -625,6 +633,13 @@ impl Endpoint {
             "mean_latency_ms": if sent > 0 { get(&s.latency_ms_total) as f64 / sent as f64 } else { 0.0 },
         })
     }
+}
+
+/// Whether an answer holds something a stage can use: whole text that is neither a refusal nor
+/// filtered. Any other answer is billed like one (it counts in `answered`, tokens and cost) but
+/// not as a success.
+pub fn usable(reply: &ChatReply) -> bool {
+    gymforge_actors::llm::unusable(reply).is_none() && reply.finish != Finish::Length
 }
 
 /// Takes `n` cells (at most the burst) from a limiter, sleeping on tokio's timer until they
@@ -660,6 +675,26 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(content: &str) -> ChatReply {
+        ChatReply { content: content.into(), model: "m".into(), endpoint: "e".into(), input_tokens: 10, output_tokens: 3, cost_usd: 0.5, ..ChatReply::default() }
+    }
+
+    #[test]
+    fn an_empty_answer_is_answered_and_billed_but_not_a_success() {
+        let config = crate::config::Config::embedded();
+        let cfg = &config.llm.endpoints["sim"];
+        let endpoint = Endpoint::new("e", cfg, "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None).unwrap();
+        let refused = ChatReply { refusal: Some("no".into()), ..reply("") };
+        let cut = ChatReply { finish: Finish::Length, ..reply("{\"a\": ") };
+        for r in [reply("a command"), reply(""), reply(" \n"), refused, cut] {
+            endpoint.account(&r, 10, 3);
+        }
+        let s = endpoint.snapshot();
+        assert_eq!((s["answered"].as_u64(), s["succeeded"].as_u64()), (Some(5), Some(1)), "{s}");
+        assert_eq!((s["input_tokens"].as_u64(), s["output_tokens"].as_u64()), (Some(50), Some(15)), "{s}");
+        assert!((s["cost_usd"].as_f64().unwrap() - 2.5).abs() < 1e-9, "{s}");
+    }
 
     #[test]
     fn limits_are_read_from_every_server_s_wording() {

@@ -422,7 +422,8 @@ fn a_command_before_the_prose_is_the_command_and_the_prose_the_thought() {
 }
 
 /// Runs `case` on agent turns and expects the rollout to end after `calls` answers with
-/// `exit_status`, its trajectory written.
+/// `exit_status`, its trajectory written (the batch has its trajectory: exit 0) and counted in
+/// the funnel as a rollout without a score.
 fn ends_the_rollout(case: Case, calls: u64, exit_status: &str) -> (Finished, Deviant) {
     let deviant = Deviant::start(Setup::new(case.clone(), &[Stage::Rollout]));
     let f = run(&deviant);
@@ -430,6 +431,8 @@ fn ends_the_rollout(case: Case, calls: u64, exit_status: &str) -> (Finished, Dev
     assert_eq!(f.exit_status(), exit_status, "{case:?}");
     assert_eq!(deviant.answered(Stage::Rollout), calls, "{case:?}");
     assert_eq!(f.report()["rollouts"]["total"], 1, "{case:?}");
+    let funnel = f.funnel(Stage::Rollout);
+    assert_eq!(funnel["drop_reasons"], serde_json::json!({ exit_status: 1 }), "{case:?}: the funnel names how it ended: {funnel}");
     (f, deviant)
 }
 

@@ -296,7 +296,8 @@ fn dataset_ids_given_as_hub_urls_or_with_a_revision_are_normalised_and_the_revis
     assert_eq!(f.code(), Some(3), "{}", f.text());
     let funnel = f.funnel(Stage::Dataset);
     assert_eq!(funnel["drop_reasons"], serde_json::json!({ "no_verified_dataset": 1 }), "{funnel}");
-    assert!(funnel["drop_details"]["no_verified_dataset"].as_str().unwrap().contains(id), "{funnel}");
+    let detail = funnel["drop_details"]["no_verified_dataset"].as_str().unwrap();
+    assert!(detail.contains(id) && detail.contains("revision"), "the rejection names the id and its revision: {funnel}");
 }
 
 /// For every answer cut off with `finish_reason: "length"`, the next request of the same

@@ -65,7 +65,9 @@ impl DaemonState {
             "worker_restarts": progress.worker_restarts,
             "throughput": {
                 "accepted_tasks_per_hour": f64::from(progress.accepted_tasks) / uptime.max(1.0) * 3600.0,
-                "trajectories_per_hour": f64::from(progress.rollouts_done) / uptime.max(1.0) * 3600.0,
+                // Every rollout that ended, scored or not (report.json's `trajectories_per_hour`
+                // counts the scored ones when the batch is exported).
+                "recorded_trajectories_per_hour": f64::from(progress.rollouts_done) / uptime.max(1.0) * 3600.0,
             },
             "llm": self.gateway.get().map(|g| g.snapshot()),
         })

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod export;
 pub mod gateway;
 pub mod hub;

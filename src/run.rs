@@ -437,7 +437,6 @@ pub struct StateLock {
 impl StateLock {
     pub fn acquire(state: &Path) -> anyhow::Result<StateLock> {
         use std::io::{Read, Seek, Write};
-        use std::os::fd::AsRawFd;
         std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
         let path = state.join("lock");
         let mut file = std::fs::OpenOptions::new()
@@ -447,8 +446,10 @@ impl StateLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if let Err(e) = file.try_lock() {
+            if let std::fs::TryLockError::Error(e) = e {
+                anyhow::bail!("cannot lock {}: {e}", path.display());
+            }
             let mut holder = String::new();
             file.read_to_string(&mut holder).ok();
             anyhow::bail!(

@@ -198,7 +198,7 @@ async fn json_requests_carry_the_schema_the_endpoint_understands() {
 
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_an_http_date_is_honoured() {
-    let date = httpdate(std::time::SystemTime::now() + Duration::from_secs(2));
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
     let (base, script) = serve(vec![
         (429, vec![("retry-after", "1".into())], r#"{"error":{"message":"slow down"}}"#.into()),
         (429, vec![("retry-after", date)], "busy".into()),
@@ -597,24 +597,4 @@ async fn an_auth_refusal_says_whether_the_key_variable_is_unset() {
             other => panic!("{status}: {other:?}"),
         }
     }
-}
-
-/// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn httpdate(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let days = (secs / 86_400) as i64;
-    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let month_name = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(month - 1) as usize];
-    format!("{weekday}, {day:02} {month_name} {year} {h:02}:{m:02}:{s:02} GMT")
 }

@@ -30,6 +30,16 @@ pub fn unit_float(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The one retry backoff: `base` doubled per attempt (the first waits `base`), capped at `cap`,
+/// less up to a quarter of jitter drawn from `key` (what is retried), so that units retried
+/// together spread out and a rerun waits the same.
+pub fn backoff(attempt: u32, base: std::time::Duration, cap: std::time::Duration, key: &[&str]) -> std::time::Duration {
+    let full = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(cap);
+    let attempt = attempt.to_string();
+    let parts: Vec<&str> = key.iter().copied().chain([attempt.as_str()]).collect();
+    full.mul_f64(1.0 - 0.25 * unit_float(hash(&parts)))
+}
+
 /// A small deterministic generator.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -87,5 +97,17 @@ mod tests {
         }
         assert_eq!(counts[1], 0);
         assert!(counts[2] > counts[0] * 2, "{counts:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jitters_by_key() {
+        use std::time::Duration;
+        let (base, cap) = (Duration::from_millis(500), Duration::from_secs(8));
+        let d = |attempt: u32, key: &str| backoff(attempt, base, cap, &[key]);
+        assert!(d(1, "a") <= base && d(1, "a") >= base.mul_f64(0.75));
+        assert!(d(3, "a") > Duration::from_millis(1400) && d(3, "a") <= Duration::from_secs(2));
+        assert!(d(40, "a") <= cap && d(40, "a") >= cap.mul_f64(0.75));
+        assert_eq!(d(2, "a"), d(2, "a"), "a pure function of the key and the attempt");
+        assert!((0..20).map(|i| d(2, &i.to_string())).collect::<std::collections::BTreeSet<_>>().len() > 10, "keys spread out");
     }
 }

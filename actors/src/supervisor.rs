@@ -297,7 +297,7 @@ impl State {
             Verdict::Retry { attempts } => {
                 unit.attempts = attempts;
                 self.retries_waiting += 1;
-                let delay = Duration::from_millis(500u64 << attempts.min(6));
+                let delay = crate::seed::backoff(attempts, Duration::from_millis(500), Duration::from_secs(32), &[unit_id]);
                 let id = unit_id.to_string();
                 myself.send_after(delay, move || SupervisorMsg::Requeue(id));
             }

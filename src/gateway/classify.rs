@@ -1,7 +1,7 @@
 //! What an endpoint's answer means: success, a rate limit with the wait it asks for, a failure
 //! worth retrying, or a permanent refusal with a reason code.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
@@ -48,9 +48,8 @@ pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
         if let Some(secs) = value.parse::<f64>().ok().filter(|s| s.is_finite()) {
             return Some(Duration::from_secs_f64(secs.max(0.0)));
         }
-        if let Some(when) = httpdate_to_unix(value) {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-            return Some(Duration::from_secs(when.saturating_sub(now)));
+        if let Ok(when) = httpdate::parse_http_date(value) {
+            return Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
         }
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"].iter().filter_map(|name| header(name).and_then(go_duration)).max()
@@ -84,29 +83,6 @@ pub fn go_duration(text: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
     }
     Some(Duration::from_secs_f64(total))
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into Unix seconds.
-pub fn httpdate_to_unix(s: &str) -> Option<u64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: u64 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == parts[2])? as u64 + 1;
-    let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    if hms.len() != 3 {
-        return None;
-    }
-    // Days from civil date (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
-    let era = y.div_euclid(400);
-    let yoe = (y - era * 400) as u64;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe as i64 - 719_468;
-    Some((days as u64) * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
 }
 
 pub fn snippet(text: &str) -> String {
@@ -143,12 +119,6 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
-    }
-
-    #[test]
-    fn http_dates_parse() {
-        assert_eq!(httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(httpdate_to_unix("nonsense"), None);
     }
 
     #[test]

@@ -293,8 +293,12 @@ impl Endpoint {
         if let Some(context) = number_after(&lower, &["maximum context length is", "context length of", "context window of", "n_ctx"]) {
             learned |= self.context_tokens.swap(context, Ordering::Relaxed) != context;
         }
-        if let Some(cap) = number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
-            .filter(|cap| *cap < sent)
+        // Only a refusal about the answer's length teaches a cap ("temperature must be at most
+        // 2" does not).
+        let about_answer_length = ["max_tokens", "max_completion_tokens", "max_new_tokens", "completion tokens"].iter().any(|w| lower.contains(w));
+        if about_answer_length
+            && let Some(cap) = number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
+                .filter(|cap| *cap < sent)
         {
             learned |= self.max_output_tokens.swap(cap, Ordering::Relaxed) != cap;
         }
@@ -458,7 +462,7 @@ impl Endpoint {
                             return Err(PortError::Transient(format!("LLM endpoint `{}` asked to wait {} s: {detail}", self.name, w.as_secs())));
                         }
                         Some(w) => w,
-                        None => backoff(attempt),
+                        None => gymforge_actors::seed::backoff(attempt, Duration::from_millis(500), Duration::from_secs(8), &[&request.unit, request.stage.as_str()]),
                     };
                     (detail, delay)
                 }
@@ -664,14 +668,6 @@ impl Drop for ProbeSlot<'_> {
     }
 }
 
-/// Exponential backoff from 0.5 s, capped at 8 s, minus up to 25% jitter.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 500u64.saturating_mul(1 << attempt.saturating_sub(1).min(4)).min(8000);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let jitter = base * u64::from(nanos % 250) / 1000;
-    Duration::from_millis(base - jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,6 +693,25 @@ mod tests {
     }
 
     #[test]
+    fn only_a_refusal_about_the_answer_s_length_teaches_a_cap() {
+        let config = crate::config::Config::embedded();
+        let endpoint = Endpoint::new("e", &config.llm.endpoints["sim"], "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None).unwrap();
+        let request = ChatRequest {
+            unit: "t1".into(),
+            messages: vec![gymforge_actors::ports::ChatMessage::new("user", "hi")],
+            max_tokens: 500,
+            temperature: 0.0,
+            response: ResponseFormat::Text,
+            seed: None,
+        };
+        let prepared = endpoint.prepare(Stage::Topic, &request).unwrap();
+        assert_eq!(endpoint.learn_limits("temperature must be at most 2", &prepared), None);
+        assert_eq!(endpoint.limits(), ModelLimits::default());
+        assert_eq!(endpoint.learn_limits("max_tokens must be at most 256", &prepared), Some(256));
+        assert_eq!(endpoint.limits().max_output_tokens, Some(256));
+    }
+
+    #[test]
     fn limits_are_read_from_every_server_s_wording() {
         let vllm = "this model's maximum context length is 4,096 tokens. however, you requested 5000 tokens (1000 in the messages, 4000 in the completion).";
         assert_eq!(number_after(vllm, &["maximum context length is"]), Some(4096));
@@ -707,10 +722,4 @@ mod tests {
         assert_eq!(number_after("no numbers here", &["at most"]), None);
     }
 
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) <= Duration::from_millis(500));
-        assert!(backoff(3) > Duration::from_millis(1400));
-        assert!(backoff(20) <= Duration::from_secs(8));
-    }
 }

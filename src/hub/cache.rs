@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use gymforge_actors::model::{DatasetMeta, StagedFile};
 use gymforge_actors::ports::{DatasetCheck, Hub, PortError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Name of the cache directory inside the run's state directory.
 pub const CACHE_DIR: &str = "hub-cache";
@@ -55,7 +54,7 @@ impl<H: Hub> CachedHub<H> {
     }
 
     fn verdict_path(&self, id: &str) -> PathBuf {
-        let key = hex(&Sha256::digest(format!("{}\n{id}", self.scope).as_bytes()));
+        let key = crate::digest::sha256_hex(format!("{}\n{id}", self.scope).as_bytes());
         self.dir.join("verdicts").join(format!("{}-{}.json", file_safe(id), &key[..16]))
     }
 
@@ -81,7 +80,7 @@ impl<H: Hub> CachedHub<H> {
             DatasetCheck::Rejected { reason, detail } => Verdict::Rejected { reason: reason.clone(), detail: detail.clone() },
         };
         let entry = Entry { id: id.to_string(), scope: self.scope.clone(), verdict };
-        write_atomic(&self.verdict_path(id), serde_json::to_string_pretty(&entry).expect("serialisable").as_bytes())
+        crate::export::write_atomic(&self.verdict_path(id), serde_json::to_string_pretty(&entry).expect("serialisable").as_bytes())
     }
 
     /// Copies a fully cached revision into `dest`; `None` when any file is missing or damaged.
@@ -94,12 +93,12 @@ impl<H: Hub> CachedHub<H> {
         }
         for file in &listed {
             let bytes = std::fs::read(cached.join(&file.path)).ok()?;
-            if hex(&Sha256::digest(&bytes)) != file.sha256 {
+            if crate::digest::sha256_hex(&bytes) != file.sha256 {
                 return None;
             }
             let target = dest.join(&file.path);
             std::fs::create_dir_all(target.parent()?).ok()?;
-            write_atomic(&target, &bytes).ok()?;
+            crate::export::write_atomic(&target, &bytes).ok()?;
         }
         Some(listed)
     }
@@ -109,10 +108,10 @@ impl<H: Hub> CachedHub<H> {
         for file in staged {
             let target = cached.join(&file.path);
             std::fs::create_dir_all(target.parent().expect("a file path has a parent"))?;
-            write_atomic(&target, &std::fs::read(dest.join(&file.path))?)?;
+            crate::export::write_atomic(&target, &std::fs::read(dest.join(&file.path))?)?;
         }
         // The manifest last: its presence says every file is there.
-        write_atomic(&cached.join(MANIFEST), serde_json::to_string_pretty(staged).expect("serialisable").as_bytes())
+        crate::export::write_atomic(&cached.join(MANIFEST), serde_json::to_string_pretty(staged).expect("serialisable").as_bytes())
     }
 }
 
@@ -162,22 +161,6 @@ fn is_commit_sha(revision: &str) -> bool {
 /// `owner/name` -> `owner__name`, keeping only characters safe in a file name.
 fn file_safe(id: &str) -> String {
     id.replace('/', "__").chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache paths have a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    // Readable like any downloaded file (a temporary file is private): the sandbox user reads
-    // the staged copies.
-    tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

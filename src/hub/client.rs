@@ -707,11 +707,7 @@ impl HubClient {
         file.sync_all()
             .await
             .map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = crate::digest::hex(&hasher.finalize());
         Ok((digest, bytes))
     }
 }

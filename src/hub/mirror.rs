@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -39,7 +38,6 @@ use axum::routing::get;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// The script that builds the mirror's data (`python build_mirror.py OUT_DIR`).
@@ -168,11 +166,7 @@ impl HubMirror {
 // Building
 
 fn script_digest() -> String {
-    hex(&Sha256::digest(BUILD_SCRIPT.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::sha256_hex(BUILD_SCRIPT.as_bytes())
 }
 
 fn is_current(root: &Path, digest: &str) -> bool {
@@ -192,17 +186,8 @@ async fn lock_exclusive(path: PathBuf) -> anyhow::Result<FileLock> {
             .write(true)
             .open(&path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
-        loop {
-            // SAFETY: flock on a file descriptor this function owns.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(FileLock(file));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
-            }
-        }
+        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(FileLock(file))
     })
     .await
     .context("waiting for the Hub mirror lock panicked")?
@@ -398,7 +383,7 @@ fn load_datasets(root: &Path) -> anyhow::Result<(BTreeMap<String, Served>, Strin
             );
         }
         let parquet = read(dir.join(&m.parquet.path))?;
-        if hex(&Sha256::digest(&parquet)) != m.sha256 {
+        if crate::digest::sha256_hex(&parquet) != m.sha256 {
             bail!(
                 "{}: the parquet file does not match its manifest's sha256; delete {} to rebuild",
                 dir.display(),
@@ -557,11 +542,11 @@ fn repo_not_found() -> Response {
 
 /// A stable 24-hex-digit object id, like the Hub's `_id`.
 fn object_id(id: &str) -> String {
-    hex(&Sha256::digest(format!("gymforge-mirror:{id}").as_bytes()))[..24].to_string()
+    crate::digest::sha256_hex(format!("gymforge-mirror:{id}").as_bytes())[..24].to_string()
 }
 
 fn fixture_sha(id: &str) -> String {
-    hex(&Sha256::digest(format!("gymforge-fixture:{id}").as_bytes()))[..40].to_string()
+    crate::digest::sha256_hex(format!("gymforge-fixture:{id}").as_bytes())[..40].to_string()
 }
 
 // ----- Hub API
@@ -780,7 +765,7 @@ async fn resolve_file(
             &format!("{path} does not exist on \"{rev}\""),
         );
     };
-    let etag = format!("\"{}\"", hex(&Sha256::digest(&bytes)));
+    let etag = format!("\"{}\"", crate::digest::sha256_hex(&bytes));
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

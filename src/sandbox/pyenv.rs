@@ -10,7 +10,6 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -142,8 +141,7 @@ fn fingerprint(requirements: &str, version: &str) -> String {
     h.update(requirements.as_bytes());
     h.update(b"\0");
     h.update(version.as_bytes());
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::digest::hex(&h.finalize()))
 }
 
 /// A command running a Python interpreter, isolated from the caller's Python settings.
@@ -167,9 +165,9 @@ fn python_command(python: &Path) -> Command {
     cmd
 }
 
-/// An exclusive `flock` on the lock file, released when dropped.
+/// An exclusive lock on the lock file, released when the file is closed (dropped).
 struct EnvLock {
-    file: File,
+    _file: File,
 }
 
 impl EnvLock {
@@ -186,33 +184,15 @@ impl EnvLock {
                 _ => Err(e),
             })
             .map_err(|e| anyhow!("cannot open the lock file {}: {e}", path.display()))?;
-        let fd = file.as_raw_fd();
-        // SAFETY: flock on an open descriptor we own.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                bail!("cannot lock {}: {err}", path.display());
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                progress("waiting for another process that is provisioning the Python environment");
+                file.lock().map_err(|e| anyhow!("cannot lock {}: {e}", path.display()))?;
             }
-            progress("waiting for another process that is provisioning the Python environment");
-            loop {
-                // SAFETY: as above.
-                if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
-                    break;
-                }
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EINTR) {
-                    bail!("cannot lock {}: {err}", path.display());
-                }
-            }
+            Err(std::fs::TryLockError::Error(e)) => bail!("cannot lock {}: {e}", path.display()),
         }
-        Ok(EnvLock { file })
-    }
-}
-
-impl Drop for EnvLock {
-    fn drop(&mut self) {
-        // SAFETY: unlocking our own descriptor; closing it would release the lock anyway.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        Ok(EnvLock { _file: file })
     }
 }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses some of them
 
+pub mod deviate;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

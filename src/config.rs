@@ -128,6 +128,13 @@ pub struct EndpointConfig {
     pub input_price_per_mtok: f64,
     pub output_price_per_mtok: f64,
     pub structured_output: StructuredOutput,
+    /// The model's context window in tokens, when the server does not publish it in
+    /// `/models` (vLLM's `max_model_len`).
+    #[serde(default)]
+    pub context_tokens: Option<u64>,
+    /// The largest `max_tokens` the server accepts.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
 }
 
 impl EndpointConfig {

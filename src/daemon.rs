@@ -65,7 +65,9 @@ impl DaemonState {
             "worker_restarts": progress.worker_restarts,
             "throughput": {
                 "accepted_tasks_per_hour": f64::from(progress.accepted_tasks) / uptime.max(1.0) * 3600.0,
-                "trajectories_per_hour": f64::from(progress.rollouts_done) / uptime.max(1.0) * 3600.0,
+                // Every rollout that ended, scored or not (report.json's `trajectories_per_hour`
+                // counts the scored ones when the batch is exported).
+                "recorded_trajectories_per_hour": f64::from(progress.rollouts_done) / uptime.max(1.0) * 3600.0,
             },
             "llm": self.gateway.get().map(|g| g.snapshot()),
         })
@@ -152,7 +154,8 @@ pub fn render_metrics(status: &Value) -> String {
     };
     for (metric, field, kind, help) in [
         ("gymforge_llm_requests_total", "requests_sent", "counter", "Requests sent to the endpoint."),
-        ("gymforge_llm_succeeded_total", "succeeded", "counter", "Requests answered."),
+        ("gymforge_llm_answered_total", "answered", "counter", "Requests answered with a chat completion, usable or not (billed)."),
+        ("gymforge_llm_succeeded_total", "succeeded", "counter", "Answers with usable content."),
         ("gymforge_llm_rate_limited_total", "rate_limited", "counter", "Requests answered 429."),
         ("gymforge_llm_transient_failures_total", "transient_failures", "counter", "Requests that failed and may be retried."),
         ("gymforge_llm_permanent_failures_total", "permanent_failures", "counter", "Requests refused for good."),

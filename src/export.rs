@@ -45,8 +45,10 @@ pub const DATASET_DOCS: &str = "{dataset_docs}";
 /// Starter files every task ships, copied from `prepared/starter/`.
 pub const STARTER_FILES: [&str; 3] = ["baseline.py", "evaluate.py", "sample_submission.csv"];
 
-/// Version of the `report.json` layout.
-pub const REPORT_VERSION: u32 = 1;
+/// Version of the `report.json` layout. 2: a rollout passes its stage only with a scored
+/// submission, `throughput.trajectories_per_hour` counts scored trajectories
+/// (`recorded_trajectories_per_hour` all), `services.llm.stages` labels each stage.
+pub const REPORT_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // MLGym config documents
@@ -397,10 +399,12 @@ impl OutputDir {
         self
     }
 
-    /// Describes the services the run used, e.g.
-    /// `{"llm": {"kind": ..., "simulated": true, ...}, "hub": {...}}`. The labels appear in
-    /// `report.json` under `services`, with a top-level `simulated` flag that is true when any
-    /// service is simulated; every SFT line's `meta.simulated` says whether its teacher was.
+    /// Describes the services the run used, e.g. `{"llm": {"kind": ..., "simulated": true,
+    /// "stages": {"rollout": {"endpoint": "sim", "model": ..., "simulated": true}, ...}},
+    /// "hub": {...}}`. The labels appear in `report.json` under `services`, with a top-level
+    /// `simulated` flag that is true when any service (any stage's endpoint) is simulated;
+    /// every SFT line's `meta.simulated` says whether the rollout stage's teacher was
+    /// ([`teacher_simulated`]).
     pub fn with_labels(mut self, labels: Value) -> OutputDir {
         self.labels = Some(labels);
         self
@@ -452,8 +456,7 @@ impl OutputDir {
 
     /// Writes `sft/train.jsonl` from the rollouts with the default rules of [`crate::sft`].
     pub fn write_sft(&self, inputs: &FinalInputs) -> Result<SftSummary, PortError> {
-        let simulated = self.labels.as_ref().is_some_and(|l| l.pointer("/llm/simulated") == Some(&json!(true)));
-        let options = SftOptions { simulated, ..self.sft.clone() };
+        let options = SftOptions { simulated: self.labels.as_ref().is_some_and(teacher_simulated), ..self.sft.clone() };
         let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &options);
         write_jsonl(&self.sft_path(), &lines)?;
         Ok(summary)
@@ -580,6 +583,14 @@ impl Serialize for ReplayLine<'_> {
         map.serialize_entry("unit", self.unit)?;
         map.end()
     }
+}
+
+/// Whether the rollout stage's endpoint, the teacher whose trajectories become SFT data, was
+/// simulated, from service labels (`report.json`'s `services`). Labels without per-stage
+/// entries (reports of earlier versions) say it only for the LLM as a whole.
+pub fn teacher_simulated(labels: &Value) -> bool {
+    let simulated = labels.pointer("/llm/stages/rollout/simulated").or_else(|| labels.pointer("/llm/simulated"));
+    simulated == Some(&json!(true))
 }
 
 /// True when any service label says `"simulated": true`.
@@ -804,10 +815,33 @@ fn stages_of(kind: UnitKind) -> &'static [Stage] {
     }
 }
 
+/// Why a finished rollout did not pass its stage, `(reason, detail)`: its trajectory has no
+/// scored submission, and the reason is the trajectory's exit status (`submission_not_found
+/// (exit_format)`). `None` when it has a scored submission.
+fn unscored(unit: &str, records: &BTreeMap<&str, &RolloutRecord>) -> Option<(String, String)> {
+    match records.get(unit) {
+        Some(r) if r.has_scored_submission() => None,
+        Some(r) => {
+            let status = &r.trajectory.info.exit_status;
+            let reason = if status.trim().is_empty() { "unknown".to_string() } else { status.clone() };
+            let steps = r.trajectory.trajectory.len();
+            Some((reason, format!("the trajectory ended after {steps} step{} without a scored submission", if steps == 1 { "" } else { "s" })))
+        }
+        None => Some(("trajectory_unreadable".into(), "the rollout's stored result could not be read as a trajectory".into())),
+    }
+}
+
 /// `report.json`: what the run did, derived from the store's contents.
 ///
 /// Stage counts come from the units: a unit at stage S (or beyond) has entered S; it passed S
-/// when it is beyond S or done at S; a dropped unit was dropped at its current stage.
+/// when it is beyond S or done at S; a dropped unit was dropped at its current stage. A rollout
+/// passes only when its trajectory has a scored submission: one that ended without a score is
+/// counted as dropped, its exit status the reason (its trajectory is still in the output).
+///
+/// `llm` counts every answered request a stage received (as the stages record them), usable
+/// or not: a refused, empty, filtered or cut-off answer is billed like any other.
+/// `throughput.trajectories_per_hour` counts scored trajectories only;
+/// `recorded_trajectories_per_hour` every trajectory written.
 pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
     #[derive(Default)]
     struct Counts {
@@ -818,6 +852,17 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         reasons: BTreeMap<String, u64>,
         details: BTreeMap<String, String>,
     }
+    impl Counts {
+        fn drop(&mut self, reason: String, detail: Option<&str>) {
+            self.dropped += 1;
+            // The first unit dropped for a reason says, in words, what happened.
+            if let Some(detail) = detail {
+                self.details.entry(reason.clone()).or_insert_with(|| crate::output::one_line(detail, 200));
+            }
+            *self.reasons.entry(reason).or_default() += 1;
+        }
+    }
+    let records: BTreeMap<&str, &RolloutRecord> = inputs.rollouts.iter().map(|r| (r.unit.as_str(), r)).collect();
     let mut counts: BTreeMap<Stage, Counts> = BTreeMap::new();
     let (mut task_units, mut rollout_units) = (0u64, 0u64);
     let (mut pending, mut done, mut dropped) = (0u64, 0u64, 0u64);
@@ -842,17 +887,13 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
                 continue;
             }
             match unit.status {
+                UnitStatus::Done if unit.kind == UnitKind::Rollout => match unscored(&unit.id, &records) {
+                    None => c.passed += 1,
+                    Some((reason, detail)) => c.drop(reason, Some(&detail)),
+                },
                 UnitStatus::Done => c.passed += 1,
                 UnitStatus::Pending => c.in_progress += 1,
-                UnitStatus::Dropped => {
-                    c.dropped += 1;
-                    let reason = unit.drop_reason.clone().unwrap_or_else(|| "unknown".into());
-                    // The first unit dropped for a reason says, in words, what happened.
-                    if let Some(detail) = &unit.drop_detail {
-                        c.details.entry(reason.clone()).or_insert_with(|| crate::output::one_line(detail, 200));
-                    }
-                    *c.reasons.entry(reason).or_default() += 1;
-                }
+                UnitStatus::Dropped => c.drop(unit.drop_reason.clone().unwrap_or_else(|| "unknown".into()), unit.drop_detail.as_deref()),
             }
         }
     }
@@ -911,6 +952,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         *by_task_type.entry(t.topic.sample.task_type.as_str()).or_default() += 1;
     }
     let rollouts_total = inputs.rollouts.len() as u64;
+    let rollouts_scored = inputs.rollouts.iter().filter(|r| r.has_scored_submission()).count() as u64;
     let wall = inputs.wall_time_secs;
     json!({
         "report_version": REPORT_VERSION,
@@ -934,7 +976,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         },
         "rollouts": {
             "total": rollouts_total,
-            "scored": sft.trajectories - sft.unscored,
+            "scored": rollouts_scored,
             "kept": sft.kept,
             "kept_beat_baseline": sft.beat_baseline,
             "duplicates": sft.duplicates,
@@ -957,7 +999,8 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         "wall_time_secs": wall,
         "throughput": {
             "accepted_tasks_per_hour": per_hour(accepted, wall),
-            "trajectories_per_hour": per_hour(rollouts_total, wall),
+            "trajectories_per_hour": per_hour(rollouts_scored, wall),
+            "recorded_trajectories_per_hour": per_hour(rollouts_total, wall),
             "kept_trajectories_per_hour": per_hour(sft.kept, wall),
         },
     })
@@ -1016,6 +1059,27 @@ pub fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
         .map(|(count, stage, reason, detail)| {
             let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
             format!("{stage} {reason} x{count}{detail}")
+        })
+        .collect()
+}
+
+/// The LLM's per-stage labels as one line per endpoint, stages in pipeline order:
+/// `("sim", "stages topic, dataset; model m [SIMULATED]")`.
+fn endpoint_lines(stages: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+    let mut by_endpoint: BTreeMap<&str, (Vec<&str>, &str, bool)> = BTreeMap::new();
+    for stage in Stage::ALL {
+        let Some(label) = stages.get(stage.as_str()) else { continue };
+        let endpoint = label.get("endpoint").and_then(Value::as_str).unwrap_or("?");
+        let model = label.get("model").and_then(Value::as_str).unwrap_or("?");
+        let entry = by_endpoint.entry(endpoint).or_insert((Vec::new(), model, false));
+        entry.0.push(stage.as_str());
+        entry.2 |= label["simulated"] == json!(true);
+    }
+    by_endpoint
+        .into_iter()
+        .map(|(endpoint, (stages, model, simulated))| {
+            let mark = if simulated { " [SIMULATED]" } else { "" };
+            (endpoint.to_string(), format!("stages {}; model {model}{mark}", stages.join(", ")))
         })
         .collect()
 }
@@ -1133,9 +1197,10 @@ pub fn summary_table(report: &Value) -> String {
         (
             "throughput".into(),
             format!(
-                "{:.1} tasks/h, {:.1} trajectories/h",
+                "{:.1} tasks/h, {:.1} scored trajectories/h ({:.1} recorded/h)",
                 f(report, &["throughput", "accepted_tasks_per_hour"]),
                 f(report, &["throughput", "trajectories_per_hour"]),
+                f(report, &["throughput", "recorded_trajectories_per_hour"]),
             ),
         ),
     ];
@@ -1145,13 +1210,12 @@ pub fn summary_table(report: &Value) -> String {
     if let Some(endpoints) = report.pointer("/llm/gateway/endpoints").and_then(Value::as_object) {
         for (name, e) in endpoints {
             let n = |k: &str| e[k].as_u64().unwrap_or(0);
-            let mut text = format!(
-                "{} requests this session, {} rate limited, {} transient failures, {} retries",
-                thousands(n("requests_sent")),
-                n("rate_limited"),
-                n("transient_failures"),
-                n("retries")
-            );
+            let mut text = format!("{} requests this session", thousands(n("requests_sent")));
+            // Reports written before answers were counted apart from successes lack the field.
+            if e.get("answered").is_some() {
+                text.push_str(&format!(", {} answered ({} usable)", thousands(n("answered")), thousands(n("succeeded"))));
+            }
+            text.push_str(&format!(", {} rate limited, {} transient failures, {} retries", n("rate_limited"), n("transient_failures"), n("retries")));
             if n("circuit_openings") > 0 {
                 text.push_str(&format!(", circuit opened {} times", n("circuit_openings")));
             }
@@ -1164,10 +1228,15 @@ pub fn summary_table(report: &Value) -> String {
             if let Some(model) = label.get("model").and_then(Value::as_str) {
                 text.push_str(&format!(", model {model}"));
             }
-            if label["simulated"] == json!(true) {
+            let stages = label.get("stages").and_then(Value::as_object);
+            // With per-stage labels, each endpoint's line says whether it is simulated.
+            if stages.is_none() && label["simulated"] == json!(true) {
                 text.push_str(" [SIMULATED]");
             }
             facts.push((name.as_str().into(), text));
+            for (endpoint, line) in stages.map(endpoint_lines).unwrap_or_default() {
+                facts.push((format!("{name} {endpoint}").into(), line));
+            }
         }
     }
     let w = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -1690,7 +1759,7 @@ mod tests {
             &other_turns,
         );
         t2.baseline_scores = scores(&[("rmse", 2.2)]);
-        FinalInputs {
+        let mut inputs = FinalInputs {
             units: vec![
                 unit("t0001", Task, 1, Export, Done, None),
                 unit("t0002", Task, 2, Dataset, Dropped, Some("not_found")),
@@ -1774,7 +1843,12 @@ mod tests {
                 },
             ],
             wall_time_secs: 1800.0,
+        };
+        // Each trajectory is the result of one of the rollout units above.
+        for (r, unit) in inputs.rollouts.iter_mut().zip(["t0001.r0", "t0001.r1", "t0001.r2", "t0006.r0"]) {
+            r.unit = unit.into();
         }
+        inputs
     }
 
     #[test]
@@ -1849,10 +1923,15 @@ mod tests {
         assert_eq!(counts("codegen"), (4, 3, 0, 1));
         assert_eq!(counts("debug"), (3, 2, 1, 0));
         assert_eq!(counts("export"), (2, 2, 0, 0));
-        assert_eq!(counts("rollout"), (5, 4, 1, 0));
+        // t0001.r1 finished without a scored submission: it does not pass.
+        assert_eq!(counts("rollout"), (5, 3, 2, 0));
         assert_eq!(stage("dataset")["drop_reasons"], json!({"not_found": 2}));
         assert_eq!(stage("debug")["drop_reasons"], json!({"baseline_failed": 1}));
-        assert_eq!(stage("rollout")["drop_reasons"], json!({"llm_error": 1}));
+        assert_eq!(stage("rollout")["drop_reasons"], json!({"llm_error": 1, "submission_not_found (submit)": 1}));
+        assert_eq!(
+            stage("rollout")["drop_details"]["submission_not_found (submit)"],
+            "the trajectory ended after 1 step without a scored submission"
+        );
 
         assert_eq!(report["tasks"]["accepted"], 2);
         assert_eq!(report["tasks"]["topic_units"], 6);
@@ -1876,7 +1955,9 @@ mod tests {
         assert_eq!(report["events"]["by_kind"], json!({"retry": 2, "worker_restart": 1}));
         assert_eq!(report["wall_time_secs"], json!(1800.0));
         assert_eq!(report["throughput"]["accepted_tasks_per_hour"], json!(4.0));
-        assert_eq!(report["throughput"]["trajectories_per_hour"], json!(8.0));
+        // Three of the four trajectories are scored, in half an hour.
+        assert_eq!(report["throughput"]["trajectories_per_hour"], json!(6.0));
+        assert_eq!(report["throughput"]["recorded_trajectories_per_hour"], json!(8.0));
 
         let index: Value =
             serde_json::from_slice(&fs::read(out.tasks_index_path()).unwrap()).unwrap();
@@ -1908,6 +1989,7 @@ mod tests {
         assert!(table.contains("26,560"), "{table}");
         assert!(table.contains("$1.5600"), "{table}");
         assert!(table.contains("30m 00s"), "{table}");
+        assert!(table.contains("6.0 scored trajectories/h (8.0 recorded/h)"), "{table}");
         // Columns line up: every stage row has its counts ending at the same offset.
         let rows: Vec<&str> = table.lines().take(7).collect();
         let header_end = rows[0].find("running").unwrap() + "running".len();
@@ -1987,6 +2069,79 @@ mod tests {
         let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
         assert_eq!(report["simulated"], json!(false));
         assert!(!summary_table(&report).contains("SIMULATED"));
+    }
+
+    /// Service labels of an LLM whose stages are routed to `rollout` for the rollout stage and to
+    /// `other` for the rest (`"sim"` is the simulated teacher).
+    fn routed_labels(rollout: &str, other: &str) -> Value {
+        let label = |endpoint: &str| json!({"endpoint": endpoint, "model": format!("{endpoint}-model"), "simulated": endpoint == "sim"});
+        json!({"llm": {
+            "kind": "mixed",
+            "simulated": rollout == "sim" || other == "sim",
+            "model": format!("{rollout}-model"),
+            "stages": {
+                "topic": label(other), "dataset": label(other), "codegen": label(other), "debug": label(other),
+                "rollout": label(rollout),
+            },
+        }})
+    }
+
+    /// A run whose rollouts came from a real endpoint is marked simulated only for the stages
+    /// the simulator answered: the summary marks each endpoint, and the SFT lines follow the
+    /// rollout stage's teacher, whichever way round.
+    #[test]
+    fn simulated_is_said_per_stage_and_sft_lines_follow_the_teacher() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::new(dir.path().join("real-teacher")).with_labels(routed_labels("openai", "sim"));
+        out.finalize(&final_inputs()).unwrap();
+        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        assert_eq!(report["simulated"], json!(true), "some service was simulated");
+        assert_eq!(report["services"]["llm"]["stages"]["rollout"]["simulated"], json!(false));
+        let lines: Vec<Value> = fs::read_to_string(out.sft_path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(!lines.is_empty());
+        assert!(lines.iter().all(|l| l["meta"]["simulated"] == json!(false)), "{lines:?}");
+        let table = summary_table(&report);
+        let line = |prefix: &str| table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line: {table}")).to_string();
+        assert!(line("llm openai ").ends_with("stages rollout; model openai-model"), "{table}");
+        assert!(line("llm sim ").ends_with("stages topic, dataset, codegen, debug; model sim-model [SIMULATED]"), "{table}");
+        assert!(!line("llm ").contains("SIMULATED"), "the LLM as a whole is not marked: {table}");
+
+        let out = OutputDir::new(dir.path().join("simulated-teacher")).with_labels(routed_labels("sim", "openai"));
+        out.finalize(&final_inputs()).unwrap();
+        let lines: Vec<Value> = fs::read_to_string(out.sft_path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.iter().all(|l| l["meta"]["simulated"] == json!(true)), "{lines:?}");
+        assert!(teacher_simulated(&routed_labels("sim", "openai")) && !teacher_simulated(&routed_labels("openai", "sim")));
+    }
+
+    /// A rollout passes its stage only with a scored submission: one that ended on format
+    /// errors before any step, or whose result cannot be read, fails with that as its reason,
+    /// and neither counts towards the trajectories per hour.
+    #[test]
+    fn a_finished_rollout_without_a_score_fails_its_stage() {
+        let mut inputs = final_inputs();
+        let mut format_errors = rollout("wineT1", 4, vec![], TURNS);
+        format_errors.unit = "t0001.r4".into();
+        format_errors.trajectory.trajectory.clear();
+        format_errors.trajectory.info.exit_status = "submission_not_found (exit_format)".into();
+        inputs.rollouts.push(format_errors);
+        inputs.units.push(unit("t0001.r4", UnitKind::Rollout, 5, Stage::Rollout, UnitStatus::Done, None));
+        inputs.units.push(unit("t0001.r5", UnitKind::Rollout, 6, Stage::Rollout, UnitStatus::Done, None));
+        let report = build_report(&inputs, &SftSummary::default());
+        let rollout_stage = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "rollout").unwrap().clone();
+        assert_eq!((rollout_stage["entered"].as_u64(), rollout_stage["passed"].as_u64(), rollout_stage["dropped"].as_u64()), (Some(7), Some(3), Some(4)));
+        assert_eq!(
+            rollout_stage["drop_reasons"],
+            json!({"llm_error": 1, "submission_not_found (submit)": 1, "submission_not_found (exit_format)": 1, "trajectory_unreadable": 1})
+        );
+        assert_eq!(
+            rollout_stage["drop_details"]["submission_not_found (exit_format)"],
+            "the trajectory ended after 0 steps without a scored submission"
+        );
+        assert_eq!((report["rollouts"]["total"].as_u64(), report["rollouts"]["scored"].as_u64()), (Some(5), Some(3)));
+        assert_eq!(report["throughput"]["trajectories_per_hour"], json!(6.0));
+        assert_eq!(report["throughput"]["recorded_trajectories_per_hour"], json!(10.0));
+        let table = summary_table(&report);
+        assert!(table.contains("submission_not_found (exit_format) 1"), "shown with the other drop reasons: {table}");
     }
 
     /// report.json and the summary say how many kept trajectories beat their task's baseline:

@@ -284,7 +284,8 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let simulated = std::fs::read_to_string(out.join("report.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|r| r.pointer("/services/llm/simulated") == Some(&serde_json::json!(true)));
+                .and_then(|r| r.get("services").map(gymforge::export::teacher_simulated))
+                .unwrap_or(false);
             let options =
                 gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, keep_observations, simulated, ..Default::default() };
             let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);

@@ -172,14 +172,27 @@ pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: 
         base_urls.insert(name.to_string(), base);
         keys.insert(name.to_string(), Config::llm_api_key(e));
     }
-    let simulated = routed.iter().any(|name| config.llm.endpoints[*name].is_sim());
+    // Which endpoint answered each stage: a run may use the simulator for some stages only.
+    let stages: serde_json::Map<String, serde_json::Value> = config
+        .llm
+        .routes
+        .all()
+        .iter()
+        .map(|(stage, name)| {
+            let e = &config.llm.endpoints[*name];
+            (stage.as_str().to_string(), serde_json::json!({ "endpoint": name, "model": e.model, "simulated": e.is_sim() }))
+        })
+        .collect();
+    let simulated_endpoints = routed.iter().filter(|name| config.llm.endpoints[**name].is_sim()).count();
     let teacher = &config.llm.endpoints[&config.llm.routes.rollout];
-    let kind = match (&source, simulated) {
+    let kind = match (&source, simulated_endpoints) {
         (Source::Replay(path), _) => format!("replay of {}", path.display()),
-        (_, true) => "simulated teacher (a test and demo instrument, not a real model)".to_string(),
-        (_, false) => "OpenAI-compatible endpoints".to_string(),
+        (_, 0) => "OpenAI-compatible endpoints".to_string(),
+        (_, n) if n == routed.len() => "simulated teacher (a test and demo instrument, not a real model)".to_string(),
+        _ => "OpenAI-compatible endpoints and, for some stages, the simulated teacher".to_string(),
     };
-    let label = serde_json::json!({ "kind": kind, "simulated": simulated, "model": teacher.model, "endpoints": labels });
+    // `simulated`: any stage's endpoint is; `stages` says which.
+    let label = serde_json::json!({ "kind": kind, "simulated": simulated_endpoints > 0, "model": teacher.model, "endpoints": labels, "stages": stages });
     let gateway = Gateway::new(&config.llm, &base_urls, &keys, spent_usd, source)?;
     Ok((gateway, label))
 }

@@ -32,6 +32,18 @@ struct Script {
     limited_at: Vec<Instant>,
     /// The status `GET /models` answers (200 when unset).
     models_status: Option<u16>,
+    /// The body `GET /models` answers (`{}` when unset).
+    models_body: Option<String>,
+}
+
+/// A chat completion with any `content` (a string or null), `refusal` and `finish_reason`.
+fn answer_body(content: Value, refusal: Option<&str>, finish_reason: &str) -> String {
+    serde_json::json!({
+        "id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+    .to_string()
 }
 
 fn ok_body(content: &str) -> String {
@@ -74,8 +86,9 @@ async fn serve(answers: Vec<Scripted>) -> (String, Arc<Mutex<Script>>) {
         .route("/v1/models", {
             let state = script.clone();
             get(move || {
-                let status = state.lock().unwrap().models_status.unwrap_or(200);
-                async move { (StatusCode::from_u16(status).unwrap(), "{}") }
+                let s = state.lock().unwrap();
+                let (status, body) = (s.models_status.unwrap_or(200), s.models_body.clone().unwrap_or_else(|| "{}".into()));
+                async move { (StatusCode::from_u16(status).unwrap(), body) }
             })
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,6 +158,21 @@ async fn success_reports_usage_cost_endpoint_and_sends_the_key_only_as_bearer() 
     assert_eq!(s.seen[0].1.as_deref(), Some(format!("Bearer {KEY}").as_str()));
     assert!(!s.seen[0].2.to_string().contains(KEY), "the key is not in the body");
     assert_eq!(snapshot(&g)["succeeded"], 1);
+}
+
+/// An empty answer is billed by the provider: it is answered, its tokens and cost counted, and
+/// it is handed to the stage (which decides what to do with it), but it is not a success.
+#[tokio::test]
+async fn an_empty_answer_is_answered_and_billed_but_not_a_success() {
+    let (base, script) = serve(vec![(200, vec![], ok_body("")), (200, vec![], ok_body("hello"))]).await;
+    let g = live(&base, |_| {});
+    assert_eq!(g.chat(Stage::Topic, request("t1")).await.unwrap().content, "");
+    assert_eq!(g.chat(Stage::Topic, request("t1")).await.unwrap().content, "hello");
+    assert_eq!(script.lock().unwrap().seen.len(), 2, "the empty answer was not retried");
+    let s = snapshot(&g);
+    assert_eq!((s["requests_sent"].as_u64(), s["answered"].as_u64(), s["succeeded"].as_u64()), (Some(2), Some(2), Some(1)), "{s}");
+    assert_eq!((s["input_tokens"].as_u64(), s["output_tokens"].as_u64()), (Some(22), Some(14)), "{s}");
+    assert!((s["cost_usd"].as_f64().unwrap() - 2.0 * (11.0 + 14.0) / 1e6).abs() < 1e-12, "{s}");
 }
 
 #[tokio::test]
@@ -332,6 +360,97 @@ async fn unparseable_json_is_asked_again_with_the_error_then_the_unit_fails() {
     let outcome = gymforge_actors::llm::ask_json_with::<Value>(&g, Stage::Topic, request("t1"), &|_| Ok(())).await.unwrap();
     assert!(outcome.is_err(), "after the re-asks the unit fails (llm_unparseable)");
     assert_eq!(snapshot(&g)["succeeded"].as_u64(), Some(1 + gymforge_actors::llm::JSON_REASKS as u64));
+}
+
+/// A JSON request of the topic stage's shape, asking for `max_tokens`.
+fn json_request(unit: &str, max_tokens: u32) -> ChatRequest {
+    let (name, schema) = gymforge_actors::schemas::topic_idea();
+    ChatRequest { max_tokens, response: ResponseFormat::Json { name, schema }, ..request(unit) }
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct Idea {
+    title: String,
+}
+
+async fn ask_idea(g: &Gateway, max_tokens: u32) -> Result<Idea, gymforge_actors::llm::NoAnswer> {
+    gymforge_actors::llm::ask_json_with::<Idea>(g, Stage::Topic, json_request("t1", max_tokens), &|_| Ok(())).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_refusal_an_empty_answer_and_a_filtered_one_are_answers_dropped_at_once_not_retried() {
+    for (body, reason, shown) in [
+        (answer_body(Value::Null, Some("I can't help with that."), "stop"), "llm_refused", "I can't help with that."),
+        (answer_body(Value::Null, None, "stop"), "llm_empty", "no text"),
+        (answer_body(Value::from("  \n"), None, "stop"), "llm_empty", "no text"),
+        (answer_body(Value::from("{\"title\": \"half"), None, "content_filter"), "llm_content_filter", "content filter"),
+    ] {
+        let (base, script) = serve(vec![(200, vec![], body)]).await;
+        let g = live(&base, |_| {});
+        let no = ask_idea(&g, 64).await.unwrap_err();
+        assert_eq!(no.reason, reason);
+        assert!(no.detail.contains(shown), "{reason}: {}", no.detail);
+        assert_eq!(script.lock().unwrap().seen.len(), 1, "{reason}: answered once, never retried");
+        let status = snapshot(&g);
+        assert_eq!((status["retries"].as_u64(), status["input_tokens"].as_u64()), (Some(0), Some(11)), "{reason}: billed and counted: {status}");
+        assert!(status["cost_usd"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[tokio::test]
+async fn a_cut_off_answer_is_asked_again_once_larger_without_the_cut_text_then_dropped_as_truncated() {
+    let cut = answer_body(Value::from("{\"title\": \"A long tit"), None, "length");
+    let (base, script) = serve(vec![(200, vec![], cut.clone()), (200, vec![], ok_body("{\"title\": \"T\", \"idea\": \"I\"}"))]).await;
+    let g = live(&base, |_| {});
+    assert_eq!(ask_idea(&g, 100).await.unwrap().title, "T");
+    let seen: Vec<Value> = script.lock().unwrap().seen.iter().map(|(_, _, b)| b.clone()).collect();
+    assert_eq!((seen[0]["max_tokens"].as_u64(), seen[1]["max_tokens"].as_u64()), (Some(100), Some(200)), "the re-ask may write twice as much");
+    assert_eq!(seen[0]["messages"], seen[1]["messages"], "the cut-off text is not sent back");
+
+    // With the server's cap already reached, the re-ask asks for brevity instead; then the unit drops.
+    let (base, script) = serve(vec![(200, vec![], cut.clone()), (200, vec![], cut)]).await;
+    let g = live(&base, |c| c.endpoints.get_mut("main").unwrap().max_output_tokens = Some(100));
+    let no = ask_idea(&g, 100).await.unwrap_err();
+    assert_eq!(no.reason, "llm_truncated");
+    let seen: Vec<Value> = script.lock().unwrap().seen.iter().map(|(_, _, b)| b.clone()).collect();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1]["max_tokens"].as_u64(), Some(100));
+    let last = seen[1]["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
+    assert!(last.contains("cut off at 100 tokens") && !last.contains("A long tit"), "{last}");
+}
+
+#[tokio::test]
+async fn requests_fit_the_published_context_and_a_refusal_naming_the_maximum_is_sent_again_fitted() {
+    // The server publishes a 600-token context (vLLM's max_model_len) and caps max_tokens at 200.
+    let (base, script) = serve(vec![
+        (400, vec![], r#"{"error":{"message":"max_tokens must be at most 200","type":"BadRequestError"}}"#.into()),
+        (200, vec![], ok_body("fine")),
+        (400, vec![], r#"{"object":"error","message":"This model's maximum context length is 500 tokens. However, you requested 690 tokens (490 in the messages, 200 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","code":400}"#.into()),
+        (200, vec![], ok_body("fine")),
+    ])
+    .await;
+    script.lock().unwrap().models_body = Some(r#"{"object":"list","data":[{"id":"gymforge-sim-teacher","object":"model","max_model_len":600}]}"#.into());
+    let g = live(&base, |_| {});
+    g.check_reachable().await.unwrap();
+    assert_eq!(g.limits(Stage::Topic).context_tokens, Some(600));
+    g.chat(Stage::Topic, ChatRequest { max_tokens: 4096, ..request("t1") }).await.unwrap();
+    let limits = g.limits(Stage::Topic);
+    assert_eq!(limits.max_output_tokens, Some(200), "learned from the refusal");
+    // A long prompt: the server's own count (490 of 500) decides the room left.
+    let long = ChatRequest { messages: vec![ChatMessage::new("user", "word ".repeat(300))], max_tokens: 4096, ..request("t2") };
+    g.chat(Stage::Topic, long).await.unwrap();
+    let seen: Vec<u64> = script.lock().unwrap().seen.iter().map(|(_, _, b)| b["max_tokens"].as_u64().unwrap()).collect();
+    assert_eq!(seen.len(), 4);
+    assert!(seen[0] <= 600 && seen[1] <= 200 && seen[3] <= 9, "max_tokens sent: {seen:?}");
+    assert_eq!(g.limits(Stage::Topic).context_tokens, Some(500));
+
+    // A prompt that cannot fit is refused without a request.
+    let huge = ChatRequest { messages: vec![ChatMessage::new("user", "word ".repeat(2000))], ..request("t3") };
+    match g.chat(Stage::Topic, huge).await {
+        Err(PortError::Refused { reason, detail }) => assert!(reason == "llm_context_length" && detail.contains("500 tokens"), "{detail}"),
+        other => panic!("expected llm_context_length, got {other:?}"),
+    }
+    assert_eq!(script.lock().unwrap().seen.len(), 4);
 }
 
 #[tokio::test]

@@ -218,6 +218,22 @@ async fn unknown_dataset_is_not_found() {
     assert_eq!(reason, "not_found");
 }
 
+/// `owner/name@rev` pins the revision: `main` and the current commit verify (pinned to the
+/// commit); an unknown revision and an older one are refused with their own reasons.
+#[tokio::test]
+async fn a_pinned_revision_verifies_only_when_the_viewer_serves_it() {
+    let hub = client(50_000_000);
+    let current = verified(&hub, "sklearn/iris").await.revision;
+    for pinned in ["sklearn/iris@main".to_string(), format!("sklearn/iris@{current}")] {
+        let meta = verified(&hub, &pinned).await;
+        assert_eq!((meta.id.as_str(), meta.revision.as_str()), ("sklearn/iris", current.as_str()), "{pinned}");
+    }
+    let (reason, detail) = rejection(&hub, "sklearn/iris@0123456789abcdef0123456789abcdef01234567").await;
+    assert_eq!(reason, "revision_not_found", "{detail}");
+    let (reason, _) = rejection(&hub, "sklearn/iris@a/b").await;
+    assert_eq!(reason, "revision_not_found");
+}
+
 #[tokio::test]
 async fn malformed_ids_are_invalid() {
     let hub = client(50_000_000);

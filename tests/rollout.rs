@@ -58,7 +58,14 @@ fn scenarios() -> Vec<Scenario> {
         Scenario { name: "format_errors", answers: vec![Malformed, Malformed, Malformed], prompt_tokens: 100 },
         Scenario {
             name: "timeouts",
-            answers: vec![Run("sleep 1000 & echo started"), Run("sleep 60"), Run("echo still-here"), Run("submit")],
+            answers: vec![
+                Run("sleep 1000 & echo started"),
+                Run("sleep 60"),
+                Run("echo still-here"),
+                Run("false"),
+                Run("true"),
+                Run("submit"),
+            ],
             prompt_tokens: 100,
         },
         Scenario {
@@ -72,7 +79,9 @@ fn scenarios() -> Vec<Scenario> {
             name: "answer_hunter",
             answers: vec![
                 Run("ls -a /home/agent /home/agent/workspace/data"),
-                Run("find /home /tmp /opt /root /srv /mnt /var -name 'answers*' 2>/dev/null; echo find-done"),
+                // The Python environment's packages are pruned: walking them can outlast the
+                // short timeout on a busy machine, and they are not where answers would hide.
+                Run("find /home /tmp /opt /root /srv /mnt /var -path '*/site-packages' -prune -o -name 'answers*' -print 2>/dev/null; echo find-done"),
                 Run("cat /home/agent/eval_data/answers.csv ../eval_data/answers.csv 2>&1"),
                 Run("grep -rl target /home /tmp --include='*.csv' 2>/dev/null | grep -v workspace/data; echo grep-done"),
                 Run("submit"),
@@ -228,6 +237,24 @@ async fn scripted_rollouts_exercise_every_command_and_every_exit() {
     assert!(obs[1].contains("EXECUTION TIMED OUT BECAUSE THE COMMAND WAS RUNNING FOR MORE THAN 3 SECONDS"), "{}", obs[1]);
     assert_eq!(obs[2].trim(), "still-here");
     assert_eq!(status("timeouts"), "submission_not_found (submit)");
+    // Commands that print nothing: the model is told how they ended (the first user message is
+    // the task, then one per step).
+    let told: Vec<&str> = trajs["timeouts"]["history"].as_array().unwrap().iter().filter(|h| h["role"] == "user").map(|h| h["content"].as_str().unwrap()).collect();
+    assert!(obs[3].is_empty() && told[4].contains("Your command exited with status 1 and did not produce any output."), "{}", told[4]);
+    assert!(obs[4].is_empty() && told[5].contains("Your command ran successfully and did not produce any output."), "{}", told[5]);
+
+    // The funnel passes only the scored rollouts; the others fail with their exit status, and
+    // the rollout stage's real endpoint is not labelled simulated although the others are.
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rollout = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "rollout").unwrap();
+    assert_eq!((rollout["entered"].as_u64(), rollout["passed"].as_u64()), (Some(scenarios().len() as u64), Some(2)), "{rollout}");
+    assert_eq!(rollout["drop_reasons"]["submission_not_found (exit_format)"], 1, "{rollout}");
+    assert_eq!(report["services"]["llm"]["stages"]["rollout"], json!({"endpoint": "scripted", "model": "scripted-teacher", "simulated": false}));
+    assert_eq!(report["services"]["llm"]["stages"]["topic"]["simulated"], true);
+    let sft = std::fs::read_to_string(out.join("sft/train.jsonl")).unwrap();
+    assert!(!sft.is_empty() && sft.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["meta"]["simulated"] == false), "{sft}");
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.lines().any(|l| l.starts_with("llm scripted ") && l.ends_with("stages rollout; model scripted-teacher")), "{summary}");
 
     assert_eq!(status("max_steps"), "autosubmission (max_steps)");
     assert_eq!(trajs["max_steps"]["trajectory"].as_array().unwrap().len(), 25);

@@ -154,7 +154,7 @@ fn sim_cfg(seed: u64, buggy_draft_rate: f64) -> SimConfig {
 }
 
 fn bundle_from(answer: &str) -> TaskBundle {
-    gymforge_actors::json::extract(answer).expect("the answer is a task bundle")
+    gymforge_actors::json::extract(answer, Some(&gymforge_actors::schemas::task_bundle().1)).expect("the answer is a task bundle")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -142,9 +142,14 @@ pub fn format_error(problem: &str) -> String {
     )
 }
 
-/// Splits a model answer into its thought (everything outside the code block) and its action
-/// (the content of the single fenced code block).
+/// Splits a model answer into its thought (everything outside the command) and its action.
+/// The action is the last fenced code block, whatever its info string (SWE-agent's rule, so an
+/// example block before the command does no harm); without a fence, a `<bash>` or `<command>`
+/// tag holds it. The command may come before the prose.
 pub fn parse_action(response: &str) -> Result<(String, String), String> {
+    if response.trim().is_empty() {
+        return Err("the answer is empty".into());
+    }
     let lines: Vec<&str> = response.lines().collect();
     let fences: Vec<usize> = lines
         .iter()
@@ -152,13 +157,13 @@ pub fn parse_action(response: &str) -> Result<(String, String), String> {
         .filter(|(_, l)| l.trim_start().starts_with("```"))
         .map(|(i, _)| i)
         .collect();
-    match fences.len() {
-        0 => return Err("the answer has no fenced code block".into()),
-        2 => {}
-        1 => return Err("the code block is not closed".into()),
-        _ => return Err("the answer has more than one code block".into()),
+    if fences.is_empty() {
+        return tagged_action(response).unwrap_or_else(|| Err("the answer has no fenced code block".into()));
     }
-    let (open, close) = (fences[0], fences[1]);
+    if fences.len() % 2 == 1 {
+        return Err("a code block is not closed".into());
+    }
+    let (open, close) = (fences[fences.len() - 2], fences[fences.len() - 1]);
     let action = lines[open + 1..close].join("\n");
     if action.trim().is_empty() {
         return Err("the code block is empty".into());
@@ -167,6 +172,25 @@ pub fn parse_action(response: &str) -> Result<(String, String), String> {
     thought_lines.extend_from_slice(&lines[close + 1..]);
     let thought = thought_lines.join("\n").trim().to_string();
     Ok((thought, format!("{}\n", action.trim_end())))
+}
+
+/// The command in a `<bash>...</bash>` or `<command>...</command>` tag, with the text around it
+/// as the thought. `None` when there is no such tag.
+fn tagged_action(response: &str) -> Option<Result<(String, String), String>> {
+    for tag in ["bash", "command"] {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let Some(start) = response.rfind(&open) else { continue };
+        let Some(len) = response[start..].find(&close) else {
+            return Some(Err(format!("the {open} tag is not closed")));
+        };
+        let action = response[start + open.len()..start + len].trim_matches(['\n', '\r']);
+        if action.trim().is_empty() {
+            return Some(Err(format!("the {open} tag is empty")));
+        }
+        let thought = format!("{}\n{}", &response[..start], &response[start + len + close.len()..]).trim().to_string();
+        return Some(Ok((thought, format!("{}\n", action.trim_end()))));
+    }
+    None
 }
 
 /// The footer MLGym appends to every user message.
@@ -208,9 +232,26 @@ mod tests {
     #[test]
     fn rejects_missing_or_extra_blocks() {
         assert!(parse_action("just talk").unwrap_err().contains("no fenced"));
-        assert!(parse_action("```\nls\n```\n```\npwd\n```").unwrap_err().contains("more than one"));
         assert!(parse_action("```\nls\n").unwrap_err().contains("not closed"));
         assert!(parse_action("```\n\n```").unwrap_err().contains("empty"));
+        assert!(parse_action("<bash>\n</bash>").unwrap_err().contains("empty"));
+        assert!(parse_action("<bash>ls").unwrap_err().contains("not closed"));
+    }
+
+    #[test]
+    fn the_last_code_block_is_the_command() {
+        let (thought, action) = parse_action("For example:\n```\necho example\n```\nSo I run:\n```bash\npwd\n```").unwrap();
+        assert_eq!(action, "pwd\n");
+        assert!(thought.contains("echo example") && thought.contains("So I run:"), "{thought}");
+    }
+
+    #[test]
+    fn a_bash_tag_or_a_command_first_answer_is_read() {
+        assert_eq!(parse_action("DISCUSSION\nList.\n<bash>\nls -la\n</bash>").unwrap(), ("DISCUSSION\nList.".to_string(), "ls -la\n".to_string()));
+        assert_eq!(parse_action("<command>cat a.py</command>").unwrap().1, "cat a.py\n");
+        let (thought, action) = parse_action("```\nls\n```\nDISCUSSION\nI list the files first.").unwrap();
+        assert_eq!((thought.as_str(), action.as_str()), ("DISCUSSION\nI list the files first.", "ls\n"));
+        assert_eq!(parse_action("DISCUSSION\r\nCRLF.\r\n```\r\nls\r\n```\r\n").unwrap().1, "ls\n");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Code generation stage: the LLM writes the task bundle (task text, metric spec, prepare.py,
 //! baseline.py, evaluate.py) for the idea and its verified dataset.
 
-use crate::llm::{ask_json, unparseable};
+use crate::llm::ask_json;
 use crate::model::{DatasetChoice, Outcome, Stage, TaskBundle, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, PortError};
@@ -19,7 +19,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     ];
     match ask_json::<TaskBundle>(p, &unit.id, Stage::Codegen, crate::schemas::task_bundle(), messages, BUNDLE_MAX_TOKENS).await? {
         Ok(bundle) => Ok(Outcome::Advance(serde_json::to_value(&bundle).expect("serialisable"))),
-        Err(e) => Ok(unparseable(e)),
+        Err(no) => Ok(no.into()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! passes is accepted with its baseline score; one that never passes is dropped with the reason
 //! of its last failure.
 
-use crate::llm::{ask_json, unparseable};
+use crate::llm::ask_json;
 use crate::model::{AcceptedTask, DatasetChoice, Outcome, Stage, TaskBundle, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, PortError};
@@ -72,7 +72,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         ];
         bundle = match ask_json::<TaskBundle>(p, &unit.id, Stage::Debug, crate::schemas::task_bundle(), messages, crate::codegen::BUNDLE_MAX_TOKENS).await? {
             Ok(fixed) => fixed,
-            Err(e) => return Ok(unparseable(e)),
+            Err(no) => return Ok(no.into()),
         };
     }
     unreachable!("the loop returns in its last round")

@@ -71,9 +71,40 @@ pub enum ResponseFormat {
     Json { name: &'static str, schema: serde_json::Value },
 }
 
+/// Why the model stopped writing (`finish_reason`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Finish {
+    /// A natural end (`stop`, or no reason given).
+    #[default]
+    Stop,
+    /// The answer was cut off at `max_tokens` (`length`).
+    Length,
+    /// The provider's content filter stopped the answer (`content_filter`).
+    ContentFilter,
+    /// Anything else (`tool_calls`, a server's own word).
+    Other,
+}
+
+impl Finish {
+    pub fn from_reason(reason: Option<&str>) -> Finish {
+        match reason {
+            None | Some("stop" | "eos" | "end_turn" | "stop_sequence") => Finish::Stop,
+            Some("length" | "max_tokens" | "model_length") => Finish::Length,
+            Some("content_filter") => Finish::ContentFilter,
+            Some(_) => Finish::Other,
+        }
+    }
+}
+
+/// One answered request. A refusal, an empty answer and a cut-off one are answers too: they
+/// were billed, and the stage decides what they mean.
 #[derive(Clone, Debug, Default)]
 pub struct ChatReply {
+    /// The answer's text; empty when the model gave none (`content: null`).
     pub content: String,
+    /// The model's refusal message (OpenAI's `message.refusal`), when it refused.
+    pub refusal: Option<String>,
+    pub finish: Finish,
     pub model: String,
     /// Name of the configured endpoint that answered.
     pub endpoint: String,
@@ -82,12 +113,33 @@ pub struct ChatReply {
     pub cost_usd: f64,
 }
 
+/// What the model behind a stage accepts, where its server or its configuration says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Prompt plus answer, in tokens.
+    pub context_tokens: Option<u64>,
+    /// The largest `max_tokens` the server accepts.
+    pub max_output_tokens: Option<u32>,
+}
+
+impl ModelLimits {
+    /// The largest answer worth asking for instead of `asked` (for a re-ask after a cut-off).
+    pub fn larger_answer(&self, asked: u32) -> u32 {
+        let doubled = asked.saturating_mul(2);
+        self.max_output_tokens.map_or(doubled, |cap| doubled.min(cap)).max(asked)
+    }
+}
+
 /// An OpenAI-compatible chat endpoint, chosen per stage by the adapter's routing.
 #[async_trait]
 pub trait Llm: Send + Sync {
     async fn chat(&self, stage: Stage, request: ChatRequest) -> Result<ChatReply, PortError>;
     /// Model name used for a stage (recorded in trajectories and run names).
     fn model_for(&self, stage: Stage) -> String;
+    /// The limits of the model a stage is routed to, as far as they are known.
+    fn limits(&self, _stage: Stage) -> ModelLimits {
+        ModelLimits::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, ChatRequest, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
+use crate::ports::{ChatMessage, ChatRequest, Finish, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
 use crate::template::render;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
 use tracing::Instrument;
@@ -126,13 +126,17 @@ impl Run<'_> {
         let began = Instant::now();
         // Prompt tokens of the last call: the next one is at least this long.
         let mut last_input_tokens = 0u64;
+        // The configured window, or the model's when that is smaller.
+        let limits = p.llm.limits(Stage::Rollout);
+        let context_window = limits.context_tokens.map_or(s.context_window, |c| c.min(s.context_window));
+        let max_output = limits.max_output_tokens.unwrap_or(s.max_tokens);
 
         'steps: for step in 1..=s.max_steps {
             if began.elapsed() > s.wall_clock {
                 exit_status = Some("exit_wall_clock".into());
                 break;
             }
-            if last_input_tokens + u64::from(s.max_tokens) > s.context_window {
+            if last_input_tokens + u64::from(s.max_tokens.min(max_output)) > context_window {
                 exit_status = Some("exit_context".into());
                 break;
             }
@@ -142,11 +146,13 @@ impl Run<'_> {
             // Ask for the next command; a malformed answer is re-asked with the error, bounded.
             let mut messages = model_input(&history, s.keep_observations);
             let mut format_errors = 0;
+            let mut max_tokens = s.max_tokens;
+            let mut truncations = 0;
             let (response, thought, action) = loop {
                 let request = ChatRequest {
                     unit: self.unit.id.clone(),
                     messages: messages.clone(),
-                    max_tokens: s.max_tokens,
+                    max_tokens,
                     temperature: s.temperature,
                     response: ResponseFormat::Text,
                     seed: Some(seed.wrapping_add(u64::from(step))),
@@ -167,7 +173,33 @@ impl Run<'_> {
                     exit_status = Some("exit_cost".into());
                     break 'steps;
                 }
-                match agent::parse_action(&reply.content) {
+                // A refusal or a filtered answer ends the run; nothing is left to re-ask.
+                match crate::llm::unusable(&reply) {
+                    Some(no) if no.reason == "llm_refused" => {
+                        exit_status = Some("exit_refused".into());
+                        tracing::info!(unit = %self.unit.id, step, detail = %no.detail, "the agent model refused");
+                        break 'steps;
+                    }
+                    Some(no) if no.reason == "llm_content_filter" => {
+                        exit_status = Some("exit_content_filter".into());
+                        tracing::info!(unit = %self.unit.id, step, detail = %no.detail, "the agent's answer was filtered");
+                        break 'steps;
+                    }
+                    _ => {}
+                }
+                let parsed = agent::parse_action(&reply.content);
+                if parsed.is_err() && reply.finish == Finish::Length {
+                    // Cut off before its command was complete: once more, larger if the cap
+                    // allows, without the cut-off text.
+                    truncations += 1;
+                    if truncations > crate::llm::TRUNCATION_REASKS {
+                        exit_status = Some("exit_truncated".into());
+                        break 'steps;
+                    }
+                    max_tokens = limits.larger_answer(max_tokens);
+                    continue;
+                }
+                match parsed {
                     Ok((thought, action)) => break (reply.content, thought, action),
                     Err(problem) => {
                         format_errors += 1;
@@ -182,7 +214,7 @@ impl Run<'_> {
             };
             let started = Instant::now();
             step_span.record("command", action.split_whitespace().next().unwrap_or(""));
-            let (observation, done) = async { Ok::<_, PortError>(match agent::special_command(&action) {
+            let (observation, done, ended) = async { Ok::<_, PortError>(match agent::special_command(&action) {
                 Some("submit") => {
                     let (status, obs) = match self.evaluate().await? {
                         Evaluation::Scored(scores) => {
@@ -194,10 +226,14 @@ impl Run<'_> {
                         Evaluation::FormatError(e) => ("evaluation_format_error (submit)".into(), e),
                     };
                     exit_status = Some(status);
-                    (obs, true)
+                    // submit and validate are gymforge's own and always answer with text.
+                    (obs, true, CommandEnd::Exited(0))
                 }
-                Some(_) => (self.validate_observation().await?, false),
-                None => (self.command(&action, s.short_timeout, training_timeout).await?, false),
+                Some(_) => (self.validate_observation().await?, false, CommandEnd::Exited(0)),
+                None => {
+                    let (obs, ended) = self.command(&action, s.short_timeout, training_timeout).await?;
+                    (obs, false, ended)
+                }
             }) }
             .instrument(step_span)
             .await?;
@@ -206,7 +242,7 @@ impl Run<'_> {
                 observation.clone()
             } else {
                 let body = if observation.trim().is_empty() {
-                    "Your command ran successfully and did not produce any output.".to_string()
+                    ended.silent_observation()
                 } else {
                     observation.clone()
                 };
@@ -262,12 +298,12 @@ impl Run<'_> {
         })
     }
 
-    /// Runs one agent command in the rollout's shell and returns the observation; then reads
-    /// the open file and directory for the footer.
-    async fn command(&mut self, action: &str, short: Duration, training: Duration) -> Result<String, PortError> {
+    /// Runs one agent command in the rollout's shell and returns the observation and how the
+    /// command ended; then reads the open file and directory for the footer.
+    async fn command(&mut self, action: &str, short: Duration, training: Duration) -> Result<(String, CommandEnd), PortError> {
         let command = match agent::shell_command(action) {
             Ok(c) => c,
-            Err(malformed) => return Ok(malformed),
+            Err(malformed) => return Ok((malformed, CommandEnd::Exited(0))),
         };
         let timeout = agent::command_timeout(action, short, training);
         let out = self.in_shell(&command, timeout).await?;
@@ -281,7 +317,7 @@ impl Run<'_> {
             self.open_file = file.to_string();
             self.cwd = dir.to_string();
         }
-        Ok(text)
+        Ok((text, CommandEnd::of(&out)))
     }
 
     /// Runs a command in the agent's shell, starting the shell when there is none alive.
@@ -356,6 +392,69 @@ impl ModelStats {
     }
 }
 
+/// How an agent's command ended, which an empty output must not hide: the model is told
+/// whether a command that printed nothing succeeded, failed, was killed or timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommandEnd {
+    /// The shell's exit status (`$?`).
+    Exited(i32),
+    /// The process reading the command was killed (the shell itself died).
+    Signalled(i32),
+    TimedOut,
+    /// Neither a status nor a signal was reported.
+    NoStatus,
+}
+
+impl CommandEnd {
+    fn of(out: &JobOutput) -> CommandEnd {
+        match (out.timed_out, out.exit_code, out.signal) {
+            (true, _, _) => CommandEnd::TimedOut,
+            (false, Some(code), _) => CommandEnd::Exited(code),
+            (false, None, Some(signal)) => CommandEnd::Signalled(signal),
+            (false, None, None) => CommandEnd::NoStatus,
+        }
+    }
+
+    /// The observation of a command that printed nothing.
+    fn silent_observation(self) -> String {
+        let how = match self {
+            CommandEnd::Exited(0) => "ran successfully".to_string(),
+            // A shell reports a command killed by signal N as status 128 + N.
+            CommandEnd::Exited(code @ 129..=192) => format!("was killed by {}", signal(code - 128, Some(code))),
+            CommandEnd::Exited(code) => format!("exited with status {code}"),
+            CommandEnd::Signalled(n) => format!("was killed by {}", signal(n, None)),
+            CommandEnd::TimedOut => "timed out".to_string(),
+            CommandEnd::NoStatus => "ended without an exit status".to_string(),
+        };
+        format!("Your command {how} and did not produce any output.")
+    }
+}
+
+/// `signal 9 (SIGKILL, exit status 137)`: names the signals a sandboxed command commonly dies
+/// of (Linux numbers) and the status the shell gave, if any.
+fn signal(n: i32, status: Option<i32>) -> String {
+    let name = match n {
+        1 => Some("SIGHUP"),
+        2 => Some("SIGINT"),
+        3 => Some("SIGQUIT"),
+        4 => Some("SIGILL"),
+        6 => Some("SIGABRT"),
+        7 => Some("SIGBUS"),
+        8 => Some("SIGFPE"),
+        9 => Some("SIGKILL"),
+        11 => Some("SIGSEGV"),
+        13 => Some("SIGPIPE"),
+        14 => Some("SIGALRM"),
+        15 => Some("SIGTERM"),
+        24 => Some("SIGXCPU"),
+        25 => Some("SIGXFSZ"),
+        _ => None,
+    };
+    let status = status.map(|code| format!("exit status {code}"));
+    let notes: Vec<String> = name.map(str::to_string).into_iter().chain(status).collect();
+    if notes.is_empty() { format!("signal {n}") } else { format!("signal {n} ({})", notes.join(", ")) }
+}
+
 fn not_found_text() -> &'static str {
     "Submission artefact not found. You have to produce a valid submission artefact as described in the task description to validate your results."
 }
@@ -400,6 +499,22 @@ fn io(context: &str, e: std::io::Error) -> PortError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_printed_nothing_is_described_by_how_it_ended() {
+        let exited = |code| JobOutput { exit_code: Some(code), ..JobOutput::default() };
+        let said = |out: &JobOutput| CommandEnd::of(out).silent_observation();
+        assert_eq!(said(&exited(0)), "Your command ran successfully and did not produce any output.");
+        assert_eq!(said(&exited(1)), "Your command exited with status 1 and did not produce any output.");
+        assert_eq!(said(&exited(137)), "Your command was killed by signal 9 (SIGKILL, exit status 137) and did not produce any output.");
+        assert_eq!(said(&exited(168)), "Your command was killed by signal 40 (exit status 168) and did not produce any output.");
+        assert_eq!(said(&exited(200)), "Your command exited with status 200 and did not produce any output.");
+        let killed = JobOutput { signal: Some(9), ..JobOutput::default() };
+        assert_eq!(said(&killed), "Your command was killed by signal 9 (SIGKILL) and did not produce any output.");
+        let late = JobOutput { exit_code: Some(0), timed_out: true, ..JobOutput::default() };
+        assert_eq!(said(&late), "Your command timed out and did not produce any output.");
+        assert_eq!(said(&JobOutput::default()), "Your command ended without an exit status and did not produce any output.");
+    }
 
     #[test]
     fn old_observations_are_elided_and_the_task_and_answers_kept() {

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::llm::{ask_json, unparseable};
+use crate::llm::ask_json;
 use crate::minhash::Signature;
 use crate::model::{Outcome, Stage, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
@@ -54,7 +54,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     ];
     let answer = match ask_json::<IdeaAnswer>(p, &unit.id, Stage::Topic, crate::schemas::topic_idea(), messages, 800).await? {
         Ok(a) => a,
-        Err(e) => return Ok(unparseable(e)),
+        Err(no) => return Ok(no.into()),
     };
     if answer.title.trim().is_empty() || answer.idea.trim().is_empty() {
         return Ok(Outcome::Drop { reason: "llm_unparseable".into(), detail: "empty title or idea".into() });

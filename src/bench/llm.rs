@@ -67,6 +67,8 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
         timeout_secs: 30,
         input_price_per_mtok: 0.15,
         output_price_per_mtok: 0.6,
+        context_tokens: None,
+        max_output_tokens: None,
         structured_output: StructuredOutput::JsonSchema,
     };
     config.llm.endpoints = BTreeMap::from([("bench".to_string(), endpoint.clone())]);

@@ -14,6 +14,8 @@ pub enum Failure {
     Transient { detail: String, wait: Option<Duration> },
     /// Will fail again. `reason` is the drop reason of the unit.
     Permanent { reason: &'static str, detail: String },
+    /// A refusal that named the model's limits: send again once with this `max_tokens`.
+    Refit { max_tokens: u32 },
 }
 
 /// Classifies a non-2xx status with its (already redacted) body.

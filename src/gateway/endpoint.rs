@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use gymforge_actors::Stage;
-use gymforge_actors::ports::{ChatReply, ChatRequest, PortError, ResponseFormat};
+use gymforge_actors::ports::{ChatReply, ChatRequest, Finish, ModelLimits, PortError, ResponseFormat};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -55,6 +55,10 @@ impl Policy {
 #[derive(Default)]
 pub struct Stats {
     pub requests_sent: AtomicU64,
+    /// Requests answered with a chat completion (HTTP 2xx), whatever its content: what the
+    /// endpoint bills. The token and cost counters cover every one of them.
+    pub answered: AtomicU64,
+    /// Answers a stage can use ([`usable`]); the rest of `answered` were billed for nothing.
     pub succeeded: AtomicU64,
     pub rate_limited: AtomicU64,
     pub transient_failures: AtomicU64,
@@ -100,6 +104,10 @@ pub struct Endpoint {
     output_tpm_burst: u32,
     /// Running mean of completion tokens, charged to the output limiter before a request.
     output_estimate: AtomicU64,
+    /// The model's context window and the server's `max_tokens` cap (0: unknown), from the
+    /// configuration, `/models`, or a 400 that named them.
+    context_tokens: AtomicU64,
+    max_output_tokens: AtomicU64,
     pub concurrency: AdaptiveConcurrency,
     pub cooldown: Cooldown,
     pub circuit: Circuit,
@@ -118,11 +126,26 @@ struct CompletionResponse {
 #[derive(Deserialize)]
 struct Choice {
     message: MessageBody,
+    finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct MessageBody {
     content: Option<String>,
+    refusal: Option<String>,
+}
+
+/// `GET /models`, as far as limits go.
+#[derive(Deserialize)]
+struct ModelList {
+    #[serde(default)]
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+    max_model_len: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -132,11 +155,31 @@ struct UsageBody {
 }
 
 /// One request, prepared once and sent as many times as needed.
+#[derive(Clone)]
 pub struct Prepared {
     pub stage: Stage,
     pub unit: String,
     pub body: Value,
     pub prompt_tokens: u64,
+    /// The `max_tokens` the stage asked for, before it was fitted to the model's limits.
+    pub asked_max_tokens: u32,
+}
+
+/// The first number after any of `patterns` in `text` (within a few separator characters;
+/// `4,096` reads as 4096).
+fn number_after(text: &str, patterns: &[&str]) -> Option<u64> {
+    patterns.iter().find_map(|pattern| {
+        let at = text.find(pattern)? + pattern.len();
+        let rest = text[at..].trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '=' | '`' | '\'' | '"'));
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == ',').filter(char::is_ascii_digit).collect();
+        digits.parse().ok().filter(|n| *n > 0)
+    })
+}
+
+/// Tokens kept free beside the prompt estimate when fitting `max_tokens` into the context: the
+/// estimate uses one tokenizer, the server another.
+fn context_margin(prompt_tokens: u64) -> u64 {
+    prompt_tokens / 8 + 16
 }
 
 /// A limiter allowing `per_minute` cells, with a burst of `burst_secs` seconds' worth.
@@ -177,6 +220,8 @@ impl Endpoint {
             structured_output: cfg.structured_output,
             input_price_per_mtok: cfg.input_price_per_mtok,
             output_price_per_mtok: cfg.output_price_per_mtok,
+            context_tokens: AtomicU64::new(cfg.context_tokens.unwrap_or(0)),
+            max_output_tokens: AtomicU64::new(cfg.max_output_tokens.map_or(0, u64::from)),
             concurrency: AdaptiveConcurrency::new(cfg.max_concurrency as usize),
             cooldown: Cooldown::default(),
             circuit: Circuit::new(policy.circuit_failure, policy.circuit_probe, policy.circuit_max_wait),
@@ -209,12 +254,78 @@ impl Endpoint {
         }
     }
 
-    /// The request body, in the OpenAI chat-completions shape.
-    pub fn prepare(&self, stage: Stage, request: &ChatRequest) -> Prepared {
+    /// What is known of the model's limits.
+    pub fn limits(&self) -> ModelLimits {
+        let known = |a: &AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|n| *n > 0);
+        ModelLimits {
+            context_tokens: known(&self.context_tokens),
+            max_output_tokens: known(&self.max_output_tokens).map(|n| n.min(u64::from(u32::MAX)) as u32),
+        }
+    }
+
+    /// The `max_tokens` to send for a prompt of `prompt_tokens`: what was asked, within the
+    /// server's cap and the room the context leaves. `Err` when the prompt alone does not fit.
+    fn fit(&self, asked: u32, prompt_tokens: u64) -> Result<u32, PortError> {
+        let limits = self.limits();
+        let mut max_tokens = limits.max_output_tokens.map_or(asked, |cap| asked.min(cap));
+        if let Some(context) = limits.context_tokens {
+            let room = context.saturating_sub(prompt_tokens + context_margin(prompt_tokens));
+            if room == 0 {
+                return Err(PortError::Refused {
+                    reason: "llm_context_length".into(),
+                    detail: format!(
+                        "endpoint `{}`: the prompt (about {prompt_tokens} tokens) leaves no room for an answer in the model's context of {context} tokens",
+                        self.name
+                    ),
+                });
+            }
+            max_tokens = max_tokens.min(room.min(u64::from(u32::MAX)) as u32);
+        }
+        Ok(max_tokens.max(1))
+    }
+
+    /// Learns the limits a refusal names (vLLM, OpenAI and llama.cpp spell them differently).
+    /// Returns the `max_tokens` that fits now, when the refusal taught something that changes it.
+    fn learn_limits(&self, body: &str, request: &Prepared) -> Option<u32> {
+        let lower = body.to_ascii_lowercase();
+        let sent = request.body["max_tokens"].as_u64().unwrap_or(u64::from(request.asked_max_tokens));
+        let mut learned = false;
+        if let Some(context) = number_after(&lower, &["maximum context length is", "context length of", "context window of", "n_ctx"]) {
+            learned |= self.context_tokens.swap(context, Ordering::Relaxed) != context;
+        }
+        // Only a refusal about the answer's length teaches a cap ("temperature must be at most
+        // 2" does not).
+        let about_answer_length = ["max_tokens", "max_completion_tokens", "max_new_tokens", "completion tokens"].iter().any(|w| lower.contains(w));
+        if about_answer_length
+            && let Some(cap) = number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
+                .filter(|cap| *cap < sent)
+        {
+            learned |= self.max_output_tokens.swap(cap, Ordering::Relaxed) != cap;
+        }
+        if !learned {
+            return None;
+        }
+        // The server's own count of the prompt, when it gives one, beats the estimate.
+        let fitted = match (self.limits().context_tokens, number_after(&lower, &["tokens (", "your request has"])) {
+            (Some(context), Some(counted)) => {
+                let cap = self.limits().max_output_tokens.map_or(request.asked_max_tokens, |cap| cap.min(request.asked_max_tokens));
+                let room = context.saturating_sub(counted + 1);
+                (room > 0).then(|| u64::from(cap).min(room) as u32)
+            }
+            _ => self.fit(request.asked_max_tokens, request.prompt_tokens).ok(),
+        }?;
+        tracing::info!(endpoint = %self.name, limits = ?self.limits(), max_tokens = fitted, "learned the model's limits from a refusal; sending again");
+        (u64::from(fitted) < sent).then_some(fitted)
+    }
+
+    /// The request body, in the OpenAI chat-completions shape, with `max_tokens` fitted to the
+    /// model's known limits.
+    pub fn prepare(&self, stage: Stage, request: &ChatRequest) -> Result<Prepared, PortError> {
+        let prompt_tokens = super::tokens::prompt_tokens(&request.messages);
         let mut body = json!({
             "model": self.model,
             "messages": request.messages,
-            "max_tokens": request.max_tokens,
+            "max_tokens": self.fit(request.max_tokens, prompt_tokens)?,
             "temperature": request.temperature,
         });
         if let Some(seed) = request.seed {
@@ -229,7 +340,7 @@ impl Endpoint {
                 StructuredOutput::None => {}
             }
         }
-        Prepared { stage, unit: request.unit.clone(), body, prompt_tokens: super::tokens::prompt_tokens(&request.messages) }
+        Ok(Prepared { stage, unit: request.unit.clone(), body, prompt_tokens, asked_max_tokens: request.max_tokens })
     }
 
     /// Checks that the endpoint answers `GET /models`; used before a run starts.
@@ -257,8 +368,25 @@ impl Endpoint {
                     self.name
                 ),
             },
+            status @ 200..=299 => {
+                self.learn_context(resp.json::<ModelList>().await.ok(), status);
+                Ok(())
+            }
             // Some servers have no /models route; the first chat request will tell.
             _ => Ok(()),
+        }
+    }
+
+    /// Takes the model's context window from `/models` (vLLM's `max_model_len`) unless the
+    /// configuration set it.
+    fn learn_context(&self, models: Option<ModelList>, status: u16) {
+        if self.context_tokens.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let published = models.into_iter().flat_map(|m| m.data).find(|m| m.id == self.model).and_then(|m| m.max_model_len);
+        if let Some(context) = published.filter(|n| *n > 0) {
+            self.context_tokens.store(context, Ordering::Relaxed);
+            tracing::info!(endpoint = %self.name, model = %self.model, context_tokens = context, status, "the server publishes the model's context window");
         }
     }
 
@@ -272,22 +400,32 @@ impl Endpoint {
     /// Sends one request through every gate, retrying what is worth retrying.
     pub async fn call(&self, request: &Prepared) -> Result<ChatReply, PortError> {
         let mut attempt = 0u32;
+        // At most one refit per call: the request with `max_tokens` a refusal taught.
+        let mut refit: Option<Prepared> = None;
         loop {
             attempt += 1;
+            let request = refit.as_ref().unwrap_or(request);
             let admission = self.circuit.admit().await.map_err(|open| {
                 PortError::Transient(format!("LLM endpoint `{}` is down (circuit open: {})", self.name, open.reason))
             })?;
             // However this attempt ends (even cancelled), the probe slot is freed.
             let _probe = (admission == Admission::Probe).then(|| ProbeSlot(&self.circuit));
-            let outcome = self.attempt(request, attempt, &admission).await;
+            let outcome = self.attempt(request, attempt, &admission, refit.is_none()).await;
             let failure = match outcome {
                 Ok(reply) => {
                     self.circuit.on_success();
                     return Ok(reply);
                 }
+                Err(Failure::Refit { max_tokens }) => {
+                    let mut fitted = request.clone();
+                    fitted.body["max_tokens"] = json!(max_tokens);
+                    refit = Some(fitted);
+                    continue;
+                }
                 Err(failure) => failure,
             };
             let (error, delay) = match failure {
+                Failure::Refit { .. } => unreachable!("a refit is sent again above"),
                 Failure::Permanent { reason, mut detail } => {
                     self.stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
                     if reason == "llm_auth"
@@ -342,7 +480,7 @@ impl Endpoint {
     }
 
     /// One pass through the gates and one HTTP exchange.
-    async fn attempt(&self, request: &Prepared, attempt: u32, admission: &Admission) -> Result<ChatReply, Failure> {
+    async fn attempt(&self, request: &Prepared, attempt: u32, admission: &Admission, may_refit: bool) -> Result<ChatReply, Failure> {
         let permit = self.concurrency.acquire().await;
         let input = (request.prompt_tokens.min(u64::from(self.input_tpm_burst)) as u32).max(1);
         let output_estimate = self.output_estimate.load(Ordering::Relaxed).clamp(1, u64::from(self.output_tpm_burst)) as u32;
@@ -398,6 +536,12 @@ impl Endpoint {
         }
         let (status, headers, text) = exchange.map_err(|detail| Failure::Transient { detail, wait: None })?;
         if !(200..300).contains(&status) {
+            if may_refit
+                && matches!(status, 400 | 413 | 422)
+                && let Some(max_tokens) = self.learn_limits(&text, request)
+            {
+                return Err(Failure::Refit { max_tokens });
+            }
             let failure = classify_status(status, &headers, &text);
             if matches!(failure, Failure::RateLimited { .. }) {
                 self.concurrency.on_rate_limited(&permit);
@@ -417,17 +561,18 @@ impl Endpoint {
     pub fn parse(&self, text: &str, prompt_tokens: u64) -> Result<ChatReply, String> {
         let parsed: CompletionResponse =
             serde_json::from_str(text).map_err(|e| format!("LLM response is not a chat completion ({e}): {}", snippet(text)))?;
-        let content = parsed
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .ok_or_else(|| "LLM response has no message content".to_string())?;
+        // A refusal, an empty answer and a filtered one are answers: the stage decides.
+        let choice = parsed.choices.into_iter().next().ok_or_else(|| format!("LLM response has no choices: {}", snippet(text)))?;
+        let content = choice.message.content.unwrap_or_default();
+        let refusal = choice.message.refusal.filter(|r| !r.trim().is_empty());
+        let finish = Finish::from_reason(choice.finish_reason.as_deref());
         let (input_tokens, output_tokens) =
             parsed.usage.map(|u| (u.prompt_tokens, u.completion_tokens)).unwrap_or_else(|| (prompt_tokens, (content.len() as u64).div_ceil(4)));
         Ok(ChatReply {
             model: parsed.model.unwrap_or_else(|| self.model.clone()),
             endpoint: self.name.clone(),
+            refusal,
+            finish,
             cost_usd: (input_tokens as f64 * self.input_price_per_mtok + output_tokens as f64 * self.output_price_per_mtok) / 1e6,
             content,
             input_tokens,
@@ -437,7 +582,10 @@ impl Endpoint {
 
     /// Counts a reply and reconciles the token limiters with its real usage.
     pub fn account(&self, reply: &ChatReply, input_charged: u64, output_charged: u32) {
-        self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        if usable(reply) {
+            self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.input_tokens.fetch_add(reply.input_tokens, Ordering::Relaxed);
         self.stats.output_tokens.fetch_add(reply.output_tokens, Ordering::Relaxed);
         self.stats.cost_nano_usd.fetch_add((reply.cost_usd * 1e9) as u64, Ordering::Relaxed);
@@ -472,6 +620,7 @@ impl Endpoint {
             "model": self.model,
             "base_url": self.base_url,
             "requests_sent": sent,
+            "answered": get(&s.answered),
             "succeeded": get(&s.succeeded),
             "rate_limited": get(&s.rate_limited),
             "transient_failures": get(&s.transient_failures),
@@ -488,6 +637,13 @@ impl Endpoint {
             "mean_latency_ms": if sent > 0 { get(&s.latency_ms_total) as f64 / sent as f64 } else { 0.0 },
         })
     }
+}
+
+/// Whether an answer holds something a stage can use: whole text that is neither a refusal nor
+/// filtered. Any other answer is billed like one (it counts in `answered`, tokens and cost) but
+/// not as a success.
+pub fn usable(reply: &ChatReply) -> bool {
+    gymforge_actors::llm::unusable(reply).is_none() && reply.finish != Finish::Length
 }
 
 /// Takes `n` cells (at most the burst) from a limiter, sleeping on tokio's timer until they
@@ -523,6 +679,56 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(content: &str) -> ChatReply {
+        ChatReply { content: content.into(), model: "m".into(), endpoint: "e".into(), input_tokens: 10, output_tokens: 3, cost_usd: 0.5, ..ChatReply::default() }
+    }
+
+    #[test]
+    fn an_empty_answer_is_answered_and_billed_but_not_a_success() {
+        let config = crate::config::Config::embedded();
+        let cfg = &config.llm.endpoints["sim"];
+        let endpoint = Endpoint::new("e", cfg, "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None).unwrap();
+        let refused = ChatReply { refusal: Some("no".into()), ..reply("") };
+        let cut = ChatReply { finish: Finish::Length, ..reply("{\"a\": ") };
+        for r in [reply("a command"), reply(""), reply(" \n"), refused, cut] {
+            endpoint.account(&r, 10, 3);
+        }
+        let s = endpoint.snapshot();
+        assert_eq!((s["answered"].as_u64(), s["succeeded"].as_u64()), (Some(5), Some(1)), "{s}");
+        assert_eq!((s["input_tokens"].as_u64(), s["output_tokens"].as_u64()), (Some(50), Some(15)), "{s}");
+        assert!((s["cost_usd"].as_f64().unwrap() - 2.5).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn only_a_refusal_about_the_answer_s_length_teaches_a_cap() {
+        let config = crate::config::Config::embedded();
+        let endpoint = Endpoint::new("e", &config.llm.endpoints["sim"], "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None).unwrap();
+        let request = ChatRequest {
+            unit: "t1".into(),
+            messages: vec![gymforge_actors::ports::ChatMessage::new("user", "hi")],
+            max_tokens: 500,
+            temperature: 0.0,
+            response: ResponseFormat::Text,
+            seed: None,
+        };
+        let prepared = endpoint.prepare(Stage::Topic, &request).unwrap();
+        assert_eq!(endpoint.learn_limits("temperature must be at most 2", &prepared), None);
+        assert_eq!(endpoint.limits(), ModelLimits::default());
+        assert_eq!(endpoint.learn_limits("max_tokens must be at most 256", &prepared), Some(256));
+        assert_eq!(endpoint.limits().max_output_tokens, Some(256));
+    }
+
+    #[test]
+    fn limits_are_read_from_every_server_s_wording() {
+        let vllm = "this model's maximum context length is 4,096 tokens. however, you requested 5000 tokens (1000 in the messages, 4000 in the completion).";
+        assert_eq!(number_after(vllm, &["maximum context length is"]), Some(4096));
+        assert_eq!(number_after(vllm, &["tokens (", "your request has"]), Some(1000));
+        let openai = "max_tokens is too large: 5000. this model supports at most 4096 completion tokens, whereas you provided 5000.";
+        assert_eq!(number_after(openai, &["supports at most", "at most"]), Some(4096));
+        assert_eq!(number_after("n_ctx: 2048", &["n_ctx"]), Some(2048));
+        assert_eq!(number_after("no numbers here", &["at most"]), None);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use gymforge_actors::Stage;
-use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, PortError};
+use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, ModelLimits, PortError};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -133,7 +133,7 @@ impl Gateway {
     pub fn log_summary(&self) {
         for (name, e) in &self.endpoints {
             let s = e.snapshot();
-            tracing::info!(endpoint = %name, requests = %s["requests_sent"], succeeded = %s["succeeded"], rate_limited = %s["rate_limited"],
+            tracing::info!(endpoint = %name, requests = %s["requests_sent"], answered = %s["answered"], succeeded = %s["succeeded"], rate_limited = %s["rate_limited"],
                 retries = %s["retries"], input_tokens = %s["input_tokens"], output_tokens = %s["output_tokens"], cost_usd = %s["cost_usd"],
                 "LLM endpoint usage");
         }
@@ -169,11 +169,15 @@ impl Llm for Gateway {
     fn model_for(&self, stage: Stage) -> String {
         self.routes.get(&stage).map(|e| e.model.clone()).unwrap_or_default()
     }
+
+    fn limits(&self, stage: Stage) -> ModelLimits {
+        self.routes.get(&stage).map(|e| e.limits()).unwrap_or_default()
+    }
 }
 
 impl Gateway {
     async fn chat_on(&self, endpoint: &Endpoint, stage: Stage, request: &ChatRequest) -> Result<ChatReply, PortError> {
-        let prepared = endpoint.prepare(stage, request);
+        let prepared = endpoint.prepare(stage, request)?;
         let reply = match &self.replay {
             Some(replay) => match replay.answer(&endpoint.name, stage, &request.unit, &prepared.body) {
                 Replayed::Body(text) => {

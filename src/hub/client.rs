@@ -308,6 +308,33 @@ impl HubClient {
         }
     }
 
+    /// Resolves the pinned `rev` of `id`; it must be the `current` revision, the only one the
+    /// dataset viewer has data for.
+    async fn check_pin(&self, id: &str, rev: &str, current: &str) -> Result<(), Fail> {
+        if rev.is_empty() || rev.contains(['/', '?', '#']) {
+            return Err(reject("revision_not_found", format!("`{rev}` is not a revision of {id}")));
+        }
+        let url = format!("{}/api/datasets/{id}/revision/{rev}", self.api_base);
+        let pinned: ApiDataset = match self.get_json(Service::Api, &url, &[], "Hub API").await {
+            Ok(api) => api,
+            Err(Fail::Reject { reason: "not_found", detail }) => {
+                return Err(reject("revision_not_found", format!("{id} has no revision `{rev}` ({detail})")));
+            }
+            Err(other) => return Err(other),
+        };
+        match pinned.sha.filter(|s| !s.is_empty()) {
+            Some(sha) if sha == current => Ok(()),
+            Some(sha) => Err(reject(
+                "revision_not_current",
+                format!(
+                    "{id}@{rev} is revision {sha}, but the dataset viewer serves only the current revision {current}; \
+                     propose {id} without a revision"
+                ),
+            )),
+            None => Err(reject("revision_not_found", format!("the Hub gave no commit for {id}@{rev}"))),
+        }
+    }
+
     async fn viewer<T: DeserializeOwned>(
         &self,
         endpoint: &str,
@@ -318,7 +345,13 @@ impl HubClient {
             .await
     }
 
-    async fn verify_inner(&self, requested: &str) -> Result<DatasetMeta, Fail> {
+    /// Verifies `owner/name`, or `owner/name@revision` pinned to that revision. The dataset
+    /// viewer serves only the current revision, so a pin to an older one is refused.
+    async fn verify_inner(&self, dataset_ref: &str) -> Result<DatasetMeta, Fail> {
+        let (requested, pinned) = match dataset_ref.split_once('@') {
+            Some((id, rev)) => (id, Some(rev)),
+            None => (dataset_ref, None),
+        };
         if !valid_dataset_id(requested) {
             return Err(reject(
                 "invalid_id",
@@ -359,6 +392,9 @@ impl HubClient {
             .sha
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "main".to_string());
+        if let Some(rev) = pinned.filter(|rev| *rev != "main" && *rev != revision) {
+            self.check_pin(&id, rev, &revision).await?;
+        }
 
         let valid: IsValid = self.viewer("is-valid", &[("dataset", &id)]).await?;
         if !(valid.preview.unwrap_or(false) || valid.viewer.unwrap_or(false)) {

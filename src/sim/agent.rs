@@ -808,15 +808,8 @@ fn render_malformed(m: &Move, draw: &mut Draw) -> String {
         // No code block at all.
         format!("DISCUSSION\n{}\n\n{}", m.discussion, m.command)
     } else {
-        // Two commands at once.
-        let follow_up = if m.command.starts_with("python") {
-            "validate"
-        } else if m.command.starts_with("cat <<") {
-            "python train.py"
-        } else {
-            "ls -F data"
-        };
-        format!("DISCUSSION\n{}\n\n```\n{}\n```\n\nAfter that I'll run:\n\n```\n{follow_up}\n```", m.discussion, m.command)
+        // The code block never closed.
+        format!("DISCUSSION\n{}\n\n```\n{}\n", m.discussion, m.command)
     }
 }
 

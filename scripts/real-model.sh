@@ -121,7 +121,8 @@ write_config() {
   cat >"$1" <<EOF
 # gymforge driven by SmolLM2-135M-Instruct on the loopback server started by scripts/real-model.sh.
 [run]
-max_topics_per_task = 1
+# At most two topics are tried for the one task.
+max_topics_per_task = 2
 max_attempts = 1
 
 [llm]
@@ -149,6 +150,9 @@ input_price_per_mtok = 0.0
 output_price_per_mtok = 0.0
 # The server ignores response_format.
 structured_output = "none"
+# The context is read from the server's /v1/models (max_model_len). Its cap on max_tokens is
+# learnt from its first 400 naming it: a config file cannot set max_output_tokens yet (the key
+# is refused as unknown, being only a comment in config/default.toml).
 
 [hub]
 # The embedded mirror, whatever HF_ENDPOINT says.
@@ -163,7 +167,6 @@ rollout_workers = 1
 [agent]
 max_steps = 3
 max_tokens = 256
-context_window = $CONTEXT
 wall_clock_secs = 1200
 EOF
 }

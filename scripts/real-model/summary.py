@@ -49,7 +49,18 @@ def usage(report: dict) -> list[str]:
     total = llm.get("total")
     if total:
         lines.append(f"  total    {total['calls']} call(s), {total['input_tokens']} in / {total['output_tokens']} out tokens")
+    for name, g in sorted(llm.get("gateway", {}).get("endpoints", {}).items()):
+        if isinstance(g, dict) and "requests_sent" in g:
+            counters = ", ".join(f"{k} {g[k]}" for k in ("requests_sent", "answered", "succeeded", "permanent_failures", "transient_failures", "retries") if k in g)
+            lines.append(f"  gateway  {name}: {counters}")
     return lines or ["  (no LLM call accounted)"]
+
+
+def services(report: dict) -> list[str]:
+    """How the report labels each stage's LLM: real or simulated."""
+    stages = report.get("services", {}).get("llm", {}).get("stages", {})
+    return [f"  {stage:<8} {s.get('endpoint')} ({s.get('model')}){' [SIMULATED]' if s.get('simulated') else ''}"
+            for stage, s in sorted(stages.items())] or ["  (no per-stage labels)"]
 
 
 def server(log_slice: Path, max_model_len: int, cap: int) -> list[str]:
@@ -82,6 +93,8 @@ def main() -> None:
         print("\n".join(funnel(report)))
         print("trajectories:")
         print("\n".join(trajectories(out)))
+        print("LLM per stage as report.json labels it:")
+        print("\n".join(services(report)))
         print("LLM usage accounted by gymforge (report.json):")
         print("\n".join(usage(report)))
     else:

@@ -302,19 +302,22 @@ impl Endpoint {
         {
             learned |= self.max_output_tokens.swap(cap, Ordering::Relaxed) != cap;
         }
-        if !learned {
+        // The server's own count of the prompt, when it gives one, beats the estimate: it
+        // refits even when the limits were already known (the estimate was short).
+        let counted = number_after(&lower, &["tokens (", "your request has"]);
+        if !learned && counted.is_none() {
             return None;
         }
-        // The server's own count of the prompt, when it gives one, beats the estimate.
-        let fitted = match (self.limits().context_tokens, number_after(&lower, &["tokens (", "your request has"])) {
+        let limits = self.limits();
+        let fitted = match (limits.context_tokens, counted) {
             (Some(context), Some(counted)) => {
-                let cap = self.limits().max_output_tokens.map_or(request.asked_max_tokens, |cap| cap.min(request.asked_max_tokens));
+                let cap = limits.max_output_tokens.map_or(request.asked_max_tokens, |cap| cap.min(request.asked_max_tokens));
                 let room = context.saturating_sub(counted + 1);
                 (room > 0).then(|| u64::from(cap).min(room) as u32)
             }
             _ => self.fit(request.asked_max_tokens, request.prompt_tokens).ok(),
         }?;
-        tracing::info!(endpoint = %self.name, limits = ?self.limits(), max_tokens = fitted, "learned the model's limits from a refusal; sending again");
+        tracing::info!(endpoint = %self.name, ?limits, max_tokens = fitted, "fitted max_tokens to the limits a refusal named; sending again");
         (u64::from(fitted) < sent).then_some(fitted)
     }
 
@@ -709,6 +712,11 @@ mod tests {
         assert_eq!(endpoint.limits(), ModelLimits::default());
         assert_eq!(endpoint.learn_limits("max_tokens must be at most 256", &prepared), Some(256));
         assert_eq!(endpoint.limits().max_output_tokens, Some(256));
+        // Limits already known, but the server counts more prompt than the estimate did: its
+        // count decides the room (500 - 300 - 1).
+        let vllm = "this model's maximum context length is 500 tokens. however, you requested 556 tokens (300 in the messages, 256 in the completion).";
+        assert_eq!(endpoint.learn_limits(vllm, &prepared), Some(199));
+        assert_eq!(endpoint.learn_limits(vllm, &prepared), Some(199), "nothing new learnt, the count still refits");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What an endpoint's answer means: success, a rate limit with the wait it asks for, a failure
 //! worth retrying, or a permanent refusal with a reason code.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 
@@ -49,7 +49,10 @@ pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
             return Some(Duration::from_secs_f64(secs.max(0.0)));
         }
         if let Ok(when) = httpdate::parse_http_date(value) {
-            return Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
+            // Whole seconds on both sides: the date has one-second resolution, and the wait it
+            // asks for is until that second, counted from this one.
+            let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            return Some(Duration::from_secs(secs(when).saturating_sub(secs(SystemTime::now()))));
         }
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"].iter().filter_map(|name| header(name).and_then(go_duration)).max()

@@ -28,10 +28,14 @@ pub fn extract<T: DeserializeOwned>(text: &str, schema: Option<&Value>) -> Resul
     let mut last_error = None;
     for mut value in candidates.into_iter().rev() {
         let mut coerced = Vec::new();
+        // A required key that is absent is for the type to judge (serde knows its defaults);
+        // when the type refuses, the error names the absent keys.
+        let mut missing = Vec::new();
         if let Some(schema) = schema
-            && let Err(problems) = coerce(&mut value, schema, "", &mut coerced)
+            && let Err(problems) = coerce(&mut value, schema, "", &mut coerced, &mut missing)
         {
-            last_error.get_or_insert_with(|| format!("the JSON object does not have the expected shape: {problems}"));
+            missing.push(problems);
+            last_error.get_or_insert_with(|| format!("the JSON object does not have the expected shape: {}", missing.join("; ")));
             continue;
         }
         match serde_json::from_value::<T>(value) {
@@ -42,7 +46,8 @@ pub fn extract<T: DeserializeOwned>(text: &str, schema: Option<&Value>) -> Resul
                 return Ok(parsed);
             }
             Err(e) => {
-                last_error.get_or_insert_with(|| format!("the JSON object does not have the expected shape: {e}"));
+                let why = if missing.is_empty() { e.to_string() } else { missing.join("; ") };
+                last_error.get_or_insert_with(|| format!("the JSON object does not have the expected shape: {why}"));
             }
         }
     }
@@ -204,8 +209,9 @@ fn repair_string(chars: &[char], start: usize, out: &mut String) -> usize {
 }
 
 /// Coerces `value` towards `schema` where the intent is unambiguous, noting each change in
-/// `coerced`. `Err` lists what cannot be made to fit, by field.
-fn coerce(value: &mut Value, schema: &Value, path: &str, coerced: &mut Vec<String>) -> Result<(), String> {
+/// `coerced` and each absent required key in `missing`. `Err` lists what cannot be made to fit,
+/// by field.
+fn coerce(value: &mut Value, schema: &Value, path: &str, coerced: &mut Vec<String>, missing: &mut Vec<String>) -> Result<(), String> {
     let field = if path.is_empty() { "the answer".to_string() } else { format!("`{path}`") };
     let mut note = |what: &str| coerced.push(format!("{field}: {what}"));
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
@@ -234,13 +240,13 @@ fn coerce(value: &mut Value, schema: &Value, path: &str, coerced: &mut Vec<Strin
             let mut problems = Vec::new();
             for required in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
                 if !map.contains_key(required) {
-                    problems.push(format!("`{}` is missing", join(path, required)));
+                    missing.push(format!("`{}` is missing", join(path, required)));
                 }
             }
             if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
                 for (name, property) in properties {
                     if let Some(v) = map.get_mut(name)
-                        && let Err(e) = coerce(v, property, &join(path, name), coerced)
+                        && let Err(e) = coerce(v, property, &join(path, name), coerced, missing)
                     {
                         problems.push(e);
                     }
@@ -260,7 +266,7 @@ fn coerce(value: &mut Value, schema: &Value, path: &str, coerced: &mut Vec<Strin
             let problems: Vec<String> = items
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, item)| coerce(item, item_schema, &format!("{path}[{i}]"), coerced).err())
+                .filter_map(|(i, item)| coerce(item, item_schema, &format!("{path}[{i}]"), coerced, missing).err())
                 .collect();
             if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
         }
@@ -447,6 +453,19 @@ mod tests {
         assert!(e.contains("`direction` must be one of maximize, minimize, got \"up\""), "{e}");
         let e = bundle("{\"name\": \"n\"}").unwrap_err();
         assert!(e.contains("`timeout` is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_required_key_the_type_defaults_may_be_absent() {
+        #[derive(Deserialize)]
+        struct WithDefault {
+            #[serde(default)]
+            title: String,
+            a: u32,
+        }
+        let schema = json!({"type": "object", "properties": {"title": {"type": "string"}, "a": {"type": "integer"}}, "required": ["title", "a"]});
+        let parsed = extract::<WithDefault>("{\"a\": \"3\"}", Some(&schema)).unwrap();
+        assert_eq!((parsed.title.as_str(), parsed.a), ("", 3));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gymforge_actors::model::{
-    AcceptedTask, Direction, RolloutRecord, Scores, Stage, UnitKind, UnitStatus,
+    AcceptedTask, Direction, DropReason, RolloutRecord, Scores, Stage, UnitKind, UnitStatus,
 };
 use gymforge_actors::ports::{FinalInputs, Outputs, PortError, Usage};
 
@@ -268,7 +268,7 @@ fn io_err(context: impl std::fmt::Display, err: io::Error) -> PortError {
     let msg = format!("output: {context}: {err}");
     match err.kind() {
         // Every later task and trajectory would fail to be written the same way.
-        PermissionDenied | ReadOnlyFilesystem => PortError::Refused { reason: "output_unwritable".into(), detail: msg },
+        PermissionDenied | ReadOnlyFilesystem => PortError::Refused { reason: DropReason::OutputUnwritable, detail: msg },
         NotFound | InvalidInput | InvalidData | AlreadyExists | IsADirectory | NotADirectory => PortError::Permanent(msg),
         _ => PortError::Transient(msg),
     }
@@ -893,7 +893,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
                 },
                 UnitStatus::Done => c.passed += 1,
                 UnitStatus::Pending => c.in_progress += 1,
-                UnitStatus::Dropped => c.drop(unit.drop_reason.clone().unwrap_or_else(|| "unknown".into()), unit.drop_detail.as_deref()),
+                UnitStatus::Dropped => c.drop(unit.drop_reason.map_or("unknown", DropReason::as_str).to_string(), unit.drop_detail.as_deref()),
             }
         }
     }
@@ -1255,7 +1255,7 @@ mod tests {
         DatasetMeta, HistoryItem, ModelStats, ParquetFile, TaskBundle, TopicIdea, TopicSample,
         Trajectory, TrajectoryInfo, TrajectoryStep, Unit,
     };
-    use gymforge_actors::ports::{Event, UsageRow};
+    use gymforge_actors::ports::{Event, EventKind, UsageRow};
 
     /// Every field of MLGym's TaskConfig; unknown keys are an error, as in MLGym's loader.
     #[derive(Deserialize, Debug)]
@@ -1736,7 +1736,7 @@ mod tests {
             stage,
             status,
             attempts: 0,
-            drop_reason: reason.map(str::to_string),
+            drop_reason: reason.map(|r| DropReason::parse(r).expect("a known reason")),
             drop_detail: reason.map(|r| format!("what {r} means")),
         }
     }
@@ -1762,15 +1762,15 @@ mod tests {
         let mut inputs = FinalInputs {
             units: vec![
                 unit("t0001", Task, 1, Export, Done, None),
-                unit("t0002", Task, 2, Dataset, Dropped, Some("not_found")),
+                unit("t0002", Task, 2, Dataset, Dropped, Some("no_verified_dataset")),
                 unit("t0003", Task, 3, Debug, Dropped, Some("baseline_failed")),
                 unit("t0004", Task, 4, Codegen, Pending, None),
-                unit("t0005", Task, 5, Dataset, Dropped, Some("not_found")),
+                unit("t0005", Task, 5, Dataset, Dropped, Some("no_verified_dataset")),
                 unit("t0006", Task, 6, Export, Done, None),
                 unit("t0001.r0", R, 0, Rollout, Done, None),
                 unit("t0001.r1", R, 1, Rollout, Done, None),
                 unit("t0001.r2", R, 2, Rollout, Done, None),
-                unit("t0001.r3", R, 3, Rollout, Dropped, Some("llm_error")),
+                unit("t0001.r3", R, 3, Rollout, Dropped, Some("rollout_failed")),
                 unit("t0006.r0", R, 4, Rollout, Done, None),
             ],
             tasks: vec![task, minimize_task],
@@ -1824,19 +1824,19 @@ mod tests {
             ],
             events: vec![
                 Event {
-                    kind: "retry".into(),
+                    kind: EventKind::Retry,
                     unit: "t0002".into(),
                     stage: Dataset,
                     detail: "429".into(),
                 },
                 Event {
-                    kind: "worker_restart".into(),
+                    kind: EventKind::WorkerRestart,
                     unit: "t0003".into(),
                     stage: Debug,
                     detail: "panic".into(),
                 },
                 Event {
-                    kind: "retry".into(),
+                    kind: EventKind::Retry,
                     unit: "t0004".into(),
                     stage: Codegen,
                     detail: "timeout".into(),
@@ -1925,9 +1925,9 @@ mod tests {
         assert_eq!(counts("export"), (2, 2, 0, 0));
         // t0001.r1 finished without a scored submission: it does not pass.
         assert_eq!(counts("rollout"), (5, 3, 2, 0));
-        assert_eq!(stage("dataset")["drop_reasons"], json!({"not_found": 2}));
+        assert_eq!(stage("dataset")["drop_reasons"], json!({"no_verified_dataset": 2}));
         assert_eq!(stage("debug")["drop_reasons"], json!({"baseline_failed": 1}));
-        assert_eq!(stage("rollout")["drop_reasons"], json!({"llm_error": 1, "submission_not_found (submit)": 1}));
+        assert_eq!(stage("rollout")["drop_reasons"], json!({"rollout_failed": 1, "submission_not_found (submit)": 1}));
         assert_eq!(
             stage("rollout")["drop_details"]["submission_not_found (submit)"],
             "the trajectory ended after 1 step without a scored submission"
@@ -1984,7 +1984,7 @@ mod tests {
 
         let table = summary_table(&report);
         assert!(table.contains("dataset"), "{table}");
-        assert!(table.contains("not_found 2"), "{table}");
+        assert!(table.contains("no_verified_dataset 2"), "{table}");
         assert!(table.contains("2 of 6 topics (yield 33.3%)"), "{table}");
         assert!(table.contains("26,560"), "{table}");
         assert!(table.contains("$1.5600"), "{table}");
@@ -2026,9 +2026,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stored_rollout_is_read_with_its_unit_id() {
-        use gymforge_actors::ports::Store;
+    #[tokio::test]
+    async fn a_stored_rollout_is_read_with_its_unit_id() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::SqliteStore::open(&dir.path().join("state.db")).unwrap();
         let mut u = unit("t0001.r1", UnitKind::Rollout, 1, Stage::Rollout, UnitStatus::Pending, None);
@@ -2037,8 +2036,9 @@ mod tests {
         // A record stored before records carried their unit.
         let mut stored = serde_json::to_value(rollout("wineT1", 1, vec![], TURNS)).unwrap();
         stored.as_object_mut().unwrap().remove("unit");
-        store.complete_stage("t0001.r1", Stage::Rollout, &stored, None).unwrap();
-        let inputs = gymforge_actors::export::final_inputs(&store, 0.0).unwrap();
+        let stored = gymforge_actors::StageResult::from_json(Stage::Rollout, stored).unwrap();
+        store.complete_stage("t0001.r1", &stored, None).unwrap();
+        let inputs = gymforge_actors::export::final_inputs(&store, 0.0).await.unwrap();
         assert_eq!(inputs.rollouts.len(), 1);
         assert_eq!(inputs.rollouts[0].unit, "t0001.r1");
     }
@@ -2131,7 +2131,7 @@ mod tests {
         assert_eq!((rollout_stage["entered"].as_u64(), rollout_stage["passed"].as_u64(), rollout_stage["dropped"].as_u64()), (Some(7), Some(3), Some(4)));
         assert_eq!(
             rollout_stage["drop_reasons"],
-            json!({"llm_error": 1, "submission_not_found (submit)": 1, "submission_not_found (exit_format)": 1, "trajectory_unreadable": 1})
+            json!({"rollout_failed": 1, "submission_not_found (submit)": 1, "submission_not_found (exit_format)": 1, "trajectory_unreadable": 1})
         );
         assert_eq!(
             rollout_stage["drop_details"]["submission_not_found (exit_format)"],

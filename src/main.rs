@@ -280,7 +280,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let db = gymforge::run::state_dir(&out).join("state.db");
             anyhow::ensure!(db.is_file(), "{} holds no gymforge run (no {})", out.display(), db.display());
             let store = gymforge::store::SqliteStore::open(&db)?;
-            let inputs = gymforge_actors::export::final_inputs(&store, 0.0).map_err(anyhow::Error::msg)?;
+            let inputs = gymforge_actors::export::final_inputs(&store, 0.0).await.map_err(anyhow::Error::msg)?;
             let simulated = std::fs::read_to_string(out.join("report.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

@@ -372,7 +372,6 @@ pub struct BatchEnd {
 
 /// Counts the batch's units in the store.
 fn tally(store: &SqliteStore, config: &Config) -> anyhow::Result<Tally> {
-    use gymforge_actors::ports::Store;
     let units = store.units().map_err(anyhow::Error::msg)?;
     Ok(Tally::of(&units, config.run.tasks, config.run.rollouts))
 }
@@ -397,7 +396,6 @@ pub async fn run_batch(
         return Ok(BatchEnd { tally: before, already_complete: true });
     }
     let spent_usd: f64 = {
-        use gymforge_actors::ports::Store;
         store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum()
     };
     let run_id = run_id(&store)?;
@@ -412,9 +410,11 @@ pub async fn run_batch(
         store: store.clone(),
         outputs: Arc::new(outputs),
         telemetry: Arc::new(crate::telemetry::units::UnitTraces::new(run_id, store.clone())),
+        logic: Arc::new(gymforge_actors::PipelineStages),
         settings: settings(&config, state.join("work")),
         prompts: prompts(),
         taxonomy: taxonomy(),
+        ideas: Default::default(),
         progress,
     });
     status("running the pipeline");
@@ -468,7 +468,6 @@ impl StateLock {
 /// A directory holding an earlier run resumes it only with the same seed: a different seed
 /// would mix two runs' tasks.
 fn check_resumable(store: &SqliteStore, config: &Config, out: &Path) -> anyhow::Result<()> {
-    use gymforge_actors::ports::Store;
     let seed = config.seed.to_string();
     match store.meta("seed").map_err(anyhow::Error::msg)? {
         Some(previous) if previous != seed => anyhow::bail!(
@@ -483,7 +482,6 @@ fn check_resumable(store: &SqliteStore, config: &Config, out: &Path) -> anyhow::
 
 /// The run's identity, made at its first start and kept across resumes; trace ids derive from it.
 fn run_id(store: &SqliteStore) -> anyhow::Result<String> {
-    use gymforge_actors::ports::Store;
     if let Some(id) = store.meta("run_id").map_err(anyhow::Error::msg)? {
         return Ok(id);
     }

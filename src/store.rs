@@ -14,14 +14,18 @@
 //!
 //! The schema version lives in SQLite's `user_version`; a file written by a newer schema is
 //! refused rather than misread.
+//!
+//! The port's methods are async: each runs its statement on tokio's blocking threads, so the
+//! actors awaiting it never hold up a runtime thread. The same operations are inherent,
+//! synchronous methods for the command line and tests (inherent methods win over the trait's).
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gymforge_actors::model::{Stage, Unit, UnitId, UnitKind, UnitStatus};
-use gymforge_actors::ports::{Event, PortError, Store, Usage, UsageRow};
+use gymforge_actors::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
+use gymforge_actors::ports::{Event, EventKind, PortError, Store, Usage, UsageRow};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 /// Schema version written to `PRAGMA user_version`.
@@ -91,11 +95,12 @@ CREATE TABLE IF NOT EXISTS meta (
 /// Orders units: task units before rollout units, then by creation sequence.
 const UNIT_ORDER: &str = "CASE u.kind WHEN 'task' THEN 0 ELSE 1 END, u.seq, u.id";
 
-/// The SQLite-backed [`Store`].
+/// The SQLite-backed [`Store`]. Clones share one connection.
+#[derive(Clone)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     /// This process's claim token: claims with another token were made by an earlier process.
-    session: String,
+    session: Arc<str>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -153,7 +158,7 @@ impl SqliteStore {
         }
         tx.commit()?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        Ok(SqliteStore { conn: Mutex::new(conn), session: format!("{}-{nanos:x}", std::process::id()) })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), session: format!("{}-{nanos:x}", std::process::id()).into() })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -271,22 +276,22 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Unit> {
         stage: parse_stage(4, &stage)?,
         status: parse_status(5, &status)?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        drop_reason: row.get(7)?,
+        drop_reason: row.get::<_, Option<String>>(7)?.map(|r| DropReason::parse(&r).ok_or_else(|| bad_column(7, "drop reason", &r))).transpose()?,
         drop_detail: row.get(8)?,
     })
 }
 
-fn parse_payload(unit: &str, stage: Stage, text: &str) -> Result<serde_json::Value, PortError> {
-    serde_json::from_str(text).map_err(|e| {
-        PortError::Permanent(format!("store: stored {stage} result of {unit} is not JSON: {e}"))
+fn parse_payload(unit: &str, stage: Stage, text: &str) -> Result<StageResult, PortError> {
+    serde_json::from_str(text).and_then(|value| StageResult::from_json(stage, value)).map_err(|e| {
+        PortError::Permanent(format!("store: the stored {stage} result of {unit} is unreadable: {e}"))
     })
 }
 
 // ---------------------------------------------------------------------------------------------
-// The port
+// The operations
 
-impl Store for SqliteStore {
-    fn units(&self) -> Result<Vec<Unit>, PortError> {
+impl SqliteStore {
+    pub fn units(&self) -> Result<Vec<Unit>, PortError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(&format!(
@@ -301,7 +306,7 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    fn insert_unit(&self, unit: &Unit) -> Result<(), PortError> {
+    pub fn insert_unit(&self, unit: &Unit) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute(
             &format!(
@@ -318,14 +323,14 @@ impl Store for SqliteStore {
                 unit.stage.as_str(),
                 status_str(unit.status),
                 unit.attempts,
-                unit.drop_reason,
+                unit.drop_reason.map(DropReason::as_str),
             ],
         )
         .map_err(|e| db_err(&format!("inserting unit {}", unit.id), e))?;
         Ok(())
     }
 
-    fn result(&self, unit: &str, stage: Stage) -> Result<Option<serde_json::Value>, PortError> {
+    pub fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError> {
         let conn = self.lock();
         let text: Option<String> = conn
             .query_row(
@@ -338,7 +343,7 @@ impl Store for SqliteStore {
         text.map(|t| parse_payload(unit, stage, &t)).transpose()
     }
 
-    fn results(&self, stage: Stage) -> Result<Vec<(UnitId, serde_json::Value)>, PortError> {
+    pub fn results(&self, stage: Stage) -> Result<Vec<(UnitId, StageResult)>, PortError> {
         let rows: Vec<(String, String)> = {
             let conn = self.lock();
             let mut stmt = conn
@@ -360,17 +365,10 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn complete_stage(
-        &self,
-        unit: &str,
-        stage: Stage,
-        result: &serde_json::Value,
-        next: Option<Stage>,
-    ) -> Result<(), PortError> {
+    pub fn complete_stage(&self, unit: &str, result: &StageResult, next: Option<Stage>) -> Result<(), PortError> {
+        let stage = result.stage();
         let context = format!("completing {stage} of {unit}");
-        let payload = serde_json::to_string(result).map_err(|e| {
-            PortError::Permanent(format!("store: {context}: result is not serialisable: {e}"))
-        })?;
+        let payload = result.to_json().to_string();
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -421,7 +419,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| db_err(&context, e))
     }
 
-    fn drop_unit(&self, unit: &str, reason: &str, detail: &str) -> Result<(), PortError> {
+    pub fn drop_unit(&self, unit: &str, reason: DropReason, detail: &str) -> Result<(), PortError> {
         let context = format!("dropping {unit}");
         let mut conn = self.lock();
         let tx = conn
@@ -438,7 +436,7 @@ impl Store for SqliteStore {
             // Finished work is never thrown away: a late drop (say, after a worker crashed
             // between committing its result and reporting it) leaves the unit done.
             Some("done") => {
-                tracing::warn!(unit, reason, "not dropping a unit that already finished");
+                tracing::warn!(unit, %reason, "not dropping a unit that already finished");
                 return Ok(());
             }
             _ => {}
@@ -448,13 +446,13 @@ impl Store for SqliteStore {
                 "UPDATE units SET status = 'dropped', drop_reason = ?2, drop_detail = ?3, \
                  claim = NULL, updated_at = {NOW} WHERE id = ?1"
             ),
-            params![unit, reason, detail],
+            params![unit, reason.as_str(), detail],
         )
         .map_err(|e| db_err(&context, e))?;
         tx.commit().map_err(|e| db_err(&context, e))
     }
 
-    fn record_attempt(&self, unit: &str) -> Result<u32, PortError> {
+    pub fn record_attempt(&self, unit: &str) -> Result<u32, PortError> {
         let context = format!("counting an attempt of {unit}");
         let conn = self.lock();
         let attempts: Option<i64> = conn
@@ -474,7 +472,7 @@ impl Store for SqliteStore {
         }
     }
 
-    fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError> {
+    pub fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError> {
         let context = format!("claiming {unit} at {stage}");
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&context, e))?;
@@ -484,13 +482,13 @@ impl Store for SqliteStore {
                     "UPDATE units SET claim = ?3, updated_at = {NOW} WHERE id = ?1 AND stage = ?2 \
                      AND status = 'pending' AND (claim IS NULL OR claim != ?3)"
                 ),
-                params![unit, stage.as_str(), self.session],
+                params![unit, stage.as_str(), &*self.session],
             )
             .map_err(|e| db_err(&context, e))?;
         if claimed == 1 {
             tx.execute(
                 &format!("INSERT INTO claims (unit, stage, session, at) VALUES (?1, ?2, ?3, {NOW})"),
-                params![unit, stage.as_str(), self.session],
+                params![unit, stage.as_str(), &*self.session],
             )
             .map_err(|e| db_err(&context, e))?;
         }
@@ -498,13 +496,13 @@ impl Store for SqliteStore {
         Ok(claimed == 1)
     }
 
-    fn release(&self, unit: &str) -> Result<(), PortError> {
+    pub fn release(&self, unit: &str) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute("UPDATE units SET claim = NULL WHERE id = ?1", params![unit]).map_err(|e| db_err(&format!("releasing {unit}"), e))?;
         Ok(())
     }
 
-    fn add_usage(
+    pub fn add_usage(
         &self,
         unit: &str,
         stage: Stage,
@@ -531,7 +529,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn usage(&self) -> Result<Vec<UsageRow>, PortError> {
+    pub fn usage(&self) -> Result<Vec<UsageRow>, PortError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
@@ -563,28 +561,29 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    fn add_event(&self, event: &Event) -> Result<(), PortError> {
+    pub fn add_event(&self, event: &Event) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute(
             &format!(
                 "INSERT INTO events (kind, unit, stage, detail, at) VALUES (?1, ?2, ?3, ?4, {NOW})"
             ),
-            params![event.kind, event.unit, event.stage.as_str(), event.detail],
+            params![event.kind.as_str(), event.unit, event.stage.as_str(), event.detail],
         )
         .map_err(|e| db_err(&format!("recording a {} event", event.kind), e))?;
         Ok(())
     }
 
-    fn events(&self) -> Result<Vec<Event>, PortError> {
+    pub fn events(&self) -> Result<Vec<Event>, PortError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached("SELECT kind, unit, stage, detail FROM events ORDER BY id")
             .map_err(|e| db_err("listing events", e))?;
         let rows = stmt
             .query_map([], |row| {
+                let kind: String = row.get(0)?;
                 let stage: String = row.get(2)?;
                 Ok(Event {
-                    kind: row.get(0)?,
+                    kind: EventKind::parse(&kind).ok_or_else(|| bad_column(0, "event kind", &kind))?,
                     unit: row.get(1)?,
                     stage: parse_stage(2, &stage)?,
                     detail: row.get(3)?,
@@ -595,14 +594,14 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    fn meta(&self, key: &str) -> Result<Option<String>, PortError> {
+    pub fn meta(&self, key: &str) -> Result<Option<String>, PortError> {
         let conn = self.lock();
         conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |row| row.get(0))
             .optional()
             .map_err(|e| db_err(&format!("reading meta {key}"), e))
     }
 
-    fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError> {
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) \
@@ -611,6 +610,93 @@ impl Store for SqliteStore {
         )
         .map_err(|e| db_err(&format!("writing meta {key}"), e))?;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The port
+
+impl SqliteStore {
+    /// Runs one operation on a blocking thread.
+    async fn blocking<T: Send + 'static>(&self, op: impl FnOnce(&SqliteStore) -> Result<T, PortError> + Send + 'static) -> Result<T, PortError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || op(&store))
+            .await
+            .map_err(|e| PortError::Permanent(format!("store: the operation stopped: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn units(&self) -> Result<Vec<Unit>, PortError> {
+        self.blocking(|s| s.units()).await
+    }
+
+    async fn insert_unit(&self, unit: &Unit) -> Result<(), PortError> {
+        let unit = unit.clone();
+        self.blocking(move |s| s.insert_unit(&unit)).await
+    }
+
+    async fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError> {
+        let unit = unit.to_string();
+        self.blocking(move |s| s.result(&unit, stage)).await
+    }
+
+    async fn results(&self, stage: Stage) -> Result<Vec<(UnitId, StageResult)>, PortError> {
+        self.blocking(move |s| s.results(stage)).await
+    }
+
+    async fn complete_stage(&self, unit: &str, result: &StageResult, next: Option<Stage>) -> Result<(), PortError> {
+        let (unit, result) = (unit.to_string(), result.clone());
+        self.blocking(move |s| s.complete_stage(&unit, &result, next)).await
+    }
+
+    async fn drop_unit(&self, unit: &str, reason: DropReason, detail: &str) -> Result<(), PortError> {
+        let (unit, detail) = (unit.to_string(), detail.to_string());
+        self.blocking(move |s| s.drop_unit(&unit, reason, &detail)).await
+    }
+
+    async fn record_attempt(&self, unit: &str) -> Result<u32, PortError> {
+        let unit = unit.to_string();
+        self.blocking(move |s| s.record_attempt(&unit)).await
+    }
+
+    async fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError> {
+        let unit = unit.to_string();
+        self.blocking(move |s| s.claim(&unit, stage)).await
+    }
+
+    async fn release(&self, unit: &str) -> Result<(), PortError> {
+        let unit = unit.to_string();
+        self.blocking(move |s| s.release(&unit)).await
+    }
+
+    async fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError> {
+        let (unit, endpoint, model, usage) = (unit.to_string(), endpoint.to_string(), model.to_string(), usage.clone());
+        self.blocking(move |s| s.add_usage(&unit, stage, &endpoint, &model, &usage)).await
+    }
+
+    async fn usage(&self) -> Result<Vec<UsageRow>, PortError> {
+        self.blocking(|s| s.usage()).await
+    }
+
+    async fn add_event(&self, event: &Event) -> Result<(), PortError> {
+        let event = event.clone();
+        self.blocking(move |s| s.add_event(&event)).await
+    }
+
+    async fn events(&self) -> Result<Vec<Event>, PortError> {
+        self.blocking(|s| s.events()).await
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, PortError> {
+        let key = key.to_string();
+        self.blocking(move |s| s.meta(&key)).await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.blocking(move |s| s.set_meta(&key, &value)).await
     }
 }
 
@@ -646,6 +732,47 @@ mod tests {
             attempts: 0,
             drop_reason: None,
             drop_detail: None,
+        }
+    }
+
+    /// A result of `stage` that carries `tag` (the tests need only tell results apart).
+    fn res(stage: Stage, tag: serde_json::Value) -> StageResult {
+        use gymforge_actors::model::{DatasetChoice, DatasetMeta, Direction, ExportedTask, TaskBundle, TopicIdea, TopicSample};
+        let tag = tag.to_string();
+        match stage {
+            Stage::Topic => {
+                let sample = TopicSample { domain: "d".into(), task_type: "t".into(), modality: "m".into(), twist: "w".into() };
+                TopicIdea { sample, title: tag, idea: "an idea".into() }.into()
+            }
+            Stage::Dataset => {
+                let meta = DatasetMeta {
+                    id: tag,
+                    revision: "0".repeat(40),
+                    config: "default".into(),
+                    splits: vec!["train".into()],
+                    features: vec![],
+                    num_rows: Default::default(),
+                    num_bytes_parquet: 0,
+                    description: String::new(),
+                    parquet_files: vec![],
+                };
+                DatasetChoice { meta, rejected: vec![], staged: vec![] }.into()
+            }
+            Stage::Codegen => TaskBundle {
+                name: "t".into(),
+                title: tag,
+                description: String::new(),
+                dataset_description: String::new(),
+                priority_metric: "accuracy".into(),
+                direction: Direction::Maximize,
+                metrics: vec!["accuracy".into()],
+                target_column: "y".into(),
+                training_timeout: 60,
+                files: Default::default(),
+            }
+            .into(),
+            Stage::Export => ExportedTask { task_id: tag }.into(),
+            Stage::Debug | Stage::Rollout => unreachable!("not needed here"),
         }
     }
 
@@ -690,18 +817,18 @@ mod tests {
         }
         assert_eq!(store.result("t0001", Stage::Topic).unwrap(), None);
         store
-            .complete_stage("t0002", Stage::Topic, &json!({"title": "b"}), Some(Stage::Dataset))
+            .complete_stage("t0002", &res(Stage::Topic, json!({"title": "b"})), Some(Stage::Dataset))
             .unwrap();
         store
-            .complete_stage("t0001", Stage::Topic, &json!({"title": "a"}), Some(Stage::Dataset))
+            .complete_stage("t0001", &res(Stage::Topic, json!({"title": "a"})), Some(Stage::Dataset))
             .unwrap();
-        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(json!({"title": "a"})));
+        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!({"title": "a"}))));
         let results = store.results(Stage::Topic).unwrap();
         assert_eq!(
             results,
             vec![
-                ("t0001".to_string(), json!({"title": "a"})),
-                ("t0002".to_string(), json!({"title": "b"})),
+                ("t0001".to_string(), res(Stage::Topic, json!({"title": "a"}))),
+                ("t0002".to_string(), res(Stage::Topic, json!({"title": "b"}))),
             ]
         );
         assert!(store.results(Stage::Dataset).unwrap().is_empty());
@@ -715,7 +842,7 @@ mod tests {
         assert_eq!(store.record_attempt("t0001").unwrap(), 2);
         assert_eq!(unit(&store, "t0001").attempts, 2);
 
-        store.complete_stage("t0001", Stage::Topic, &json!(1), Some(Stage::Dataset)).unwrap();
+        store.complete_stage("t0001", &res(Stage::Topic, json!(1)), Some(Stage::Dataset)).unwrap();
         let u = unit(&store, "t0001");
         assert_eq!((u.stage, u.status, u.attempts), (Stage::Dataset, UnitStatus::Pending, 0));
 
@@ -724,7 +851,7 @@ mod tests {
         at_export.stage = Stage::Export;
         store.insert_unit(&at_export).unwrap();
         store.record_attempt("t0002").unwrap();
-        store.complete_stage("t0002", Stage::Export, &json!({}), None).unwrap();
+        store.complete_stage("t0002", &res(Stage::Export, json!({})), None).unwrap();
         let u = unit(&store, "t0002");
         assert_eq!((u.stage, u.status, u.attempts), (Stage::Export, UnitStatus::Done, 0));
     }
@@ -733,61 +860,61 @@ mod tests {
     fn complete_stage_refuses_twice_and_wrong_stage_without_side_effects() {
         let (_dir, store) = fresh();
         store.insert_unit(&task("t0001", 1)).unwrap();
-        store.complete_stage("t0001", Stage::Topic, &json!("first"), Some(Stage::Dataset)).unwrap();
+        store.complete_stage("t0001", &res(Stage::Topic, json!("first")), Some(Stage::Dataset)).unwrap();
         let times = store.stage_result_times().unwrap();
 
         // Same stage again: refused, the first result and the unit's position are untouched.
         let err = store
-            .complete_stage("t0001", Stage::Topic, &json!("second"), Some(Stage::Dataset))
+            .complete_stage("t0001", &res(Stage::Topic, json!("second")), Some(Stage::Dataset))
             .unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
-        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(json!("first")));
+        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!("first"))));
         assert_eq!(store.stage_result_times().unwrap(), times);
 
         // A stage the unit has not reached: refused, nothing stored.
         let err = store
-            .complete_stage("t0001", Stage::Codegen, &json!("x"), Some(Stage::Debug))
+            .complete_stage("t0001", &res(Stage::Codegen, json!("x")), Some(Stage::Debug))
             .unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)));
         assert_eq!(store.result("t0001", Stage::Codegen).unwrap(), None);
         assert_eq!(unit(&store, "t0001").stage, Stage::Dataset);
 
         // Unknown unit.
-        let err = store.complete_stage("nope", Stage::Topic, &json!(1), None).unwrap_err();
+        let err = store.complete_stage("nope", &res(Stage::Topic, json!(1)), None).unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)));
         assert!(store.result("nope", Stage::Topic).unwrap().is_none());
 
         // A done unit cannot be completed again.
-        store.complete_stage("t0001", Stage::Dataset, &json!(2), None).unwrap();
-        let err = store.complete_stage("t0001", Stage::Dataset, &json!(3), None).unwrap_err();
+        store.complete_stage("t0001", &res(Stage::Dataset, json!(2)), None).unwrap();
+        let err = store.complete_stage("t0001", &res(Stage::Dataset, json!(3)), None).unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)));
-        assert_eq!(store.result("t0001", Stage::Dataset).unwrap(), Some(json!(2)));
+        assert_eq!(store.result("t0001", Stage::Dataset).unwrap(), Some(res(Stage::Dataset, json!(2))));
     }
 
     #[test]
     fn dropped_units_keep_their_reason_and_cannot_advance() {
         let (_dir, store) = fresh();
         store.insert_unit(&task("t0001", 1)).unwrap();
-        store.drop_unit("t0001", "not_found", "no dataset fits").unwrap();
+        store.drop_unit("t0001", DropReason::NoVerifiedDataset, "no dataset fits").unwrap();
         let u = unit(&store, "t0001");
         assert_eq!(u.status, UnitStatus::Dropped);
-        assert_eq!(u.drop_reason.as_deref(), Some("not_found"));
+        assert_eq!(u.drop_reason, Some(DropReason::NoVerifiedDataset));
         assert_eq!(u.stage, Stage::Topic);
 
         // A second drop keeps the first verdict.
-        store.drop_unit("t0001", "other", "").unwrap();
-        assert_eq!(unit(&store, "t0001").drop_reason.as_deref(), Some("not_found"));
+        store.drop_unit("t0001", DropReason::Timeout, "").unwrap();
+        assert_eq!(unit(&store, "t0001").drop_reason, Some(DropReason::NoVerifiedDataset));
 
         let err = store
-            .complete_stage("t0001", Stage::Topic, &json!(1), Some(Stage::Dataset))
+            .complete_stage("t0001", &res(Stage::Topic, json!(1)), Some(Stage::Dataset))
             .unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)));
         assert!(store.result("t0001", Stage::Topic).unwrap().is_none());
 
-        assert!(matches!(store.drop_unit("missing", "x", "y"), Err(PortError::Permanent(_))));
+        assert!(matches!(store.drop_unit("missing", DropReason::LlmEmpty, "y"), Err(PortError::Permanent(_))));
         store.insert_unit(&task("t0002", 2)).unwrap();
-        store.complete_stage("t0002", Stage::Topic, &json!(1), None).unwrap();
-        store.drop_unit("t0002", "x", "y").unwrap();
+        store.complete_stage("t0002", &res(Stage::Topic, json!(1)), None).unwrap();
+        store.drop_unit("t0002", DropReason::LlmEmpty, "y").unwrap();
         let u = unit(&store, "t0002");
         assert_eq!((u.status, u.drop_reason), (UnitStatus::Done, None));
     }
@@ -799,7 +926,7 @@ mod tests {
         for n in 1..=3 {
             assert_eq!(store.record_attempt("t0001").unwrap(), n);
         }
-        store.complete_stage("t0001", Stage::Topic, &json!(1), Some(Stage::Dataset)).unwrap();
+        store.complete_stage("t0001", &res(Stage::Topic, json!(1)), Some(Stage::Dataset)).unwrap();
         assert_eq!(store.record_attempt("t0001").unwrap(), 1);
         assert!(matches!(store.record_attempt("missing"), Err(PortError::Permanent(_))));
     }
@@ -837,18 +964,18 @@ mod tests {
         store.set_meta("run_id", "b").unwrap();
         assert_eq!(store.meta("run_id").unwrap().as_deref(), Some("b"));
 
-        let ev = |kind: &str, unit: &str| Event {
-            kind: kind.into(),
+        let ev = |kind: EventKind, unit: &str| Event {
+            kind,
             unit: unit.into(),
             stage: Stage::Debug,
             detail: format!("{kind} of {unit}"),
         };
-        store.add_event(&ev("retry", "t1")).unwrap();
-        store.add_event(&ev("worker_restart", "t2")).unwrap();
-        store.add_event(&ev("retry", "t1")).unwrap();
+        store.add_event(&ev(EventKind::Retry, "t1")).unwrap();
+        store.add_event(&ev(EventKind::WorkerRestart, "t2")).unwrap();
+        store.add_event(&ev(EventKind::Retry, "t1")).unwrap();
         assert_eq!(
             store.events().unwrap(),
-            vec![ev("retry", "t1"), ev("worker_restart", "t2"), ev("retry", "t1")]
+            vec![ev(EventKind::Retry, "t1"), ev(EventKind::WorkerRestart, "t2"), ev(EventKind::Retry, "t1")]
         );
     }
 
@@ -861,9 +988,9 @@ mod tests {
             store.insert_unit(&task("t0001", 1)).unwrap();
             store.insert_unit(&task("t0002", 2)).unwrap();
             store
-                .complete_stage("t0001", Stage::Topic, &json!({"idea": 1}), Some(Stage::Dataset))
+                .complete_stage("t0001", &res(Stage::Topic, json!({"idea": 1})), Some(Stage::Dataset))
                 .unwrap();
-            store.drop_unit("t0002", "duplicate", "near-duplicate idea").unwrap();
+            store.drop_unit("t0002", DropReason::NearDuplicate, "near-duplicate idea").unwrap();
             store.record_attempt("t0001").unwrap();
             store
                 .add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() })
@@ -883,12 +1010,12 @@ mod tests {
         assert_eq!((u1.stage, u1.status, u1.attempts), (Stage::Dataset, UnitStatus::Pending, 1));
         let u2 = unit(&store, "t0002");
         assert_eq!(u2.status, UnitStatus::Dropped);
-        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(json!({"idea": 1})));
+        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!({"idea": 1}))));
         assert_eq!(store.usage().unwrap().len(), 1);
         assert_eq!(store.meta("seed").unwrap().as_deref(), Some("7"));
         assert_eq!(store.stage_result_times().unwrap(), times);
         // The finished stage cannot be redone after the restart either.
-        assert!(store.complete_stage("t0001", Stage::Topic, &json!(2), None).is_err());
+        assert!(store.complete_stage("t0001", &res(Stage::Topic, json!(2)), None).is_err());
     }
 
     /// Commits are on disk when a method returns: a process killed with SIGKILL right after
@@ -901,7 +1028,7 @@ mod tests {
             let store = open(Path::new(&path)).unwrap();
             store.insert_unit(&task("t0001", 1)).unwrap();
             store
-                .complete_stage("t0001", Stage::Topic, &json!({"k": 1}), Some(Stage::Dataset))
+                .complete_stage("t0001", &res(Stage::Topic, json!({"k": 1})), Some(Stage::Dataset))
                 .unwrap();
             store
                 .add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() })
@@ -934,7 +1061,7 @@ mod tests {
         let store = open(&path).unwrap();
         let u = unit(&store, "t0001");
         assert_eq!((u.stage, u.status), (Stage::Dataset, UnitStatus::Pending));
-        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(json!({"k": 1})));
+        assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!({"k": 1}))));
         assert_eq!(store.usage().unwrap().len(), 1);
     }
 
@@ -964,7 +1091,7 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     store
-                        .complete_stage("t0001", Stage::Topic, &json!(i), Some(Stage::Dataset))
+                        .complete_stage("t0001", &res(Stage::Topic, json!(i)), Some(Stage::Dataset))
                         .is_ok()
                 })
             })

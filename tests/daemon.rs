@@ -65,7 +65,6 @@ fn check_prometheus_text(text: &str) -> usize {
 
 fn units_by_status(out: &Path) -> Vec<(String, String)> {
     let store = gymforge::store::SqliteStore::open(&out.join(".gymforge/state.db")).unwrap();
-    use gymforge_actors::ports::Store;
     store.units().unwrap().into_iter().map(|u| (u.id, format!("{:?}", u.status))).collect()
 }
 

@@ -352,7 +352,7 @@ async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_ro
     assert!(restarts > 0, "faults were injected: {report}");
     // Every unit ended, done or dropped with a reason, within its attempts.
     let store = gymforge::store::SqliteStore::open(&results.join(".gymforge/state.db")).unwrap();
-    for unit in gymforge_actors::ports::Store::units(&store).unwrap() {
+    for unit in store.units().unwrap() {
         use gymforge_actors::model::UnitStatus;
         assert_ne!(unit.status, UnitStatus::Pending, "{} never ended", unit.id);
         assert!(unit.status == UnitStatus::Done || unit.drop_reason.is_some(), "{} dropped without a reason", unit.id);

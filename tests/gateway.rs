@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use gymforge::config::{Config, LlmConfig, SimFaults, StructuredOutput};
 use gymforge::gateway::{Gateway, Source};
 use gymforge_actors::Stage;
-use gymforge_actors::ports::{ChatMessage, ChatRequest, Llm, PortError, ResponseFormat};
+use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, PortError, ResponseFormat};
 use serde_json::Value;
 
 const KEY: &str = "sk-test-SECRET-4242";
@@ -285,7 +285,7 @@ async fn permanent_failures_are_classified_not_retried_and_never_show_the_key() 
         let g = live(&base, |c| c.max_retries = 5);
         let err = g.chat(Stage::Topic, request("t1")).await.unwrap_err();
         match &err {
-            PortError::Refused { reason: r, .. } => assert_eq!(r, reason, "{status}"),
+            PortError::Refused { reason: r, .. } => assert_eq!(r.as_str(), reason, "{status}"),
             other => panic!("{status}: {other:?}"),
         }
         assert!(!err.to_string().contains(KEY), "{err}");
@@ -357,7 +357,7 @@ async fn unparseable_json_is_asked_again_with_the_error_then_the_unit_fails() {
 
     let (base, _) = serve(vec![(200, vec![], ok_body("no json")); 5]).await;
     let g = live(&base, |_| {});
-    let outcome = gymforge_actors::llm::ask_json_with::<Value>(&g, Stage::Topic, request("t1"), &|_| Ok(())).await.unwrap();
+    let outcome = gymforge_actors::llm::ask_json_with::<Value>(&g, Stage::Topic, request("t1"), &|_: &ChatReply| Ok(())).await.unwrap();
     assert!(outcome.is_err(), "after the re-asks the unit fails (llm_unparseable)");
     assert_eq!(snapshot(&g)["succeeded"].as_u64(), Some(1 + gymforge_actors::llm::JSON_REASKS as u64));
 }
@@ -374,7 +374,7 @@ struct Idea {
 }
 
 async fn ask_idea(g: &Gateway, max_tokens: u32) -> Result<Idea, gymforge_actors::llm::NoAnswer> {
-    gymforge_actors::llm::ask_json_with::<Idea>(g, Stage::Topic, json_request("t1", max_tokens), &|_| Ok(())).await.unwrap()
+    gymforge_actors::llm::ask_json_with::<Idea>(g, Stage::Topic, json_request("t1", max_tokens), &|_: &ChatReply| Ok(())).await.unwrap()
 }
 
 #[tokio::test]
@@ -388,7 +388,7 @@ async fn a_refusal_an_empty_answer_and_a_filtered_one_are_answers_dropped_at_onc
         let (base, script) = serve(vec![(200, vec![], body)]).await;
         let g = live(&base, |_| {});
         let no = ask_idea(&g, 64).await.unwrap_err();
-        assert_eq!(no.reason, reason);
+        assert_eq!(no.reason.as_str(), reason);
         assert!(no.detail.contains(shown), "{reason}: {}", no.detail);
         assert_eq!(script.lock().unwrap().seen.len(), 1, "{reason}: answered once, never retried");
         let status = snapshot(&g);
@@ -411,7 +411,7 @@ async fn a_cut_off_answer_is_asked_again_once_larger_without_the_cut_text_then_d
     let (base, script) = serve(vec![(200, vec![], cut.clone()), (200, vec![], cut)]).await;
     let g = live(&base, |c| c.endpoints.get_mut("main").unwrap().max_output_tokens = Some(100));
     let no = ask_idea(&g, 100).await.unwrap_err();
-    assert_eq!(no.reason, "llm_truncated");
+    assert_eq!(no.reason.as_str(), "llm_truncated");
     let seen: Vec<Value> = script.lock().unwrap().seen.iter().map(|(_, _, b)| b.clone()).collect();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1]["max_tokens"].as_u64(), Some(100));
@@ -447,7 +447,7 @@ async fn requests_fit_the_published_context_and_a_refusal_naming_the_maximum_is_
     // A prompt that cannot fit is refused without a request.
     let huge = ChatRequest { messages: vec![ChatMessage::new("user", "word ".repeat(2000))], ..request("t3") };
     match g.chat(Stage::Topic, huge).await {
-        Err(PortError::Refused { reason, detail }) => assert!(reason == "llm_context_length" && detail.contains("500 tokens"), "{detail}"),
+        Err(PortError::Refused { reason, detail }) => assert!(reason.as_str() == "llm_context_length" && detail.contains("500 tokens"), "{detail}"),
         other => panic!("expected llm_context_length, got {other:?}"),
     }
     assert_eq!(script.lock().unwrap().seen.len(), 4);
@@ -461,7 +461,7 @@ async fn the_run_budget_stops_calls_once_spent() {
     g.chat(Stage::Topic, request("t1")).await.unwrap();
     g.chat(Stage::Topic, request("t2")).await.unwrap();
     let err = g.chat(Stage::Topic, request("t3")).await.unwrap_err();
-    assert!(matches!(&err, PortError::Refused { reason, .. } if reason == "budget_exhausted"), "{err:?}");
+    assert!(matches!(&err, PortError::Refused { reason, .. } if reason.as_str() == "budget_exhausted"), "{err:?}");
     assert_eq!(script.lock().unwrap().seen.len(), 2, "the refused call never reached the endpoint");
 }
 
@@ -499,7 +499,7 @@ async fn a_recorded_run_replays_without_the_endpoint_and_the_record_holds_no_key
     assert_eq!(replayed, recorded);
     assert_eq!(g.snapshot()["replay"]["mismatches"], 0);
     let err = g.chat(Stage::Codegen, request("u3")).await.unwrap_err();
-    assert!(matches!(&err, PortError::Refused { reason, .. } if reason == "replay_missing"), "{err:?}");
+    assert!(matches!(&err, PortError::Refused { reason, .. } if reason.as_str() == "replay_missing"), "{err:?}");
 }
 
 #[tokio::test]
@@ -587,13 +587,13 @@ async fn an_auth_refusal_says_whether_the_key_variable_is_unset() {
         // The same distinction in a chat call's drop detail.
         match live_without_key(&base).chat(Stage::Topic, request("t1")).await.unwrap_err() {
             PortError::Refused { reason, detail } => {
-                assert_eq!(reason, "llm_auth");
+                assert_eq!(reason.as_str(), "llm_auth");
                 assert!(detail.contains("the variable GYMFORGE_TEST_UNSET_KEY (llm.endpoints.main.api_key_env) is not set"), "{detail}");
             }
             other => panic!("{status}: {other:?}"),
         }
         match live(&base, |_| {}).chat(Stage::Topic, request("t2")).await.unwrap_err() {
-            PortError::Refused { reason, detail } => assert!(reason == "llm_auth" && !detail.contains("not set"), "{detail}"),
+            PortError::Refused { reason, detail } => assert!(reason.as_str() == "llm_auth" && !detail.contains("not set"), "{detail}"),
             other => panic!("{status}: {other:?}"),
         }
     }

@@ -15,7 +15,7 @@ use gymforge::config::{Config, PYTHON_REQUIREMENTS, SimConfig};
 use gymforge::sandbox::{BwrapSandbox, PythonEnv};
 use gymforge::sim::{self, Bug};
 use gymforge_actors::agent::{command_docs, format_error, parse_action};
-use gymforge_actors::model::{AcceptedTask, DatasetMeta, Feature, ParquetFile, TaskBundle, TopicIdea, TopicSample};
+use gymforge_actors::model::{AcceptedTask, DatasetMeta, DropReason, Feature, ParquetFile, TaskBundle, TopicIdea, TopicSample};
 use gymforge_actors::paths::{PreparedTask, WORKSPACE, copy_tree};
 use gymforge_actors::ports::{JobOutput, Sandbox, SandboxJob};
 use gymforge_actors::template::render;
@@ -450,11 +450,11 @@ async fn every_injected_bug_fails_and_its_repair_passes() {
         assert!(passed.is_none(), "{name}: the draft with {bug:?} passed");
         let failure = failure.unwrap();
         let expected_reason = match bug {
-            Bug::MisspelledColumn => "prepare_failed",
-            Bug::MissingNumpyImport => "baseline_failed",
-            Bug::ExtraEvaluateOutput => "eval_format",
-            Bug::TargetInTestFile => "leak",
-            Bug::WrongAnswersPath => "eval_failed",
+            Bug::MisspelledColumn => DropReason::PrepareFailed,
+            Bug::MissingNumpyImport => DropReason::BaselineFailed,
+            Bug::ExtraEvaluateOutput => DropReason::EvalFormat,
+            Bug::TargetInTestFile => DropReason::Leak,
+            Bug::WrongAnswersPath => DropReason::EvalFailed,
         };
         assert_eq!(failure.reason, expected_reason, "{bug:?}: {failure:#?}");
 
@@ -488,7 +488,7 @@ fn unrecognised_failures_are_not_fixed() {
     let bundle = bundle_from(&sim::answer(&sim_cfg(1, 0.0), &codegen).unwrap());
     let failure = Failure {
         step: "baseline".into(),
-        reason: "baseline_not_reproducible".into(),
+        reason: DropReason::BaselineNotReproducible,
         problem: "the baseline scored {'accuracy': 0.9} then {'accuracy': 0.8}: fix every random seed".into(),
         output: String::new(),
     };

@@ -14,7 +14,7 @@ use gymforge::gateway::Source;
 use gymforge::hub::{HubMirror, mirror_client};
 use gymforge::sandbox::{BwrapSandbox, PythonEnv};
 use gymforge::store::SqliteStore;
-use gymforge_actors::model::{Outcome, Stage, TaskBundle, TopicIdea, Unit, UnitKind, UnitStatus};
+use gymforge_actors::model::{Outcome, Stage, StageOutput, StageResult, TaskBundle, TopicIdea, Unit, UnitKind};
 use gymforge_actors::{Pipeline, Progress};
 
 fn loopback() -> SocketAddr {
@@ -37,41 +37,32 @@ async fn pipeline(config: &Config, max_bytes: u64, dir: &Path) -> Pipeline {
         store: store.clone(),
         outputs: Arc::new(OutputDir::new(dir.join("out"))),
         telemetry: Arc::new(gymforge::telemetry::units::UnitTraces::new("stages-test".into(), store)),
+        logic: Arc::new(gymforge_actors::PipelineStages),
         settings: gymforge::run::settings(config, dir.join("work")),
         prompts: gymforge::run::prompts(),
         taxonomy: gymforge::run::taxonomy(),
+        ideas: Default::default(),
         progress: tokio::sync::watch::channel(Progress::default()).0,
     }
 }
 
 /// The same pipeline over a fresh, empty store.
 fn with_store(p: &Pipeline, dir: &Path) -> Pipeline {
-    Pipeline {
-        llm: p.llm.clone(),
-        hub: p.hub.clone(),
-        sandbox: p.sandbox.clone(),
-        store: Arc::new(SqliteStore::open(&dir.join("state.db")).unwrap()),
-        outputs: p.outputs.clone(),
-        telemetry: p.telemetry.clone(),
-        settings: p.settings.clone(),
-        prompts: p.prompts.clone(),
-        taxonomy: p.taxonomy.clone(),
-        progress: p.progress.clone(),
-    }
+    p.with_store(Arc::new(SqliteStore::open(&dir.join("state.db")).unwrap()))
 }
 
 fn task_unit(seq: u64, stage: Stage) -> Unit {
-    Unit { id: format!("t{seq:06}"), kind: UnitKind::Task, seq, parent: None, stage, status: UnitStatus::Pending, attempts: 0, drop_reason: None, drop_detail: None }
+    Unit::pending(format!("t{seq:06}"), UnitKind::Task, seq, None, stage)
 }
 
 /// Stores `idea` as the topic result of an earlier unit.
-fn store_idea(p: &Pipeline, seq: u64, idea: &TopicIdea) {
+async fn store_idea(p: &Pipeline, seq: u64, idea: &TopicIdea) {
     let unit = task_unit(seq, Stage::Topic);
-    p.store.insert_unit(&unit).unwrap();
-    p.store.complete_stage(&unit.id, Stage::Topic, &serde_json::to_value(idea).unwrap(), Some(Stage::Dataset)).unwrap();
+    p.store.insert_unit(&unit).await.unwrap();
+    p.store.complete_stage(&unit.id, &idea.clone().into(), Some(Stage::Dataset)).await.unwrap();
 }
 
-fn advanced(outcome: Outcome) -> serde_json::Value {
+fn advanced(outcome: Outcome) -> StageResult {
     match outcome {
         Outcome::Advance(v) => v,
         other => panic!("expected the unit to advance: {other:?}"),
@@ -80,7 +71,7 @@ fn advanced(outcome: Outcome) -> serde_json::Value {
 
 fn dropped(outcome: Outcome) -> (String, String) {
     match outcome {
-        Outcome::Drop { reason, detail } => (reason, detail),
+        Outcome::Drop { reason, detail } => (reason.to_string(), detail),
         other => panic!("expected the unit to be dropped: {other:?}"),
     }
 }
@@ -98,13 +89,13 @@ async fn repeated_idea_text_is_a_near_duplicate() {
         title: "Soil Moisture Estimation from Satellite Radar".into(),
         idea: idea.into(),
     };
-    store_idea(&p, 0, &earlier("Estimate the moisture of agricultural soil from radar backscatter, scored by RMSE on held-out fields."));
+    store_idea(&p, 0, &earlier("Estimate the moisture of agricultural soil from radar backscatter, scored by RMSE on held-out fields.")).await;
     let unit = task_unit(1, Stage::Topic);
-    let fresh: TopicIdea = serde_json::from_value(advanced(gymforge_actors::topic::run(&p, &unit).await.unwrap())).unwrap();
+    let fresh = TopicIdea::from_result(advanced(gymforge_actors::topic::run(&p, &unit).await.unwrap())).unwrap();
     assert_ne!(fresh.title, earlier("").title);
 
     let q = with_store(&p, &tmp.path().join("b"));
-    store_idea(&q, 0, &earlier(&fresh.idea));
+    store_idea(&q, 0, &earlier(&fresh.idea)).await;
     let (reason, detail) = dropped(gymforge_actors::topic::run(&q, &unit).await.unwrap());
     assert_eq!(reason, "near_duplicate", "{detail}");
     assert!(detail.contains(&fresh.title) && detail.contains("Soil Moisture"), "{detail}");
@@ -119,8 +110,8 @@ async fn no_verified_dataset_after_every_proposal_is_rejected() {
     let p = pipeline(&config, 100, tmp.path()).await;
     let unit = task_unit(0, Stage::Topic);
     let idea = advanced(gymforge_actors::topic::run(&p, &unit).await.unwrap());
-    p.store.insert_unit(&unit).unwrap();
-    p.store.complete_stage(&unit.id, Stage::Topic, &idea, Some(Stage::Dataset)).unwrap();
+    p.store.insert_unit(&unit).await.unwrap();
+    p.store.complete_stage(&unit.id, &idea, Some(Stage::Dataset)).await.unwrap();
     let (reason, detail) = dropped(gymforge_actors::dataset::run(&p, &task_unit(0, Stage::Dataset)).await.unwrap());
     assert_eq!(reason, "no_verified_dataset");
     assert!(detail.contains("(too_large)") && detail.contains("sklearn/"), "{detail}");
@@ -145,7 +136,7 @@ async fn advance(p: &Pipeline, stage: Stage, next: Stage) {
         Stage::Topic => gymforge_actors::topic::run(p, &unit).await,
         _ => gymforge_actors::dataset::run(p, &unit).await,
     };
-    p.store.complete_stage(&unit.id, stage, &advanced(outcome.unwrap()), Some(next)).unwrap();
+    p.store.complete_stage(&unit.id, &advanced(outcome.unwrap()), Some(next)).await.unwrap();
 }
 
 /// A bundle whose baseline only copies the naive sample submission fails a check the teacher
@@ -156,16 +147,16 @@ async fn an_unrepaired_bundle_is_dropped_after_its_debug_rounds() {
     let tmp = tempfile::tempdir().unwrap();
     let config = Config::parse("[pipeline]\ndebug_rounds = 2\n\n[sim]\nbuggy_draft_rate = 0.0\n", Path::new("rounds.toml")).unwrap();
     let p = pipeline(&config, config.hub.max_dataset_bytes, tmp.path()).await;
-    p.store.insert_unit(&task_unit(0, Stage::Topic)).unwrap();
+    p.store.insert_unit(&task_unit(0, Stage::Topic)).await.unwrap();
     advance(&p, Stage::Topic, Stage::Dataset).await;
     advance(&p, Stage::Dataset, Stage::Codegen).await;
     let drafted = gymforge_actors::codegen::run(&p, &task_unit(0, Stage::Codegen)).await.unwrap();
-    let mut bundle: TaskBundle = serde_json::from_value(advanced(drafted)).unwrap();
+    let mut bundle = TaskBundle::from_result(advanced(drafted)).unwrap();
     let baseline = bundle.files.get_mut("baseline.py").unwrap();
     let writes = "submission.to_csv(\"submission.csv\", index=False)";
     assert!(baseline.contains(writes), "{baseline}");
     *baseline = baseline.replace(writes, "__import__(\"shutil\").copy(\"sample_submission.csv\", \"submission.csv\")");
-    p.store.complete_stage("t000000", Stage::Codegen, &serde_json::to_value(&bundle).unwrap(), Some(Stage::Debug)).unwrap();
+    p.store.complete_stage("t000000", &bundle.into(), Some(Stage::Debug)).await.unwrap();
 
     let (reason, detail) = dropped(gymforge_actors::debug::run(&p, &task_unit(0, Stage::Debug)).await.unwrap());
     assert_eq!(reason, "baseline_not_better_than_trivial", "{detail}");

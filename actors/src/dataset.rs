@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::llm::ask_json;
-use crate::model::{DatasetChoice, Outcome, Stage, TopicIdea, Unit};
+use crate::model::{DatasetChoice, DropReason, Outcome, Stage, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, DatasetCheck, PortError};
 use crate::template::render;
@@ -47,7 +47,7 @@ struct Proposals {
 }
 
 pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
-    let idea: TopicIdea = crate::worker::stored(p, &unit.id, Stage::Topic)?;
+    let idea: TopicIdea = crate::worker::stored(p, &unit.id).await?;
     let mut rejected: Vec<(String, String)> = Vec::new();
     for _ in 0..PROPOSAL_ROUNDS {
         let rejected_text = if rejected.is_empty() {
@@ -89,7 +89,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
                     crate::paths::fresh_dir(&raw).map_err(|e| PortError::Transient(format!("cannot prepare {}: {e}", raw.display())))?;
                     let staged = p.hub.download(&meta, &raw).await?;
                     let choice = DatasetChoice { meta, rejected, staged };
-                    return Ok(Outcome::Advance(serde_json::to_value(&choice).expect("serialisable")));
+                    return Ok(Outcome::Advance(choice.into()));
                 }
                 DatasetCheck::Rejected { reason, detail } => {
                     tracing::info!(unit = %unit.id, dataset = %id, %reason, %detail, "dataset proposal rejected");
@@ -100,7 +100,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     }
     // Each rejection is `reason: detail`; the reason codes alone keep the drop detail short.
     let detail = rejected.iter().map(|(id, why)| format!("{id} ({})", why.split(':').next().unwrap_or(why))).collect::<Vec<_>>().join(", ");
-    Ok(Outcome::Drop { reason: "no_verified_dataset".into(), detail })
+    Ok(Outcome::Drop { reason: DropReason::NoVerifiedDataset, detail })
 }
 
 #[cfg(test)]

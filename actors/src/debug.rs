@@ -11,9 +11,9 @@ use crate::template::render;
 use crate::validate::{TaskCheck, check_bundle};
 
 pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
-    let idea: TopicIdea = crate::worker::stored(p, &unit.id, Stage::Topic)?;
-    let choice: DatasetChoice = crate::worker::stored(p, &unit.id, Stage::Dataset)?;
-    let mut bundle: TaskBundle = crate::worker::stored(p, &unit.id, Stage::Codegen)?;
+    let idea: TopicIdea = crate::worker::stored(p, &unit.id).await?;
+    let choice: DatasetChoice = crate::worker::stored(p, &unit.id).await?;
+    let mut bundle: TaskBundle = crate::worker::stored(p, &unit.id).await?;
     let paths = p.paths();
     let raw = paths.raw_dir(&unit.id);
     let rounds = p.settings.debug_rounds;
@@ -47,7 +47,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
                 baseline_scores: passed.baseline_scores,
                 rounds: round,
             };
-            return Ok(Outcome::Advance(serde_json::to_value(&accepted).expect("serialisable")));
+            return Ok(Outcome::Advance(accepted.into()));
         }
         let failure = report.failure.expect("a failed check reports its failure");
         tracing::info!(unit = %unit.id, round, step = %failure.step, reason = %failure.reason, "task check failed");

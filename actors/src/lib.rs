@@ -13,6 +13,7 @@ pub mod debug;
 pub mod export;
 pub mod json;
 pub mod llm;
+pub mod memory;
 pub mod minhash;
 pub mod model;
 pub mod paths;
@@ -27,6 +28,6 @@ pub mod topic;
 pub mod validate;
 pub mod worker;
 
-pub use model::{Outcome, Stage, Unit, UnitId, UnitKind, UnitStatus};
-pub use pipeline::{Pipeline, Progress, Prompts, Settings, Taxonomy};
+pub use model::{DropReason, Outcome, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus, Verdict};
+pub use pipeline::{Pipeline, PipelineStages, Progress, Prompts, Settings, StageLogic, Taxonomy};
 pub use supervisor::{RunOutcome, run_pipeline};

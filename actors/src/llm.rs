@@ -16,7 +16,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{Outcome, Stage};
+use crate::model::{DropReason, Outcome, Stage};
 use crate::pipeline::Pipeline;
 use crate::ports::{ChatMessage, ChatReply, ChatRequest, Finish, Llm, PortError, ResponseFormat, Usage};
 
@@ -29,39 +29,39 @@ pub const TRUNCATION_REASKS: usize = 1;
 pub async fn chat(p: &Pipeline, stage: Stage, request: ChatRequest) -> Result<ChatReply, PortError> {
     let unit = request.unit.clone();
     let reply = p.llm.chat(stage, request).await?;
-    record_usage(p, &unit, stage, &reply)?;
+    record_usage(p, &unit, stage, &reply).await?;
     Ok(reply)
 }
 
-fn record_usage(p: &Pipeline, unit: &str, stage: Stage, reply: &ChatReply) -> Result<(), PortError> {
+async fn record_usage(p: &Pipeline, unit: &str, stage: Stage, reply: &ChatReply) -> Result<(), PortError> {
     let usage = Usage { calls: 1, input_tokens: reply.input_tokens, output_tokens: reply.output_tokens, cost_usd: reply.cost_usd };
-    p.store.add_usage(unit, stage, &reply.endpoint, &reply.model, &usage)
+    p.store.add_usage(unit, stage, &reply.endpoint, &reply.model, &usage).await
 }
 
 /// Why a stage got no usable answer: the unit is dropped with `reason`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoAnswer {
-    pub reason: &'static str,
+    pub reason: DropReason,
     pub detail: String,
 }
 
 impl From<NoAnswer> for Outcome {
     fn from(n: NoAnswer) -> Outcome {
-        Outcome::Drop { reason: n.reason.to_string(), detail: n.detail }
+        Outcome::Drop { reason: n.reason, detail: n.detail }
     }
 }
 
 /// An answer that is not one whatever its text: a refusal, a content-filter stop, or nothing.
 pub fn unusable(reply: &ChatReply) -> Option<NoAnswer> {
     if let Some(refusal) = &reply.refusal {
-        return Some(NoAnswer { reason: "llm_refused", detail: format!("the model refused: {}", short(refusal)) });
+        return Some(NoAnswer { reason: DropReason::LlmRefused, detail: format!("the model refused: {}", short(refusal)) });
     }
     if reply.finish == Finish::ContentFilter {
         let partial = if reply.content.trim().is_empty() { String::new() } else { format!(" after: {}", short(&reply.content)) };
-        return Some(NoAnswer { reason: "llm_content_filter", detail: format!("the provider's content filter stopped the answer{partial}") });
+        return Some(NoAnswer { reason: DropReason::LlmContentFilter, detail: format!("the provider's content filter stopped the answer{partial}") });
     }
     if reply.content.trim().is_empty() && reply.finish != Finish::Length {
-        return Some(NoAnswer { reason: "llm_empty", detail: format!("the model answered with no text ({} output tokens)", reply.output_tokens) });
+        return Some(NoAnswer { reason: DropReason::LlmEmpty, detail: format!("the model answered with no text ({} output tokens)", reply.output_tokens) });
     }
     None
 }
@@ -84,7 +84,34 @@ pub async fn ask_json<T: DeserializeOwned>(
         response: ResponseFormat::Json { name: schema.0, schema: schema.1 },
         seed: Some(crate::seed::hash(&[&p.settings.seed.to_string(), unit, stage.as_str()])),
     };
-    ask_json_with(&*p.llm, stage, request, &|reply| record_usage(p, unit, stage, reply)).await
+    ask_json_with(&*p.llm, stage, request, &RecordUsage { p, unit, stage }).await
+}
+
+/// What sees every reply of [`ask_json_with`]: usage accounting in the pipeline, a check in a
+/// test (any `Fn(&ChatReply) -> Result<(), PortError>`).
+#[async_trait::async_trait]
+pub trait OnReply: Sync {
+    async fn reply(&self, reply: &ChatReply) -> Result<(), PortError>;
+}
+
+#[async_trait::async_trait]
+impl<F: Fn(&ChatReply) -> Result<(), PortError> + Sync> OnReply for F {
+    async fn reply(&self, reply: &ChatReply) -> Result<(), PortError> {
+        self(reply)
+    }
+}
+
+struct RecordUsage<'a> {
+    p: &'a Pipeline,
+    unit: &'a str,
+    stage: Stage,
+}
+
+#[async_trait::async_trait]
+impl OnReply for RecordUsage<'_> {
+    async fn reply(&self, reply: &ChatReply) -> Result<(), PortError> {
+        record_usage(self.p, self.unit, self.stage, reply).await
+    }
 }
 
 /// The re-ask loop of [`ask_json`] over any LLM port (see the table at the top). `on_reply`
@@ -93,7 +120,7 @@ pub async fn ask_json_with<T: DeserializeOwned>(
     llm: &dyn Llm,
     stage: Stage,
     request: ChatRequest,
-    on_reply: &(dyn Fn(&ChatReply) -> Result<(), PortError> + Sync),
+    on_reply: &dyn OnReply,
 ) -> Result<Result<T, NoAnswer>, PortError> {
     let schema = match &request.response {
         ResponseFormat::Json { schema, .. } => Some(schema.clone()),
@@ -105,9 +132,9 @@ pub async fn ask_json_with<T: DeserializeOwned>(
     let mut truncated = 0;
     loop {
         let reply = llm.chat(stage, request.clone()).await?;
-        on_reply(&reply)?;
+        on_reply.reply(&reply).await?;
         if let Some(no) = unusable(&reply) {
-            tracing::info!(unit = %request.unit, %stage, reason = no.reason, detail = %no.detail, "unusable LLM answer");
+            tracing::info!(unit = %request.unit, %stage, reason = %no.reason, detail = %no.detail, "unusable LLM answer");
             return Ok(Err(no));
         }
         if reply.finish == Finish::Length {
@@ -115,7 +142,7 @@ pub async fn ask_json_with<T: DeserializeOwned>(
             let asked = request.max_tokens;
             if truncated > TRUNCATION_REASKS {
                 return Ok(Err(NoAnswer {
-                    reason: "llm_truncated",
+                    reason: DropReason::LlmTruncated,
                     detail: format!("the answer was cut off at {asked} tokens {truncated} times (finish_reason: length)"),
                 }));
             }
@@ -137,7 +164,7 @@ pub async fn ask_json_with<T: DeserializeOwned>(
             Err(e) => {
                 unparseable += 1;
                 if unparseable > JSON_REASKS {
-                    return Ok(Err(NoAnswer { reason: "llm_unparseable", detail: e }));
+                    return Ok(Err(NoAnswer { reason: DropReason::LlmUnparseable, detail: e }));
                 }
                 tracing::info!(unit = %request.unit, %stage, error = %e, "unparseable LLM answer, asking again");
                 request.messages.push(ChatMessage::new("assistant", reply.content));

@@ -6,8 +6,15 @@
 //! signatures agree estimates the Jaccard similarity of the two shingle sets (standard error
 //! about `sqrt(J(1-J)/PERMUTATIONS)`, under 0.045), so comparing a new idea with every earlier
 //! one costs a fixed-size comparison per idea, whatever the texts' lengths.
+//!
+//! An [`Index`] finds the near duplicates of a text among many without comparing it with each:
+//! locality-sensitive hashing cuts a signature into [`BANDS`] bands of [`ROWS`] values, and two
+//! texts become candidates when any band is equal. A pair at similarity `J` is a candidate with
+//! probability `1 - (1 - J^ROWS)^BANDS`: 0.988 at 0.6, 0.9998 at 0.7, 0.06 at 0.3; candidates
+//! are then compared in full. The cost of a lookup depends on the candidates, not on the
+//! number of texts indexed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::seed::{hash, splitmix};
 
@@ -52,6 +59,62 @@ impl Signature {
         }
         let equal = self.minima.iter().zip(&other.minima).filter(|(x, y)| x == y).count();
         equal as f64 / PERMUTATIONS as f64
+    }
+}
+
+/// Bands of the locality-sensitive index, and signature values per band.
+pub const BANDS: usize = 32;
+pub const ROWS: usize = PERMUTATIONS / BANDS;
+
+/// Signatures of many texts, each under a key, findable by similarity.
+#[derive(Default)]
+pub struct Index<K> {
+    entries: Vec<(K, Signature)>,
+    /// `(band, hash of its values)` -> entries with that band.
+    buckets: HashMap<(usize, u64), Vec<usize>>,
+}
+
+impl<K: Clone + Ord> Index<K> {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn insert(&mut self, key: K, signature: Signature) {
+        let at = self.entries.len();
+        for band in 0..BANDS {
+            self.buckets.entry((band, signature.band_hash(band))).or_default().push(at);
+        }
+        self.entries.push((key, signature));
+    }
+
+    /// The entry most similar to `signature` among those `admit` accepts, when its estimated
+    /// similarity is at least `threshold`.
+    pub fn most_similar(&self, signature: &Signature, threshold: f64, admit: impl Fn(&K) -> bool) -> Option<(&K, f64)> {
+        let mut seen = BTreeSet::new();
+        for band in 0..BANDS {
+            if let Some(bucket) = self.buckets.get(&(band, signature.band_hash(band))) {
+                seen.extend(bucket.iter().copied());
+            }
+        }
+        seen.into_iter()
+            .map(|i| &self.entries[i])
+            .filter(|(key, _)| admit(key))
+            .map(|(key, s)| (key, signature.jaccard(s)))
+            .filter(|(_, j)| *j >= threshold)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+    }
+}
+
+impl Signature {
+    fn band_hash(&self, band: usize) -> u64 {
+        if self.empty {
+            return u64::MAX;
+        }
+        self.minima[band * ROWS..(band + 1) * ROWS].iter().fold(band as u64, |h, v| splitmix(h ^ v))
     }
 }
 
@@ -130,6 +193,23 @@ mod tests {
         let (sa, sb, sc) = (Signature::of(a), Signature::of(b), Signature::of(c));
         assert!(sa.jaccard(&sb) >= 0.6, "{}", sa.jaccard(&sb));
         assert!(sa.jaccard(&sc) < 0.1, "{}", sa.jaccard(&sc));
+    }
+
+    #[test]
+    fn the_index_finds_near_duplicates_among_many_and_ignores_the_rest() {
+        let mut index = Index::default();
+        for i in 0..2000u32 {
+            let text = format!("idea {i} about topic {} with twist {} scored by metric {}", i * 7, i * 13, i * 31);
+            index.insert(i, Signature::of(&text));
+        }
+        let near = Signature::of("idea 1234 about topic 8638 with twist 16042 scored by metric 38254 today");
+        let (key, j) = index.most_similar(&near, 0.6, |_| true).expect("its near duplicate is found");
+        assert_eq!(*key, 1234);
+        assert!(j >= 0.6, "{j}");
+        assert!(index.most_similar(&near, 0.6, |k| *k < 1000).is_none(), "keys the filter refuses are not answers");
+        let other = Signature::of("forecast grid load from weather with a compute budget");
+        assert!(index.most_similar(&other, 0.6, |_| true).is_none());
+        assert_eq!(index.len(), 2000);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The pipeline's domain types: what one unit of work is, and what each stage produces.
 //!
-//! Every stage result is serialised to JSON and stored before the next stage sees it, so these
-//! types are also the store's payload format. Keep them plain data.
+//! Every stage result ([`StageResult`]) is serialised to JSON at the store's edge and stored
+//! before the next stage sees it, so these types are also the store's payload format. Keep them
+//! plain data.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +67,176 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// Why a unit was dropped. Each has a stable name (`as_str`, the serde name): report.json's
+/// funnel, metrics, traces and the store use it, so a name never changes once shipped.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    // The topic stage.
+    /// The idea is too close to an earlier one.
+    NearDuplicate,
+    // The dataset stage.
+    /// No proposal passed verification against the Hub.
+    NoVerifiedDataset,
+    // The debug stage: the task's check failed (see `validate.rs`).
+    BundleInvalid,
+    PrepareFailed,
+    /// The agent-visible test file holds the target column.
+    Leak,
+    BaselineFailed,
+    BaselineNotReproducible,
+    BaselineNotBetterThanTrivial,
+    BaselineSaturated,
+    EvalFailed,
+    EvalFormat,
+    EvalAcceptsWrongShape,
+    MetricMismatch,
+    /// A step of the check did not finish within its timeout.
+    Timeout,
+    // The model's answer.
+    LlmRefused,
+    LlmContentFilter,
+    LlmEmpty,
+    LlmTruncated,
+    LlmUnparseable,
+    // The LLM endpoint refused the request.
+    LlmAuth,
+    LlmQuota,
+    LlmContextLength,
+    LlmBadRequest,
+    /// The run's LLM budget is spent.
+    BudgetExhausted,
+    /// `--replay` has no recorded answer for the request.
+    ReplayMissing,
+    // The machinery.
+    SandboxUnavailable,
+    OutputUnwritable,
+    /// Transient failures outlived the unit's attempts.
+    TransientExhausted,
+    /// The unit's worker crashed on every attempt.
+    WorkerCrashed,
+    // A permanent failure of a port, named after the stage (the detail says what failed).
+    TopicFailed,
+    DatasetFailed,
+    CodegenFailed,
+    DebugFailed,
+    ExportFailed,
+    RolloutFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 35] = [
+        DropReason::NearDuplicate,
+        DropReason::NoVerifiedDataset,
+        DropReason::BundleInvalid,
+        DropReason::PrepareFailed,
+        DropReason::Leak,
+        DropReason::BaselineFailed,
+        DropReason::BaselineNotReproducible,
+        DropReason::BaselineNotBetterThanTrivial,
+        DropReason::BaselineSaturated,
+        DropReason::EvalFailed,
+        DropReason::EvalFormat,
+        DropReason::EvalAcceptsWrongShape,
+        DropReason::MetricMismatch,
+        DropReason::Timeout,
+        DropReason::LlmRefused,
+        DropReason::LlmContentFilter,
+        DropReason::LlmEmpty,
+        DropReason::LlmTruncated,
+        DropReason::LlmUnparseable,
+        DropReason::LlmAuth,
+        DropReason::LlmQuota,
+        DropReason::LlmContextLength,
+        DropReason::LlmBadRequest,
+        DropReason::BudgetExhausted,
+        DropReason::ReplayMissing,
+        DropReason::SandboxUnavailable,
+        DropReason::OutputUnwritable,
+        DropReason::TransientExhausted,
+        DropReason::WorkerCrashed,
+        DropReason::TopicFailed,
+        DropReason::DatasetFailed,
+        DropReason::CodegenFailed,
+        DropReason::DebugFailed,
+        DropReason::ExportFailed,
+        DropReason::RolloutFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NearDuplicate => "near_duplicate",
+            DropReason::NoVerifiedDataset => "no_verified_dataset",
+            DropReason::BundleInvalid => "bundle_invalid",
+            DropReason::PrepareFailed => "prepare_failed",
+            DropReason::Leak => "leak",
+            DropReason::BaselineFailed => "baseline_failed",
+            DropReason::BaselineNotReproducible => "baseline_not_reproducible",
+            DropReason::BaselineNotBetterThanTrivial => "baseline_not_better_than_trivial",
+            DropReason::BaselineSaturated => "baseline_saturated",
+            DropReason::EvalFailed => "eval_failed",
+            DropReason::EvalFormat => "eval_format",
+            DropReason::EvalAcceptsWrongShape => "eval_accepts_wrong_shape",
+            DropReason::MetricMismatch => "metric_mismatch",
+            DropReason::Timeout => "timeout",
+            DropReason::LlmRefused => "llm_refused",
+            DropReason::LlmContentFilter => "llm_content_filter",
+            DropReason::LlmEmpty => "llm_empty",
+            DropReason::LlmTruncated => "llm_truncated",
+            DropReason::LlmUnparseable => "llm_unparseable",
+            DropReason::LlmAuth => "llm_auth",
+            DropReason::LlmQuota => "llm_quota",
+            DropReason::LlmContextLength => "llm_context_length",
+            DropReason::LlmBadRequest => "llm_bad_request",
+            DropReason::BudgetExhausted => "budget_exhausted",
+            DropReason::ReplayMissing => "replay_missing",
+            DropReason::SandboxUnavailable => "sandbox_unavailable",
+            DropReason::OutputUnwritable => "output_unwritable",
+            DropReason::TransientExhausted => "transient_exhausted",
+            DropReason::WorkerCrashed => "worker_crashed",
+            DropReason::TopicFailed => "topic_failed",
+            DropReason::DatasetFailed => "dataset_failed",
+            DropReason::CodegenFailed => "codegen_failed",
+            DropReason::DebugFailed => "debug_failed",
+            DropReason::ExportFailed => "export_failed",
+            DropReason::RolloutFailed => "rollout_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DropReason> {
+        DropReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// A port's permanent failure at `stage`.
+    pub fn stage_failed(stage: Stage) -> DropReason {
+        match stage {
+            Stage::Topic => DropReason::TopicFailed,
+            Stage::Dataset => DropReason::DatasetFailed,
+            Stage::Codegen => DropReason::CodegenFailed,
+            Stage::Debug => DropReason::DebugFailed,
+            Stage::Export => DropReason::ExportFailed,
+            Stage::Rollout => DropReason::RolloutFailed,
+        }
+    }
+
+    /// Reasons that would end every later unit the same way: the first one stops the run
+    /// instead of letting it burn its topic budget (the sandbox cannot start, an endpoint
+    /// refuses the key or has no quota, the run's LLM budget is spent, the output directory is
+    /// unwritable).
+    pub fn stops_the_run(self) -> bool {
+        matches!(
+            self,
+            DropReason::SandboxUnavailable | DropReason::LlmAuth | DropReason::LlmQuota | DropReason::BudgetExhausted | DropReason::OutputUnwritable
+        )
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether a unit is a task being synthesised or one teacher rollout on an accepted task.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -99,9 +270,16 @@ pub struct Unit {
     pub status: UnitStatus,
     /// Attempts made at the current stage (crashes and transient failures).
     pub attempts: u32,
-    pub drop_reason: Option<String>,
+    pub drop_reason: Option<DropReason>,
     /// What happened, in words, for a dropped unit.
     pub drop_detail: Option<String>,
+}
+
+impl Unit {
+    /// A new unit, pending at `stage`.
+    pub fn pending(id: UnitId, kind: UnitKind, seq: u64, parent: Option<UnitId>, stage: Stage) -> Unit {
+        Unit { id, kind, seq, parent, stage, status: UnitStatus::Pending, attempts: 0, drop_reason: None, drop_detail: None }
+    }
 }
 
 /// A point sampled from the topic taxonomy.
@@ -300,11 +478,123 @@ impl RolloutRecord {
     }
 }
 
+/// Result of the export stage: the task's files are in the output directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExportedTask {
+    pub task_id: String,
+}
+
+/// A type that is one stage's result: `stored::<AcceptedTask>` knows to read the debug stage's.
+pub trait StageOutput: Sized + Into<StageResult> {
+    const STAGE: Stage;
+    fn from_result(result: StageResult) -> Option<Self>;
+}
+
+/// Defines [`StageResult`], a variant per stage named after it, and the conversions.
+macro_rules! stage_results {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// One stage's result, typed. The store keeps it as the JSON of the inner value, keyed
+        /// by stage ([`StageResult::to_json`], [`StageResult::from_json`]).
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum StageResult {
+            $($variant($ty),)*
+        }
+
+        $(
+            impl From<$ty> for StageResult {
+                fn from(value: $ty) -> StageResult {
+                    StageResult::$variant(value)
+                }
+            }
+            impl StageOutput for $ty {
+                const STAGE: Stage = Stage::$variant;
+                fn from_result(result: StageResult) -> Option<Self> {
+                    match result {
+                        StageResult::$variant(value) => Some(value),
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
+        impl StageResult {
+            pub fn stage(&self) -> Stage {
+                match self {
+                    $(StageResult::$variant(_) => Stage::$variant,)*
+                }
+            }
+
+            pub fn to_json(&self) -> serde_json::Value {
+                match self {
+                    $(StageResult::$variant(value) => serde_json::to_value(value),)*
+                }
+                .expect("stage results are plain data")
+            }
+
+            pub fn from_json(stage: Stage, value: serde_json::Value) -> Result<StageResult, serde_json::Error> {
+                Ok(match stage {
+                    $(Stage::$variant => StageResult::$variant(serde_json::from_value(value)?),)*
+                })
+            }
+        }
+    };
+}
+
+stage_results!(
+    Topic(TopicIdea),
+    Dataset(DatasetChoice),
+    Codegen(TaskBundle),
+    Debug(AcceptedTask),
+    Export(ExportedTask),
+    Rollout(RolloutRecord),
+);
+
 /// A stage's verdict on a unit.
 #[derive(Debug)]
 pub enum Outcome {
     /// The stage finished; its result is stored and the unit moves on.
-    Advance(serde_json::Value),
-    /// The unit is dropped for good, with a reason code and a human-readable detail.
-    Drop { reason: String, detail: String },
+    Advance(StageResult),
+    /// The unit is dropped for good, with a reason and a human-readable detail.
+    Drop { reason: DropReason, detail: String },
+}
+
+/// What became of a unit, as a worker reports it to the supervisor. The store already holds it.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Moved to the next stage (`None`: the unit is done).
+    Advanced { next: Option<Stage> },
+    /// `fatal`: the reason dooms every unit ([`DropReason::stops_the_run`]); the run stops with
+    /// this message.
+    Dropped { reason: DropReason, fatal: Option<String> },
+    /// A transient failure; the unit should be tried again after a pause.
+    Retry { attempts: u32 },
+    /// The unit was claimed already (it is being worked on elsewhere): nothing was done.
+    NotClaimed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_one_stable_name_that_parses_back() {
+        let names: std::collections::BTreeSet<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len(), "two reasons share a name");
+        for reason in DropReason::ALL {
+            assert_eq!(DropReason::parse(reason.as_str()), Some(reason));
+            assert_eq!(serde_json::to_value(reason).unwrap(), serde_json::json!(reason.as_str()));
+        }
+        assert_eq!(DropReason::parse("no_such_reason"), None);
+    }
+
+    #[test]
+    fn a_stage_result_round_trips_through_its_stored_json() {
+        let exported = StageResult::from(ExportedTask { task_id: "irisT000001".into() });
+        assert_eq!(exported.stage(), Stage::Export);
+        assert_eq!(exported.to_json(), serde_json::json!({ "task_id": "irisT000001" }));
+        assert_eq!(StageResult::from_json(Stage::Export, exported.to_json()).unwrap(), exported);
+        assert!(StageResult::from_json(Stage::Topic, exported.to_json()).is_err());
+        assert_eq!(ExportedTask::from_result(exported.clone()), Some(ExportedTask { task_id: "irisT000001".into() }));
+        assert_eq!(TopicIdea::from_result(exported), None);
+    }
 }

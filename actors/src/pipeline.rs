@@ -1,13 +1,14 @@
 //! What every stage worker shares: the ports, the settings, the prompts and the taxonomy.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Stage, TopicSample};
-use crate::ports::{Hub, Llm, Outputs, Sandbox, Store};
+use crate::model::{Outcome, Stage, TopicSample, Unit};
+use crate::ports::{Hub, Llm, Outputs, PortError, Sandbox, Store};
 use crate::seed::{Rng, hash};
 
 /// Knobs of one run; built by the application from its configuration.
@@ -96,6 +97,9 @@ pub struct Taxonomy {
     pub task_type: Vec<Weighted>,
     pub modality: Vec<Weighted>,
     pub twist: Vec<Weighted>,
+    /// Where each axis's sequence stands every [`CHECKPOINT_EVERY`] positions.
+    #[serde(skip)]
+    pub checkpoints: Arc<Checkpoints>,
 }
 
 impl Taxonomy {
@@ -107,7 +111,7 @@ impl Taxonomy {
     /// leaving that to luck. Within a block each axis visits its picks in its own seeded order,
     /// so the axes do not move in lockstep (the same task type always with the same domain).
     pub fn sample(&self, seed: u64, seq: u64) -> TopicSample {
-        let pick = |name: &str, axis: &[Weighted]| axis[stratified_pick(seed, name, axis, shuffled_position(seed, name, seq))].name.clone();
+        let pick = |name: &str, axis: &[Weighted]| axis[self.checkpoints.pick(seed, name, axis, shuffled_position(seed, name, seq))].name.clone();
         TopicSample {
             domain: pick("domain", &self.domain),
             task_type: pick("task_type", &self.task_type),
@@ -153,22 +157,82 @@ fn shuffled_position(seed: u64, axis_name: &str, seq: u64) -> u64 {
 /// `n` times its share. The seed sets each entry's starting credit, so seeds differ in order.
 /// Entries without a positive weight are never chosen.
 pub fn stratified_pick(seed: u64, axis_name: &str, axis: &[Weighted], seq: u64) -> usize {
-    let weights: Vec<f64> = axis.iter().map(|w| if w.weight > 0.0 { w.weight } else { 0.0 }).collect();
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 {
-        return 0;
-    }
-    let mut rng = Rng::new(hash(&["taxonomy", &seed.to_string(), axis_name]));
-    let mut credit: Vec<f64> = weights.iter().map(|w| if *w > 0.0 { rng.next_f64() } else { f64::NEG_INFINITY }).collect();
+    let Some(mut rr) = RoundRobin::new(seed, axis_name, axis) else { return 0 };
     let mut chosen = 0;
     for _ in 0..=seq {
-        for (c, w) in credit.iter_mut().zip(&weights) {
-            *c += w / total;
-        }
-        chosen = (0..credit.len()).fold(0, |best, i| if credit[i] > credit[best] { i } else { best });
-        credit[chosen] -= 1.0;
+        chosen = rr.step();
     }
     chosen
+}
+
+/// The state of [`stratified_pick`]'s round-robin: each entry's credit.
+#[derive(Clone)]
+struct RoundRobin {
+    shares: Vec<f64>,
+    credit: Vec<f64>,
+}
+
+impl RoundRobin {
+    /// `None` when no entry has a positive weight.
+    fn new(seed: u64, axis_name: &str, axis: &[Weighted]) -> Option<RoundRobin> {
+        let weights: Vec<f64> = axis.iter().map(|w| if w.weight > 0.0 { w.weight } else { 0.0 }).collect();
+        let total: f64 = weights.iter().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut rng = Rng::new(hash(&["taxonomy", &seed.to_string(), axis_name]));
+        let credit = weights.iter().map(|w| if *w > 0.0 { rng.next_f64() } else { f64::NEG_INFINITY }).collect();
+        Some(RoundRobin { shares: weights.iter().map(|w| w / total).collect(), credit })
+    }
+
+    /// One unit: every entry earns its share, the richest is chosen and pays one.
+    fn step(&mut self) -> usize {
+        for (c, share) in self.credit.iter_mut().zip(&self.shares) {
+            *c += share;
+        }
+        let chosen = (0..self.credit.len()).fold(0, |best, i| if self.credit[i] > self.credit[best] { i } else { best });
+        self.credit[chosen] -= 1.0;
+        chosen
+    }
+}
+
+/// Positions between two checkpoints of an axis's round-robin.
+pub const CHECKPOINT_EVERY: u64 = 256;
+
+/// The round-robin of each seed and axis every [`CHECKPOINT_EVERY`] positions, so a pick costs
+/// at most that many steps however far into the run it is (the same steps from the same state:
+/// the picks are exactly [`stratified_pick`]'s).
+#[derive(Default)]
+pub struct Checkpoints(Mutex<HashMap<(u64, String), Vec<RoundRobin>>>);
+
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checkpoints")
+    }
+}
+
+impl Checkpoints {
+    fn pick(&self, seed: u64, axis_name: &str, axis: &[Weighted], seq: u64) -> usize {
+        let Some(start) = RoundRobin::new(seed, axis_name, axis) else { return 0 };
+        let at = (seq / CHECKPOINT_EVERY) as usize;
+        let mut rr = {
+            let mut all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let marks = all.entry((seed, axis_name.to_string())).or_insert_with(|| vec![start]);
+            while marks.len() <= at {
+                let mut next = marks.last().expect("the start").clone();
+                for _ in 0..CHECKPOINT_EVERY {
+                    next.step();
+                }
+                marks.push(next);
+            }
+            marks[at].clone()
+        };
+        let mut chosen = 0;
+        for _ in 0..=(seq % CHECKPOINT_EVERY) {
+            chosen = rr.step();
+        }
+        chosen
+    }
 }
 
 /// Live counts for progress displays, published by the supervisor after every event.
@@ -182,6 +246,8 @@ pub struct Progress {
     pub rollouts_done: u32,
     pub worker_restarts: u32,
     pub finished: bool,
+    /// Units the supervisor holds in memory: the unfinished ones only.
+    pub live_units: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -200,21 +266,85 @@ pub struct Pipeline {
     pub store: Arc<dyn Store>,
     pub outputs: Arc<dyn Outputs>,
     pub telemetry: Arc<dyn crate::ports::Telemetry>,
+    /// What each stage does ([`PipelineStages`]).
+    pub logic: Arc<dyn StageLogic>,
     pub settings: Settings,
     pub prompts: Prompts,
     pub taxonomy: Taxonomy,
+    /// The topic stage's memory of the run's ideas.
+    pub ideas: crate::topic::Ideas,
     /// Receives a fresh snapshot after every pipeline event.
     pub progress: tokio::sync::watch::Sender<Progress>,
 }
+
+/// What a stage of the LLM alone may take on one unit: every call is bounded by the gateway's
+/// timeouts and retries, and a stage makes a bounded number of calls.
+pub const LLM_STAGE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl Settings {
     /// Whether the run has no target and goes on until stopped.
     pub fn forever(&self) -> bool {
         self.tasks == 0
     }
+
+    /// How long one unit may hold a worker of `stage` before the stage counts as stuck: past
+    /// every timeout of its own (the supervisor then kills the worker and retries the unit).
+    pub fn stage_deadline(&self, stage: Stage) -> Duration {
+        let training = Duration::from_secs(crate::validate::MAX_TRAINING_TIMEOUT_SECS);
+        match stage {
+            Stage::Topic | Stage::Dataset | Stage::Codegen | Stage::Export => LLM_STAGE_DEADLINE,
+            // Each round: a fix from the LLM, prepare, two baselines, their evaluations, two
+            // evaluations of sample submissions.
+            Stage::Debug => (self.prepare_timeout + training * 6 + LLM_STAGE_DEADLINE) * self.debug_rounds.max(1),
+            // The rollout's own wall clock, then the final evaluation.
+            Stage::Rollout => self.agent.wall_clock + training + LLM_STAGE_DEADLINE,
+        }
+    }
+}
+
+/// What a stage does to one unit. [`PipelineStages`] is the pipeline's own; a test of the
+/// supervisor scripts its own in its place.
+#[async_trait::async_trait]
+pub trait StageLogic: Send + Sync {
+    async fn run(&self, p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Outcome, PortError>;
+}
+
+/// The stages of `topic.rs` ... `rollout.rs`.
+pub struct PipelineStages;
+
+#[async_trait::async_trait]
+impl StageLogic for PipelineStages {
+    async fn run(&self, p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Outcome, PortError> {
+        match stage {
+            Stage::Topic => crate::topic::run(p, unit).await,
+            Stage::Dataset => crate::dataset::run(p, unit).await,
+            Stage::Codegen => crate::codegen::run(p, unit).await,
+            Stage::Debug => crate::debug::run(p, unit).await,
+            Stage::Export => crate::export::run(p, unit).await,
+            Stage::Rollout => crate::rollout::run(p, unit).await,
+        }
+    }
 }
 
 impl Pipeline {
+    /// The same pipeline over another store (with a memory of ideas of its own).
+    pub fn with_store(&self, store: Arc<dyn Store>) -> Pipeline {
+        Pipeline {
+            llm: self.llm.clone(),
+            hub: self.hub.clone(),
+            sandbox: self.sandbox.clone(),
+            store,
+            outputs: self.outputs.clone(),
+            telemetry: self.telemetry.clone(),
+            logic: self.logic.clone(),
+            settings: self.settings.clone(),
+            prompts: self.prompts.clone(),
+            taxonomy: self.taxonomy.clone(),
+            ideas: Default::default(),
+            progress: self.progress.clone(),
+        }
+    }
+
     pub fn paths(&self) -> crate::paths::WorkPaths {
         crate::paths::WorkPaths::new(self.settings.work_root.clone())
     }
@@ -244,6 +374,16 @@ mod tests {
     }
 
     #[test]
+    fn checkpointed_picks_are_the_round_robins_own() {
+        let entries = axis(&[2.0, 1.0, 1.0, 0.5, 0.0]);
+        let checkpoints = Checkpoints::default();
+        // Out of order, across checkpoints, as concurrent topic workers ask.
+        for seq in [700u64, 3, 255, 256, 257, 1000, 0, 511, 512, 999] {
+            assert_eq!(checkpoints.pick(9, "domain", &entries, seq), stratified_pick(9, "domain", &entries, seq), "position {seq}");
+        }
+    }
+
+    #[test]
     fn stratified_picks_follow_the_weights_in_every_prefix() {
         let weights = [2.0, 1.0, 1.0, 0.5, 0.0];
         let entries = axis(&weights);
@@ -269,6 +409,7 @@ mod tests {
             task_type: axis(&[2.0, 1.0, 1.0]),
             modality: axis(&[1.0]),
             twist: axis(&[2.0, 1.0, 1.0, 0.5, 0.5, 0.7]),
+            checkpoints: Default::default(),
         };
         for seed in 0..50 {
             let samples: Vec<TopicSample> = (0..10).map(|seq| t.sample(seed, seq)).collect();

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AcceptedTask, DatasetMeta, RolloutRecord, Stage, StagedFile, Unit, UnitId,
+    AcceptedTask, DatasetMeta, DropReason, RolloutRecord, Stage, StageResult, StagedFile, Unit, UnitId, Verdict,
 };
 
 /// Whether a failed call to the outside world is worth repeating.
@@ -23,10 +23,10 @@ pub enum PortError {
     /// Will fail again (missing sandbox, unreadable stored state).
     #[error("{0}")]
     Permanent(String),
-    /// Will fail again, for a reason with a short code the unit is dropped with
-    /// (`budget_exhausted`, `llm_auth`, `llm_quota`, `llm_context_length`, `llm_bad_request`).
+    /// Will fail again, for a reason the unit is dropped with (`budget_exhausted`, `llm_auth`,
+    /// `llm_quota`, `llm_context_length`, `llm_bad_request`, `sandbox_unavailable`, ...).
     #[error("{reason}: {detail}")]
-    Refused { reason: String, detail: String },
+    Refused { reason: DropReason, detail: String },
 }
 
 impl PortError {
@@ -269,49 +269,78 @@ pub struct UsageRow {
     pub usage: Usage,
 }
 
-/// Something that happened to a unit and should be counted (`worker_restart`, `retry`, ...).
+/// What happened to a unit that is counted in the report.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The unit's worker crashed and the unit went back to its stage's queue (or was dropped).
+    WorkerRestart,
+    /// A transient failure; the unit is tried again after a pause.
+    Retry,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 2] = [EventKind::WorkerRestart, EventKind::Retry];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::WorkerRestart => "worker_restart",
+            EventKind::Retry => "retry",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that happened to a unit and should be counted.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Event {
-    pub kind: String,
+    pub kind: EventKind,
     pub unit: UnitId,
     pub stage: Stage,
     pub detail: String,
 }
 
-/// Durable state. Every method commits before it returns.
+/// Durable state. Every method commits before it returns. The methods are async so that a
+/// store behind a network (or a blocking file database on a thread of its own) never holds up
+/// the actor that calls it.
+#[async_trait]
 pub trait Store: Send + Sync {
-    fn units(&self) -> Result<Vec<Unit>, PortError>;
+    async fn units(&self) -> Result<Vec<Unit>, PortError>;
     /// Inserts a unit unless one with the same id exists (resumes are idempotent).
-    fn insert_unit(&self, unit: &Unit) -> Result<(), PortError>;
-    fn result(&self, unit: &str, stage: Stage) -> Result<Option<serde_json::Value>, PortError>;
+    async fn insert_unit(&self, unit: &Unit) -> Result<(), PortError>;
+    async fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError>;
     /// All stored results of one stage, in unit creation order.
-    fn results(&self, stage: Stage) -> Result<Vec<(UnitId, serde_json::Value)>, PortError>;
-    /// In one transaction: stores the stage result and moves the unit to `next` (or marks it
-    /// done), resetting its attempt count.
-    fn complete_stage(
-        &self,
-        unit: &str,
-        stage: Stage,
-        result: &serde_json::Value,
-        next: Option<Stage>,
-    ) -> Result<(), PortError>;
-    fn drop_unit(&self, unit: &str, reason: &str, detail: &str) -> Result<(), PortError>;
+    async fn results(&self, stage: Stage) -> Result<Vec<(UnitId, StageResult)>, PortError>;
+    /// In one transaction: stores the result of the stage it is of and moves the unit to `next`
+    /// (or marks it done), resetting its attempt count. Refused unless the unit is pending at
+    /// that stage.
+    async fn complete_stage(&self, unit: &str, result: &StageResult, next: Option<Stage>) -> Result<(), PortError>;
+    async fn drop_unit(&self, unit: &str, reason: DropReason, detail: &str) -> Result<(), PortError>;
     /// Counts one more attempt at the unit's current stage; returns the new count. Releases the
     /// unit's claim.
-    fn record_attempt(&self, unit: &str) -> Result<u32, PortError>;
+    async fn record_attempt(&self, unit: &str) -> Result<u32, PortError>;
     /// Claims a pending unit at `stage` for this process before any work starts on it; false
     /// when it is already claimed and not released (completing, dropping, counting an attempt
     /// or [`Store::release`] release a claim; a claim made by an earlier process is stale and
     /// taken over). Every claim is kept in the store's claim history.
-    fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError>;
+    async fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError>;
     /// Gives up a claim without a verdict (the worker holding the unit crashed).
-    fn release(&self, unit: &str) -> Result<(), PortError>;
-    fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError>;
-    fn usage(&self) -> Result<Vec<UsageRow>, PortError>;
-    fn add_event(&self, event: &Event) -> Result<(), PortError>;
-    fn events(&self) -> Result<Vec<Event>, PortError>;
-    fn meta(&self, key: &str) -> Result<Option<String>, PortError>;
-    fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError>;
+    async fn release(&self, unit: &str) -> Result<(), PortError>;
+    async fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError>;
+    async fn usage(&self) -> Result<Vec<UsageRow>, PortError>;
+    async fn add_event(&self, event: &Event) -> Result<(), PortError>;
+    async fn events(&self) -> Result<Vec<Event>, PortError>;
+    async fn meta(&self, key: &str) -> Result<Option<String>, PortError>;
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,7 +377,7 @@ pub trait Telemetry: Send + Sync {
     /// The span one stage runs in for one unit; the application makes it part of the unit's trace.
     fn stage_span(&self, unit: &Unit, stage: Stage) -> tracing::Span;
     /// A stage ended for a unit, `elapsed` after it began; the store already holds the outcome.
-    fn stage_ended(&self, unit: &Unit, stage: Stage, verdict: &crate::worker::Verdict, elapsed: Duration);
+    fn stage_ended(&self, unit: &Unit, stage: Stage, verdict: &Verdict, elapsed: Duration);
     /// A stage worker crashed and was replaced.
     fn worker_restarted(&self, stage: Stage);
 }

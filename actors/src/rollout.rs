@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{self, MAX_FORMAT_ERRORS, MAX_OBSERVATION_CHARS};
 use crate::model::{
+    DropReason,
     AcceptedTask, HistoryItem, ModelStats, Outcome, RolloutRecord, Scores, Stage, Trajectory,
     TrajectoryInfo, TrajectoryStep, Unit,
 };
@@ -49,7 +50,7 @@ struct Run<'a> {
 
 pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     let task_unit = unit.parent.clone().ok_or_else(|| PortError::Permanent(format!("rollout {} has no task", unit.id)))?;
-    let task: AcceptedTask = crate::worker::stored(p, &task_unit, Stage::Debug)?;
+    let task: AcceptedTask = crate::worker::stored(p, &task_unit).await?;
     let dir = p.paths().rollout_dir(&unit.id);
     let workspace = dir.join("workspace");
     // A rollout always restarts cleanly: its workspace is rebuilt from the starter code.
@@ -82,7 +83,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     };
     let record = run.agent_loop().await?;
     p.outputs.write_rollout(&record)?;
-    Ok(Outcome::Advance(serde_json::to_value(&record).expect("serialisable")))
+    Ok(Outcome::Advance(record.into()))
 }
 
 /// The MLGym run directory name: model, task, agent config and sampling settings.
@@ -158,7 +159,7 @@ impl Run<'_> {
                     seed: Some(seed.wrapping_add(u64::from(step))),
                 };
                 let reply = match crate::llm::chat(p, Stage::Rollout, request).instrument(step_span.clone()).await {
-                    Err(PortError::Refused { reason, .. }) if reason == "llm_context_length" => {
+                    Err(PortError::Refused { reason, .. }) if reason == DropReason::LlmContextLength => {
                         exit_status = Some("exit_context".into());
                         break 'steps;
                     }
@@ -175,12 +176,12 @@ impl Run<'_> {
                 }
                 // A refusal or a filtered answer ends the run; nothing is left to re-ask.
                 match crate::llm::unusable(&reply) {
-                    Some(no) if no.reason == "llm_refused" => {
+                    Some(no) if no.reason == DropReason::LlmRefused => {
                         exit_status = Some("exit_refused".into());
                         tracing::info!(unit = %self.unit.id, step, detail = %no.detail, "the agent model refused");
                         break 'steps;
                     }
-                    Some(no) if no.reason == "llm_content_filter" => {
+                    Some(no) if no.reason == DropReason::LlmContentFilter => {
                         exit_status = Some("exit_content_filter".into());
                         tracing::info!(unit = %self.unit.id, step, detail = %no.detail, "the agent's answer was filtered");
                         break 'steps;

@@ -10,19 +10,31 @@
 //!
 //! Restarts: when a worker panics or fails, the unit it held is retried from the store (its
 //! previous stages' results are kept) up to `max_attempts`, then dropped as `worker_crashed`;
-//! the worker is replaced. More than `max_restarts` restarts in a run stop it with an error.
+//! the worker is replaced. More than `max_restarts` restarts in a run stop it with an error. A
+//! worker still on one unit past its stage's deadline
+//! ([`crate::pipeline::Settings::stage_deadline`]) is killed
+//! and treated the same way: a stuck stage costs an attempt, never the run.
+//!
+//! Memory stays flat over a daemon's life: the supervisor holds only the units that are not
+//! finished, and keeps what finished as counters ([`Tally`]). The store is awaited (an async
+//! port), and the periodic export of a run without a target runs as a task of its own while
+//! the supervisor goes on scheduling.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::model::{Stage, Unit, UnitId, UnitKind, UnitStatus};
+use crate::model::{DropReason, Stage, Unit, UnitId, UnitKind, UnitStatus, Verdict};
 use crate::pipeline::{Pipeline, Progress, StageCounts};
-use crate::ports::{Event, FinalInputs, PortError};
-use crate::worker::{StageWorker, Verdict, WorkerArgs, WorkerMsg};
+use crate::ports::{Event, EventKind, FinalInputs, PortError};
+use crate::worker::{StageWorker, WorkerArgs, WorkerMsg};
+
+/// How often the supervisor looks for workers stuck past their stage's deadline.
+pub const STUCK_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 pub enum SupervisorMsg {
     /// A worker finished a unit; the store already holds the outcome.
@@ -32,6 +44,10 @@ pub enum SupervisorMsg {
     /// Stop taking work: no new units, nothing more dispatched; finish when the units in
     /// flight are done. Pending units stay in the store for the next run.
     Drain,
+    /// Time to look for stuck workers.
+    CheckStuck,
+    /// A periodic export ended.
+    Exported,
 }
 
 /// How a run ended.
@@ -51,33 +67,90 @@ pub struct SupervisorArgs {
     pub drain: Option<oneshot::Receiver<()>>,
 }
 
+/// A unit in a worker's hands, and since when.
+struct Held {
+    worker: ActorRef<WorkerMsg>,
+    unit: UnitId,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct Pool {
     idle: Vec<ActorRef<WorkerMsg>>,
-    busy: HashMap<ActorId, (ActorRef<WorkerMsg>, UnitId)>,
+    busy: HashMap<ActorId, Held>,
     queue: VecDeque<UnitId>,
+}
+
+/// What the run has done so far, as counters: finished units are not kept in memory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    /// Task units ever created (the next one's sequence number).
+    pub tasks_created: u64,
+    pub tasks_accepted: u32,
+    pub tasks_dropped: u32,
+    pub rollouts_created: u32,
+    pub rollouts_ended: u32,
+    /// Per stage: units that passed it and units dropped at it.
+    pub passed: BTreeMap<Stage, u32>,
+    pub dropped: BTreeMap<Stage, u32>,
+}
+
+impl Tally {
+    /// The tally of units as the store holds them (a resumed run).
+    fn of(units: &[Unit]) -> Tally {
+        let mut t = Tally::default();
+        for u in units {
+            match u.kind {
+                UnitKind::Task => {
+                    t.tasks_created = t.tasks_created.max(u.seq + 1);
+                    t.tasks_accepted += u32::from(u.status == UnitStatus::Done);
+                    t.tasks_dropped += u32::from(u.status == UnitStatus::Dropped);
+                    for stage in Stage::ALL.into_iter().filter(|s| *s != Stage::Rollout && *s < u.stage) {
+                        *t.passed.entry(stage).or_default() += 1;
+                    }
+                }
+                UnitKind::Rollout => {
+                    t.rollouts_created += 1;
+                    t.rollouts_ended += u32::from(u.status != UnitStatus::Pending);
+                }
+            }
+            match u.status {
+                UnitStatus::Done => *t.passed.entry(u.stage).or_default() += 1,
+                UnitStatus::Dropped => *t.dropped.entry(u.stage).or_default() += 1,
+                UnitStatus::Pending => {}
+            }
+        }
+        t
+    }
 }
 
 pub struct State {
     p: Arc<Pipeline>,
     pools: BTreeMap<Stage, Pool>,
     worker_stage: HashMap<ActorId, Stage>,
-    units: BTreeMap<UnitId, Unit>,
+    /// The units that are not finished (pending in the store); finished ones leave.
+    live: HashMap<UnitId, Unit>,
+    tally: Tally,
     /// Units in a stage queue or in a worker's hands: a unit is scheduled at most once, however
     /// it came to be queued (created, resumed, grown, retried, after a crash).
     scheduled: HashSet<UnitId>,
     retries_waiting: usize,
     restarts: u32,
     started: Instant,
+    /// Wall time of the run's earlier starts.
+    wall_before: f64,
     done: Option<oneshot::Sender<Result<RunOutcome, String>>>,
     drain: Option<oneshot::Receiver<()>>,
     draining: bool,
     stopping: bool,
     /// Task units dropped since the last accepted one.
     dropped_in_a_row: u32,
-    /// When a run without a target last wrote its outputs, and whether anything ended since.
+    /// When a run without a target last wrote its outputs, whether anything ended since, and the
+    /// export in progress.
     last_export: Instant,
     ended_since_export: bool,
+    export: Option<tokio::task::JoinHandle<()>>,
+    stuck_timer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the pipeline until its target is met or its budget is spent, and returns the outcome.
@@ -111,16 +184,19 @@ impl Actor for Supervisor {
 
     async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<State, ActorProcessingErr> {
         let p = args.pipeline;
-        let units = p.store.units()?.into_iter().map(|u| (u.id.clone(), u)).collect();
+        let units = p.store.units().await?;
+        let wall_before = p.store.meta("wall_time_secs").await?.and_then(|v| v.parse().ok()).unwrap_or(0.0);
         let mut state = State {
             p: p.clone(),
             pools: Stage::ALL.iter().map(|s| (*s, Pool::default())).collect(),
             worker_stage: HashMap::new(),
-            units,
+            tally: Tally::of(&units),
+            live: HashMap::new(),
             scheduled: HashSet::new(),
             retries_waiting: 0,
             restarts: 0,
             started: Instant::now(),
+            wall_before,
             done: Some(args.done),
             drain: args.drain,
             draining: false,
@@ -128,33 +204,38 @@ impl Actor for Supervisor {
             dropped_in_a_row: 0,
             last_export: Instant::now(),
             ended_since_export: false,
+            export: None,
+            stuck_timer: None,
         };
         for stage in Stage::ALL {
             for _ in 0..p.workers_for(stage) {
                 state.spawn_worker(&myself, stage).await?;
             }
         }
+        // Resume: accepted tasks get any rollout units a crash kept them from creating, then
+        // every pending unit goes back to the queue of the stage it is at, in creation order.
+        let existing: HashSet<&str> = units.iter().map(|u| u.id.as_str()).collect();
+        let mut missing = Vec::new();
+        for task in units.iter().filter(|u| u.kind == UnitKind::Task && u.status == UnitStatus::Done) {
+            for index in 0..p.settings.rollouts {
+                if !existing.contains(rollout_unit_id(&task.id, index).as_str()) {
+                    missing.push((task.id.clone(), task.seq, index));
+                }
+            }
+        }
+        let mut pending: Vec<Unit> = units.into_iter().filter(|u| u.status == UnitStatus::Pending).collect();
+        pending.sort_by_key(|u| (u.kind == UnitKind::Rollout, u.seq));
+        for unit in pending {
+            state.enqueue(unit.stage, unit.id.clone(), false);
+            state.live.insert(unit.id.clone(), unit);
+        }
+        for (task, seq, index) in missing {
+            state.create_rollout(&task, seq, index).await?;
+        }
         Ok(state)
     }
 
     async fn post_start(&self, myself: ActorRef<SupervisorMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
-        // Resume: every pending unit goes back to the queue of the stage it is at, in creation
-        // order; accepted tasks get any rollout units a crash kept them from creating.
-        let task_ids: Vec<UnitId> = state
-            .units
-            .values()
-            .filter(|u| u.kind == UnitKind::Task && u.status == UnitStatus::Done)
-            .map(|u| u.id.clone())
-            .collect();
-        for id in task_ids {
-            state.create_rollouts(&id)?;
-        }
-        let mut pending: Vec<&Unit> = state.units.values().filter(|u| u.status == UnitStatus::Pending).collect();
-        pending.sort_by_key(|u| (u.kind == UnitKind::Rollout, u.seq));
-        let queued: Vec<(Stage, UnitId)> = pending.iter().map(|u| (u.stage, u.id.clone())).collect();
-        for (stage, id) in queued {
-            state.enqueue(stage, id, false);
-        }
         if let Some(drain) = state.drain.take() {
             let me = myself.clone();
             tokio::spawn(async move {
@@ -163,7 +244,15 @@ impl Actor for Supervisor {
                 }
             });
         }
-        state.step(&myself)
+        state.stuck_timer = Some(myself.send_interval(STUCK_CHECK_EVERY, || SupervisorMsg::CheckStuck));
+        state.step(&myself).await
+    }
+
+    async fn post_stop(&self, _: ActorRef<SupervisorMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.stuck_timer.take() {
+            timer.abort();
+        }
+        Ok(())
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
@@ -171,16 +260,16 @@ impl Actor for Supervisor {
             SupervisorMsg::Finished { worker, unit, verdict } => {
                 if let Some(stage) = state.worker_stage.get(&worker).copied() {
                     let pool = state.pool(stage);
-                    if let Some((actor, _)) = pool.busy.remove(&worker) {
-                        pool.idle.push(actor);
+                    if let Some(held) = pool.busy.remove(&worker) {
+                        pool.idle.push(held.worker);
                     }
                 }
                 state.scheduled.remove(&unit);
-                state.apply(&myself, &unit, verdict)?;
+                state.apply(&myself, &unit, verdict).await?;
             }
             SupervisorMsg::Requeue(unit) => {
                 state.retries_waiting = state.retries_waiting.saturating_sub(1);
-                if let Some(u) = state.units.get(&unit) {
+                if let Some(u) = state.live.get(&unit) {
                     let stage = u.stage;
                     state.enqueue(stage, unit, true);
                 }
@@ -190,8 +279,10 @@ impl Actor for Supervisor {
                 tracing::warn!(in_flight, "draining: no new work is started; waiting for the units in flight");
                 state.draining = true;
             }
+            SupervisorMsg::CheckStuck => state.kill_stuck_workers(),
+            SupervisorMsg::Exported => state.export = None,
         }
-        state.step(&myself)
+        state.step(&myself).await
     }
 
     async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut State) -> Result<(), ActorProcessingErr> {
@@ -207,25 +298,26 @@ impl Actor for Supervisor {
         let Some(stage) = state.worker_stage.remove(&id) else { return Ok(()) };
         let pool = state.pool(stage);
         pool.idle.retain(|w| w.get_id() != id);
-        let held = pool.busy.remove(&id).map(|(_, unit)| unit);
+        let held = pool.busy.remove(&id).map(|held| held.unit);
         state.restarts += 1;
         state.p.telemetry.worker_restarted(stage);
         tracing::warn!(%stage, unit = ?held, %reason, restarts = state.restarts, "stage worker crashed; restarting it");
         if let Some(unit) = held {
             state.scheduled.remove(&unit);
-            state.p.store.release(&unit)?;
-            state.p.store.add_event(&Event { kind: "worker_restart".into(), unit: unit.clone(), stage, detail: reason.clone() })?;
-            let attempts = state.p.store.record_attempt(&unit)?;
+            let store = &state.p.store;
+            store.release(&unit).await?;
+            store.add_event(&Event { kind: EventKind::WorkerRestart, unit: unit.clone(), stage, detail: reason.clone() }).await?;
+            let attempts = store.record_attempt(&unit).await?;
             if attempts >= state.p.settings.max_attempts {
                 let detail = format!("worker crashed {attempts} times; last: {reason}");
-                state.p.store.drop_unit(&unit, "worker_crashed", &detail)?;
-                let verdict = Verdict::Dropped { reason: "worker_crashed".into(), fatal: None };
-                if let Some(u) = state.units.get(&unit) {
-                    state.p.telemetry.stage_ended(u, stage, &verdict, std::time::Duration::ZERO);
+                store.drop_unit(&unit, DropReason::WorkerCrashed, &detail).await?;
+                let verdict = Verdict::Dropped { reason: DropReason::WorkerCrashed, fatal: None };
+                if let Some(u) = state.live.get(&unit) {
+                    state.p.telemetry.stage_ended(u, stage, &verdict, Duration::ZERO);
                 }
-                state.apply(&myself, &unit, verdict)?;
+                state.apply(&myself, &unit, verdict).await?;
             } else {
-                if let Some(u) = state.units.get_mut(&unit) {
+                if let Some(u) = state.live.get_mut(&unit) {
                     u.attempts = attempts;
                 }
                 state.enqueue(stage, unit, true);
@@ -237,7 +329,7 @@ impl Actor for Supervisor {
             return Ok(());
         }
         state.spawn_worker(&myself, stage).await?;
-        state.step(&myself)
+        state.step(&myself).await
     }
 }
 
@@ -263,30 +355,55 @@ impl State {
         Ok(())
     }
 
+    /// Kills every worker that has held its unit past the stage's deadline; its supervision
+    /// event then counts an attempt and replaces it.
+    fn kill_stuck_workers(&mut self) {
+        let now = Instant::now();
+        for (stage, pool) in &self.pools {
+            let deadline = self.p.settings.stage_deadline(*stage);
+            for held in pool.busy.values().filter(|h| now.duration_since(h.since) > deadline) {
+                tracing::error!(%stage, unit = %held.unit, secs = now.duration_since(held.since).as_secs(), "stage stuck past its deadline; killing its worker");
+                held.worker.kill();
+            }
+        }
+    }
+
     /// Mirrors a verdict (already committed by the worker) in memory and schedules what follows.
-    fn apply(&mut self, myself: &ActorRef<SupervisorMsg>, unit_id: &str, verdict: Verdict) -> Result<(), PortError> {
-        let Some(unit) = self.units.get_mut(unit_id) else { return Ok(()) };
+    async fn apply(&mut self, myself: &ActorRef<SupervisorMsg>, unit_id: &str, verdict: Verdict) -> Result<(), PortError> {
+        let Some(unit) = self.live.get_mut(unit_id) else { return Ok(()) };
         match verdict {
             Verdict::Advanced { next: Some(stage) } => {
+                *self.tally.passed.entry(unit.stage).or_default() += 1;
                 unit.stage = stage;
                 unit.attempts = 0;
                 self.enqueue(stage, unit_id.to_string(), false);
             }
             Verdict::Advanced { next: None } => {
-                unit.status = UnitStatus::Done;
-                unit.attempts = 0;
+                let unit = self.live.remove(unit_id).expect("present");
+                *self.tally.passed.entry(unit.stage).or_default() += 1;
                 self.ended_since_export = true;
-                if unit.kind == UnitKind::Task {
-                    self.dropped_in_a_row = 0;
-                    self.create_rollouts(unit_id)?;
+                match unit.kind {
+                    UnitKind::Task => {
+                        self.tally.tasks_accepted += 1;
+                        self.dropped_in_a_row = 0;
+                        for index in 0..self.p.settings.rollouts {
+                            self.create_rollout(&unit.id, unit.seq, index).await?;
+                        }
+                    }
+                    UnitKind::Rollout => self.tally.rollouts_ended += 1,
                 }
             }
             Verdict::Dropped { reason, fatal } => {
-                unit.status = UnitStatus::Dropped;
-                unit.drop_reason = Some(reason);
+                let unit = self.live.remove(unit_id).expect("present");
+                tracing::debug!(unit = %unit.id, %reason, "unit dropped");
+                *self.tally.dropped.entry(unit.stage).or_default() += 1;
                 self.ended_since_export = true;
-                if unit.kind == UnitKind::Task {
-                    self.dropped_in_a_row += 1;
+                match unit.kind {
+                    UnitKind::Task => {
+                        self.tally.tasks_dropped += 1;
+                        self.dropped_in_a_row += 1;
+                    }
+                    UnitKind::Rollout => self.tally.rollouts_ended += 1,
                 }
                 if let Some(message) = fatal {
                     // The units in flight stay pending in the store: a later run resumes them.
@@ -305,29 +422,14 @@ impl State {
         Ok(())
     }
 
-    /// Creates (idempotently) the rollout units of an accepted task and queues the new ones.
-    fn create_rollouts(&mut self, task: &str) -> Result<(), PortError> {
-        let task_seq = self.units.get(task).map(|u| u.seq).unwrap_or(0);
-        for index in 0..self.p.settings.rollouts {
-            let id = rollout_unit_id(task, index);
-            if self.units.contains_key(&id) {
-                continue;
-            }
-            let unit = Unit {
-                id: id.clone(),
-                kind: UnitKind::Rollout,
-                seq: task_seq * 1000 + u64::from(index),
-                parent: Some(task.to_string()),
-                stage: Stage::Rollout,
-                status: UnitStatus::Pending,
-                attempts: 0,
-                drop_reason: None,
-                drop_detail: None,
-            };
-            self.p.store.insert_unit(&unit)?;
-            self.units.insert(id.clone(), unit);
-            self.enqueue(Stage::Rollout, id, false);
-        }
+    /// Creates (idempotently in the store) rollout `index` of an accepted task and queues it.
+    async fn create_rollout(&mut self, task: &str, task_seq: u64, index: u32) -> Result<(), PortError> {
+        let id = rollout_unit_id(task, index);
+        let unit = Unit::pending(id.clone(), UnitKind::Rollout, task_seq * 1000 + u64::from(index), Some(task.to_string()), Stage::Rollout);
+        self.p.store.insert_unit(&unit).await?;
+        self.tally.rollouts_created += 1;
+        self.enqueue(Stage::Rollout, id.clone(), false);
+        self.live.insert(id, unit);
         Ok(())
     }
 
@@ -337,51 +439,49 @@ impl State {
         2 * [Stage::Topic, Stage::Dataset, Stage::Codegen, Stage::Debug, Stage::Export].iter().map(|s| self.p.workers_for(*s)).sum::<u32>()
     }
 
+    fn tasks_in_progress(&self) -> u32 {
+        let ended = u64::from(self.tally.tasks_accepted) + u64::from(self.tally.tasks_dropped);
+        (self.tally.tasks_created - ended) as u32
+    }
+
     /// Creates task units, in order, while fewer than the window are in progress and the
     /// accepted plus in-progress tasks fall short of the target within the topic budget (or
     /// forever, without a target).
-    fn top_up(&mut self) -> Result<(), PortError> {
+    async fn top_up(&mut self) -> Result<(), PortError> {
         let p = self.p.clone();
         let s = &p.settings;
-        let (mut created, mut live, mut in_progress) = (0u64, 0u32, 0u32);
-        for u in self.units.values().filter(|u| u.kind == UnitKind::Task) {
-            created += 1;
-            live += u32::from(u.status != UnitStatus::Dropped);
-            in_progress += u32::from(u.status == UnitStatus::Pending);
-        }
         let window = self.task_window();
-        while in_progress < window && (s.forever() || (live < s.tasks && created < u64::from(s.max_topics))) {
-            let unit = Unit {
-                id: task_unit_id(created),
-                kind: UnitKind::Task,
-                seq: created,
-                parent: None,
-                stage: Stage::Topic,
-                status: UnitStatus::Pending,
-                attempts: 0,
-                drop_reason: None,
-                drop_detail: None,
-            };
-            self.p.store.insert_unit(&unit)?;
+        loop {
+            let in_progress = self.tasks_in_progress();
+            let live = self.tally.tasks_accepted + in_progress;
+            let wanted = s.forever() || (live < s.tasks && self.tally.tasks_created < u64::from(s.max_topics));
+            if in_progress >= window || !wanted {
+                return Ok(());
+            }
+            let seq = self.tally.tasks_created;
+            let unit = Unit::pending(task_unit_id(seq), UnitKind::Task, seq, None, Stage::Topic);
+            self.p.store.insert_unit(&unit).await?;
+            self.tally.tasks_created += 1;
             self.enqueue(Stage::Topic, unit.id.clone(), false);
-            self.units.insert(unit.id.clone(), unit);
-            created += 1;
-            live += 1;
-            in_progress += 1;
+            self.live.insert(unit.id.clone(), unit);
         }
-        Ok(())
     }
 
-    /// A run without a target rewrites its outputs now and then, so they are current while it runs.
-    fn export_now_and_then(&mut self) {
-        if !self.p.settings.forever() || !self.ended_since_export || self.last_export.elapsed() < self.p.settings.export_every {
+    /// A run without a target rewrites its outputs now and then, so they are current while it
+    /// runs; the export is a task of its own, one at a time.
+    fn export_now_and_then(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        if !self.p.settings.forever() || !self.ended_since_export || self.export.is_some() || self.last_export.elapsed() < self.p.settings.export_every {
             return;
         }
         self.last_export = Instant::now();
         self.ended_since_export = false;
-        if let Err(e) = crate::export::finalize(&self.p, self.wall_time()) {
-            tracing::warn!(error = %e, "cannot rewrite the run's outputs; trying again later");
-        }
+        let (p, wall, me) = (self.p.clone(), self.wall_time(), myself.clone());
+        self.export = Some(tokio::spawn(async move {
+            if let Err(e) = crate::export::finalize(&p, wall).await {
+                tracing::warn!(error = %e, "cannot rewrite the run's outputs; trying again later");
+            }
+            me.cast(SupervisorMsg::Exported).ok();
+        }));
     }
 
     /// Hands queued units to idle workers.
@@ -393,14 +493,14 @@ impl State {
                     break;
                 }
                 let unit_id = pool.queue.pop_front().expect("non-empty");
-                let Some(unit) = self.units.get(&unit_id).filter(|u| u.status == UnitStatus::Pending).cloned() else {
+                let Some(unit) = self.live.get(&unit_id).cloned() else {
                     self.scheduled.remove(&unit_id);
                     continue;
                 };
                 let worker = pool.idle.pop().expect("non-empty");
                 match worker.cast(WorkerMsg::Work(unit)) {
                     Ok(()) => {
-                        pool.busy.insert(worker.get_id(), (worker, unit_id));
+                        pool.busy.insert(worker.get_id(), Held { worker, unit: unit_id, since: Instant::now() });
                     }
                     // The worker is dying; its supervision event will replace it.
                     Err(_) => pool.queue.push_front(unit_id),
@@ -410,7 +510,7 @@ impl State {
     }
 
     /// Tops up, dispatches, publishes progress, and finishes when nothing is left to do.
-    fn step(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+    async fn step(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
         if self.stopping {
             return Ok(());
         }
@@ -425,36 +525,34 @@ impl State {
         let idle = if self.draining {
             self.pools.values().all(|p| p.busy.is_empty())
         } else {
-            self.export_now_and_then();
-            self.top_up()?;
+            self.export_now_and_then(myself);
+            self.top_up().await?;
             self.dispatch();
             self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty())
         };
         self.publish(idle);
         if idle {
-            self.finish(myself);
+            self.finish(myself).await;
         }
         Ok(())
     }
 
     /// Wall time of the run so far, over all its starts.
     fn wall_time(&self) -> f64 {
-        let before: f64 = self.p.store.meta("wall_time_secs").ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        before + self.started.elapsed().as_secs_f64()
+        self.wall_before + self.started.elapsed().as_secs_f64()
     }
 
-    fn finish(&mut self, myself: &ActorRef<SupervisorMsg>) {
+    async fn finish(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        if let Some(export) = self.export.take() {
+            export.await.ok();
+        }
         let wall = self.wall_time();
-        let result = self
-            .p
-            .store
-            .set_meta("wall_time_secs", &format!("{wall:.3}"))
-            .and_then(|()| crate::export::finalize(&self.p, wall))
-            .map(|inputs| RunOutcome {
-                target_tasks: self.p.settings.tasks,
-                accepted_tasks: inputs.tasks.len() as u32,
-                inputs,
-            })
+        let result = match self.p.store.set_meta("wall_time_secs", &format!("{wall:.3}")).await {
+            Ok(()) => crate::export::finalize(&self.p, wall).await,
+            Err(e) => Err(e),
+        };
+        let result = result
+            .map(|inputs| RunOutcome { target_tasks: self.p.settings.tasks, accepted_tasks: inputs.tasks.len() as u32, inputs })
             .map_err(|e| format!("cannot write the run's final outputs: {e}"));
         self.shutdown(myself, result);
     }
@@ -472,45 +570,31 @@ impl State {
         myself.stop(None);
     }
 
+    /// Publishes the counts: a fixed cost per stage, whatever the number of finished units.
     fn publish(&self, finished: bool) {
-        let mut progress = Progress {
+        let stages = Stage::ALL
+            .into_iter()
+            .map(|stage| {
+                let pool = &self.pools[&stage];
+                let counts = StageCounts {
+                    queued: pool.queue.len() as u32,
+                    in_flight: pool.busy.len() as u32,
+                    passed: self.tally.passed.get(&stage).copied().unwrap_or(0),
+                    dropped: self.tally.dropped.get(&stage).copied().unwrap_or(0),
+                };
+                (stage, counts)
+            })
+            .collect();
+        let progress = Progress {
+            stages,
             target_tasks: self.p.settings.tasks,
+            accepted_tasks: self.tally.tasks_accepted,
+            rollouts_total: self.tally.rollouts_created,
+            rollouts_done: self.tally.rollouts_ended,
             worker_restarts: self.restarts,
             finished,
-            ..Default::default()
+            live_units: self.live.len() as u32,
         };
-        for stage in Stage::ALL {
-            let pool = &self.pools[&stage];
-            let mut counts = StageCounts {
-                queued: pool.queue.len() as u32,
-                in_flight: pool.busy.len() as u32,
-                ..Default::default()
-            };
-            for u in self.units.values() {
-                let relevant = (stage == Stage::Rollout) == (u.kind == UnitKind::Rollout);
-                if !relevant {
-                    continue;
-                }
-                if u.status == UnitStatus::Dropped && u.stage == stage {
-                    counts.dropped += 1;
-                } else if u.status == UnitStatus::Done || (u.status == UnitStatus::Pending && u.stage > stage) || (u.status == UnitStatus::Dropped && u.stage > stage) {
-                    counts.passed += 1;
-                }
-            }
-            progress.stages.push((stage, counts));
-        }
-        for u in self.units.values() {
-            match (u.kind, u.status) {
-                (UnitKind::Task, UnitStatus::Done) => progress.accepted_tasks += 1,
-                (UnitKind::Rollout, status) => {
-                    progress.rollouts_total += 1;
-                    if status != UnitStatus::Pending {
-                        progress.rollouts_done += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
         self.p.progress.send_replace(progress);
     }
 }

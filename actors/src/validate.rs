@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::{Direction, Scores, TaskBundle};
+use crate::model::{Direction, DropReason, Scores, TaskBundle};
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, copy_tree, fresh_dir};
 use crate::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
 
@@ -42,7 +42,7 @@ pub struct CheckResult {
 #[derive(Serialize, Clone, Debug)]
 pub struct Failure {
     pub step: String,
-    pub reason: String,
+    pub reason: DropReason,
     pub problem: String,
     pub output: String,
 }
@@ -101,8 +101,8 @@ pub async fn check_bundle(c: &TaskCheck<'_>) -> Result<(Report, Option<Passed>),
     Ok((report, passed))
 }
 
-fn fail(step: &str, reason: &str, problem: impl Into<String>, output: impl Into<String>) -> Failure {
-    Failure { step: step.into(), reason: reason.into(), problem: problem.into(), output: output.into() }
+fn fail(step: &str, reason: DropReason, problem: impl Into<String>, output: impl Into<String>) -> Failure {
+    Failure { step: step.into(), reason, problem: problem.into(), output: output.into() }
 }
 
 fn io_err(context: &str, e: std::io::Error) -> PortError {
@@ -118,7 +118,7 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     // 1. Static checks: nothing runs until the bundle is complete and consistent.
     let problems = static_problems(b);
     if !problems.is_empty() {
-        return Ok(Err(fail("static", "bundle_invalid", problems.join("; "), "")));
+        return Ok(Err(fail("static", DropReason::BundleInvalid, problems.join("; "), "")));
     }
     ok(checks, "static", "bundle complete, metric spec consistent".into());
     fresh_dir(c.work_dir).map_err(|e| io_err("cannot create the validation directory", e))?;
@@ -129,18 +129,18 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     fresh_dir(&prep.join("raw")).map_err(|e| io_err("cannot create prepare dir", e))?;
     write_file(&prep.join("prepare.py"), &b.files["prepare.py"])?;
     let out = run_python(c, &prep, &["prepare.py"], vec![ro(c.raw_dir, "raw")], c.prepare_timeout, "prepare").await?;
-    if let Some(f) = job_failure("prepare", "prepare_failed", &out) {
+    if let Some(f) = job_failure("prepare", DropReason::PrepareFailed, &out) {
         return Ok(Err(f));
     }
     let missing: Vec<&str> = PREPARED_FILES.iter().copied().filter(|f| !prep.join(f).is_file()).collect();
     if !missing.is_empty() {
-        return Ok(Err(fail("prepare", "prepare_failed", format!("prepare.py did not write {}", missing.join(", ")), output_text(&out))));
+        return Ok(Err(fail("prepare", DropReason::PrepareFailed, format!("prepare.py did not write {}", missing.join(", ")), output_text(&out))));
     }
     let test_header = csv_header(&prep.join("data/test.csv"))?;
     if test_header.iter().any(|h| h == &b.target_column) {
         return Ok(Err(fail(
             "prepare",
-            "leak",
+            DropReason::Leak,
             format!("data/test.csv contains the target column `{}`: the agent could read the answers", b.target_column),
             format!("test.csv columns: {}", test_header.join(",")),
         )));
@@ -148,7 +148,7 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     for (file, needed) in [("data/test.csv", vec!["id"]), ("data/answers.csv", vec!["id", b.target_column.as_str()]), ("sample_submission.csv", vec!["id", b.target_column.as_str()])] {
         let header = csv_header(&prep.join(file))?;
         if let Some(col) = needed.iter().find(|n| !header.iter().any(|h| h == *n)) {
-            return Ok(Err(fail("prepare", "prepare_failed", format!("{file} has no `{col}` column"), format!("{file} columns: {}", header.join(",")))));
+            return Ok(Err(fail("prepare", DropReason::PrepareFailed, format!("{file} has no `{col}` column"), format!("{file} columns: {}", header.join(",")))));
         }
     }
     ok(checks, "prepare", format!("wrote the data files in {:.1} s; test.csv holds no target", out.elapsed_secs));
@@ -182,7 +182,7 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     if !same_scores(&baseline_scores, &again) {
         return Ok(Err(fail(
             "baseline",
-            "baseline_not_reproducible",
+            DropReason::BaselineNotReproducible,
             format!("the baseline scored {} then {}: fix every random seed", format_scores(&baseline_scores), format_scores(&again)),
             "",
         )));
@@ -204,7 +204,7 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     if !better {
         return Ok(Err(fail(
             "sample_submission",
-            "baseline_not_better_than_trivial",
+            DropReason::BaselineNotBetterThanTrivial,
             format!("the baseline's {} is {base} but the naive sample submission already scores {trivial}", b.priority_metric),
             "",
         )));
@@ -214,7 +214,7 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     // 6. The baseline leaves the agent room to improve.
     if let Some(problem) = saturation(&b.priority_metric, b.direction, base, trivial, c.headroom) {
         let evidence = format!("baseline scores {}; naive submission scores {}", format_scores(&baseline_scores), format_scores(&sample_scores));
-        return Ok(Err(fail("headroom", "baseline_saturated", problem, evidence)));
+        return Ok(Err(fail("headroom", DropReason::BaselineSaturated, problem, evidence)));
     }
     let bound = match metric_bound(&b.priority_metric) {
         Some(bound) if bound.direction == b.direction => format!("the best possible {} is {:.1}", b.priority_metric, bound.best),
@@ -232,7 +232,7 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     if out.success() {
         return Ok(Err(fail(
             "wrong_shape",
-            "eval_accepts_wrong_shape",
+            DropReason::EvalAcceptsWrongShape,
             "evaluate.py accepted a submission with a missing row; it must exit with status 1 and explain",
             output_text(&out),
         )));
@@ -253,12 +253,12 @@ async fn baseline_and_evaluate(
     fresh_dir(&ws.join("data")).map_err(|e| io_err("cannot create baseline workspace", e))?;
     copy_files(&prepared.starter(), &ws).map_err(|e| io_err("cannot copy starter code", e))?;
     let out = run_python(c, &ws, &["baseline.py"], vec![ro(&prepared.public_data(), "data")], timeout, &format!("baseline run {run}")).await?;
-    if let Some(f) = job_failure("baseline", "baseline_failed", &out) {
+    if let Some(f) = job_failure("baseline", DropReason::BaselineFailed, &out) {
         return Ok(Err(f));
     }
     let submission = ws.join("submission.csv");
     if !submission.is_file() {
-        return Ok(Err(fail("baseline", "baseline_failed", "baseline.py did not write submission.csv", output_text(&out))));
+        return Ok(Err(fail("baseline", DropReason::BaselineFailed, "baseline.py did not write submission.csv", output_text(&out))));
     }
     let out = evaluate_submission(c.sandbox, prepared, &submission, &c.work_dir.join(format!("eval-baseline-{run}")), timeout, &format!("{} evaluate baseline {run}", c.label)).await?;
     Ok(checked_scores("evaluate", &out, c.bundle))
@@ -266,10 +266,10 @@ async fn baseline_and_evaluate(
 
 /// Parses evaluate.py's output and checks the keys against the bundle's metric spec.
 fn checked_scores(step: &str, out: &JobOutput, b: &TaskBundle) -> Result<Scores, Failure> {
-    if let Some(f) = job_failure(step, "eval_failed", out) {
+    if let Some(f) = job_failure(step, DropReason::EvalFailed, out) {
         return Err(f);
     }
-    let scores = parse_scores(out).map_err(|e| fail(step, "eval_format", e, output_text(out)))?;
+    let scores = parse_scores(out).map_err(|e| fail(step, DropReason::EvalFormat, e, output_text(out)))?;
     let mut keys: Vec<&String> = scores.keys().collect();
     let mut declared: Vec<&String> = b.metrics.iter().collect();
     keys.sort();
@@ -277,7 +277,7 @@ fn checked_scores(step: &str, out: &JobOutput, b: &TaskBundle) -> Result<Scores,
     if keys != declared {
         return Err(fail(
             step,
-            "metric_mismatch",
+            DropReason::MetricMismatch,
             format!("evaluate.py printed the metrics {keys:?} but the bundle declares {declared:?}"),
             output_text(out),
         ));
@@ -335,6 +335,9 @@ pub fn parse_scores(out: &JobOutput) -> Result<Scores, String> {
 }
 
 /// Problems that can be seen without running anything.
+/// The longest `training_timeout` a bundle may declare: every job of a task's check is bounded.
+pub const MAX_TRAINING_TIMEOUT_SECS: u64 = 3600;
+
 pub fn static_problems(b: &TaskBundle) -> Vec<String> {
     let mut problems = Vec::new();
     for f in BUNDLE_FILES {
@@ -360,8 +363,8 @@ pub fn static_problems(b: &TaskBundle) -> Vec<String> {
     if !b.description.contains("SUBMISSION FORMAT") {
         problems.push("the description has no SUBMISSION FORMAT paragraph".into());
     }
-    if b.training_timeout == 0 || b.training_timeout > 3600 {
-        problems.push(format!("training_timeout {} must be between 1 and 3600 seconds", b.training_timeout));
+    if b.training_timeout == 0 || b.training_timeout > MAX_TRAINING_TIMEOUT_SECS {
+        problems.push(format!("training_timeout {} must be between 1 and {MAX_TRAINING_TIMEOUT_SECS} seconds", b.training_timeout));
     }
     problems
 }
@@ -488,9 +491,9 @@ pub fn format_scores(s: &Scores) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
-fn job_failure(step: &str, reason: &str, out: &JobOutput) -> Option<Failure> {
+fn job_failure(step: &str, reason: DropReason, out: &JobOutput) -> Option<Failure> {
     if out.timed_out {
-        return Some(fail(step, "timeout", format!("{step} did not finish within {:.0} s", out.elapsed_secs), output_text(out)));
+        return Some(fail(step, DropReason::Timeout, format!("{step} did not finish within {:.0} s", out.elapsed_secs), output_text(out)));
     }
     if !out.success() {
         return Some(fail(step, reason, format!("{step} failed ({})", out.status_line()), output_text(out)));

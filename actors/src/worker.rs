@@ -5,12 +5,11 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::model::{Outcome, Stage, Unit, UnitKind};
+use crate::model::{DropReason, Outcome, Stage, StageOutput, Unit, UnitKind, Verdict};
 use crate::pipeline::Pipeline;
-use crate::ports::{Event, PortError};
+use crate::ports::{Event, EventKind, PortError};
 use crate::supervisor::SupervisorMsg;
 
 pub struct StageWorker;
@@ -25,20 +24,6 @@ pub enum WorkerMsg {
     Work(Unit),
 }
 
-/// What became of a unit, as reported to the supervisor. The store already holds it.
-#[derive(Debug, Clone)]
-pub enum Verdict {
-    /// Moved to the next stage (`None`: the unit is done).
-    Advanced { next: Option<Stage> },
-    /// `fatal`: the reason dooms every unit (see [`stops_the_run`]); the run stops with this
-    /// message.
-    Dropped { reason: String, fatal: Option<String> },
-    /// A transient failure; the unit should be tried again after a pause.
-    Retry { attempts: u32 },
-    /// The unit was claimed already (it is being worked on elsewhere): nothing was done.
-    NotClaimed,
-}
-
 impl Actor for StageWorker {
     type Msg = WorkerMsg;
     type State = WorkerArgs;
@@ -51,7 +36,7 @@ impl Actor for StageWorker {
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerArgs) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Work(unit) = msg;
         // No work starts on a unit that is not claimed in the store first.
-        if !state.pipeline.store.claim(&unit.id, state.stage)? {
+        if !state.pipeline.store.claim(&unit.id, state.stage).await? {
             tracing::error!(unit = %unit.id, stage = %state.stage, "unit already claimed; not working on it twice");
             state.supervisor.cast(SupervisorMsg::Finished { worker: myself.get_id(), unit: unit.id, verdict: Verdict::NotClaimed })?;
             return Ok(());
@@ -68,48 +53,36 @@ impl Actor for StageWorker {
 
 /// Runs one stage on one unit and commits the outcome. `Err` only when the store fails.
 pub async fn process(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Verdict, PortError> {
-    let result = match stage {
-        Stage::Topic => crate::topic::run(p, unit).await,
-        Stage::Dataset => crate::dataset::run(p, unit).await,
-        Stage::Codegen => crate::codegen::run(p, unit).await,
-        Stage::Debug => crate::debug::run(p, unit).await,
-        Stage::Export => crate::export::run(p, unit).await,
-        Stage::Rollout => crate::rollout::run(p, unit).await,
-    };
-    let drop = |reason: &str, detail: &str| -> Result<Verdict, PortError> {
-        tracing::info!(unit = %unit.id, %stage, reason, detail, "unit dropped");
-        p.store.drop_unit(&unit.id, reason, detail)?;
-        let fatal = stops_the_run(reason).then(|| format!("{detail} ({stage} stage, unit {}: {reason})", unit.id));
-        Ok(Verdict::Dropped { reason: reason.to_string(), fatal })
-    };
+    let result = p.logic.run(p, stage, unit).await;
     match result {
-        Ok(Outcome::Advance(value)) => {
+        Ok(Outcome::Advance(result)) => {
+            debug_assert_eq!(result.stage(), stage, "a stage returns its own result");
             let next = if unit.kind == UnitKind::Task { stage.next() } else { None };
-            p.store.complete_stage(&unit.id, stage, &value, next)?;
+            p.store.complete_stage(&unit.id, &result, next).await?;
             Ok(Verdict::Advanced { next })
         }
-        Ok(Outcome::Drop { reason, detail }) => drop(&reason, &detail),
+        Ok(Outcome::Drop { reason, detail }) => drop(p, stage, unit, reason, &detail).await,
         Err(PortError::Transient(e)) => {
-            let attempts = p.store.record_attempt(&unit.id)?;
-            p.store.add_event(&Event { kind: "retry".into(), unit: unit.id.clone(), stage, detail: e.clone() })?;
+            let attempts = p.store.record_attempt(&unit.id).await?;
+            p.store.add_event(&Event { kind: EventKind::Retry, unit: unit.id.clone(), stage, detail: e.clone() }).await?;
             if attempts >= p.settings.max_attempts {
-                drop("transient_exhausted", &format!("after {attempts} attempts: {e}"))
+                drop(p, stage, unit, DropReason::TransientExhausted, &format!("after {attempts} attempts: {e}")).await
             } else {
                 tracing::warn!(unit = %unit.id, %stage, attempts, error = %e, "transient failure, will retry");
                 Ok(Verdict::Retry { attempts })
             }
         }
         // Named after the stage: the detail says what failed.
-        Err(PortError::Permanent(e)) => drop(&format!("{stage}_failed"), &e),
-        Err(PortError::Refused { reason, detail }) => drop(&reason, &detail),
+        Err(PortError::Permanent(e)) => drop(p, stage, unit, DropReason::stage_failed(stage), &e).await,
+        Err(PortError::Refused { reason, detail }) => drop(p, stage, unit, reason, &detail).await,
     }
 }
 
-/// Drop reasons that would end every later unit the same way: the first one stops the run
-/// instead of letting it burn its topic budget (the sandbox cannot start, an endpoint refuses
-/// the key or has no quota, the run's LLM budget is spent, the output directory is unwritable).
-pub fn stops_the_run(reason: &str) -> bool {
-    matches!(reason, "sandbox_unavailable" | "llm_auth" | "llm_quota" | "budget_exhausted" | "output_unwritable")
+async fn drop(p: &Pipeline, stage: Stage, unit: &Unit, reason: DropReason, detail: &str) -> Result<Verdict, PortError> {
+    tracing::info!(unit = %unit.id, %stage, %reason, detail, "unit dropped");
+    p.store.drop_unit(&unit.id, reason, detail).await?;
+    let fatal = reason.stops_the_run().then(|| format!("{detail} ({stage} stage, unit {}: {reason})", unit.id));
+    Ok(Verdict::Dropped { reason, fatal })
 }
 
 /// Fails on purpose at the configured rates (a pure function of seed, unit, stage and attempt).
@@ -137,11 +110,13 @@ fn inject_fault(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<(), ActorProc
     Ok(())
 }
 
-/// Reads a stored stage result of a unit.
-pub fn stored<T: DeserializeOwned>(p: &Pipeline, unit: &str, stage: Stage) -> Result<T, PortError> {
-    let value = p
+/// Reads a unit's stored result of the stage `T` is the result of.
+pub async fn stored<T: StageOutput>(p: &Pipeline, unit: &str) -> Result<T, PortError> {
+    let stage = T::STAGE;
+    let result = p
         .store
-        .result(unit, stage)?
+        .result(unit, stage)
+        .await?
         .ok_or_else(|| PortError::Permanent(format!("unit {unit} has no stored {stage} result")))?;
-    serde_json::from_value(value).map_err(|e| PortError::Permanent(format!("stored {stage} result of {unit} is unreadable: {e}")))
+    T::from_result(result).ok_or_else(|| PortError::Permanent(format!("the stored {stage} result of {unit} is of another stage")))
 }

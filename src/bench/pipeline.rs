@@ -20,8 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gymforge_actors::Stage;
-use gymforge_actors::model::RolloutRecord;
-use gymforge_actors::ports::Store as _;
+use gymforge_actors::model::{RolloutRecord, StageOutput};
 use serde_json::json;
 
 use super::{BenchReport, Target};
@@ -156,7 +155,7 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
 
     // The run's own trajectories give the cost of one.
     let store = crate::store::SqliteStore::open(&crate::run::state_dir(&out).join("state.db"))?;
-    let records: Vec<RolloutRecord> = store.results(Stage::Rollout).map_err(anyhow::Error::msg)?.into_iter().filter_map(|(_, v)| serde_json::from_value(v).ok()).collect();
+    let records: Vec<RolloutRecord> = store.results(Stage::Rollout).map_err(anyhow::Error::msg)?.into_iter().filter_map(|(_, result)| RolloutRecord::from_result(result)).collect();
     anyhow::ensure!(!records.is_empty(), "no trajectory finished");
     let n = records.len() as f64;
     let calls_per_trajectory = records.iter().map(|r| r.trajectory.info.model_stats.api_calls as f64).sum::<f64>() / n;

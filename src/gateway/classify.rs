@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gymforge_actors::DropReason;
 use reqwest::header::HeaderMap;
 
 /// The meaning of one HTTP answer that was not a success.
@@ -13,7 +14,7 @@ pub enum Failure {
     /// 408, 409, 5xx, timeouts, resets, unreadable bodies; `wait` is the server's retry hint.
     Transient { detail: String, wait: Option<Duration> },
     /// Will fail again. `reason` is the drop reason of the unit.
-    Permanent { reason: &'static str, detail: String },
+    Permanent { reason: DropReason, detail: String },
     /// A refusal that named the model's limits: send again once with this `max_tokens`.
     Refit { max_tokens: u32 },
 }
@@ -22,12 +23,12 @@ pub enum Failure {
 pub fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> Failure {
     let detail = format!("HTTP {status}: {}", snippet(body));
     match status {
-        429 if body.contains("insufficient_quota") => Failure::Permanent { reason: "llm_quota", detail },
+        429 if body.contains("insufficient_quota") => Failure::Permanent { reason: DropReason::LlmQuota, detail },
         429 => Failure::RateLimited { wait: retry_hint(headers) },
-        401 | 403 => Failure::Permanent { reason: "llm_auth", detail },
+        401 | 403 => Failure::Permanent { reason: DropReason::LlmAuth, detail },
         408 | 409 | 500..=599 => Failure::Transient { detail, wait: retry_hint(headers) },
-        400 | 413 | 422 if is_context_length(body) => Failure::Permanent { reason: "llm_context_length", detail },
-        _ => Failure::Permanent { reason: "llm_bad_request", detail },
+        400 | 413 | 422 if is_context_length(body) => Failure::Permanent { reason: DropReason::LlmContextLength, detail },
+        _ => Failure::Permanent { reason: DropReason::LlmBadRequest, detail },
     }
 }
 
@@ -151,18 +152,18 @@ mod tests {
     fn statuses_are_classified() {
         let h = HeaderMap::new();
         assert_eq!(classify_status(429, &h, "slow down"), Failure::RateLimited { wait: None });
-        assert!(matches!(classify_status(429, &h, r#"{"error":{"code":"insufficient_quota"}}"#), Failure::Permanent { reason: "llm_quota", .. }));
-        assert!(matches!(classify_status(401, &h, ""), Failure::Permanent { reason: "llm_auth", .. }));
-        assert!(matches!(classify_status(403, &h, ""), Failure::Permanent { reason: "llm_auth", .. }));
+        assert!(matches!(classify_status(429, &h, r#"{"error":{"code":"insufficient_quota"}}"#), Failure::Permanent { reason: DropReason::LlmQuota, .. }));
+        assert!(matches!(classify_status(401, &h, ""), Failure::Permanent { reason: DropReason::LlmAuth, .. }));
+        assert!(matches!(classify_status(403, &h, ""), Failure::Permanent { reason: DropReason::LlmAuth, .. }));
         assert!(matches!(
             classify_status(400, &h, r#"{"error":{"code":"context_length_exceeded"}}"#),
-            Failure::Permanent { reason: "llm_context_length", .. }
+            Failure::Permanent { reason: DropReason::LlmContextLength, .. }
         ));
         assert!(matches!(
             classify_status(400, &h, "This model's maximum context length is 8192 tokens"),
-            Failure::Permanent { reason: "llm_context_length", .. }
+            Failure::Permanent { reason: DropReason::LlmContextLength, .. }
         ));
-        assert!(matches!(classify_status(404, &h, "no such model"), Failure::Permanent { reason: "llm_bad_request", .. }));
+        assert!(matches!(classify_status(404, &h, "no such model"), Failure::Permanent { reason: DropReason::LlmBadRequest, .. }));
         assert!(matches!(classify_status(503, &h, ""), Failure::Transient { wait: None, .. }));
         assert!(matches!(classify_status(408, &h, ""), Failure::Transient { .. }));
         let mut busy = HeaderMap::new();

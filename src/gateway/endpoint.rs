@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use gymforge_actors::Stage;
+use gymforge_actors::{DropReason, Stage};
 use gymforge_actors::ports::{ChatReply, ChatRequest, Finish, ModelLimits, PortError, ResponseFormat};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -272,7 +272,7 @@ impl Endpoint {
             let room = context.saturating_sub(prompt_tokens + context_margin(prompt_tokens));
             if room == 0 {
                 return Err(PortError::Refused {
-                    reason: "llm_context_length".into(),
+                    reason: DropReason::LlmContextLength,
                     detail: format!(
                         "endpoint `{}`: the prompt (about {prompt_tokens} tokens) leaves no room for an answer in the model's context of {context} tokens",
                         self.name
@@ -431,13 +431,13 @@ impl Endpoint {
                 Failure::Refit { .. } => unreachable!("a refit is sent again above"),
                 Failure::Permanent { reason, mut detail } => {
                     self.stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
-                    if reason == "llm_auth"
+                    if reason == DropReason::LlmAuth
                         && let Some(missing) = self.missing_key()
                     {
                         detail = format!("{detail}; {missing}");
                     }
-                    tracing::warn!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, reason, %detail, "LLM call refused");
-                    return Err(PortError::Refused { reason: reason.to_string(), detail: format!("endpoint `{}`: {detail}", self.name) });
+                    tracing::warn!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, %reason, %detail, "LLM call refused");
+                    return Err(PortError::Refused { reason, detail: format!("endpoint `{}`: {detail}", self.name) });
                 }
                 Failure::RateLimited { wait } => {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);

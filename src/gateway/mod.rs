@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use gymforge_actors::Stage;
+use gymforge_actors::{DropReason, Stage};
 use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, ModelLimits, PortError};
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -146,7 +146,7 @@ impl Gateway {
         let spent = *lock(&self.budget.spent_usd);
         if spent >= self.budget.limit_usd {
             return Err(PortError::Refused {
-                reason: "budget_exhausted".into(),
+                reason: DropReason::BudgetExhausted,
                 detail: format!("the run has spent ${spent:.4} of its ${:.4} budget (llm.run_budget_usd)", self.budget.limit_usd),
             });
         }
@@ -187,7 +187,7 @@ impl Gateway {
                 }
                 Replayed::Missing => {
                     return Err(PortError::Refused {
-                        reason: "replay_missing".into(),
+                        reason: DropReason::ReplayMissing,
                         detail: format!("the replay file has no further answer for unit {} at stage {stage}", request.unit),
                     });
                 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use async_trait::async_trait;
+use gymforge_actors::DropReason;
 use gymforge_actors::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::Instrument;
@@ -572,7 +573,7 @@ pub(super) fn setup_failure(stderr: &str) -> PortError {
 
 /// The sandbox cannot start at all: every job would fail the same way, so the run stops.
 fn unavailable(detail: String) -> PortError {
-    PortError::Refused { reason: "sandbox_unavailable".into(), detail }
+    PortError::Refused { reason: DropReason::SandboxUnavailable, detail }
 }
 
 /// Reads `r` to the end, keeping the first `cap` bytes in `buf` and discarding the rest.
@@ -879,7 +880,7 @@ mod tests {
     #[test]
     fn namespace_refusal_is_explained() {
         let e = setup_failure("bwrap: No permissions to creating new namespace, likely because");
-        assert!(matches!(&e, PortError::Refused { reason, detail } if reason == "sandbox_unavailable" && detail.contains("user namespaces")), "{e}");
+        assert!(matches!(&e, PortError::Refused { reason, detail } if *reason == DropReason::SandboxUnavailable && detail.contains("user namespaces")), "{e}");
     }
 
     #[test]

@@ -7,8 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use gymforge_actors::model::Stage;
-use gymforge_actors::worker::Verdict;
+use gymforge_actors::model::{Stage, Verdict};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
@@ -49,7 +48,7 @@ impl Metrics {
             Verdict::Advanced { next: None } => "done",
             Verdict::Advanced { .. } => "advanced",
             Verdict::Dropped { reason, .. } => {
-                self.units_dropped.add(1, &[stage_kv.clone(), KeyValue::new("reason", reason.clone())]);
+                self.units_dropped.add(1, &[stage_kv.clone(), KeyValue::new("reason", reason.as_str())]);
                 "dropped"
             }
             Verdict::Retry { .. } => "retry",

@@ -10,9 +10,8 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gymforge_actors::model::{Stage, Unit, UnitKind};
+use gymforge_actors::model::{DropReason, Stage, Unit, UnitKind, Verdict};
 use gymforge_actors::ports::{Telemetry, stage_span};
-use gymforge_actors::worker::Verdict;
 use opentelemetry::trace::{Link, Span as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
@@ -48,7 +47,7 @@ impl UnitTraces {
     }
 
     /// Sends the unit's root span, from its creation to now.
-    fn end_unit(&self, unit: &Unit, status: &'static str, reason: Option<&str>) {
+    fn end_unit(&self, unit: &Unit, status: &'static str, reason: Option<DropReason>) {
         let Some(tracer) = super::tracer() else { return };
         let created = self.store.unit_created_unix_ms(&unit.id).ok().flatten();
         let start = created.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)).unwrap_or_else(SystemTime::now);
@@ -58,7 +57,7 @@ impl UnitTraces {
         };
         let mut attributes = vec![KeyValue::new("unit", unit.id.clone()), KeyValue::new("unit.kind", kind), KeyValue::new("unit.status", status)];
         if let Some(reason) = reason {
-            attributes.push(KeyValue::new("unit.drop_reason", reason.to_string()));
+            attributes.push(KeyValue::new("unit.drop_reason", reason.as_str()));
         }
         let mut builder = tracer.span_builder(format!("unit {kind}")).with_start_time(start).with_attributes(attributes);
         if let Some(task) = &unit.parent {
@@ -68,7 +67,7 @@ impl UnitTraces {
         let (trace, span) = self.ids(&unit.id);
         let mut root = with_ids(trace, span, || builder.start_with_context(tracer, &Context::new()));
         if status == "dropped" {
-            root.set_status(opentelemetry::trace::Status::error(reason.unwrap_or("dropped").to_string()));
+            root.set_status(opentelemetry::trace::Status::error(reason.map_or("dropped", DropReason::as_str).to_string()));
         }
         root.end();
     }
@@ -88,7 +87,7 @@ impl Telemetry for UnitTraces {
         metrics().stage_ended(stage, verdict, elapsed);
         match verdict {
             Verdict::Advanced { next: None } => self.end_unit(unit, "done", None),
-            Verdict::Dropped { reason, .. } => self.end_unit(unit, "dropped", Some(reason)),
+            Verdict::Dropped { reason, .. } => self.end_unit(unit, "dropped", Some(*reason)),
             Verdict::Advanced { .. } | Verdict::Retry { .. } | Verdict::NotClaimed => {}
         }
     }

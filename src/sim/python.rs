@@ -3,6 +3,11 @@
 //! The templates hold `@@NAME@@` markers (Python code is full of braces, so no `format!`). Each
 //! script is written for one task spec: its dataset's columns, its task type and its twist,
 //! with only the code that task needs.
+//!
+//! Each template is a file in `python/`, included as it is. A twist function's marker directly
+//! follows the code before it, so the two blank lines that set the function apart are added
+//! here and its file starts at the `def`. The fragments (all but prepare, the baselines and
+//! evaluate) end without a newline: the template around their marker supplies it.
 
 use super::codegen::{Kind, Spec, Twist};
 
@@ -55,169 +60,27 @@ pub(crate) fn py_list(items: &[String]) -> String {
     out
 }
 
-const PREPARE: &str = r#""""Prepare the data of the @@TITLE@@ task from the raw parquet export of @@DATASET@@.
+const PREPARE: &str = include_str!("python/prepare.py");
 
-Reads the raw parquet files, shuffles the rows with a fixed seed and splits them @@SHARES@@ into
-training, validation and test sets.@@TWIST_DOC@@ Writes:
+const NAIVE_CLASSIFICATION: &str = include_str!("python/naive_classification.py");
 
-    data/train.csv, data/validation.csv   `id`, the features and the target
-    data/test.csv                         `id` and the features (no target)
-    data/answers.csv                      `id` and the target of every test row
-    sample_submission.csv                 a naive prediction for every test row
-"""
+const NAIVE_RANKING: &str = include_str!("python/naive_ranking.py");
 
-from pathlib import Path
+const NAIVE_REGRESSION: &str = include_str!("python/naive_regression.py");
 
-import numpy as np
-import pandas as pd
+const HIDE_LABELS_CLASSIFICATION: &str = concat!("\n\n", include_str!("python/hide_labels_classification.py"));
 
-SEED = @@SEED@@
-RAW_FILES = @@RAW_FILES@@
-FEATURES = @@FEATURES@@
-TARGET = @@TARGET@@
-TRAIN_PERCENT = @@TRAIN_PERCENT@@
-VALIDATION_PERCENT = @@VALIDATION_PERCENT@@
-DATA_DIR = Path("data")
-@@TWIST_CONSTANTS@@
+const HIDE_LABELS_REGRESSION: &str = concat!("\n\n", include_str!("python/hide_labels_regression.py"));
 
-def load_raw():
-    """Every raw row with the feature and target columns; rows without a target are dropped."""
-    frame = pd.concat([pd.read_parquet(path) for path in RAW_FILES], ignore_index=True)
-    return frame[FEATURES + [TARGET]].dropna(subset=[TARGET])
+const IMBALANCE_CLASSIFICATION: &str = concat!("\n\n", include_str!("python/imbalance_classification.py"));
 
+const IMBALANCE_REGRESSION: &str = concat!("\n\n", include_str!("python/imbalance_regression.py"));
 
-def split(frame, rng):
-    """Shuffles the rows, numbers them with an `id` column and cuts train/validation/test."""
-    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
-    frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
-    n_train = len(frame) * TRAIN_PERCENT // 100
-    n_validation = len(frame) * VALIDATION_PERCENT // 100
-    train = frame.iloc[:n_train].copy()
-    validation = frame.iloc[n_train : n_train + n_validation].copy()
-    test = frame.iloc[n_train + n_validation :].copy()
-    return train, validation, test
-@@TWIST_FUNCTION@@
+const NOISE_CLASSIFICATION: &str = concat!("\n\n", include_str!("python/noise_classification.py"));
 
-@@NAIVE@@
+const NOISE_REGRESSION: &str = concat!("\n\n", include_str!("python/noise_regression.py"));
 
-
-def main():
-    rng = np.random.default_rng(SEED)
-    train, validation, test = @@SPLIT@@(load_raw(), rng)
-@@TWIST_CALL@@
-    DATA_DIR.mkdir(exist_ok=True)
-    train.to_csv(DATA_DIR / "train.csv", index=False)
-    validation.to_csv(DATA_DIR / "validation.csv", index=False)
-    test.drop(columns=[TARGET]).to_csv(DATA_DIR / "test.csv", index=False)
-    test[["id", TARGET]].to_csv(DATA_DIR / "answers.csv", index=False)
-
-    sample = pd.DataFrame({"id": test["id"], TARGET: naive_prediction(train)})
-    sample.to_csv("sample_submission.csv", index=False)
-    print(f"wrote {len(train)} training, {len(validation)} validation and {len(test)} test rows")
-
-
-if __name__ == "__main__":
-    main()
-"#;
-
-const NAIVE_CLASSIFICATION: &str = r#"def naive_prediction(train):
-    """The most frequent training label: what a model that ignores the features would say."""
-    return int(train[TARGET].dropna().mode().min())"#;
-
-const NAIVE_RANKING: &str = r#"def naive_prediction(train):
-    """The same score for every row: the ranking of a model that ignores the features."""
-    return 0.0"#;
-
-const NAIVE_REGRESSION: &str = r#"def naive_prediction(train):
-    """The mean training target: what a model that ignores the features would say."""
-    return float(train[TARGET].dropna().mean())"#;
-
-const HIDE_LABELS_CLASSIFICATION: &str = r#"
-
-def hide_labels(train, rng):
-    """Keeps the label of about a quarter of the training rows, at least two per class."""
-    labels = train[TARGET].to_numpy()
-    keep = np.zeros(len(train), dtype=bool)
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        n_keep = min(len(rows), max(2, round(LABELLED_SHARE * len(rows))))
-        keep[rng.choice(rows, size=n_keep, replace=False)] = True
-    train[TARGET] = train[TARGET].astype("Int64").where(keep)
-    return train"#;
-
-const HIDE_LABELS_REGRESSION: &str = r#"
-
-def hide_labels(train, rng):
-    """Keeps the target of about a quarter of the training rows; the others are left empty."""
-    keep = np.zeros(len(train), dtype=bool)
-    keep[rng.choice(len(train), size=round(LABELLED_SHARE * len(train)), replace=False)] = True
-    train[TARGET] = train[TARGET].where(keep)
-    return train"#;
-
-const IMBALANCE_CLASSIFICATION: &str = r#"
-
-def imbalance_classes(train, rng):
-    """Keeps every row of the most frequent class and a halving share of each rarer class."""
-    labels = train[TARGET].to_numpy()
-    counts = train[TARGET].value_counts().sort_index().sort_values(ascending=False, kind="stable")
-    kept = []
-    for rank, (label, count) in enumerate(counts.items()):
-        rows = np.flatnonzero(labels == label)
-        share = 1.0 if rank == 0 else max(MIN_SHARE, 0.5**rank)
-        n_keep = min(count, max(MIN_ROWS_PER_CLASS, round(share * count)))
-        kept.append(rng.choice(rows, size=n_keep, replace=False))
-    return train.iloc[np.sort(np.concatenate(kept))]"#;
-
-const IMBALANCE_REGRESSION: &str = r#"
-
-def skew_targets(train, rng):
-    """Keeps only a share of the rows whose target lies in the top quartile."""
-    high = (train[TARGET] > train[TARGET].quantile(0.75)).to_numpy()
-    keep = ~high | (rng.random(len(train)) < HIGH_SHARE)
-    return train.iloc[np.flatnonzero(keep)]"#;
-
-const NOISE_CLASSIFICATION: &str = r#"
-
-def flip_labels(train, rng):
-    """Gives a tenth of the training rows a wrong label, drawn from the other classes."""
-    labels = train[TARGET].to_numpy().copy()
-    classes = np.unique(labels)
-    rows = rng.choice(len(labels), size=round(NOISE_SHARE * len(labels)), replace=False)
-    for row in rows:
-        labels[row] = rng.choice(classes[classes != labels[row]])
-    train[TARGET] = labels
-    return train"#;
-
-const NOISE_REGRESSION: &str = r#"
-
-def perturb_targets(train, rng):
-    """Adds Gaussian noise of one target standard deviation to a tenth of the training targets."""
-    targets = train[TARGET].to_numpy(dtype=np.float64).copy()
-    rows = rng.choice(len(targets), size=round(NOISE_SHARE * len(targets)), replace=False)
-    targets[rows] += rng.normal(0.0, targets.std(), size=len(rows))
-    train[TARGET] = targets
-    return train"#;
-
-const SHIFTED_SPLIT: &str = r#"
-
-def shift_feature(frame):
-    """The feature with the most distinct values (the first one on a tie)."""
-    counts = [frame[name].nunique() for name in FEATURES]
-    return FEATURES[int(np.argmax(counts))]
-
-
-def shifted_split(frame, rng):
-    """Like `split`, but the test rows are those with the highest values of the shift feature;
-    train and validation share the lower part of its range."""
-    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
-    frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
-    n_train = len(frame) * TRAIN_PERCENT // 100
-    n_validation = len(frame) * VALIDATION_PERCENT // 100
-    shift = shift_feature(frame)
-    order = np.argsort(frame[shift].to_numpy(dtype=np.float64), kind="stable")
-    rest, test = np.sort(order[: n_train + n_validation]), np.sort(order[n_train + n_validation :])
-    print(f"shift feature: {shift}")
-    return frame.iloc[rest[:n_train]].copy(), frame.iloc[rest[n_train:]].copy(), frame.iloc[test].copy()"#;
+const SHIFTED_SPLIT: &str = concat!("\n\n", include_str!("python/shifted_split.py"));
 
 /// The twist's constants, function, call in `main` and one sentence for the module docstring.
 fn twist_parts(spec: &Spec) -> (&'static str, &'static str, &'static str, &'static str) {
@@ -291,131 +154,13 @@ pub(crate) fn prepare(spec: &Spec) -> String {
 
 /// The start of every baseline's `main`: the three data files, the feature columns and, with
 /// few labels, only the labelled training rows.
-const LOAD_DATA: &str = r#"    train = pd.read_csv("data/train.csv")
-    validation = pd.read_csv("data/validation.csv")
-    test = pd.read_csv("data/test.csv")
-    features = [column for column in test.columns if column != "id"]
-@@LABELLED@@"#;
+const LOAD_DATA: &str = include_str!("python/load_data.py");
 
-const BASELINE_CLASSIFICATION: &str = r#""""Baseline for the @@TITLE@@ task: logistic regression on the @@K_FEATURES@@ features that
-best separate the classes on their own.
+const BASELINE_CLASSIFICATION: &str = include_str!("python/baseline_classification.py");
 
-A deliberately simple starting point: the features are standardised and ranked by their ANOVA
-F-score on the training rows, and only the best @@K_FEATURES@@ of the @@N_FEATURES@@ are used. Trains on
-@@TRAIN_ROWS@@data/train.csv, reports the accuracy on data/validation.csv, predicts every row of
-data/test.csv and writes submission.csv with the columns `id` and `@@TARGET_NAME@@`.
-"""
+const BASELINE_REGRESSION: &str = include_str!("python/baseline_regression.py");
 
-import numpy as np
-import pandas as pd
-from sklearn.feature_selection import SelectKBest, VarianceThreshold, f_classif
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-TARGET = @@TARGET@@
-K_FEATURES = @@K_FEATURES@@  # features the baseline keeps
-
-
-def main():
-@@LOAD_DATA@@
-    model = make_pipeline(VarianceThreshold(), StandardScaler(), SelectKBest(f_classif, k=K_FEATURES), LogisticRegression(max_iter=1000))
-    model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=np.int64))
-
-    predicted = model.predict(validation[features].to_numpy(dtype=np.float64))
-    accuracy = accuracy_score(validation[TARGET].to_numpy(dtype=np.int64), predicted)
-    print(f"validation accuracy: {accuracy:.4f}")
-
-    predictions = model.predict(test[features].to_numpy(dtype=np.float64))
-    submission = pd.DataFrame({"id": test["id"], TARGET: predictions.astype(np.int64)})
-    submission.to_csv("submission.csv", index=False)
-    print(f"wrote submission.csv with {len(submission)} rows")
-
-
-if __name__ == "__main__":
-    main()
-"#;
-
-const BASELINE_REGRESSION: &str = r#""""Baseline for the @@TITLE@@ task: ridge regression on standardised features.
-
-Trains on @@TRAIN_ROWS@@data/train.csv, reports the RMSE on data/validation.csv, predicts every
-row of data/test.csv and writes submission.csv with the columns `id` and `@@TARGET_NAME@@`.
-"""
-
-import numpy as np
-import pandas as pd
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-TARGET = @@TARGET@@
-
-
-def main():
-@@LOAD_DATA@@
-    model = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
-    model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=np.float64))
-
-    predicted = model.predict(validation[features].to_numpy(dtype=np.float64))
-    errors = predicted - validation[TARGET].to_numpy(dtype=np.float64)
-    print(f"validation rmse: {np.sqrt(np.mean(errors**2)):.4f}")
-
-    predictions = model.predict(test[features].to_numpy(dtype=np.float64))
-    submission = pd.DataFrame({"id": test["id"], TARGET: predictions})
-    submission.to_csv("submission.csv", index=False)
-    print(f"wrote submission.csv with {len(submission)} rows")
-
-
-if __name__ == "__main__":
-    main()
-"#;
-
-const BASELINE_RANKING: &str = r#""""Baseline for the @@TITLE@@ task: @@MODEL_DOC@@ on standardised features.
-
-Trains on @@TRAIN_ROWS@@data/train.csv, scores every row (@@SCORE_DOC@@), reports the NDCG
-of the top ten rows of data/validation.csv, and writes submission.csv with the columns `id` and
-`@@TARGET_NAME@@` (the score; higher means ranked earlier).
-"""
-
-import numpy as np
-import pandas as pd
-from sklearn.linear_model import @@MODEL_CLASS@@
-from sklearn.metrics import ndcg_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-TARGET = @@TARGET@@
-@@RELEVANCE_CONSTANT@@
-
-def relevance(frame):
-    """How relevant each row is: what the ranking should put first."""
-    truth = frame[TARGET].to_numpy(dtype=np.float64)
-    return @@RELEVANCE@@
-
-
-def scores(model, frame, features):
-    """The ranking score of each row."""
-    inputs = frame[features].to_numpy(dtype=np.float64)
-    return @@SCORES@@
-
-
-def main():
-@@LOAD_DATA@@
-    model = make_pipeline(StandardScaler(), @@MODEL@@)
-    model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=@@FIT_DTYPE@@))
-
-    ndcg = ndcg_score([relevance(validation)], [scores(model, validation, features)], k=10)
-    print(f"validation ndcg@10: {ndcg:.4f}")
-
-    submission = pd.DataFrame({"id": test["id"], TARGET: scores(model, test, features)})
-    submission.to_csv("submission.csv", index=False)
-    print(f"wrote submission.csv with {len(submission)} rows")
-
-
-if __name__ == "__main__":
-    main()
-"#;
+const BASELINE_RANKING: &str = include_str!("python/baseline_ranking.py");
 
 /// How a ranking task's relevance is computed from the true target (Python, `truth` in scope).
 fn ranking_relevance(spec: &Spec) -> (&'static str, String) {
@@ -485,100 +230,13 @@ pub(crate) fn baseline(spec: &Spec) -> String {
     )
 }
 
-const EVALUATE: &str = r#""""Score a submission for the @@TITLE@@ task.
+const EVALUATE: &str = include_str!("python/evaluate.py");
 
-Usage: python evaluate.py --submission_file submission.csv
+const SCORING_CLASSIFICATION: &str = include_str!("python/scoring_classification.py");
 
-The submission must hold one row for every row of data/test.csv, with the columns `id` and
-`@@TARGET_NAME@@`. Prints one JSON object with the metrics (@@METRIC_DOC@@) and nothing else. An
-invalid submission is explained on stderr and the script exits with status 1.
-"""
+const SCORING_REGRESSION: &str = include_str!("python/scoring_regression.py");
 
-import argparse
-import json
-import sys
-import warnings
-
-warnings.filterwarnings("ignore")
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import @@METRIC_IMPORTS@@  # noqa: E402
-
-ANSWERS = "data/answers.csv"
-TARGET = @@TARGET@@
-@@CONSTANTS@@
-
-def fail(message):
-    print(f"invalid submission: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def read_submission(path):
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        fail(f"{path} does not exist")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        fail(f"{path} is not a readable CSV file ({error})")
-
-
-def aligned_predictions(submission, answers):
-    """The submitted values in the order of the answers, after checking columns and ids."""
-    missing = [column for column in ("id", TARGET) if column not in submission.columns]
-    if missing:
-        fail(f"missing column(s) {missing}; expected the columns ['id', '{TARGET}']")
-    if submission["id"].duplicated().any():
-        fail("the id column has duplicate values")
-    expected, submitted = set(answers["id"]), set(submission["id"])
-    if len(submission) != len(answers) or submitted != expected:
-        fail(
-            f"the ids must be exactly the {len(answers)} ids of data/test.csv "
-            f"({len(expected - submitted)} missing, {len(submitted - expected)} unexpected)"
-        )
-    values = pd.to_numeric(submission.set_index("id")[TARGET], errors="coerce")
-    values = values.reindex(answers["id"]).to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        fail(f"{int(np.sum(~np.isfinite(values)))} prediction(s) are empty or not finite numbers")
-    return values
-
-
-def main():
-    parser = argparse.ArgumentParser(description="Score a submission file against data/answers.csv.")
-    parser.add_argument("--submission_file", required=True, help="CSV file with the columns id and the target")
-    args = parser.parse_args()
-
-    answers = pd.read_csv(ANSWERS)
-    predicted = aligned_predictions(read_submission(args.submission_file), answers)
-@@SCORING@@
-    print(json.dumps(scores))
-
-
-if __name__ == "__main__":
-    main()
-"#;
-
-const SCORING_CLASSIFICATION: &str = r#"    if not np.all(predicted == np.round(predicted)):
-        fail("predictions must be integer class indices")
-    truth = answers[TARGET].to_numpy(dtype=np.int64)
-    predicted = predicted.astype(np.int64)
-    scores = {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
-    }"#;
-
-const SCORING_REGRESSION: &str = r#"    truth = answers[TARGET].to_numpy(dtype=np.float64)
-    scores = {
-        "rmse": float(np.sqrt(mean_squared_error(truth, predicted))),
-        "mae": float(mean_absolute_error(truth, predicted)),
-    }"#;
-
-const SCORING_RANKING: &str = r#"    truth = answers[TARGET].to_numpy(dtype=np.float64)
-    relevance = @@RELEVANCE@@
-    scores = {
-        "ndcg_at_10": float(ndcg_score([relevance], [predicted], k=10)),
-        "ndcg": float(ndcg_score([relevance], [predicted])),
-    }"#;
+const SCORING_RANKING: &str = include_str!("python/scoring_ranking.py");
 
 pub(crate) fn evaluate(spec: &Spec) -> String {
     let (relevance, constant) = ranking_relevance(spec);

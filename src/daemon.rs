@@ -22,7 +22,76 @@ use axum::routing::get;
 use gymforge_actors::Progress;
 use serde_json::{Value, json};
 
+use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::run::BatchEnd;
+
+/// A batch started as a service: the status it publishes, and the way to drain it.
+pub struct Service {
+    pub state: Arc<DaemonState>,
+    drain: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Service {
+    /// Stops taking work; the batch finishes what is in flight (once; later calls do nothing).
+    pub fn drain(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            drain.send(()).ok();
+        }
+    }
+}
+
+/// The batch of `config` into `out`, live, with its status in a [`DaemonState`] and its progress
+/// messages in the log. The batch runs when the returned future is polled.
+pub fn start(config: Config, out: std::path::PathBuf) -> (Service, impl std::future::Future<Output = anyhow::Result<BatchEnd>>) {
+    fn log_status(message: &str) {
+        tracing::info!("{message}");
+    }
+    let (tx, rx) = tokio::sync::watch::channel(Progress::default());
+    let state = DaemonState::new(rx);
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel();
+    let request = crate::run::RunRequest {
+        config,
+        out,
+        llm_source: crate::gateway::Source::Live { record: None },
+        drain: Some(drain_rx),
+        daemon: Some(state.clone()),
+    };
+    (Service { state, drain: Some(drain_tx) }, crate::run::run_batch(request, &log_status, tx))
+}
+
+/// `gymforge daemon`: serves the status on `daemon.listen`, runs the batch, and on SIGTERM or
+/// SIGINT drains it within `daemon.drain_timeout_secs`; after a finished batch it serves its
+/// final status until stopped.
+pub async fn run(config: Config, out: std::path::PathBuf) -> anyhow::Result<()> {
+    let listen: SocketAddr = config.daemon.listen.parse()?;
+    let drain_timeout = std::time::Duration::from_secs(config.daemon.drain_timeout_secs);
+    let (mut service, batch) = start(config, out);
+    let addr = serve(service.state.clone(), listen).await?;
+    tracing::info!("serving status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
+    tokio::pin!(batch);
+    tokio::select! {
+        result = &mut batch => {
+            let end = result?;
+            service.state.set_phase("finished");
+            tracing::info!("batch finished, {} of {} tasks accepted; serving status until stopped", end.tally.accepted_tasks, end.tally.target_tasks);
+            stop_signal().await;
+        }
+        _ = stop_signal() => {
+            service.state.set_phase("draining");
+            tracing::info!("stopping; units in flight may finish within {} s", drain_timeout.as_secs());
+            service.drain();
+            match tokio::time::timeout(drain_timeout, &mut batch).await {
+                Ok(result) => {
+                    result?;
+                    tracing::info!("drained; pending work resumes on the next start");
+                }
+                Err(_) => tracing::warn!("the drain deadline passed; the units still in flight resume on the next start"),
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What the HTTP handlers read.
 pub struct DaemonState {

@@ -321,7 +321,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             if let Some(addr) = listen {
                 config.daemon.listen = addr.to_string();
             }
-            daemon(config, args.out).await
+            gymforge::daemon::run(config, args.out).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Check { what: CheckCommand::Task { dir, config } } => {
             let config = load_config(config.as_deref())?;
@@ -431,48 +431,6 @@ fn whole_number(flag: &str, value: &str, min: u32, note: &str) -> anyhow::Result
         Ok(n) if n >= u64::from(min) => u32::try_from(n).map_err(|_| anyhow::anyhow!("{flag} must be at most {}, not {value}", u32::MAX)),
         _ => anyhow::bail!("{flag} must be a whole number, {min} or more{note}, not {value}"),
     }
-}
-
-async fn daemon(config: Config, out: PathBuf) -> anyhow::Result<ExitCode> {
-    use gymforge::daemon::{DaemonState, serve, stop_signal};
-    let listen: SocketAddr = config.daemon.listen.parse()?;
-    let drain_timeout = std::time::Duration::from_secs(config.daemon.drain_timeout_secs);
-    let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
-    let state = DaemonState::new(rx);
-    let addr = serve(state.clone(), listen).await?;
-    tracing::info!("serving status on http://{addr} (/healthz /readyz /status /metrics); SIGTERM drains and stops");
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel();
-    let request = gymforge::run::RunRequest {
-        config,
-        out: out.clone(),
-        llm_source: gymforge::gateway::Source::Live { record: None },
-        drain: Some(drain_rx),
-        daemon: Some(state.clone()),
-    };
-    let status = |m: &str| tracing::info!("{m}");
-    let batch = gymforge::run::run_batch(request, &status, tx);
-    tokio::pin!(batch);
-    tokio::select! {
-        result = &mut batch => {
-            let end = result?;
-            state.set_phase("finished");
-            tracing::info!("batch finished, {} of {} tasks accepted; serving status until stopped", end.tally.accepted_tasks, end.tally.target_tasks);
-            stop_signal().await;
-        }
-        _ = stop_signal() => {
-            state.set_phase("draining");
-            tracing::info!("stopping; units in flight may finish within {} s", drain_timeout.as_secs());
-            drain_tx.send(()).ok();
-            match tokio::time::timeout(drain_timeout, &mut batch).await {
-                Ok(result) => {
-                    result?;
-                    tracing::info!("drained; pending work resumes on the next start");
-                }
-                Err(_) => tracing::warn!("the drain deadline passed; the units still in flight resume on the next start"),
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

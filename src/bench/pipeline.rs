@@ -128,19 +128,9 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("out");
 
-    let (tx, rx) = tokio::sync::watch::channel(gymforge_actors::Progress::default());
-    let state = DaemonState::new(rx.clone());
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel();
-    let request = crate::run::RunRequest {
-        config,
-        out: out.clone(),
-        llm_source: crate::gateway::Source::Live { record: None },
-        drain: Some(drain_rx),
-        daemon: Some(state.clone()),
-    };
-    // The run's own progress messages go to the log, as a daemon's do.
-    let log = |m: &str| tracing::info!("{m}");
-    let run = crate::run::run_batch(request, &log, tx);
+    // Run as a daemon runs it: progress messages to the log, drained at the end.
+    let (mut service, run) = crate::daemon::start(config, out.clone());
+    let (state, rx) = (service.state.clone(), service.state.progress.clone());
     tokio::pin!(run);
     let m = tokio::select! {
         result = &mut run => {
@@ -150,7 +140,7 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
         m = measure(&b, &state, rx, status) => m?,
     };
     status("draining the rollouts in flight");
-    drain_tx.send(()).ok();
+    service.drain();
     run.await?;
 
     // The run's own trajectories give the cost of one.

@@ -19,11 +19,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use gymforge_actors::Progress;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use gymforge_actors::pipeline::StageCounts;
+use gymforge_actors::{Progress, Stage};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{EndpointSnapshot, Gateway, GatewaySnapshot};
 use crate::run::BatchEnd;
 
 /// A batch started as a service: the status it publishes, and the way to drain it.
@@ -116,31 +120,53 @@ impl DaemonState {
     }
 
     /// The `/status` document.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> Status {
         let progress = self.progress.borrow().clone();
-        let stages: serde_json::Map<String, Value> = progress
-            .stages
-            .iter()
-            .map(|(stage, c)| (stage.as_str().to_string(), json!({ "queued": c.queued, "in_flight": c.in_flight, "passed": c.passed, "dropped": c.dropped })))
-            .collect();
         let uptime = self.started.elapsed().as_secs_f64();
-        json!({
-            "phase": self.phase(),
-            "uptime_secs": uptime,
-            "stages": stages,
-            "target_tasks": progress.target_tasks,
-            "accepted_tasks": progress.accepted_tasks,
-            "rollouts": { "total": progress.rollouts_total, "done": progress.rollouts_done },
-            "worker_restarts": progress.worker_restarts,
-            "throughput": {
-                "accepted_tasks_per_hour": f64::from(progress.accepted_tasks) / uptime.max(1.0) * 3600.0,
-                // Every rollout that ended, scored or not (report.json's `trajectories_per_hour`
-                // counts the scored ones when the batch is exported).
-                "recorded_trajectories_per_hour": f64::from(progress.rollouts_done) / uptime.max(1.0) * 3600.0,
+        let per_hour = |n: u32| f64::from(n) / uptime.max(1.0) * 3600.0;
+        Status {
+            phase: self.phase(),
+            uptime_secs: uptime,
+            stages: progress.stages.iter().copied().collect(),
+            target_tasks: progress.target_tasks,
+            accepted_tasks: progress.accepted_tasks,
+            rollouts: RolloutCounts { total: progress.rollouts_total, done: progress.rollouts_done },
+            worker_restarts: progress.worker_restarts,
+            throughput: Throughput {
+                accepted_tasks_per_hour: per_hour(progress.accepted_tasks),
+                recorded_trajectories_per_hour: per_hour(progress.rollouts_done),
             },
-            "llm": self.gateway.get().map(|g| g.snapshot()),
-        })
+            llm: self.gateway.get().map(|g| g.snapshot()),
+        }
     }
+}
+
+/// What `/status` answers (and `/metrics` renders).
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Status {
+    pub phase: &'static str,
+    pub uptime_secs: f64,
+    pub stages: BTreeMap<Stage, StageCounts>,
+    pub target_tasks: u32,
+    pub accepted_tasks: u32,
+    pub rollouts: RolloutCounts,
+    pub worker_restarts: u32,
+    pub throughput: Throughput,
+    pub llm: Option<GatewaySnapshot>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct RolloutCounts {
+    pub total: u32,
+    pub done: u32,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Throughput {
+    pub accepted_tasks_per_hour: f64,
+    /// Every rollout that ended, scored or not (report.json's `trajectories_per_hour` counts the
+    /// scored ones when the batch is exported).
+    pub recorded_trajectories_per_hour: f64,
 }
 
 /// Serves the daemon's endpoints on `addr` until the process ends; returns the bound address.
@@ -166,12 +192,7 @@ async fn readyz(State(s): State<Arc<DaemonState>>) -> Response {
     let open: Vec<String> = s
         .gateway
         .get()
-        .map(|g| {
-            g.snapshot()["endpoints"]
-                .as_object()
-                .map(|m| m.iter().filter(|(_, e)| e["circuit"]["state"] == "open").map(|(n, e)| format!("{n}: {}", e["circuit"]["reason"])).collect())
-                .unwrap_or_default()
-        })
+        .map(|g| g.snapshot().endpoints.iter().filter_map(|(n, e)| e.circuit.open_reason().map(|r| format!("{n}: {r}"))).collect())
         .unwrap_or_default();
     let ready = is_ready(phase, &open);
     let body = json!({ "ready": ready, "phase": phase, "open_circuits": open });
@@ -194,7 +215,7 @@ async fn metrics(State(s): State<Arc<DaemonState>>) -> Response {
 }
 
 /// The status in Prometheus text format.
-pub fn render_metrics(status: &Value) -> String {
+pub fn render_metrics(status: &Status) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -203,42 +224,43 @@ pub fn render_metrics(status: &Value) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let stages = status["stages"].as_object().cloned().unwrap_or_default();
-    let per_stage = |field: &str| -> Vec<(String, f64)> {
-        stages.iter().map(|(stage, c)| (format!("{{stage=\"{stage}\"}}"), c[field].as_f64().unwrap_or(0.0))).collect()
+    let per_stage = |field: &dyn Fn(&StageCounts) -> u32| -> Vec<(String, f64)> {
+        status.stages.iter().map(|(stage, c)| (format!("{{stage=\"{stage}\"}}"), f64::from(field(c)))).collect()
     };
-    family("gymforge_stage_queued", "gauge", "Units waiting for a worker of the stage.", per_stage("queued"));
-    family("gymforge_stage_in_flight", "gauge", "Units a worker of the stage is processing.", per_stage("in_flight"));
-    family("gymforge_stage_passed_total", "counter", "Units that passed the stage.", per_stage("passed"));
-    family("gymforge_stage_dropped_total", "counter", "Units dropped at the stage.", per_stage("dropped"));
-    let n = |v: &Value| v.as_f64().unwrap_or(0.0);
-    family("gymforge_accepted_tasks", "gauge", "Tasks accepted so far.", vec![(String::new(), n(&status["accepted_tasks"]))]);
-    family("gymforge_target_tasks", "gauge", "Tasks the batch aims for.", vec![(String::new(), n(&status["target_tasks"]))]);
-    family("gymforge_rollouts_done_total", "counter", "Rollouts finished.", vec![(String::new(), n(&status["rollouts"]["done"]))]);
-    family("gymforge_worker_restarts_total", "counter", "Stage workers restarted after a crash.", vec![(String::new(), n(&status["worker_restarts"]))]);
-    family("gymforge_uptime_seconds", "gauge", "Seconds since the daemon started.", vec![(String::new(), n(&status["uptime_secs"]))]);
-    let endpoints = status["llm"]["endpoints"].as_object().cloned().unwrap_or_default();
-    let per_endpoint = |f: &dyn Fn(&Value) -> f64| -> Vec<(String, f64)> {
+    family("gymforge_stage_queued", "gauge", "Units waiting for a worker of the stage.", per_stage(&|c| c.queued));
+    family("gymforge_stage_in_flight", "gauge", "Units a worker of the stage is processing.", per_stage(&|c| c.in_flight));
+    family("gymforge_stage_passed_total", "counter", "Units that passed the stage.", per_stage(&|c| c.passed));
+    family("gymforge_stage_dropped_total", "counter", "Units dropped at the stage.", per_stage(&|c| c.dropped));
+    let one = |v: f64| vec![(String::new(), v)];
+    family("gymforge_accepted_tasks", "gauge", "Tasks accepted so far.", one(f64::from(status.accepted_tasks)));
+    family("gymforge_target_tasks", "gauge", "Tasks the batch aims for.", one(f64::from(status.target_tasks)));
+    family("gymforge_rollouts_done_total", "counter", "Rollouts finished.", one(f64::from(status.rollouts.done)));
+    family("gymforge_worker_restarts_total", "counter", "Stage workers restarted after a crash.", one(f64::from(status.worker_restarts)));
+    family("gymforge_uptime_seconds", "gauge", "Seconds since the daemon started.", one(status.uptime_secs));
+    let endpoints: Vec<(&String, &EndpointSnapshot)> = status.llm.iter().flat_map(|g| g.endpoints.iter()).collect();
+    let per_endpoint = |f: &dyn Fn(&EndpointSnapshot) -> f64| -> Vec<(String, f64)> {
         endpoints.iter().map(|(name, e)| (format!("{{endpoint=\"{}\"}}", escape_label(name)), f(e))).collect()
     };
-    for (metric, field, kind, help) in [
-        ("gymforge_llm_requests_total", "requests_sent", "counter", "Requests sent to the endpoint."),
-        ("gymforge_llm_answered_total", "answered", "counter", "Requests answered with a chat completion, usable or not (billed)."),
-        ("gymforge_llm_succeeded_total", "succeeded", "counter", "Answers with usable content."),
-        ("gymforge_llm_rate_limited_total", "rate_limited", "counter", "Requests answered 429."),
-        ("gymforge_llm_transient_failures_total", "transient_failures", "counter", "Requests that failed and may be retried."),
-        ("gymforge_llm_permanent_failures_total", "permanent_failures", "counter", "Requests refused for good."),
-        ("gymforge_llm_retries_total", "retries", "counter", "Retries."),
-        ("gymforge_llm_input_tokens_total", "input_tokens", "counter", "Prompt tokens."),
-        ("gymforge_llm_output_tokens_total", "output_tokens", "counter", "Completion tokens."),
-        ("gymforge_llm_cost_usd_total", "cost_usd", "counter", "Dollars spent."),
-        ("gymforge_llm_circuit_openings_total", "circuit_openings", "counter", "Times the circuit opened."),
-    ] {
-        family(metric, kind, help, per_endpoint(&|e: &Value| n(&e[field])));
+    type Field = fn(&EndpointSnapshot) -> u64;
+    let counters: [(&str, Field, &str); 10] = [
+        ("gymforge_llm_requests_total", |e| e.requests_sent, "Requests sent to the endpoint."),
+        ("gymforge_llm_answered_total", |e| e.answered, "Requests answered with a chat completion, usable or not (billed)."),
+        ("gymforge_llm_succeeded_total", |e| e.succeeded, "Answers with usable content."),
+        ("gymforge_llm_rate_limited_total", |e| e.rate_limited, "Requests answered 429."),
+        ("gymforge_llm_transient_failures_total", |e| e.transient_failures, "Requests that failed and may be retried."),
+        ("gymforge_llm_permanent_failures_total", |e| e.permanent_failures, "Requests refused for good."),
+        ("gymforge_llm_retries_total", |e| e.retries, "Retries."),
+        ("gymforge_llm_input_tokens_total", |e| e.input_tokens, "Prompt tokens."),
+        ("gymforge_llm_output_tokens_total", |e| e.output_tokens, "Completion tokens."),
+        ("gymforge_llm_circuit_openings_total", |e| e.circuit_openings, "Times the circuit opened."),
+    ];
+    for (metric, field, help) in counters {
+        family(metric, "counter", help, per_endpoint(&|e| field(e) as f64));
     }
-    family("gymforge_llm_circuit_open", "gauge", "1 while the endpoint's circuit is open.", per_endpoint(&|e: &Value| f64::from(u8::from(e["circuit"]["state"] == "open"))));
-    family("gymforge_llm_concurrency_limit", "gauge", "The adaptive limit on requests in flight.", per_endpoint(&|e: &Value| n(&e["concurrency"]["limit"])));
-    family("gymforge_llm_cooldown_seconds", "gauge", "Time left of the endpoint's 429 cooldown.", per_endpoint(&|e: &Value| n(&e["cooldown_remaining_ms"]) / 1000.0));
+    family("gymforge_llm_cost_usd_total", "counter", "Dollars spent.", per_endpoint(&|e| e.cost_usd));
+    family("gymforge_llm_circuit_open", "gauge", "1 while the endpoint's circuit is open.", per_endpoint(&|e| f64::from(u8::from(e.circuit.open_reason().is_some()))));
+    family("gymforge_llm_concurrency_limit", "gauge", "The adaptive limit on requests in flight.", per_endpoint(&|e| e.concurrency.limit as f64));
+    family("gymforge_llm_cooldown_seconds", "gauge", "Time left of the endpoint's 429 cooldown.", per_endpoint(&|e| e.cooldown_remaining_ms as f64 / 1000.0));
     out
 }
 
@@ -261,7 +283,7 @@ pub async fn stop_signal() {
 mod tests {
     use super::*;
 
-    async fn readyz_of(phase: &'static str) -> (StatusCode, Value) {
+    async fn readyz_of(phase: &'static str) -> (StatusCode, serde_json::Value) {
         let (_tx, rx) = tokio::sync::watch::channel(Progress::default());
         let state = DaemonState::new(rx);
         state.set_phase(phase);
@@ -290,11 +312,23 @@ mod tests {
 
     #[test]
     fn metrics_are_prometheus_text() {
-        let status = json!({
-            "stages": {"topic": {"queued": 1, "in_flight": 2, "passed": 3, "dropped": 0}},
-            "accepted_tasks": 1, "target_tasks": 3, "rollouts": {"done": 2}, "worker_restarts": 0, "uptime_secs": 12.5,
-            "llm": {"endpoints": {"main": {"requests_sent": 10, "circuit": {"state": "open"}, "concurrency": {"limit": 4}, "cooldown_remaining_ms": 1500}}},
-        });
+        use crate::gateway::limits::CircuitSnapshot;
+        let main = EndpointSnapshot {
+            requests_sent: 10,
+            circuit: CircuitSnapshot::Open { reason: "503".into(), open_for_secs: 1.0, next_probe_in_secs: 2.0, probing: false },
+            cooldown_remaining_ms: 1500,
+            ..Default::default()
+        };
+        let llm = GatewaySnapshot { endpoints: BTreeMap::from([("main".to_string(), main)]), routes: BTreeMap::new(), run_budget_usd: 0.0, spent_usd: 0.0, replay: None };
+        let status = Status {
+            stages: BTreeMap::from([(Stage::Topic, StageCounts { queued: 1, in_flight: 2, passed: 3, dropped: 0 })]),
+            accepted_tasks: 1,
+            target_tasks: 3,
+            rollouts: RolloutCounts { total: 2, done: 2 },
+            uptime_secs: 12.5,
+            llm: Some(llm),
+            ..Default::default()
+        };
         let text = render_metrics(&status);
         assert!(text.contains("# TYPE gymforge_stage_queued gauge\ngymforge_stage_queued{stage=\"topic\"} 1\n"), "{text}");
         assert!(text.contains("gymforge_llm_requests_total{endpoint=\"main\"} 10\n"));

@@ -543,7 +543,7 @@ impl Outputs for OutputDir {
             report["services"] = labels.clone();
         }
         if let Some(gateway) = &self.gateway {
-            report["llm"]["gateway"] = gateway.snapshot();
+            report["llm"]["gateway"] = json!(gateway.snapshot());
         }
         let path = self.report_path();
         write_atomic(&path, &to_pretty_json("report.json", &report)?)

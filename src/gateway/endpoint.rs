@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::classify::{Failure, classify_status, describe_transport_error, snippet};
-use super::limits::{Admission, AdaptiveConcurrency, Circuit, Cooldown};
+use super::limits::{Admission, AdaptiveConcurrency, Circuit, CircuitSnapshot, ConcurrencySnapshot, Cooldown};
 use super::lock;
 use super::record::{Exchange, Recorder};
 use crate::config::{EndpointConfig, LlmConfig, StructuredOutput};
@@ -615,31 +615,56 @@ impl Endpoint {
     }
 
     /// Limits, live state and counters, for the report and `/status`.
-    pub fn snapshot(&self) -> Value {
+    pub fn snapshot(&self) -> EndpointSnapshot {
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let sent = get(&s.requests_sent);
-        json!({
-            "model": self.model,
-            "base_url": self.base_url,
-            "requests_sent": sent,
-            "answered": get(&s.answered),
-            "succeeded": get(&s.succeeded),
-            "rate_limited": get(&s.rate_limited),
-            "transient_failures": get(&s.transient_failures),
-            "permanent_failures": get(&s.permanent_failures),
-            "retries": get(&s.retries),
-            "cooldowns": get(&s.cooldowns),
-            "cooldown_remaining_ms": self.cooldown.remaining().as_millis() as u64,
-            "circuit_openings": get(&s.circuit_openings),
-            "circuit": self.circuit.snapshot(),
-            "concurrency": self.concurrency.snapshot(),
-            "input_tokens": get(&s.input_tokens),
-            "output_tokens": get(&s.output_tokens),
-            "cost_usd": get(&s.cost_nano_usd) as f64 / 1e9,
-            "mean_latency_ms": if sent > 0 { get(&s.latency_ms_total) as f64 / sent as f64 } else { 0.0 },
-        })
+        EndpointSnapshot {
+            model: self.model.clone(),
+            base_url: self.base_url.clone(),
+            requests_sent: sent,
+            answered: get(&s.answered),
+            succeeded: get(&s.succeeded),
+            rate_limited: get(&s.rate_limited),
+            transient_failures: get(&s.transient_failures),
+            permanent_failures: get(&s.permanent_failures),
+            retries: get(&s.retries),
+            cooldowns: get(&s.cooldowns),
+            cooldown_remaining_ms: self.cooldown.remaining().as_millis() as u64,
+            circuit_openings: get(&s.circuit_openings),
+            circuit: self.circuit.snapshot(),
+            concurrency: self.concurrency.snapshot(),
+            input_tokens: get(&s.input_tokens),
+            output_tokens: get(&s.output_tokens),
+            cost_usd: get(&s.cost_nano_usd) as f64 / 1e9,
+            mean_latency_ms: if sent > 0 { get(&s.latency_ms_total) as f64 / sent as f64 } else { 0.0 },
+        }
     }
+}
+
+/// One endpoint's limits, live state and counters (`/status`, report.json's `llm.gateway`).
+#[derive(serde::Serialize, Clone, Debug, Default, PartialEq)]
+pub struct EndpointSnapshot {
+    pub model: String,
+    pub base_url: String,
+    pub requests_sent: u64,
+    /// Answers billed, usable or not.
+    pub answered: u64,
+    /// Answers with usable content.
+    pub succeeded: u64,
+    pub rate_limited: u64,
+    pub transient_failures: u64,
+    pub permanent_failures: u64,
+    pub retries: u64,
+    pub cooldowns: u64,
+    pub cooldown_remaining_ms: u64,
+    pub circuit_openings: u64,
+    pub circuit: CircuitSnapshot,
+    pub concurrency: ConcurrencySnapshot,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub mean_latency_ms: f64,
 }
 
 /// Whether an answer holds something a stage can use: whole text that is neither a refusal nor
@@ -690,9 +715,9 @@ mod tests {
             endpoint.account(&r, 10, 3);
         }
         let s = endpoint.snapshot();
-        assert_eq!((s["answered"].as_u64(), s["succeeded"].as_u64()), (Some(5), Some(1)), "{s}");
-        assert_eq!((s["input_tokens"].as_u64(), s["output_tokens"].as_u64()), (Some(50), Some(15)), "{s}");
-        assert!((s["cost_usd"].as_f64().unwrap() - 2.5).abs() < 1e-9, "{s}");
+        assert_eq!((s.answered, s.succeeded), (5, 1), "{s:?}");
+        assert_eq!((s.input_tokens, s.output_tokens), (50, 15), "{s:?}");
+        assert!((s.cost_usd - 2.5).abs() < 1e-9, "{s:?}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -96,9 +97,9 @@ impl AdaptiveConcurrency {
         }
     }
 
-    pub fn snapshot(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> ConcurrencySnapshot {
         let s = lock(&self.state);
-        serde_json::json!({ "limit": s.limit, "max": self.max, "in_flight": s.in_flight, "ceiling": s.ceiling, "cuts": s.cuts })
+        ConcurrencySnapshot { limit: s.limit, max: self.max, in_flight: s.in_flight, ceiling: s.ceiling, cuts: s.cuts }
     }
 
     pub fn limit(&self) -> usize {
@@ -271,19 +272,48 @@ impl Circuit {
         matches!(*lock(&self.state), CircuitState::Open { .. })
     }
 
-    pub fn snapshot(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> CircuitSnapshot {
         match &*lock(&self.state) {
-            CircuitState::Closed { failing_since } => serde_json::json!({
-                "state": "closed",
-                "failing_for_secs": failing_since.map(|s| s.elapsed().as_secs_f64()),
-            }),
-            CircuitState::Open { since, reason, next_probe, probing } => serde_json::json!({
-                "state": "open",
-                "reason": reason,
-                "open_for_secs": since.elapsed().as_secs_f64(),
-                "next_probe_in_secs": next_probe.saturating_duration_since(Instant::now()).as_secs_f64(),
-                "probing": probing,
-            }),
+            CircuitState::Closed { failing_since } => CircuitSnapshot::Closed { failing_for_secs: failing_since.map(|s| s.elapsed().as_secs_f64()) },
+            CircuitState::Open { since, reason, next_probe, probing } => CircuitSnapshot::Open {
+                reason: reason.clone(),
+                open_for_secs: since.elapsed().as_secs_f64(),
+                next_probe_in_secs: next_probe.saturating_duration_since(Instant::now()).as_secs_f64(),
+                probing: *probing,
+            },
+        }
+    }
+}
+
+/// The adaptive concurrency limit as `/status` and the report show it.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ConcurrencySnapshot {
+    pub limit: usize,
+    pub max: usize,
+    pub in_flight: usize,
+    pub ceiling: Option<usize>,
+    pub cuts: u64,
+}
+
+/// The circuit breaker as `/status` and the report show it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CircuitSnapshot {
+    Closed { failing_for_secs: Option<f64> },
+    Open { reason: String, open_for_secs: f64, next_probe_in_secs: f64, probing: bool },
+}
+
+impl Default for CircuitSnapshot {
+    fn default() -> CircuitSnapshot {
+        CircuitSnapshot::Closed { failing_for_secs: None }
+    }
+}
+
+impl CircuitSnapshot {
+    pub fn open_reason(&self) -> Option<&str> {
+        match self {
+            CircuitSnapshot::Open { reason, .. } => Some(reason),
+            CircuitSnapshot::Closed { .. } => None,
         }
     }
 }

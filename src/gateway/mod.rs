@@ -26,11 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use gymforge_actors::{DropReason, Stage};
 use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, ModelLimits, PortError};
-use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::config::LlmConfig;
-pub use endpoint::{Endpoint, Policy};
+pub use endpoint::{Endpoint, EndpointSnapshot, Policy};
 use record::{Recorder, Replayed, Replayer};
 
 /// Locks a mutex of the gateway, whose guarded state (counters, a pause, a log) stays consistent
@@ -58,6 +57,24 @@ pub struct Gateway {
 struct RunBudget {
     limit_usd: f64,
     spent_usd: Mutex<f64>,
+}
+
+/// The gateway as `/status` and report.json's `llm.gateway` show it.
+#[derive(serde::Serialize, Clone, Debug, PartialEq)]
+pub struct GatewaySnapshot {
+    pub endpoints: BTreeMap<String, EndpointSnapshot>,
+    /// The endpoint each stage is routed to.
+    pub routes: BTreeMap<Stage, String>,
+    pub run_budget_usd: f64,
+    pub spent_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySnapshot>,
+}
+
+#[derive(serde::Serialize, Clone, Debug, PartialEq)]
+pub struct ReplaySnapshot {
+    pub answered: u64,
+    pub mismatches: u64,
 }
 
 impl Gateway {
@@ -112,29 +129,25 @@ impl Gateway {
     }
 
     /// Per-endpoint limits, state and counters, the run budget, and replay counts.
-    pub fn snapshot(&self) -> Value {
-        let spent = *lock(&self.budget.spent_usd);
-        let mut v = json!({
-            "endpoints": self.endpoints.iter().map(|(n, e)| (n.clone(), e.snapshot())).collect::<BTreeMap<_, _>>(),
-            "routes": self.routes.iter().map(|(s, e)| (s.as_str(), e.name.clone())).collect::<BTreeMap<_, _>>(),
-            "run_budget_usd": self.budget.limit_usd,
-            "spent_usd": spent,
-        });
-        if let Some(r) = &self.replay {
-            v["replay"] = json!({
-                "answered": r.answered.load(Ordering::Relaxed),
-                "mismatches": r.mismatches.load(Ordering::Relaxed),
-            });
+    pub fn snapshot(&self) -> GatewaySnapshot {
+        GatewaySnapshot {
+            endpoints: self.endpoints.iter().map(|(n, e)| (n.clone(), e.snapshot())).collect(),
+            routes: self.routes.iter().map(|(s, e)| (*s, e.name.clone())).collect(),
+            run_budget_usd: self.budget.limit_usd,
+            spent_usd: *lock(&self.budget.spent_usd),
+            replay: self.replay.as_ref().map(|r| ReplaySnapshot {
+                answered: r.answered.load(Ordering::Relaxed),
+                mismatches: r.mismatches.load(Ordering::Relaxed),
+            }),
         }
-        v
     }
 
     /// One log line per endpoint: what it was asked and what it cost.
     pub fn log_summary(&self) {
         for (name, e) in &self.endpoints {
             let s = e.snapshot();
-            tracing::info!(endpoint = %name, requests = %s["requests_sent"], answered = %s["answered"], succeeded = %s["succeeded"], rate_limited = %s["rate_limited"],
-                retries = %s["retries"], input_tokens = %s["input_tokens"], output_tokens = %s["output_tokens"], cost_usd = %s["cost_usd"],
+            tracing::info!(endpoint = %name, requests = s.requests_sent, answered = s.answered, succeeded = s.succeeded, rate_limited = s.rate_limited,
+                retries = s.retries, input_tokens = s.input_tokens, output_tokens = s.output_tokens, cost_usd = s.cost_usd,
                 "LLM endpoint usage");
         }
     }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gymforge::hub::{CachedHub, HubClient, HubMirror, HubSettings, cache, mirror_client};
 use gymforge_actors::model::{DatasetMeta, ParquetFile};
-use gymforge_actors::ports::{DatasetCheck, Hub, PortError};
+use gymforge_actors::ports::{DatasetCheck, Hub, PortError, Rejection};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -115,7 +115,7 @@ async fn verified(hub: &HubClient, id: &str) -> DatasetMeta {
 
 async fn rejection(hub: &HubClient, id: &str) -> (String, String) {
     match hub.verify(id).await {
-        Ok(DatasetCheck::Rejected { reason, detail }) => (reason, detail),
+        Ok(DatasetCheck::Rejected { reason, detail }) => (reason.to_string(), detail),
         other => panic!("{id} was not rejected: {other:?}"),
     }
 }
@@ -1246,7 +1246,7 @@ async fn hub_cache_survives_a_resume_without_requests() {
     let meta = verified_by(&first, "acme/reviews").await;
     let staged = first.download(&meta, &tmp.path().join("raw-1")).await.unwrap();
     let missing = first.verify("acme/missing").await.unwrap();
-    assert!(matches!(&missing, DatasetCheck::Rejected { reason, .. } if reason == "not_found"), "{missing:?}");
+    assert!(matches!(&missing, DatasetCheck::Rejected { reason, .. } if *reason == Rejection::NotFound), "{missing:?}");
     // Asking again in the same process costs nothing either.
     verified_by(&first, "acme/reviews").await;
     let asked = count();
@@ -1264,7 +1264,7 @@ async fn hub_cache_survives_a_resume_without_requests() {
         let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
         assert_eq!(mode(&copied), mode(&downloaded), "{}", file.path);
     }
-    assert!(matches!(resumed.verify("acme/missing").await.unwrap(), DatasetCheck::Rejected { reason, .. } if reason == "not_found"));
+    assert!(matches!(resumed.verify("acme/missing").await.unwrap(), DatasetCheck::Rejected { reason, .. } if reason == Rejection::NotFound));
     assert_eq!(count(), asked, "the resumed run asked the Hub again: {:?}", &seen.lock().unwrap()[asked..]);
 
     // A cached file that no longer matches its checksum is downloaded again.
@@ -1319,7 +1319,7 @@ async fn hf_endpoint_and_token_come_from_the_environment() {
         DatasetCheck::Rejected { reason, detail } => (reason, detail),
         other => panic!("a gated dataset without a token: {other:?}"),
     };
-    assert_eq!(reason, "gated", "{detail}");
+    assert_eq!(reason, Rejection::Gated, "{detail}");
     assert!(seen.lock().unwrap().iter().all(|(_, auth)| auth.is_none()));
 
     let secret = "hf_env_secret_7f3a";

@@ -145,12 +145,62 @@ pub trait Llm: Send + Sync {
 // ---------------------------------------------------------------------------------------------
 // Hub
 
+/// Why a proposed dataset id was refused. Each has a stable name: drop details and the Hub
+/// cache show it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// Not of the form `owner/name`.
+    InvalidId,
+    /// No such dataset on the Hub.
+    NotFound,
+    /// Access must be requested first.
+    Gated,
+    /// Disabled on the Hub.
+    Disabled,
+    /// The pinned revision does not exist.
+    RevisionNotFound,
+    /// The pinned revision is not the one the viewer serves.
+    RevisionNotCurrent,
+    /// The dataset viewer cannot load it.
+    ViewerInvalid,
+    /// No parquet files to download.
+    NoParquet,
+    /// Over the size limit.
+    TooLarge,
+    /// The Hub answered in a way that cannot be used.
+    HubError,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::InvalidId => "invalid_id",
+            Rejection::NotFound => "not_found",
+            Rejection::Gated => "gated",
+            Rejection::Disabled => "disabled",
+            Rejection::RevisionNotFound => "revision_not_found",
+            Rejection::RevisionNotCurrent => "revision_not_current",
+            Rejection::ViewerInvalid => "viewer_invalid",
+            Rejection::NoParquet => "no_parquet",
+            Rejection::TooLarge => "too_large",
+            Rejection::HubError => "hub_error",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The verdict on one proposed dataset id.
 #[derive(Clone, Debug)]
 pub enum DatasetCheck {
     Verified(DatasetMeta),
-    /// Not usable: `reason` is a short code (`not_found`, `gated`, `too_large`, ...).
-    Rejected { reason: String, detail: String },
+    /// Not usable, and why.
+    Rejected { reason: Rejection, detail: String },
 }
 
 #[async_trait]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use gymforge_actors::model::{DatasetMeta, StagedFile};
-use gymforge_actors::ports::{DatasetCheck, Hub, PortError};
+use gymforge_actors::ports::{DatasetCheck, Hub, PortError, Rejection};
 use serde::{Deserialize, Serialize};
 
 /// Name of the cache directory inside the run's state directory.
@@ -43,7 +43,7 @@ struct Entry {
 #[serde(rename_all = "snake_case")]
 enum Verdict {
     Verified(DatasetMeta),
-    Rejected { reason: String, detail: String },
+    Rejected { reason: Rejection, detail: String },
 }
 
 impl<H: Hub> CachedHub<H> {
@@ -77,7 +77,7 @@ impl<H: Hub> CachedHub<H> {
     fn write_verdict(&self, id: &str, check: &DatasetCheck) -> std::io::Result<()> {
         let verdict = match check {
             DatasetCheck::Verified(meta) => Verdict::Verified(meta.clone()),
-            DatasetCheck::Rejected { reason, detail } => Verdict::Rejected { reason: reason.clone(), detail: detail.clone() },
+            DatasetCheck::Rejected { reason, detail } => Verdict::Rejected { reason: *reason, detail: detail.clone() },
         };
         let entry = Entry { id: id.to_string(), scope: self.scope.clone(), verdict };
         crate::export::write_atomic(&self.verdict_path(id), serde_json::to_string_pretty(&entry).expect("serialisable").as_bytes())

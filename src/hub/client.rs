@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gymforge_actors::model::{DatasetMeta, Feature, ParquetFile, StagedFile};
-use gymforge_actors::ports::{DatasetCheck, Hub, PortError};
+use gymforge_actors::ports::{DatasetCheck, Hub, PortError, Rejection};
 use reqwest::{StatusCode, Url};
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -59,13 +59,13 @@ pub fn mirror_client(base: &str, max_bytes: u64, timeout: Duration) -> anyhow::R
 /// Why verification stopped: a verdict on the dataset, or a failure of the port itself.
 enum Fail {
     Reject {
-        reason: &'static str,
+        reason: Rejection,
         detail: String,
     },
     Port(PortError),
 }
 
-fn reject(reason: &'static str, detail: impl Into<String>) -> Fail {
+fn reject(reason: Rejection, detail: impl Into<String>) -> Fail {
     Fail::Reject {
         reason,
         detail: detail.into(),
@@ -218,7 +218,7 @@ impl HubClient {
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|e| {
                 reject(
-                    "hub_error",
+                    Rejection::HubError,
                     format!("{what}: unexpected response shape: {e}"),
                 )
             });
@@ -271,16 +271,16 @@ impl HubClient {
                     || (auth && error_code == Some("RepoNotFound")) =>
             {
                 reject(
-                    "not_found",
+                    Rejection::NotFound,
                     with_message(format!("{what}: the dataset does not exist")),
                 )
             }
-            _ if auth => reject("gated", self.gated_detail(what, &message)),
+            _ if auth => reject(Rejection::Gated, self.gated_detail(what, &message)),
             Service::Viewer
                 if status == StatusCode::NOT_FOUND || status == StatusCode::NOT_IMPLEMENTED =>
             {
                 reject(
-                    "viewer_invalid",
+                    Rejection::ViewerInvalid,
                     with_message(format!(
                         "{what}: the dataset viewer has no data for it (HTTP {})",
                         status.as_u16()
@@ -288,7 +288,7 @@ impl HubClient {
                 )
             }
             _ => reject(
-                "hub_error",
+                Rejection::HubError,
                 with_message(format!("{what}: HTTP {}", status.as_u16())),
             ),
         }
@@ -312,26 +312,26 @@ impl HubClient {
     /// dataset viewer has data for.
     async fn check_pin(&self, id: &str, rev: &str, current: &str) -> Result<(), Fail> {
         if rev.is_empty() || rev.contains(['/', '?', '#']) {
-            return Err(reject("revision_not_found", format!("`{rev}` is not a revision of {id}")));
+            return Err(reject(Rejection::RevisionNotFound, format!("`{rev}` is not a revision of {id}")));
         }
         let url = format!("{}/api/datasets/{id}/revision/{rev}", self.api_base);
         let pinned: ApiDataset = match self.get_json(Service::Api, &url, &[], "Hub API").await {
             Ok(api) => api,
-            Err(Fail::Reject { reason: "not_found", detail }) => {
-                return Err(reject("revision_not_found", format!("{id} has no revision `{rev}` ({detail})")));
+            Err(Fail::Reject { reason: Rejection::NotFound, detail }) => {
+                return Err(reject(Rejection::RevisionNotFound, format!("{id} has no revision `{rev}` ({detail})")));
             }
             Err(other) => return Err(other),
         };
         match pinned.sha.filter(|s| !s.is_empty()) {
             Some(sha) if sha == current => Ok(()),
             Some(sha) => Err(reject(
-                "revision_not_current",
+                Rejection::RevisionNotCurrent,
                 format!(
                     "{id}@{rev} is revision {sha}, but the dataset viewer serves only the current revision {current}; \
                      propose {id} without a revision"
                 ),
             )),
-            None => Err(reject("revision_not_found", format!("the Hub gave no commit for {id}@{rev}"))),
+            None => Err(reject(Rejection::RevisionNotFound, format!("the Hub gave no commit for {id}@{rev}"))),
         }
     }
 
@@ -354,7 +354,7 @@ impl HubClient {
         };
         if !valid_dataset_id(requested) {
             return Err(reject(
-                "invalid_id",
+                Rejection::InvalidId,
                 format!("`{requested}` is not a Hub dataset id (expected `owner/name`)"),
             ));
         }
@@ -368,7 +368,7 @@ impl HubClient {
             .await?;
         if api.disabled == Some(true) {
             return Err(reject(
-                "disabled",
+                Rejection::Disabled,
                 format!("{requested} has been disabled on the Hub"),
             ));
         }
@@ -376,7 +376,7 @@ impl HubClient {
             && self.token.is_none()
         {
             return Err(reject(
-                "gated",
+                Rejection::Gated,
                 format!(
                     "{requested} is gated (access: {mode}): a Hub access token with access to it \
                      is needed (set the environment variable named by hub.token_env)"
@@ -399,7 +399,7 @@ impl HubClient {
         let valid: IsValid = self.viewer("is-valid", &[("dataset", &id)]).await?;
         if !(valid.preview.unwrap_or(false) || valid.viewer.unwrap_or(false)) {
             return Err(reject(
-                "viewer_invalid",
+                Rejection::ViewerInvalid,
                 format!("the dataset viewer cannot load {id} (is-valid: no preview, no viewer)"),
             ));
         }
@@ -416,7 +416,7 @@ impl HubClient {
                 }
                 None => {
                     return Err(reject(
-                        "viewer_invalid",
+                        Rejection::ViewerInvalid,
                         format!("viewer /splits: {id} has no splits"),
                     ));
                 }
@@ -484,7 +484,7 @@ impl HubClient {
             });
         if size.partial {
             return Err(reject(
-                "too_large",
+                Rejection::TooLarge,
                 format!(
                     "{id} is larger than the dataset viewer converts in full (its size is partial); \
                      the limit is {} bytes",
@@ -496,7 +496,7 @@ impl HubClient {
             && bytes > self.max_bytes
         {
             return Err(reject(
-                "too_large",
+                Rejection::TooLarge,
                 format!(
                     "{id} (config {config}) has {bytes} bytes of parquet, over the limit of {} bytes",
                     self.max_bytes
@@ -515,7 +515,7 @@ impl HubClient {
                 Url::parse(&f.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !scheme_ok {
                 return Err(reject(
-                    "hub_error",
+                    Rejection::HubError,
                     format!("viewer /parquet: bad file url `{}`", f.url),
                 ));
             }
@@ -533,14 +533,14 @@ impl HubClient {
                 )));
             }
             return Err(reject(
-                "no_parquet",
+                Rejection::NoParquet,
                 format!("the dataset viewer lists no parquet files for {id} (config {config})"),
             ));
         }
         let listed: u64 = files.iter().map(|f| f.size).sum();
         if listed > self.max_bytes {
             return Err(reject(
-                "too_large",
+                Rejection::TooLarge,
                 format!(
                     "{id} (config {config}) has {listed} bytes of parquet files, over the limit of {} bytes",
                     self.max_bytes
@@ -723,9 +723,9 @@ impl Hub for HubClient {
                 Ok(DatasetCheck::Verified(meta))
             }
             Err(Fail::Reject { reason, detail }) => {
-                tracing::debug!(dataset = id, reason, "dataset rejected");
+                tracing::debug!(dataset = id, %reason, "dataset rejected");
                 Ok(DatasetCheck::Rejected {
-                    reason: reason.to_string(),
+                    reason,
                     detail: self.scrub(detail),
                 })
             }

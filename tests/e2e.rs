@@ -10,6 +10,7 @@ mod common;
 
 use common::{accepted_tasks, actions, files_under, traj_files};
 use gymforge::config::Config;
+use gymforge::export::{MlgymDatasetConfig, MlgymTaskConfig};
 use gymforge_actors::paths::copy_tree;
 use gymforge_actors::ports::{Mount, Sandbox, SandboxJob};
 use serde::Deserialize;
@@ -32,62 +33,6 @@ fn run_to_end(out: &Path, extra: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "gymforge run failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     stdout
-}
-
-/// MLGym's TaskConfig fields; an unknown key fails to load, as in MLGym's own loader.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct TaskConfig {
-    id: String,
-    name: String,
-    description: String,
-    #[serde(default)]
-    dataset_configs: Vec<String>,
-    #[serde(default)]
-    task_entrypoint: Option<String>,
-    #[serde(default)]
-    training_timeout: Option<u64>,
-    #[serde(default)]
-    requirements_path: Option<String>,
-    #[serde(default)]
-    use_generic_conda: Option<bool>,
-    #[serde(default)]
-    starter_code: Vec<String>,
-    #[serde(default)]
-    baseline_paths: Vec<String>,
-    #[serde(default)]
-    baseline_scores: Vec<BTreeMap<String, f64>>,
-    #[serde(default)]
-    sample_submission: Option<String>,
-    #[serde(default)]
-    evaluation_paths: Vec<String>,
-    #[serde(default)]
-    evaluation_read_only: Option<bool>,
-    #[serde(default)]
-    secret_files: Vec<String>,
-    #[serde(default)]
-    memory_path: Option<String>,
-    #[serde(default)]
-    benchmark_name: Option<String>,
-}
-
-/// MLGym's DatasetConfig fields.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct DatasetConfig {
-    name: String,
-    description: String,
-    data_path: String,
-    #[serde(default)]
-    is_local: Option<bool>,
-    #[serde(default)]
-    train_split: Option<serde_json::Value>,
-    #[serde(default)]
-    valid_split: Option<serde_json::Value>,
-    #[serde(default)]
-    test_split: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -170,12 +115,12 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
     let sandbox = sandbox().await;
     let mut datasets = BTreeSet::new();
     for path in &tasks {
-        let task: TaskConfig = serde_norway::from_str(&std::fs::read_to_string(path).unwrap())
+        let task: MlgymTaskConfig = serde_norway::from_str(&std::fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{} does not load as an MLGym TaskConfig: {e}", path.display()));
         assert!(python_formats(&task.description), "{}: description breaks str.format", task.id);
         assert_eq!(task.dataset_configs.len(), 1);
         let dataset_path = out.path().join("mlgym/configs").join(&task.dataset_configs[0]);
-        let dataset: DatasetConfig = serde_norway::from_str(&std::fs::read_to_string(&dataset_path).unwrap())
+        let dataset: MlgymDatasetConfig = serde_norway::from_str(&std::fs::read_to_string(&dataset_path).unwrap())
             .unwrap_or_else(|e| panic!("{} does not load as an MLGym DatasetConfig: {e}", dataset_path.display()));
         assert_eq!(dataset.is_local, Some(true));
         datasets.insert(dataset.name.clone());

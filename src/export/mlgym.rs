@@ -1,6 +1,8 @@
 //! MLGym's task and dataset config documents, as typed structs serialised to YAML, and the
 //! escaping that makes a task description safe for MLGym's `str.format`.
 
+use std::collections::BTreeMap;
+
 use gymforge_actors::model::{AcceptedTask, Scores};
 use gymforge_actors::ports::PortError;
 use serde::{Deserialize, Serialize};
@@ -139,10 +141,66 @@ pub(super) fn to_yaml<T: Serialize>(what: &str, value: &T) -> Result<String, Por
     serde_norway::to_string(value).map_err(|e| permanent(format!("serialising {what}: {e}")))
 }
 
+// MLGym's own loader, as gymforge's exports are checked against it: the fields MLGym's
+// TaskConfig and DatasetConfig know, unknown keys refused.
+
+/// Every field of MLGym's TaskConfig; unknown keys are an error, as in MLGym's loader.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct MlgymTaskConfig {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    #[serde(default)]
+    pub dataset_configs: Vec<String>,
+    #[serde(default)]
+    pub task_entrypoint: Option<String>,
+    #[serde(default)]
+    pub training_timeout: Option<u64>,
+    #[serde(default)]
+    pub requirements_path: Option<String>,
+    #[serde(default)]
+    pub use_generic_conda: Option<bool>,
+    #[serde(default)]
+    pub starter_code: Vec<String>,
+    #[serde(default)]
+    pub baseline_paths: Vec<String>,
+    #[serde(default)]
+    pub baseline_scores: Vec<BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub sample_submission: Option<String>,
+    #[serde(default)]
+    pub evaluation_paths: Vec<String>,
+    #[serde(default)]
+    pub evaluation_read_only: Option<bool>,
+    #[serde(default)]
+    pub secret_files: Vec<String>,
+    #[serde(default)]
+    pub memory_path: Option<String>,
+    #[serde(default)]
+    pub benchmark_name: Option<String>,
+}
+
+/// Every field of MLGym's DatasetConfig.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct MlgymDatasetConfig {
+    pub name: String,
+    pub description: String,
+    pub data_path: String,
+    #[serde(default)]
+    pub is_local: Option<bool>,
+    #[serde(default)]
+    pub train_split: Option<serde_json::Value>,
+    #[serde(default)]
+    pub valid_split: Option<serde_json::Value>,
+    #[serde(default)]
+    pub test_split: Option<serde_json::Value>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::fs;
 
     use gymforge_actors::ports::Outputs;
@@ -150,62 +208,6 @@ mod tests {
     use crate::export::OutputDir;
     use crate::export::fixtures::{DESCRIPTION, accepted, no_temp_files, prepared, scores};
     use crate::export::tasks_json::tasks_index;
-
-    /// Every field of MLGym's TaskConfig; unknown keys are an error, as in MLGym's loader.
-    #[derive(Deserialize, Debug)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct MlgymTaskConfig {
-        id: String,
-        name: String,
-        description: String,
-        #[serde(default)]
-        dataset_configs: Vec<String>,
-        #[serde(default)]
-        task_entrypoint: Option<String>,
-        #[serde(default)]
-        training_timeout: Option<u64>,
-        #[serde(default)]
-        requirements_path: Option<String>,
-        #[serde(default)]
-        use_generic_conda: Option<bool>,
-        #[serde(default)]
-        starter_code: Vec<String>,
-        #[serde(default)]
-        baseline_paths: Vec<String>,
-        #[serde(default)]
-        baseline_scores: Vec<BTreeMap<String, f64>>,
-        #[serde(default)]
-        sample_submission: Option<String>,
-        #[serde(default)]
-        evaluation_paths: Vec<String>,
-        #[serde(default)]
-        evaluation_read_only: Option<bool>,
-        #[serde(default)]
-        secret_files: Vec<String>,
-        #[serde(default)]
-        memory_path: Option<String>,
-        #[serde(default)]
-        benchmark_name: Option<String>,
-    }
-
-    /// Every field of MLGym's DatasetConfig.
-    #[derive(Deserialize, Debug)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct MlgymDatasetConfig {
-        name: String,
-        description: String,
-        data_path: String,
-        #[serde(default)]
-        is_local: Option<bool>,
-        #[serde(default)]
-        train_split: Option<serde_json::Value>,
-        #[serde(default)]
-        valid_split: Option<serde_json::Value>,
-        #[serde(default)]
-        test_split: Option<serde_json::Value>,
-    }
 
     /// Python's `str.format(dataset_docs=docs)` brace handling.
     fn py_format(template: &str, docs: &str) -> Result<String, String> {

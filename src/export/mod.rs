@@ -44,7 +44,7 @@ mod tasks_json;
 mod fixtures;
 
 pub use files::{write_atomic, write_jsonl};
-pub use mlgym::{
+pub use mlgym::{MlgymDatasetConfig, MlgymTaskConfig, 
     DATASET_DOCS, DatasetConfig, STARTER_FILES, TaskConfig, dataset_config, escape_description,
     task_config,
 };

@@ -283,9 +283,9 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let inputs = gymforge_actors::export::final_inputs(&store, 0.0).await.map_err(anyhow::Error::msg)?;
             let simulated = std::fs::read_to_string(out.join("report.json"))
                 .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|r| r.get("services").map(gymforge::export::teacher_simulated))
-                .unwrap_or(false);
+                .and_then(|t| serde_json::from_str::<gymforge::export::Report>(&t).ok())
+                .and_then(|r| r.services)
+                .is_some_and(|s| s.teacher_simulated());
             let options =
                 gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, keep_observations, simulated, ..Default::default() };
             let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);
@@ -375,7 +375,8 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
     let end = result?;
     let report_path = out.join("report.json");
     let text = std::fs::read_to_string(&report_path).with_context(|| format!("cannot read {}", report_path.display()))?;
-    let report: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", report_path.display()))?;
+    let report: gymforge::export::Report =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a report gymforge can read", report_path.display()))?;
     print_line(&gymforge::export::summary_table(&report))?;
     print_line(&format!("outputs in {}", out.display()))?;
     if end.already_complete {

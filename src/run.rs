@@ -11,7 +11,7 @@ use gymforge_actors::pipeline::{AgentSettings, Faults};
 use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
 
 use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
-use crate::export::OutputDir;
+use crate::export::{EndpointLabel, HubLabel, LlmLabel, OutputDir, ServiceLabels, StageLabel};
 use crate::hub::{CachedHub, HubClient, HubMirror, HubSettings};
 use crate::gateway::{Gateway, Source};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
@@ -35,8 +35,8 @@ pub struct Services {
     pub python: PythonEnv,
     pub hub: Arc<CachedHub<HubClient>>,
     pub llm: Arc<Gateway>,
-    /// Human-readable description of each service, for the summary and report.
-    pub labels: serde_json::Value,
+    /// What each service is, for the summary and report.
+    pub labels: ServiceLabels,
 }
 
 /// The prompt templates shipped in `config/prompts/`.
@@ -111,7 +111,7 @@ pub async fn services(
         python,
         hub: Arc::new(hub),
         llm: Arc::new(llm),
-        labels: serde_json::json!({ "llm": llm_label, "hub": hub_label }),
+        labels: ServiceLabels { llm: llm_label, hub: hub_label },
     })
 }
 
@@ -123,16 +123,16 @@ pub async fn hub(
     python: &PythonEnv,
     loopback: SocketAddr,
     status: &(dyn Fn(&str) + Sync),
-) -> anyhow::Result<(HubClient, serde_json::Value)> {
+) -> anyhow::Result<(HubClient, HubLabel)> {
     if let (Some(client), Some(endpoint)) = (settings.client(&config.hub)?, &settings.endpoint) {
-        let label = serde_json::json!({
-            "kind": "Hugging Face Hub",
-            "simulated": false,
-            "endpoint": endpoint,
-            "endpoint_from": settings.source.as_str(),
-            "viewer": settings.viewer,
-            "token": settings.token.is_some(),
-        });
+        let label = HubLabel {
+            kind: "Hugging Face Hub".into(),
+            simulated: false,
+            endpoint: endpoint.clone(),
+            endpoint_from: Some(settings.source.as_str().into()),
+            viewer: Some(settings.viewer.clone()),
+            token: Some(settings.token.is_some()),
+        };
         return Ok((client, label));
     }
     // ensure_built says "building" itself, and only when it builds (once; later runs reuse it).
@@ -141,18 +141,25 @@ pub async fn hub(
     let (addr, _handle) = HubMirror::serve(root, loopback).await?;
     let base = format!("http://{addr}");
     let client = HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, Duration::from_secs(config.hub.timeout_secs))?;
-    let label = serde_json::json!({ "kind": "embedded mirror of datasets bundled with scikit-learn", "simulated": true, "endpoint": base });
+    let label = HubLabel {
+        kind: "embedded mirror of datasets bundled with scikit-learn".into(),
+        simulated: true,
+        endpoint: base,
+        endpoint_from: None,
+        viewer: None,
+        token: None,
+    };
     Ok((client, label))
 }
 
 /// Starts the simulated teacher if a routed endpoint is `"sim"` (and answers are live), and
 /// builds the gateway over the routed endpoints. Also returns the LLM's service label.
-pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: SocketAddr) -> anyhow::Result<(Gateway, serde_json::Value)> {
+pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: SocketAddr) -> anyhow::Result<(Gateway, LlmLabel)> {
     let replaying = matches!(source, Source::Replay(_));
     let routed: std::collections::BTreeSet<&str> = config.llm.routes.all().iter().map(|(_, name)| *name).collect();
     let mut base_urls = std::collections::BTreeMap::new();
     let mut keys = std::collections::BTreeMap::new();
-    let mut labels = serde_json::Map::new();
+    let mut endpoints = std::collections::BTreeMap::new();
     let mut sim_base: Option<String> = None;
     for name in &routed {
         let e = &config.llm.endpoints[*name];
@@ -165,22 +172,19 @@ pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: 
         } else {
             e.base_url.clone()
         };
-        labels.insert(
-            name.to_string(),
-            serde_json::json!({ "base_url": base, "model": e.model, "simulated": e.is_sim() }),
-        );
+        endpoints.insert(name.to_string(), EndpointLabel { base_url: base.clone(), model: e.model.clone(), simulated: e.is_sim() });
         base_urls.insert(name.to_string(), base);
         keys.insert(name.to_string(), Config::llm_api_key(e));
     }
     // Which endpoint answered each stage: a run may use the simulator for some stages only.
-    let stages: serde_json::Map<String, serde_json::Value> = config
+    let stages = config
         .llm
         .routes
         .all()
         .iter()
         .map(|(stage, name)| {
             let e = &config.llm.endpoints[*name];
-            (stage.as_str().to_string(), serde_json::json!({ "endpoint": name, "model": e.model, "simulated": e.is_sim() }))
+            (*stage, StageLabel { endpoint: name.to_string(), model: e.model.clone(), simulated: e.is_sim() })
         })
         .collect();
     let simulated_endpoints = routed.iter().filter(|name| config.llm.endpoints[**name].is_sim()).count();
@@ -192,7 +196,7 @@ pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: 
         _ => "OpenAI-compatible endpoints and, for some stages, the simulated teacher".to_string(),
     };
     // `simulated`: any stage's endpoint is; `stages` says which.
-    let label = serde_json::json!({ "kind": kind, "simulated": simulated_endpoints > 0, "model": teacher.model, "endpoints": labels, "stages": stages });
+    let label = LlmLabel { kind, simulated: simulated_endpoints > 0, model: teacher.model.clone(), endpoints, stages };
     let gateway = Gateway::new(&config.llm, &base_urls, &keys, spent_usd, source)?;
     Ok((gateway, label))
 }

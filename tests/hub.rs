@@ -599,7 +599,7 @@ async fn a_run_starts_an_already_built_mirror_without_building_it() {
     })
     .await
     .unwrap();
-    assert_eq!(label["simulated"], json!(true));
+    assert!(label.simulated, "{label:?}");
     let messages = messages.into_inner().unwrap();
     assert_eq!(messages, ["starting the embedded Hub mirror"]);
 }

@@ -29,13 +29,15 @@
 //! `tasks_json.rs` tasks.json with the datasets' provenance, `files.rs` atomic writes, mirrored
 //! directories and the port errors of failed I/O, `output_dir.rs` the directory's layout and the
 //! `Outputs` port, `sft_line.rs` one SFT example per rollout, `replay.rs` the replay lines,
-//! `report.rs` report.json, `summary.rs` the terminal summary of a report.
+//! `report.rs` report.json (`Report`), `services.rs` the services a run used and which were
+//! simulated, `summary.rs` the terminal summary of a report.
 
 mod files;
 mod mlgym;
 mod output_dir;
 mod replay;
 mod report;
+mod services;
 mod sft_line;
 mod summary;
 mod tasks_json;
@@ -50,7 +52,11 @@ pub use mlgym::{MlgymDatasetConfig, MlgymTaskConfig,
 };
 pub use output_dir::OutputDir;
 pub use replay::{ReplayLine, replay_lines};
-pub use report::{REPORT_VERSION, build_report, teacher_simulated};
+pub use report::{
+    EventCounts, LlmReport, REPORT_VERSION, Report, RolloutCounts, StageFunnel, TaskSpread, Throughput, UnitCounts, UsageReport,
+    UsageRowReport, build_report,
+};
+pub use services::{EndpointLabel, HubLabel, LlmLabel, ServiceLabels, StageLabel};
 pub use sft_line::{best_score, sft_line};
 pub use summary::{frequent_drop_details, summary_table};
 pub use tasks_json::{repo_file, tasks_index};

@@ -8,7 +8,7 @@ use gymforge_actors::model::{AcceptedTask, RolloutRecord};
 use gymforge_actors::ports::{FinalInputs, Outputs, PortError};
 
 use crate::sft::{SftOptions, SftSummary};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::files::{
     copy_atomic, io_err, mirror_dir, permanent, regular_file, to_pretty_json, write_atomic,
@@ -16,14 +16,15 @@ use super::files::{
 };
 use super::mlgym::{STARTER_FILES, dataset_config, task_config, to_yaml};
 use super::replay::replay_lines;
-use super::report::{any_simulated, build_report, teacher_simulated};
+use super::report::build_report;
+use super::services::ServiceLabels;
 use super::tasks_json::tasks_index;
 
 /// The output directory `OUT/`.
 #[derive(Clone)]
 pub struct OutputDir {
     root: PathBuf,
-    labels: Option<Value>,
+    labels: Option<ServiceLabels>,
     gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
     sft: SftOptions,
 }
@@ -46,13 +47,11 @@ impl OutputDir {
         self
     }
 
-    /// Describes the services the run used, e.g. `{"llm": {"kind": ..., "simulated": true,
-    /// "stages": {"rollout": {"endpoint": "sim", "model": ..., "simulated": true}, ...}},
-    /// "hub": {...}}`. The labels appear in `report.json` under `services`, with a top-level
-    /// `simulated` flag that is true when any service (any stage's endpoint) is simulated;
-    /// every SFT line's `meta.simulated` says whether the rollout stage's teacher was
-    /// ([`teacher_simulated`]).
-    pub fn with_labels(mut self, labels: Value) -> OutputDir {
+    /// The services the run used. They appear in `report.json` under `services`, with a
+    /// top-level `simulated` flag that is true when any service (any stage's endpoint) is
+    /// simulated; every SFT line's `meta.simulated` says whether the rollout stage's teacher was
+    /// ([`ServiceLabels::teacher_simulated`]).
+    pub fn with_labels(mut self, labels: ServiceLabels) -> OutputDir {
         self.labels = Some(labels);
         self
     }
@@ -103,7 +102,7 @@ impl OutputDir {
 
     /// Writes `sft/train.jsonl` from the rollouts with the default rules of [`crate::sft`].
     pub fn write_sft(&self, inputs: &FinalInputs) -> Result<SftSummary, PortError> {
-        let options = SftOptions { simulated: self.labels.as_ref().is_some_and(teacher_simulated), ..self.sft.clone() };
+        let options = SftOptions { simulated: self.labels.as_ref().is_some_and(ServiceLabels::teacher_simulated), ..self.sft.clone() };
         let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &options);
         write_jsonl(&self.sft_path(), &lines)?;
         Ok(summary)
@@ -175,12 +174,9 @@ impl Outputs for OutputDir {
 
         let mut report = build_report(inputs, &sft);
         if let Some(labels) = &self.labels {
-            report["simulated"] = json!(any_simulated(labels));
-            report["services"] = labels.clone();
+            report = report.with_services(labels.clone());
         }
-        if let Some(gateway) = &self.gateway {
-            report["llm"]["gateway"] = json!(gateway.snapshot());
-        }
+        report.llm.gateway = self.gateway.as_ref().map(|gateway| gateway.snapshot());
         let path = self.report_path();
         write_atomic(&path, &to_pretty_json("report.json", &report)?)
             .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
@@ -255,7 +251,7 @@ mod tests {
         let traj: Trajectory =
             serde_json::from_slice(&fs::read(run.join("wineT1.traj")).unwrap()).unwrap();
         assert_eq!(traj, r.trajectory);
-        let results: Value =
+        let results: serde_json::Value =
             serde_json::from_slice(&fs::read(run.join("results.json")).unwrap()).unwrap();
         assert_eq!(
             results,

@@ -1,28 +1,160 @@
 //! `report.json`: what a run did, derived from the store's contents: the per-stage funnel with
 //! drop reasons, the accepted tasks' spread, the rollouts kept, LLM usage, events and
-//! throughput; and the service labels that say which services were simulated.
+//! throughput; and the service labels that say which services were simulated. [`Report`] is
+//! the document; it is serialised only when written and read back for the summary.
 
 use std::collections::BTreeMap;
 
 use gymforge_actors::model::{DropReason, RolloutRecord, Stage, UnitKind, UnitStatus};
 use gymforge_actors::ports::{FinalInputs, Usage};
+use serde::{Deserialize, Serialize};
 
+use super::services::ServiceLabels;
+use crate::gateway::GatewaySnapshot;
 use crate::sft::SftSummary;
-use serde_json::{Value, json};
 
 /// Version of the `report.json` layout. 2: a rollout passes its stage only with a scored
 /// submission, `throughput.trajectories_per_hour` counts scored trajectories
 /// (`recorded_trajectories_per_hour` all), `services.llm.stages` labels each stage.
 pub const REPORT_VERSION: u32 = 2;
 
-fn usage_json(u: &Usage) -> Value {
-    json!({
-        "calls": u.calls,
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "total_tokens": u.input_tokens + u.output_tokens,
-        "cost_usd": u.cost_usd,
-    })
+/// `report.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Report {
+    pub report_version: u32,
+    /// True when any service was simulated (only with `services`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceLabels>,
+    /// One entry per stage, in pipeline order.
+    pub stages: Vec<StageFunnel>,
+    pub units: UnitCounts,
+    pub tasks: TaskSpread,
+    pub rollouts: RolloutCounts,
+    pub llm: LlmReport,
+    pub events: EventCounts,
+    pub wall_time_secs: f64,
+    pub throughput: Throughput,
+}
+
+/// How units went through one stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StageFunnel {
+    pub stage: Stage,
+    pub entered: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub in_progress: u64,
+    /// Units dropped per reason: a [`DropReason`]'s name, or a rollout's exit status.
+    #[serde(default)]
+    pub drop_reasons: BTreeMap<String, u64>,
+    /// Per reason, what happened to the first unit dropped for it, in words.
+    #[serde(default)]
+    pub drop_details: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct UnitCounts {
+    pub task: u64,
+    pub rollout: u64,
+    pub pending: u64,
+    pub done: u64,
+    pub dropped: u64,
+}
+
+/// The accepted tasks and their spread over datasets and task types.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct TaskSpread {
+    pub topic_units: u64,
+    pub accepted: u64,
+    pub accepted_ids: Vec<String>,
+    #[serde(rename = "yield")]
+    pub task_yield: f64,
+    pub distinct_datasets: u64,
+    pub distinct_task_types: u64,
+    pub by_dataset: BTreeMap<String, u64>,
+    pub by_task_type: BTreeMap<String, u64>,
+}
+
+/// The trajectories recorded, scored and kept for SFT.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct RolloutCounts {
+    pub total: u64,
+    pub scored: u64,
+    pub kept: u64,
+    pub kept_beat_baseline: u64,
+    pub duplicates: u64,
+    pub malformed: u64,
+    pub over_token_budget: u64,
+    pub shortened: u64,
+}
+
+/// LLM usage as the stages recorded it, and the gateway's counters of this session.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct LlmReport {
+    pub by_stage_endpoint_model: Vec<UsageRowReport>,
+    pub by_stage: BTreeMap<Stage, UsageReport>,
+    pub by_model: BTreeMap<String, UsageReport>,
+    pub by_endpoint: BTreeMap<String, UsageReport>,
+    pub by_unit: BTreeMap<String, UsageReport>,
+    pub total: UsageReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySnapshot>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct UsageReport {
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UsageRowReport {
+    pub stage: Stage,
+    pub endpoint: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub usage: UsageReport,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct EventCounts {
+    pub total: u64,
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Throughput {
+    pub accepted_tasks_per_hour: f64,
+    /// Scored trajectories.
+    pub trajectories_per_hour: f64,
+    /// Every trajectory written.
+    pub recorded_trajectories_per_hour: f64,
+    pub kept_trajectories_per_hour: f64,
+}
+
+impl From<&Usage> for UsageReport {
+    fn from(u: &Usage) -> UsageReport {
+        UsageReport {
+            calls: u.calls,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: u.input_tokens + u.output_tokens,
+            cost_usd: u.cost_usd,
+        }
+    }
 }
 
 fn add_usage(into: &mut Usage, u: &Usage) {
@@ -39,9 +171,7 @@ fn per_hour(count: u64, secs: f64) -> f64 {
 /// The stages a unit of this kind goes through.
 fn stages_of(kind: UnitKind) -> &'static [Stage] {
     match kind {
-        UnitKind::Task => {
-            &[Stage::Topic, Stage::Dataset, Stage::Codegen, Stage::Debug, Stage::Export]
-        }
+        UnitKind::Task => &[Stage::Topic, Stage::Dataset, Stage::Codegen, Stage::Debug, Stage::Export],
         UnitKind::Rollout => &[Stage::Rollout],
     }
 }
@@ -56,10 +186,35 @@ fn unscored(unit: &str, records: &BTreeMap<&str, &RolloutRecord>) -> Option<(Str
             let status = &r.trajectory.info.exit_status;
             let reason = if status.trim().is_empty() { "unknown".to_string() } else { status.clone() };
             let steps = r.trajectory.trajectory.len();
-            Some((reason, format!("the trajectory ended after {steps} step{} without a scored submission", if steps == 1 { "" } else { "s" })))
+            let plural = if steps == 1 { "" } else { "s" };
+            Some((reason, format!("the trajectory ended after {steps} step{plural} without a scored submission")))
         }
         None => Some(("trajectory_unreadable".into(), "the rollout's stored result could not be read as a trajectory".into())),
     }
+}
+
+impl StageFunnel {
+    fn new(stage: Stage) -> StageFunnel {
+        StageFunnel { stage, entered: 0, passed: 0, dropped: 0, in_progress: 0, drop_reasons: BTreeMap::new(), drop_details: BTreeMap::new() }
+    }
+
+    fn drop(&mut self, reason: String, detail: Option<&str>) {
+        self.dropped += 1;
+        // The first unit dropped for a reason says, in words, what happened.
+        if let Some(detail) = detail {
+            self.drop_details.entry(reason.clone()).or_insert_with(|| crate::output::one_line(detail, 200));
+        }
+        *self.drop_reasons.entry(reason).or_default() += 1;
+    }
+}
+
+/// Counts by key, keys in order.
+fn count_by<'a>(keys: impl Iterator<Item = &'a str>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for key in keys {
+        *counts.entry(key.to_string()).or_default() += 1;
+    }
+    counts
 }
 
 /// `report.json`: what the run did, derived from the store's contents.
@@ -72,46 +227,27 @@ fn unscored(unit: &str, records: &BTreeMap<&str, &RolloutRecord>) -> Option<(Str
 /// `llm` counts every answered request a stage received (as the stages record them), usable
 /// or not: a refused, empty, filtered or cut-off answer is billed like any other.
 /// `throughput.trajectories_per_hour` counts scored trajectories only;
-/// `recorded_trajectories_per_hour` every trajectory written.
-pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
-    #[derive(Default)]
-    struct Counts {
-        entered: u64,
-        passed: u64,
-        dropped: u64,
-        in_progress: u64,
-        reasons: BTreeMap<String, u64>,
-        details: BTreeMap<String, String>,
-    }
-    impl Counts {
-        fn drop(&mut self, reason: String, detail: Option<&str>) {
-            self.dropped += 1;
-            // The first unit dropped for a reason says, in words, what happened.
-            if let Some(detail) = detail {
-                self.details.entry(reason.clone()).or_insert_with(|| crate::output::one_line(detail, 200));
-            }
-            *self.reasons.entry(reason).or_default() += 1;
-        }
-    }
+/// `recorded_trajectories_per_hour` every trajectory written. The services and the gateway's
+/// counters are the caller's to add.
+pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Report {
     let records: BTreeMap<&str, &RolloutRecord> = inputs.rollouts.iter().map(|r| (r.unit.as_str(), r)).collect();
-    let mut counts: BTreeMap<Stage, Counts> = BTreeMap::new();
-    let (mut task_units, mut rollout_units) = (0u64, 0u64);
-    let (mut pending, mut done, mut dropped) = (0u64, 0u64, 0u64);
+    let mut stages: Vec<StageFunnel> = Stage::ALL.iter().map(|&stage| StageFunnel::new(stage)).collect();
+    let mut units = UnitCounts::default();
     for unit in &inputs.units {
         match unit.kind {
-            UnitKind::Task => task_units += 1,
-            UnitKind::Rollout => rollout_units += 1,
+            UnitKind::Task => units.task += 1,
+            UnitKind::Rollout => units.rollout += 1,
         }
         match unit.status {
-            UnitStatus::Pending => pending += 1,
-            UnitStatus::Done => done += 1,
-            UnitStatus::Dropped => dropped += 1,
+            UnitStatus::Pending => units.pending += 1,
+            UnitStatus::Done => units.done += 1,
+            UnitStatus::Dropped => units.dropped += 1,
         }
         for &stage in stages_of(unit.kind) {
             if stage > unit.stage {
                 break;
             }
-            let c = counts.entry(stage).or_default();
+            let c = stages.iter_mut().find(|c| c.stage == stage).expect("every stage has a funnel");
             c.entered += 1;
             if stage < unit.stage {
                 c.passed += 1;
@@ -124,25 +260,12 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
                 },
                 UnitStatus::Done => c.passed += 1,
                 UnitStatus::Pending => c.in_progress += 1,
-                UnitStatus::Dropped => c.drop(unit.drop_reason.map_or("unknown", DropReason::as_str).to_string(), unit.drop_detail.as_deref()),
+                UnitStatus::Dropped => {
+                    c.drop(unit.drop_reason.map_or("unknown", DropReason::as_str).to_string(), unit.drop_detail.as_deref())
+                }
             }
         }
     }
-    let stages: Vec<Value> = Stage::ALL
-        .iter()
-        .map(|stage| {
-            let c = counts.remove(stage).unwrap_or_default();
-            json!({
-                "stage": stage,
-                "entered": c.entered,
-                "passed": c.passed,
-                "dropped": c.dropped,
-                "in_progress": c.in_progress,
-                "drop_reasons": c.reasons,
-                "drop_details": c.details,
-            })
-        })
-        .collect();
 
     let mut by_stage: BTreeMap<Stage, Usage> = BTreeMap::new();
     let mut by_model: BTreeMap<&str, Usage> = BTreeMap::new();
@@ -158,96 +281,85 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Value {
         add_usage(by_stage_endpoint_model.entry((row.stage, &row.endpoint, &row.model)).or_default(), &row.usage);
         add_usage(&mut total, &row.usage);
     }
-    let rows: Vec<Value> = by_stage_endpoint_model
-        .iter()
-        .map(|((stage, endpoint, model), u)| {
-            let mut v = usage_json(u);
-            v["stage"] = json!(stage);
-            v["endpoint"] = json!(endpoint);
-            v["model"] = json!(model);
-            v
-        })
-        .collect();
-
-    let mut events: BTreeMap<&str, u64> = BTreeMap::new();
-    for e in &inputs.events {
-        *events.entry(e.kind.as_str()).or_default() += 1;
-    }
+    let reported = |m: BTreeMap<&str, Usage>| m.iter().map(|(k, u)| (k.to_string(), UsageReport::from(u))).collect();
+    let llm = LlmReport {
+        by_stage_endpoint_model: by_stage_endpoint_model
+            .iter()
+            .map(|((stage, endpoint, model), u)| UsageRowReport {
+                stage: *stage,
+                endpoint: endpoint.to_string(),
+                model: model.to_string(),
+                usage: u.into(),
+            })
+            .collect(),
+        by_stage: by_stage.iter().map(|(s, u)| (*s, u.into())).collect(),
+        by_model: reported(by_model),
+        by_endpoint: reported(by_endpoint),
+        by_unit: reported(by_unit),
+        total: (&total).into(),
+        gateway: None,
+    };
 
     let accepted = inputs.tasks.len() as u64;
     // The spread of the accepted tasks: how many per dataset and per task type.
-    let mut by_dataset: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut by_task_type: BTreeMap<&str, u64> = BTreeMap::new();
-    for t in &inputs.tasks {
-        *by_dataset.entry(t.dataset.id.as_str()).or_default() += 1;
-        *by_task_type.entry(t.topic.sample.task_type.as_str()).or_default() += 1;
-    }
-    let rollouts_total = inputs.rollouts.len() as u64;
-    let rollouts_scored = inputs.rollouts.iter().filter(|r| r.has_scored_submission()).count() as u64;
+    let by_dataset = count_by(inputs.tasks.iter().map(|t| t.dataset.id.as_str()));
+    let by_task_type = count_by(inputs.tasks.iter().map(|t| t.topic.sample.task_type.as_str()));
+    let tasks = TaskSpread {
+        topic_units: units.task,
+        accepted,
+        accepted_ids: inputs.tasks.iter().map(|t| t.task_id.clone()).collect(),
+        task_yield: if units.task > 0 { accepted as f64 / units.task as f64 } else { 0.0 },
+        distinct_datasets: by_dataset.len() as u64,
+        distinct_task_types: by_task_type.len() as u64,
+        by_dataset,
+        by_task_type,
+    };
+    let rollouts = RolloutCounts {
+        total: inputs.rollouts.len() as u64,
+        scored: inputs.rollouts.iter().filter(|r| r.has_scored_submission()).count() as u64,
+        kept: sft.kept,
+        kept_beat_baseline: sft.beat_baseline,
+        duplicates: sft.duplicates,
+        malformed: sft.malformed,
+        over_token_budget: sft.over_budget,
+        shortened: sft.shortened,
+    };
     let wall = inputs.wall_time_secs;
-    json!({
-        "report_version": REPORT_VERSION,
-        "stages": stages,
-        "units": {
-            "task": task_units,
-            "rollout": rollout_units,
-            "pending": pending,
-            "done": done,
-            "dropped": dropped,
+    Report {
+        report_version: REPORT_VERSION,
+        simulated: None,
+        services: None,
+        stages,
+        units,
+        throughput: Throughput {
+            accepted_tasks_per_hour: per_hour(accepted, wall),
+            trajectories_per_hour: per_hour(rollouts.scored, wall),
+            recorded_trajectories_per_hour: per_hour(rollouts.total, wall),
+            kept_trajectories_per_hour: per_hour(sft.kept, wall),
         },
-        "tasks": {
-            "topic_units": task_units,
-            "accepted": accepted,
-            "accepted_ids": inputs.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
-            "yield": if task_units > 0 { accepted as f64 / task_units as f64 } else { 0.0 },
-            "distinct_datasets": by_dataset.len(),
-            "distinct_task_types": by_task_type.len(),
-            "by_dataset": by_dataset,
-            "by_task_type": by_task_type,
+        tasks,
+        rollouts,
+        llm,
+        events: EventCounts {
+            total: inputs.events.len() as u64,
+            by_kind: count_by(inputs.events.iter().map(|e| e.kind.as_str())),
         },
-        "rollouts": {
-            "total": rollouts_total,
-            "scored": rollouts_scored,
-            "kept": sft.kept,
-            "kept_beat_baseline": sft.beat_baseline,
-            "duplicates": sft.duplicates,
-            "malformed": sft.malformed,
-            "over_token_budget": sft.over_budget,
-            "shortened": sft.shortened,
-        },
-        "llm": {
-            "by_stage_endpoint_model": rows,
-            "by_stage": by_stage.iter().map(|(s, u)| (s.as_str(), usage_json(u))).collect::<BTreeMap<_, _>>(),
-            "by_model": by_model.iter().map(|(m, u)| (*m, usage_json(u))).collect::<BTreeMap<_, _>>(),
-            "by_endpoint": by_endpoint.iter().map(|(e, u)| (*e, usage_json(u))).collect::<BTreeMap<_, _>>(),
-            "by_unit": by_unit.iter().map(|(n, u)| (*n, usage_json(u))).collect::<BTreeMap<_, _>>(),
-            "total": usage_json(&total),
-        },
-        "events": {
-            "total": inputs.events.len(),
-            "by_kind": events,
-        },
-        "wall_time_secs": wall,
-        "throughput": {
-            "accepted_tasks_per_hour": per_hour(accepted, wall),
-            "trajectories_per_hour": per_hour(rollouts_scored, wall),
-            "recorded_trajectories_per_hour": per_hour(rollouts_total, wall),
-            "kept_trajectories_per_hour": per_hour(sft.kept, wall),
-        },
-    })
+        wall_time_secs: wall,
+    }
 }
 
-/// Whether the rollout stage's endpoint, the teacher whose trajectories become SFT data, was
-/// simulated, from service labels (`report.json`'s `services`). Labels without per-stage
-/// entries (reports of earlier versions) say it only for the LLM as a whole.
-pub fn teacher_simulated(labels: &Value) -> bool {
-    let simulated = labels.pointer("/llm/stages/rollout/simulated").or_else(|| labels.pointer("/llm/simulated"));
-    simulated == Some(&json!(true))
-}
+impl Report {
+    /// The report with the services the run used: `simulated` says whether any was.
+    pub fn with_services(mut self, services: ServiceLabels) -> Report {
+        self.simulated = Some(services.any_simulated());
+        self.services = Some(services);
+        self
+    }
 
-/// True when any service label says `"simulated": true`.
-pub(super) fn any_simulated(labels: &Value) -> bool {
-    labels.as_object().is_some_and(|m| m.values().any(|v| v["simulated"] == json!(true)))
+    /// The stage's funnel.
+    pub fn stage(&self, stage: Stage) -> Option<&StageFunnel> {
+        self.stages.iter().find(|s| s.stage == stage)
+    }
 }
 
 #[cfg(test)]
@@ -255,12 +367,25 @@ mod tests {
     use super::*;
     use std::fs;
 
+    use serde_json::{Value, json};
+
     use gymforge_actors::ports::Outputs;
 
+    use crate::export::services::{HubLabel, LlmLabel, StageLabel};
     use crate::export::OutputDir;
     use crate::export::fixtures::{TURNS, final_inputs, no_temp_files, rollout, scores, unit};
     use crate::export::summary::summary_table;
     use crate::sft::SftOptions;
+
+    /// report.json as written, and as the summary reads it back.
+    fn read_report(out: &OutputDir) -> (Value, Report) {
+        let bytes = fs::read(out.report_path()).unwrap();
+        (serde_json::from_slice(&bytes).unwrap(), serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn as_json(report: &Report) -> Value {
+        serde_json::to_value(report).unwrap()
+    }
 
     #[test]
     fn report_counts_and_tasks_index() {
@@ -268,7 +393,7 @@ mod tests {
         let out = OutputDir::new(dir.path().join("out"));
         let inputs = final_inputs();
         out.finalize(&inputs).unwrap();
-        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        let (report, typed) = read_report(&out);
 
         let stage = |name: &str| {
             report["stages"]
@@ -352,7 +477,7 @@ mod tests {
         assert_eq!(index[1]["direction"], "minimize");
         no_temp_files(out.root());
 
-        let table = summary_table(&report);
+        let table = summary_table(&typed);
         assert!(table.contains("dataset"), "{table}");
         assert!(table.contains("no_verified_dataset 2"), "{table}");
         assert!(table.contains("2 of 6 topics (yield 33.3%)"), "{table}");
@@ -368,47 +493,68 @@ mod tests {
         }
     }
 
+    fn hub_label(simulated: bool) -> HubLabel {
+        HubLabel { kind: "embedded mirror".into(), simulated, endpoint: "http://127.0.0.1:9".into(), endpoint_from: None, viewer: None, token: None }
+    }
+
+    /// Labels of an LLM that is one endpoint for every stage.
+    fn llm_label(kind: &str, simulated: bool) -> LlmLabel {
+        LlmLabel { kind: kind.into(), simulated, model: "sim-teacher".into(), endpoints: BTreeMap::new(), stages: BTreeMap::new() }
+    }
+
     #[test]
     fn labels_mark_simulated_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let labels = json!({
-            "llm": {"kind": "simulated teacher", "simulated": true, "model": "sim-teacher"},
-            "hub": {"kind": "embedded mirror", "simulated": true},
-        });
+        let labels = ServiceLabels { llm: llm_label("simulated teacher", true), hub: hub_label(true) };
         let out = OutputDir::new(dir.path().join("out")).with_labels(labels.clone());
         out.finalize(&final_inputs()).unwrap();
-        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        let (report, typed) = read_report(&out);
         assert_eq!(report["simulated"], json!(true));
-        assert_eq!(report["services"], labels);
+        assert_eq!(report["services"]["llm"]["kind"], "simulated teacher");
+        assert_eq!(typed.services.as_ref(), Some(&labels), "the labels read back as written");
         let text = fs::read_to_string(out.sft_path()).unwrap();
         for line in text.lines() {
             let line: Value = serde_json::from_str(line).unwrap();
             assert_eq!(line["meta"]["simulated"], json!(true));
         }
-        let table = summary_table(&report);
+        let table = summary_table(&typed);
         assert!(table.contains("simulated teacher, model sim-teacher [SIMULATED]"), "{table}");
+        assert!(table.contains("embedded mirror [SIMULATED]"), "{table}");
 
-        let real = json!({"llm": {"kind": "OpenAI-compatible endpoint", "simulated": false}});
+        let real = ServiceLabels { llm: llm_label("OpenAI-compatible endpoint", false), hub: hub_label(false) };
         let out = OutputDir::new(dir.path().join("real")).with_labels(real);
         out.finalize(&final_inputs()).unwrap();
-        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        let (report, typed) = read_report(&out);
         assert_eq!(report["simulated"], json!(false));
-        assert!(!summary_table(&report).contains("SIMULATED"));
+        assert!(!summary_table(&typed).contains("SIMULATED"));
+    }
+
+    /// Reports of version 1 labelled the LLM only as a whole: `export sft` still reads whether
+    /// the teacher was simulated from them.
+    #[test]
+    fn labels_without_stages_say_it_for_the_whole_llm() {
+        let v1 = json!({"llm": {"kind": "simulated teacher", "simulated": true, "model": "m"}, "hub": {"kind": "k", "simulated": true, "endpoint": "e"}});
+        let labels: ServiceLabels = serde_json::from_value(v1).unwrap();
+        assert!(labels.teacher_simulated() && labels.any_simulated());
     }
 
     /// Service labels of an LLM whose stages are routed to `rollout` for the rollout stage and to
     /// `other` for the rest (`"sim"` is the simulated teacher).
-    fn routed_labels(rollout: &str, other: &str) -> Value {
-        let label = |endpoint: &str| json!({"endpoint": endpoint, "model": format!("{endpoint}-model"), "simulated": endpoint == "sim"});
-        json!({"llm": {
-            "kind": "mixed",
-            "simulated": rollout == "sim" || other == "sim",
-            "model": format!("{rollout}-model"),
-            "stages": {
-                "topic": label(other), "dataset": label(other), "codegen": label(other), "debug": label(other),
-                "rollout": label(rollout),
-            },
-        }})
+    fn routed_labels(rollout: &str, other: &str) -> ServiceLabels {
+        let label = |endpoint: &str| StageLabel { endpoint: endpoint.into(), model: format!("{endpoint}-model"), simulated: endpoint == "sim" };
+        let stages = Stage::ALL
+            .iter()
+            .filter(|&&s| s != Stage::Export)
+            .map(|&s| (s, label(if s == Stage::Rollout { rollout } else { other })))
+            .collect();
+        let llm = LlmLabel {
+            kind: "mixed".into(),
+            simulated: rollout == "sim" || other == "sim",
+            model: format!("{rollout}-model"),
+            endpoints: BTreeMap::new(),
+            stages,
+        };
+        ServiceLabels { llm, hub: hub_label(false) }
     }
 
     /// A run whose rollouts came from a real endpoint is marked simulated only for the stages
@@ -419,13 +565,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = OutputDir::new(dir.path().join("real-teacher")).with_labels(routed_labels("openai", "sim"));
         out.finalize(&final_inputs()).unwrap();
-        let report: Value = serde_json::from_slice(&fs::read(out.report_path()).unwrap()).unwrap();
+        let (report, typed) = read_report(&out);
         assert_eq!(report["simulated"], json!(true), "some service was simulated");
         assert_eq!(report["services"]["llm"]["stages"]["rollout"]["simulated"], json!(false));
         let lines: Vec<Value> = fs::read_to_string(out.sft_path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(!lines.is_empty());
         assert!(lines.iter().all(|l| l["meta"]["simulated"] == json!(false)), "{lines:?}");
-        let table = summary_table(&report);
+        let table = summary_table(&typed);
         let line = |prefix: &str| table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line: {table}")).to_string();
         assert!(line("llm openai ").ends_with("stages rollout; model openai-model"), "{table}");
         assert!(line("llm sim ").ends_with("stages topic, dataset, codegen, debug; model sim-model [SIMULATED]"), "{table}");
@@ -435,7 +581,7 @@ mod tests {
         out.finalize(&final_inputs()).unwrap();
         let lines: Vec<Value> = fs::read_to_string(out.sft_path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(lines.iter().all(|l| l["meta"]["simulated"] == json!(true)), "{lines:?}");
-        assert!(teacher_simulated(&routed_labels("sim", "openai")) && !teacher_simulated(&routed_labels("openai", "sim")));
+        assert!(routed_labels("sim", "openai").teacher_simulated() && !routed_labels("openai", "sim").teacher_simulated());
     }
 
     /// A rollout passes its stage only with a scored submission: one that ended on format
@@ -451,7 +597,8 @@ mod tests {
         inputs.rollouts.push(format_errors);
         inputs.units.push(unit("t0001.r4", UnitKind::Rollout, 5, Stage::Rollout, UnitStatus::Done, None));
         inputs.units.push(unit("t0001.r5", UnitKind::Rollout, 6, Stage::Rollout, UnitStatus::Done, None));
-        let report = build_report(&inputs, &SftSummary::default());
+        let typed = build_report(&inputs, &SftSummary::default());
+        let report = as_json(&typed);
         let rollout_stage = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "rollout").unwrap().clone();
         assert_eq!((rollout_stage["entered"].as_u64(), rollout_stage["passed"].as_u64(), rollout_stage["dropped"].as_u64()), (Some(7), Some(3), Some(4)));
         assert_eq!(
@@ -465,7 +612,7 @@ mod tests {
         assert_eq!((report["rollouts"]["total"].as_u64(), report["rollouts"]["scored"].as_u64()), (Some(5), Some(3)));
         assert_eq!(report["throughput"]["trajectories_per_hour"], json!(6.0));
         assert_eq!(report["throughput"]["recorded_trajectories_per_hour"], json!(10.0));
-        let table = summary_table(&report);
+        let table = summary_table(&typed);
         assert!(table.contains("submission_not_found (exit_format) 1"), "shown with the other drop reasons: {table}");
     }
 
@@ -491,8 +638,7 @@ mod tests {
         assert_eq!(beats, [&json!(true), &json!(true), &json!(false), &json!(true), &json!(false)]);
         assert_eq!((summary.kept, summary.beat_baseline), (5, 3));
         let report = build_report(&inputs, &summary);
-        assert_eq!(report["rollouts"]["kept"], 5);
-        assert_eq!(report["rollouts"]["kept_beat_baseline"], 3);
+        assert_eq!((report.rollouts.kept, report.rollouts.kept_beat_baseline), (5, 3));
         let table = summary_table(&report);
         assert!(table.lines().any(|l| l.starts_with("beat the baseline") && l.ends_with("3 of 5 kept trajectories")), "{table}");
         assert!(summary.describe().starts_with("kept 5 of 7 trajectories (3 beat the baseline)"), "{}", summary.describe());
@@ -509,8 +655,8 @@ mod tests {
             wall_time_secs: 0.0,
         };
         let report = build_report(&inputs, &SftSummary::default());
-        assert_eq!(report["tasks"]["yield"], json!(0.0));
-        assert_eq!(report["throughput"]["trajectories_per_hour"], json!(0.0));
+        assert_eq!(as_json(&report)["tasks"]["yield"], json!(0.0));
+        assert_eq!(report.throughput.trajectories_per_hour, 0.0);
         let table = summary_table(&report);
         assert!(table.contains("0 of 0 topics"), "{table}");
     }

@@ -4,15 +4,9 @@
 use std::collections::BTreeMap;
 
 use gymforge_actors::model::Stage;
-use serde_json::{Value, json};
 
-fn u(v: &Value, path: &[&str]) -> u64 {
-    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn f(v: &Value, path: &[&str]) -> f64 {
-    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_f64).unwrap_or(0.0)
-}
+use super::report::Report;
+use super::services::StageLabel;
 
 /// `1234567` -> `1,234,567`.
 fn thousands(n: u64) -> String {
@@ -41,13 +35,12 @@ fn duration(secs: f64) -> String {
 
 /// One line for each of the `n` most frequent drop reasons of the run: stage, reason, count and
 /// what happened to the first unit dropped for it (`debug eval_format x2: ...`).
-pub fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
+pub fn frequent_drop_details(report: &Report, n: usize) -> Vec<String> {
     let mut all: Vec<(u64, &str, &str, &str)> = Vec::new();
-    for stage in report.get("stages").and_then(Value::as_array).into_iter().flatten() {
-        let name = stage.get("stage").and_then(Value::as_str).unwrap_or("?");
-        for (reason, count) in stage.get("drop_reasons").and_then(Value::as_object).into_iter().flatten() {
-            let detail = stage.pointer(&format!("/drop_details/{reason}")).and_then(Value::as_str).unwrap_or("");
-            all.push((count.as_u64().unwrap_or(0), name, reason.as_str(), detail));
+    for stage in &report.stages {
+        for (reason, &count) in &stage.drop_reasons {
+            let detail = stage.drop_details.get(reason).map_or("", String::as_str);
+            all.push((count, stage.stage.as_str(), reason.as_str(), detail));
         }
     }
     all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(b.2)));
@@ -62,15 +55,12 @@ pub fn frequent_drop_details(report: &Value, n: usize) -> Vec<String> {
 
 /// The LLM's per-stage labels as one line per endpoint, stages in pipeline order:
 /// `("sim", "stages topic, dataset; model m [SIMULATED]")`.
-fn endpoint_lines(stages: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+fn endpoint_lines(stages: &BTreeMap<Stage, StageLabel>) -> Vec<(String, String)> {
     let mut by_endpoint: BTreeMap<&str, (Vec<&str>, &str, bool)> = BTreeMap::new();
-    for stage in Stage::ALL {
-        let Some(label) = stages.get(stage.as_str()) else { continue };
-        let endpoint = label.get("endpoint").and_then(Value::as_str).unwrap_or("?");
-        let model = label.get("model").and_then(Value::as_str).unwrap_or("?");
-        let entry = by_endpoint.entry(endpoint).or_insert((Vec::new(), model, false));
+    for (stage, label) in stages {
+        let entry = by_endpoint.entry(&label.endpoint).or_insert((Vec::new(), &label.model, false));
         entry.0.push(stage.as_str());
-        entry.2 |= label["simulated"] == json!(true);
+        entry.2 |= label.simulated;
     }
     by_endpoint
         .into_iter()
@@ -85,7 +75,7 @@ fn endpoint_lines(stages: &serde_json::Map<String, Value>) -> Vec<(String, Strin
 /// plain-text table for the terminal: per stage entered / passed / dropped with the top drop
 /// reasons, then yield, rollouts kept, tokens, cost, wall time, throughput, and the services the
 /// run used (marked when simulated) if the report names them.
-pub fn summary_table(report: &Value) -> String {
+pub fn summary_table(report: &Report) -> String {
     let mut table: Vec<[String; 6]> = vec![[
         "stage".into(),
         "entered".into(),
@@ -94,24 +84,19 @@ pub fn summary_table(report: &Value) -> String {
         "running".into(),
         "top drop reasons".into(),
     ]];
-    for stage in report.get("stages").and_then(Value::as_array).into_iter().flatten() {
-        let mut reasons: Vec<(&str, u64)> = stage
-            .get("drop_reasons")
-            .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_u64().unwrap_or(0))).collect())
-            .unwrap_or_default();
+    for stage in &report.stages {
+        let mut reasons: Vec<(&str, u64)> = stage.drop_reasons.iter().map(|(k, &v)| (k.as_str(), v)).collect();
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let mut top: Vec<String> =
-            reasons.iter().take(3).map(|(r, n)| format!("{r} {n}")).collect();
+        let mut top: Vec<String> = reasons.iter().take(3).map(|(r, n)| format!("{r} {n}")).collect();
         if reasons.len() > 3 {
             top.push(format!("+{} more", reasons.len() - 3));
         }
         table.push([
-            stage.get("stage").and_then(Value::as_str).unwrap_or("?").to_string(),
-            u(stage, &["entered"]).to_string(),
-            u(stage, &["passed"]).to_string(),
-            u(stage, &["dropped"]).to_string(),
-            u(stage, &["in_progress"]).to_string(),
+            stage.stage.as_str().to_string(),
+            stage.entered.to_string(),
+            stage.passed.to_string(),
+            stage.dropped.to_string(),
+            stage.in_progress.to_string(),
             top.join(", "),
         ]);
     }
@@ -147,93 +132,62 @@ pub fn summary_table(report: &Value) -> String {
     }
     out.push('\n');
 
-    let accepted = u(report, &["tasks", "accepted"]);
-    let topics = u(report, &["tasks", "topic_units"]);
-    let yield_pct = f(report, &["tasks", "yield"]) * 100.0;
-    let total_tokens = u(report, &["llm", "total", "total_tokens"]);
-    let events: Vec<String> = report
-        .pointer("/events/by_kind")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0))).collect())
-        .unwrap_or_default();
-    let mut facts: Vec<(std::borrow::Cow<str>, String)> = vec![
+    let (tasks, rollouts, total) = (&report.tasks, &report.rollouts, &report.llm.total);
+    let throughput = &report.throughput;
+    let mut facts: Vec<(String, String)> = vec![
         (
             "accepted tasks".into(),
             format!(
-                "{accepted} of {topics} topics (yield {yield_pct:.1}%), {} datasets, {} task types",
-                u(report, &["tasks", "distinct_datasets"]),
-                u(report, &["tasks", "distinct_task_types"])
+                "{} of {} topics (yield {:.1}%), {} datasets, {} task types",
+                tasks.accepted,
+                tasks.topic_units,
+                tasks.task_yield * 100.0,
+                tasks.distinct_datasets,
+                tasks.distinct_task_types
             ),
         ),
         (
             "rollouts kept".into(),
-            format!(
-                "{} of {} ({} scored, {} duplicate)",
-                u(report, &["rollouts", "kept"]),
-                u(report, &["rollouts", "total"]),
-                u(report, &["rollouts", "scored"]),
-                u(report, &["rollouts", "duplicates"]),
-            ),
+            format!("{} of {} ({} scored, {} duplicate)", rollouts.kept, rollouts.total, rollouts.scored, rollouts.duplicates),
         ),
-        (
-            "beat the baseline".into(),
-            format!("{} of {} kept trajectories", u(report, &["rollouts", "kept_beat_baseline"]), u(report, &["rollouts", "kept"])),
-        ),
-        ("llm calls".into(), thousands(u(report, &["llm", "total", "calls"]))),
+        ("beat the baseline".into(), format!("{} of {} kept trajectories", rollouts.kept_beat_baseline, rollouts.kept)),
+        ("llm calls".into(), thousands(total.calls)),
         (
             "tokens".into(),
-            format!(
-                "{} ({} in, {} out)",
-                thousands(total_tokens),
-                thousands(u(report, &["llm", "total", "input_tokens"])),
-                thousands(u(report, &["llm", "total", "output_tokens"])),
-            ),
+            format!("{} ({} in, {} out)", thousands(total.total_tokens), thousands(total.input_tokens), thousands(total.output_tokens)),
         ),
-        ("cost".into(), format!("${:.4}", f(report, &["llm", "total", "cost_usd"]))),
-        ("wall time".into(), duration(f(report, &["wall_time_secs"]))),
+        ("cost".into(), format!("${:.4}", total.cost_usd)),
+        ("wall time".into(), duration(report.wall_time_secs)),
         (
             "throughput".into(),
             format!(
                 "{:.1} tasks/h, {:.1} scored trajectories/h ({:.1} recorded/h)",
-                f(report, &["throughput", "accepted_tasks_per_hour"]),
-                f(report, &["throughput", "trajectories_per_hour"]),
-                f(report, &["throughput", "recorded_trajectories_per_hour"]),
+                throughput.accepted_tasks_per_hour, throughput.trajectories_per_hour, throughput.recorded_trajectories_per_hour,
             ),
         ),
     ];
-    if !events.is_empty() {
+    if !report.events.by_kind.is_empty() {
+        let events: Vec<String> = report.events.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         facts.push(("events".into(), events.join(", ")));
     }
-    if let Some(endpoints) = report.pointer("/llm/gateway/endpoints").and_then(Value::as_object) {
-        for (name, e) in endpoints {
-            let n = |k: &str| e[k].as_u64().unwrap_or(0);
-            let mut text = format!("{} requests this session", thousands(n("requests_sent")));
-            // Reports written before answers were counted apart from successes lack the field.
-            if e.get("answered").is_some() {
-                text.push_str(&format!(", {} answered ({} usable)", thousands(n("answered")), thousands(n("succeeded"))));
-            }
-            text.push_str(&format!(", {} rate limited, {} transient failures, {} retries", n("rate_limited"), n("transient_failures"), n("retries")));
-            if n("circuit_openings") > 0 {
-                text.push_str(&format!(", circuit opened {} times", n("circuit_openings")));
-            }
-            facts.push((format!("endpoint {name}").into(), text));
+    for (name, e) in report.llm.gateway.iter().flat_map(|g| &g.endpoints) {
+        let mut text = format!("{} requests this session", thousands(e.requests_sent));
+        text.push_str(&format!(", {} answered ({} usable)", thousands(e.answered), thousands(e.succeeded)));
+        text.push_str(&format!(", {} rate limited, {} transient failures, {} retries", e.rate_limited, e.transient_failures, e.retries));
+        if e.circuit_openings > 0 {
+            text.push_str(&format!(", circuit opened {} times", e.circuit_openings));
         }
+        facts.push((format!("endpoint {name}"), text));
     }
-    if let Some(services) = report.get("services").and_then(Value::as_object) {
-        for (name, label) in services {
-            let mut text = label.get("kind").and_then(Value::as_str).unwrap_or("?").to_string();
-            if let Some(model) = label.get("model").and_then(Value::as_str) {
-                text.push_str(&format!(", model {model}"));
-            }
-            let stages = label.get("stages").and_then(Value::as_object);
-            // With per-stage labels, each endpoint's line says whether it is simulated.
-            if stages.is_none() && label["simulated"] == json!(true) {
-                text.push_str(" [SIMULATED]");
-            }
-            facts.push((name.as_str().into(), text));
-            for (endpoint, line) in stages.map(endpoint_lines).unwrap_or_default() {
-                facts.push((format!("{name} {endpoint}").into(), line));
-            }
+    if let Some(services) = &report.services {
+        let hub = &services.hub;
+        facts.push(("hub".into(), format!("{}{}", hub.kind, if hub.simulated { " [SIMULATED]" } else { "" })));
+        let llm = &services.llm;
+        // With per-stage labels, each endpoint's line says whether it is simulated.
+        let mark = if llm.stages.is_empty() && llm.simulated { " [SIMULATED]" } else { "" };
+        facts.push(("llm".into(), format!("{}, model {}{mark}", llm.kind, llm.model)));
+        for (endpoint, line) in endpoint_lines(&llm.stages) {
+            facts.push((format!("llm {endpoint}"), line));
         }
     }
     let w = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -643,7 +643,8 @@ impl Endpoint {
 }
 
 /// One endpoint's limits, live state and counters (`/status`, report.json's `llm.gateway`).
-#[derive(serde::Serialize, Clone, Debug, Default, PartialEq)]
+#[derive(serde::Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
 pub struct EndpointSnapshot {
     pub model: String,
     pub base_url: String,

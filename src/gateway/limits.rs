@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -286,7 +286,8 @@ impl Circuit {
 }
 
 /// The adaptive concurrency limit as `/status` and the report show it.
-#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
 pub struct ConcurrencySnapshot {
     pub limit: usize,
     pub max: usize,
@@ -296,7 +297,7 @@ pub struct ConcurrencySnapshot {
 }
 
 /// The circuit breaker as `/status` and the report show it.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CircuitSnapshot {
     Closed { failing_for_secs: Option<f64> },

@@ -60,18 +60,18 @@ struct RunBudget {
 }
 
 /// The gateway as `/status` and report.json's `llm.gateway` show it.
-#[derive(serde::Serialize, Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct GatewaySnapshot {
     pub endpoints: BTreeMap<String, EndpointSnapshot>,
     /// The endpoint each stage is routed to.
     pub routes: BTreeMap<Stage, String>,
     pub run_budget_usd: f64,
     pub spent_usd: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplaySnapshot>,
 }
 
-#[derive(serde::Serialize, Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct ReplaySnapshot {
     pub answered: u64,
     pub mismatches: u64,

@@ -17,8 +17,9 @@ const EXIT_CODES: &str = "Exit status:
      cannot start, the Hub does not answer, an endpoint refuses the API key, ...) stopped it;
      the last line says which
   2  the command line is wrong
-  3  the batch ended short of its target (fewer tasks accepted or trajectories made than
-     asked); the last line says why. Running the same command again resumes it.";
+  3  the batch ended short of its target (fewer tasks accepted or scored trajectories made
+     than asked; a trajectory without a scored submission does not count); the last line
+     says why. Running the same command again resumes it.";
 
 /// `gymforge run`'s status when the batch ended short of its target.
 const EXIT_SHORT: u8 = 3;
@@ -387,8 +388,7 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
         ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let most_frequent_drop = gymforge::export::frequent_drop_details(&report, 1).into_iter().next();
-    Ok(match end.tally.shortfall(most_frequent_drop.as_deref()) {
+    Ok(match end.tally.shortfall(&report) {
         Some(why) => {
             eprintln!("gymforge: {why}");
             ExitCode::from(EXIT_SHORT)

@@ -11,7 +11,7 @@ use gymforge_actors::pipeline::{AgentSettings, Faults};
 use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
 
 use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
-use crate::export::{EndpointLabel, HubLabel, LlmLabel, OutputDir, ServiceLabels, StageLabel};
+use crate::export::{EndpointLabel, HubLabel, LlmLabel, OutputDir, Report, ServiceLabels, StageLabel};
 use crate::hub::{CachedHub, HubClient, HubMirror, HubSettings};
 use crate::gateway::{Gateway, Source};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
@@ -275,8 +275,8 @@ pub struct Tally {
     pub rollouts_per_task: u32,
     pub topic_units: u32,
     pub accepted_tasks: u32,
-    /// Rollouts that ended with a trajectory.
-    pub trajectories: u32,
+    /// Rollouts that ended with a trajectory, scored or not.
+    pub trajectories: u64,
     pub rollouts_dropped: u32,
     /// Units not yet ended.
     pub pending: u32,
@@ -324,13 +324,14 @@ impl Tally {
         self.target_tasks > 0 && self.accepted_tasks >= self.target_tasks && self.pending == 0 && self.tasks_missing_rollouts == 0
     }
 
-    /// Why a batch that has ended falls short of its target, or `None` when it met it.
-    /// `most_frequent_drop` is the report's line for its most frequent drop reason.
-    pub fn shortfall(&self, most_frequent_drop: Option<&str>) -> Option<String> {
+    /// Why a batch that has ended falls short of its target, or `None` when it met it. A
+    /// rollout meets the target only with a scored submission, as `report` counts it: a
+    /// trajectory that ended without one is recorded but is no training data.
+    pub fn shortfall(&self, report: &Report) -> Option<String> {
         if self.target_tasks == 0 {
             return None;
         }
-        let asked_trajectories = self.accepted_tasks.min(self.target_tasks) * self.rollouts_per_task;
+        let asked_trajectories = u64::from(self.accepted_tasks.min(self.target_tasks) * self.rollouts_per_task);
         let mut short = Vec::new();
         if self.accepted_tasks < self.target_tasks {
             short.push(format!(
@@ -338,13 +339,18 @@ impl Tally {
                 self.accepted_tasks, self.target_tasks, self.topic_units
             ));
         }
-        if self.trajectories < asked_trajectories {
-            short.push(format!("{} of {asked_trajectories} trajectories ({} rollouts dropped)", self.trajectories, self.rollouts_dropped));
+        let scored = report.rollouts.scored;
+        if scored < asked_trajectories {
+            short.push(format!(
+                "{scored} of {asked_trajectories} trajectories scored ({} recorded without a score, {} rollouts dropped)",
+                self.trajectories.saturating_sub(scored),
+                self.rollouts_dropped
+            ));
         }
         if short.is_empty() {
             return None;
         }
-        let why = most_frequent_drop.map(|d| format!("; most frequent drop: {d}")).unwrap_or_default();
+        let why = crate::export::frequent_drop_details(report, 1).into_iter().next().map(|d| format!("; most frequent drop: {d}")).unwrap_or_default();
         Some(format!("the batch ended short of its target: {}{why}", short.join(", ")))
     }
 
@@ -493,4 +499,55 @@ fn run_id(store: &SqliteStore) -> anyhow::Result<String> {
     let id = format!("{:x}-{:x}", now.as_nanos(), std::process::id());
     store.set_meta("run_id", &id).map_err(anyhow::Error::msg)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gymforge_actors::model::{Stage, Unit, UnitKind, UnitStatus};
+
+    fn ended(id: &str, kind: UnitKind, parent: Option<&str>, status: UnitStatus) -> Unit {
+        let stage = if kind == UnitKind::Task { Stage::Export } else { Stage::Rollout };
+        Unit { status, ..Unit::pending(id.into(), kind, 0, parent.map(Into::into), stage) }
+    }
+
+    /// One accepted task with two rollouts, both ended with a trajectory.
+    fn two_trajectories() -> Tally {
+        let units = [
+            ended("t0", UnitKind::Task, None, UnitStatus::Done),
+            ended("t0.r0", UnitKind::Rollout, Some("t0"), UnitStatus::Done),
+            ended("t0.r1", UnitKind::Rollout, Some("t0"), UnitStatus::Done),
+        ];
+        Tally::of(&units, 1, 2)
+    }
+
+    fn scored(n: u64) -> Report {
+        let mut report = Report::default();
+        report.rollouts.scored = n;
+        report
+    }
+
+    #[test]
+    fn a_batch_meets_its_target_only_with_scored_trajectories() {
+        let tally = two_trajectories();
+        assert!(tally.complete(), "nothing is left to do: {tally:?}");
+        assert_eq!(tally.shortfall(&scored(2)), None);
+        let why = tally.shortfall(&scored(0)).expect("no trajectory scored");
+        assert_eq!(why, "the batch ended short of its target: 0 of 2 trajectories scored (2 recorded without a score, 0 rollouts dropped)");
+        assert!(tally.shortfall(&scored(1)).unwrap().contains("1 of 2 trajectories scored (1 recorded without a score"));
+    }
+
+    #[test]
+    fn a_batch_without_a_target_is_never_short() {
+        let tally = Tally { target_tasks: 0, ..two_trajectories() };
+        assert_eq!(tally.shortfall(&scored(0)), None);
+    }
+
+    #[test]
+    fn too_few_tasks_are_said_with_the_topics_tried() {
+        let units = [ended("t0", UnitKind::Task, None, UnitStatus::Dropped), ended("t1", UnitKind::Task, None, UnitStatus::Dropped)];
+        let why = Tally::of(&units, 1, 1).shortfall(&scored(0)).unwrap();
+        assert!(why.contains("0 of 1 tasks accepted after 2 topics"), "{why}");
+        assert!(!why.contains("trajectories"), "no task, so no trajectory was asked for: {why}");
+    }
 }

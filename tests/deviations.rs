@@ -423,12 +423,13 @@ fn a_command_before_the_prose_is_the_command_and_the_prose_the_thought() {
 }
 
 /// Runs `case` on agent turns and expects the rollout to end after `calls` answers with
-/// `exit_status`, its trajectory written (the batch has its trajectory: exit 0) and counted in
-/// the funnel as a rollout without a score.
+/// `exit_status`, its trajectory written and counted in the funnel as a rollout without a
+/// score; a trajectory without a score is no training data, so the batch is short (exit 3).
 fn ends_the_rollout(case: Case, calls: u64, exit_status: &str) -> (Finished, Deviant) {
     let deviant = Deviant::start(Setup::new(case.clone(), &[Stage::Rollout]));
     let f = run(&deviant);
-    assert_eq!(f.code(), Some(0), "{case:?}: the rollout ended with a trajectory\n{}", f.text());
+    assert_eq!(f.code(), Some(3), "{case:?}: the rollout ended without a scored trajectory\n{}", f.text());
+    assert!(f.text().contains("0 of 1 trajectories scored (1 recorded without a score"), "{case:?}: says why\n{}", f.text());
     assert_eq!(f.exit_status(), exit_status, "{case:?}");
     assert_eq!(deviant.answered(Stage::Rollout), calls, "{case:?}");
     assert_eq!(f.report()["rollouts"]["total"], 1, "{case:?}");
@@ -532,7 +533,7 @@ fn a_rollout_ends_with_exit_context_when_the_next_step_cannot_fit_the_endpoints_
     let deviant = Deviant::start(Setup::undisturbed());
     let keys = format!("context_tokens = {context}\n");
     let f = run_with(&deviant, Extra { agent_keys: &keys, agent: "max_tokens = 256\n", ..Extra::default() });
-    assert_eq!(f.code(), Some(0), "{}", f.text());
+    assert_eq!(f.code(), Some(3), "a trajectory without a score leaves the batch short\n{}", f.text());
     let status = f.exit_status();
     assert!(status.ends_with("(exit_context)"), "{status}");
     assert_fits(&deviant, &[Stage::Rollout], context);

@@ -975,97 +975,43 @@ async fn fake_rejection(overrides: Vec<Canned>, token: Option<&str>) -> (String,
 
 #[tokio::test]
 async fn server_errors_and_rate_limits_are_transient() {
-    let err = fake_verify(vec![canned(
-        API,
-        503,
-        &[],
-        json!({"error": "Service Unavailable"}),
-    )], None).await
-        .unwrap_err();
-    assert!(
-        matches!(&err, PortError::Transient(m) if m.contains("503")),
-        "{err:?}"
-    );
-
-    let err = fake_verify(vec![canned(
-        API,
-        429,
-        &[("retry-after", "30")],
-        json!({"error": "slow down"}),
-    )], Some("hf_rate_token")).await
-        .unwrap_err();
-    assert!(
-        matches!(&err, PortError::Transient(m) if m.contains("429") && m.contains("30")),
-        "{err:?}"
-    );
-    assert!(!err.to_string().contains("hf_rate_token"), "{err}");
-
-    let err = fake_verify(vec![canned(
-        "/is-valid",
-        429,
-        &[],
-        json!({"error": "Too many requests"}),
-    )], None).await
-        .unwrap_err();
-    assert!(err.is_transient(), "{err:?}");
-
-    let err = fake_verify(vec![canned(
-        "/splits",
-        500,
-        &[],
-        json!({"error": "ResponseNotReady"}),
-    )], None).await
-        .unwrap_err();
-    assert!(err.is_transient(), "{err:?}");
+    let cases = [
+        (API, 503, None, "Service Unavailable", "503"),
+        (API, 429, Some(("retry-after", "30")), "slow down", "(Retry-After: 30)"),
+        ("/is-valid", 429, None, "Too many requests", "429"),
+        ("/splits", 500, None, "ResponseNotReady", "500"),
+    ];
+    for (path, status, header, error, says) in cases {
+        let headers: Vec<(&'static str, &'static str)> = header.into_iter().collect();
+        let err = fake_verify(vec![canned(path, status, &headers, json!({ "error": error }))], Some("hf_rate_token")).await.unwrap_err();
+        assert!(matches!(&err, PortError::Transient(m) if m.contains(says)), "{path} {status}: {err:?}");
+        assert!(!err.to_string().contains("hf_rate_token"), "{err}");
+    }
 }
 
 #[tokio::test]
 async fn hub_status_codes_map_to_reasons() {
-    // The real Hub answers 401 + RepoNotFound for a repository that does not exist.
-    let (reason, _) = fake_rejection(vec![canned(
-        API,
-        401,
-        &[("x-error-code", "RepoNotFound")],
-        json!({"error": "Repository not found"}),
-    )], None).await;
-    assert_eq!(reason, "not_found");
+    let not_found = json!({"error": "Repository not found"});
+    let cases = [
+        // The real Hub answers 401 + RepoNotFound for a repository that does not exist.
+        (API, 401, Some("RepoNotFound"), not_found.clone(), "not_found"),
+        (API, 404, Some("RepoNotFound"), not_found, "not_found"),
+        (API, 400, None, json!({"error": "bad request"}), "hub_error"),
+        ("/info", 404, None, json!({"error": "The config does not exist."}), "viewer_invalid"),
+        (API, 200, None, json!({"id": "acme/reviews", "sha": FAKE_SHA, "disabled": true}), "disabled"),
+    ];
+    for (path, status, error_code, body, expected) in cases {
+        let headers: Vec<(&'static str, &'static str)> = error_code.map(|code| ("x-error-code", code)).into_iter().collect();
+        let (reason, detail) = fake_rejection(vec![canned(path, status, &headers, body)], None).await;
+        assert_eq!(reason, expected, "{path} {status}: {detail}");
+    }
 
-    let (reason, _) = fake_rejection(vec![canned(
-        API,
-        404,
-        &[("x-error-code", "RepoNotFound")],
-        json!({"error": "Repository not found"}),
-    )], None).await;
-    assert_eq!(reason, "not_found");
-
-    let (reason, detail) = fake_rejection(vec![canned(
-        API,
-        403,
-        &[("x-error-code", "GatedRepo")],
-        json!({"error": "gated"}),
-    )], Some("hf_gate_token")).await;
+    // A gated repository's refusal says a token is needed, never the token sent.
+    let (reason, detail) =
+        fake_rejection(vec![canned(API, 403, &[("x-error-code", "GatedRepo")], json!({"error": "gated"}))], Some("hf_gate_token")).await;
     assert_eq!(reason, "gated");
     assert!(detail.contains("token"), "{detail}");
     assert!(!detail.contains("hf_gate_token"), "{detail}");
-
-    let (reason, _) = fake_rejection(vec![canned(API, 400, &[], json!({"error": "bad request"}))], None).await;
-    assert_eq!(reason, "hub_error");
-
-    let (reason, _) = fake_rejection(vec![canned(
-        "/info",
-        404,
-        &[],
-        json!({"error": "The config does not exist."}),
-    )], None).await;
-    assert_eq!(reason, "viewer_invalid");
-
-    let (reason, _) = fake_rejection(vec![canned(
-        API,
-        200,
-        &[],
-        json!({"id": "acme/reviews", "sha": FAKE_SHA, "disabled": true}),
-    )], None).await;
-    assert_eq!(reason, "disabled");
 }
 
 #[tokio::test]

@@ -241,8 +241,7 @@ impl SandboxConfig {
         if !self.python_env.is_empty() {
             return PathBuf::from(&self.python_env);
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             PathBuf::from("/opt/gymforge/pyenv")
         } else {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());

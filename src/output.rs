@@ -86,7 +86,7 @@ mod tests {
         struct Full;
         impl Write for Full {
             fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-                Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+                Err(std::io::Error::from(rustix::io::Errno::NOSPC))
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())

@@ -15,6 +15,12 @@ fn gymforge() -> Command {
     cmd
 }
 
+/// Asks the daemon to drain and exit, as a service manager does.
+fn sigterm(daemon: &std::process::Child) {
+    let pid = rustix::process::Pid::from_child(daemon);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -117,8 +123,7 @@ async fn the_daemon_serves_its_status_refuses_a_twin_drains_on_sigterm_and_resum
     assert!(daemon.try_wait().unwrap().is_none());
 
     // SIGTERM mid-work: drain, exit 0.
-    // SAFETY: kill with the pid of our own child.
-    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    sigterm(&daemon);
     let exited = loop {
         if let Some(status) = daemon.try_wait().unwrap() {
             break status;
@@ -186,8 +191,7 @@ async fn without_a_target_the_daemon_keeps_a_bounded_window_rewrites_its_outputs
     }
     assert!(out.join("report.json").is_file() && out.join("sft/train.jsonl").is_file());
 
-    // SAFETY: kill with the pid of our own child.
-    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    sigterm(&daemon);
     let exited = daemon.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr).unwrap();

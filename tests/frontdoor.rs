@@ -18,8 +18,7 @@ mod common;
 const USER: u32 = 65534;
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 fn gymforge(bin: &Path, cwd: &Path, home: &Path) -> Command {

@@ -187,13 +187,9 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     Ok(BenchReport { json, table, targets_met })
 }
 
-/// User plus system CPU time of this process.
+/// User plus system CPU time of this process (all its threads): the process CPU-time clock,
+/// the sum getrusage(RUSAGE_SELF) reports as ru_utime + ru_stime.
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }

@@ -12,10 +12,10 @@
 //! convention, e.g. 152 for SIGXCPU); `signal` is set only when the sandbox itself was killed,
 //! which is what the timeout does.
 
-use std::ffi::{CStr, CString, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ffi::{CString, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
@@ -26,6 +26,9 @@ use anyhow::{anyhow, bail};
 use async_trait::async_trait;
 use gymforge_actors::DropReason;
 use gymforge_actors::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
+use rustix::io::Errno;
+use rustix::process::{Pid, Resource, Rlimit, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::Instrument;
 
@@ -100,8 +103,7 @@ impl BwrapSandbox {
                 env.dir.display()
             );
         }
-        // SAFETY: geteuid has no preconditions.
-        let as_root = unsafe { libc::geteuid() } == 0;
+        let as_root = rustix::process::geteuid().is_root();
         let staging = if as_root {
             match Staging::detect() {
                 Ok(s) => Some(s),
@@ -333,7 +335,7 @@ impl BwrapSandbox {
         let (mut cmd, _group) = self.command(&job).await?;
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(spawn_error)?;
-        let pid = child.id().map(|p| p as libc::pid_t);
+        let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(PortError::Transient("the sandbox's output pipes are missing".into()));
         };
@@ -352,9 +354,9 @@ impl BwrapSandbox {
                 match tokio::time::timeout(job.timeout, child.wait()).await {
                     Ok(status) => (status, false),
                     Err(_) => {
+                        // The child is not reaped yet, so its group id is still ours.
                         if let Some(pid) = pid {
-                            // SAFETY: the child is not reaped yet, so its group id is still ours.
-                            unsafe { libc::killpg(pid, libc::SIGKILL) };
+                            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
                         }
                         (child.wait().await, true)
                     }
@@ -496,46 +498,31 @@ fn find_bwrap(configured: &str) -> Option<PathBuf> {
 /// Runs in the forked child before exec: limits, then (as root) the switch to `nobody`, then
 /// no_new_privs. Only async-signal-safe calls, no allocation.
 fn child_setup(limits: Limits, drop_to_nobody: bool) -> std::io::Result<()> {
-    macro_rules! limit {
-        ($res:expr, $soft:expr, $hard:expr) => {{
-            // Never above the current hard limit: an unprivileged caller may not raise it.
-            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit with a valid pointer to a stack value.
-            if unsafe { libc::getrlimit($res, &mut old) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let soft = ($soft as libc::rlim_t).min(old.rlim_max);
-            let hard = ($hard as libc::rlim_t).min(old.rlim_max);
-            let rl = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-            // SAFETY: setrlimit with a valid pointer to a stack value.
-            if unsafe { libc::setrlimit($res, &rl) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }};
-    }
-    limit!(libc::RLIMIT_AS, limits.address_space, limits.address_space);
+    limit(Resource::As, limits.address_space, limits.address_space)?;
     // SIGXCPU at the soft limit, SIGKILL a little later for jobs that ignore it.
-    limit!(libc::RLIMIT_CPU, limits.cpu_secs, limits.cpu_secs.saturating_add(5));
-    limit!(libc::RLIMIT_NPROC, limits.user_processes, limits.user_processes);
-    limit!(libc::RLIMIT_FSIZE, limits.file_size, limits.file_size);
-    limit!(libc::RLIMIT_NOFILE, 1024u64, 1024u64);
-    limit!(libc::RLIMIT_CORE, 0u64, 0u64);
+    limit(Resource::Cpu, limits.cpu_secs, limits.cpu_secs.saturating_add(5))?;
+    limit(Resource::Nproc, limits.user_processes, limits.user_processes)?;
+    limit(Resource::Fsize, limits.file_size, limits.file_size)?;
+    limit(Resource::Nofile, 1024, 1024)?;
+    limit(Resource::Core, 0, 0)?;
     if drop_to_nobody {
-        // SAFETY: plain credential system calls.
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(SANDBOX_UID as libc::gid_t) != 0
-                || libc::setuid(SANDBOX_UID as libc::uid_t) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+        // These set the calling thread's credentials (the kernel's semantics); after the fork the
+        // child's one thread is the whole process.
+        rustix::thread::set_thread_groups(&[])?;
+        rustix::thread::set_thread_gid(Gid::from_raw(SANDBOX_UID))?;
+        rustix::thread::set_thread_uid(Uid::from_raw(SANDBOX_UID))?;
     }
-    // SAFETY: prctl with constant arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::thread::set_no_new_privs(true)?;
     Ok(())
+}
+
+/// Sets one resource limit, never above the current hard limit: an unprivileged caller may not
+/// raise it. Async-signal-safe.
+fn limit(resource: Resource, soft: u64, hard: u64) -> std::io::Result<()> {
+    // `None` is RLIM_INFINITY.
+    let max = rustix::process::getrlimit(resource).maximum.unwrap_or(u64::MAX);
+    let new = Rlimit { current: Some(soft.min(max)), maximum: Some(hard.min(max)) };
+    Ok(rustix::process::setrlimit(resource, new)?)
 }
 
 pub(super) fn spawn_error(e: std::io::Error) -> PortError {
@@ -545,7 +532,7 @@ pub(super) fn spawn_error(e: std::io::Error) -> PortError {
         WouldBlock | OutOfMemory | Interrupted => {
             PortError::Transient(format!("cannot start the sandbox: {e}"))
         }
-        _ if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::ENOMEM) => {
+        _ if matches!(Errno::from_io_error(&e), Some(Errno::AGAIN | Errno::NOMEM)) => {
             PortError::Transient(format!("cannot start the sandbox: {e}"))
         }
         _ => unavailable(format!("cannot start the sandbox (bwrap): {e}")),
@@ -676,70 +663,38 @@ fn chown_tree(root: &Path) -> Result<(), String> {
         return std::os::unix::fs::lchown(root, Some(SANDBOX_UID), Some(SANDBOX_UID))
             .map_err(|e| fail(root, e));
     }
-    let root_fd = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(root)
-        .map_err(|e| fail(root, e))?;
+    let fail_errno = |path: &Path, e: Errno| fail(path, e.into());
+    let sandbox_user = (Some(Uid::from_raw(SANDBOX_UID)), Some(Gid::from_raw(SANDBOX_UID)));
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root_fd = rustix::fs::open(root, dir_flags, Mode::empty()).map_err(|e| fail_errno(root, e))?;
     // Pending directories: (open parent, name, path for messages). Opening lazily keeps the
     // number of open descriptors at about the depth of the tree.
     let mut pending: Vec<(Rc<OwnedFd>, CString, PathBuf)> = Vec::new();
-    let mut current = Some((Rc::new(OwnedFd::from(root_fd)), root.to_path_buf()));
+    let mut current = Some((Rc::new(root_fd), root.to_path_buf()));
     loop {
         let (dir, shown) = match current.take() {
             Some(d) => d,
             None => {
                 let Some((parent, name, shown)) = pending.pop() else { break };
-                // SAFETY: openat on a live descriptor with a NUL-terminated name.
-                let fd = unsafe {
-                    libc::openat(
-                        parent.as_raw_fd(),
-                        name.as_ptr(),
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    )
-                };
-                if fd < 0 {
-                    return Err(fail(&shown, std::io::Error::last_os_error()));
-                }
-                // SAFETY: `fd` was just opened and is owned by nobody else.
-                (Rc::new(unsafe { OwnedFd::from_raw_fd(fd) }), shown)
+                let fd = rustix::fs::openat(&*parent, &name, dir_flags, Mode::empty())
+                    .map_err(|e| fail_errno(&shown, e))?;
+                (Rc::new(fd), shown)
             }
         };
-        // SAFETY: fchown on a live descriptor.
-        if unsafe { libc::fchown(dir.as_raw_fd(), SANDBOX_UID, SANDBOX_UID) } != 0 {
-            return Err(fail(&shown, std::io::Error::last_os_error()));
-        }
-        for name in list_dir(&dir).map_err(|e| fail(&shown, e))? {
+        rustix::fs::fchown(&*dir, sandbox_user.0, sandbox_user.1).map_err(|e| fail_errno(&shown, e))?;
+        for name in list_dir(&dir).map_err(|e| fail_errno(&shown, e))? {
             let child = shown.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
-            // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: fstatat on a live descriptor, NUL-terminated name, valid out pointer.
-            let rc = unsafe {
-                libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+            let st = match rustix::fs::statat(&*dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(fail_errno(&child, e)),
             };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    continue;
-                }
-                return Err(fail(&child, e));
-            }
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 pending.push((Rc::clone(&dir), name, child));
             } else if st.st_uid != SANDBOX_UID || st.st_gid != SANDBOX_UID {
-                // SAFETY: as above; AT_SYMLINK_NOFOLLOW changes a symlink itself.
-                let rc = unsafe {
-                    libc::fchownat(
-                        dir.as_raw_fd(),
-                        name.as_ptr(),
-                        SANDBOX_UID,
-                        SANDBOX_UID,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                };
-                if rc != 0 {
-                    return Err(fail(&child, std::io::Error::last_os_error()));
-                }
+                // AT_SYMLINK_NOFOLLOW changes a symlink itself.
+                rustix::fs::chownat(&*dir, &name, sandbox_user.0, sandbox_user.1, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| fail_errno(&child, e))?;
             }
         }
     }
@@ -747,36 +702,22 @@ fn chown_tree(root: &Path) -> Result<(), String> {
 }
 
 /// The entry names of an open directory, without `.` and `..`.
-fn list_dir(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
-    // fdopendir takes ownership of its descriptor, so it gets a duplicate.
-    // SAFETY: fcntl on a live descriptor.
-    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh descriptor of a directory.
-    let stream = unsafe { libc::fdopendir(dup) };
-    if stream.is_null() {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: closing the duplicate nobody else owns.
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
+fn list_dir(dir: &OwnedFd) -> rustix::io::Result<Vec<CString>> {
+    // The stream owns its descriptor, so it gets a duplicate.
+    let stream = rustix::fs::Dir::new(rustix::io::fcntl_dupfd_cloexec(dir, 0)?)?;
     let mut names = Vec::new();
-    loop {
-        // SAFETY: readdir on an open stream; the entry is copied before the next call.
-        let entry = unsafe { libc::readdir(stream) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated.
-        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+    for entry in stream {
+        let entry = match entry {
+            Ok(entry) => entry,
+            // Removed while walked (a deleted directory lists as ENOENT): nothing left to hand over.
+            Err(Errno::NOENT) => break,
+            Err(e) => return Err(e),
+        };
+        let name = entry.file_name();
         if name.to_bytes() != b"." && name.to_bytes() != b".." {
             names.push(name.to_owned());
         }
     }
-    // SAFETY: closes the stream and its descriptor.
-    unsafe { libc::closedir(stream) };
     Ok(names)
 }
 
@@ -887,14 +828,13 @@ mod tests {
     fn missing_bwrap_names_the_fix() {
         let e = spawn_error(std::io::Error::from(std::io::ErrorKind::NotFound));
         assert_eq!(e, unavailable(BWRAP_MISSING.to_string()));
-        let e = spawn_error(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        let e = spawn_error(Errno::AGAIN.into());
         assert!(e.is_transient());
     }
 
     #[test]
     fn chown_tree_stays_inside_the_tree() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             return; // only root can hand files to another user
         }
         let base = std::env::temp_dir().join(format!("gymforge-chown-{}", std::process::id()));

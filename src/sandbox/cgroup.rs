@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rustix::fs::{Mode, OFlags};
+use rustix::process::{Pid, Signal};
+
 /// The parent group of every job's group, in each hierarchy.
 const PARENT: &str = "gymforge";
 
@@ -142,9 +145,9 @@ impl Drop for JobCgroup {
 
 fn kill_members(dir: &Path) {
     let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) else { return };
-    for pid in pids.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
-        // SAFETY: kill with a pid read from the job's own group.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    // A pid read from the job's own group; at worst it has exited meanwhile.
+    for pid in pids.lines().filter_map(|l| l.trim().parse().ok()).filter_map(Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
     }
 }
 
@@ -163,10 +166,8 @@ fn write(file: &Path, value: &str) -> Result<(), String> {
 /// Moves the calling process into the groups whose `cgroup.procs` files are given. Runs in the
 /// forked child: only async-signal-safe calls, no allocation.
 pub fn join(procs: &[CString]) -> std::io::Result<()> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
     let mut digits = [0u8; 20];
-    let mut n = pid as u64;
+    let mut n = rustix::process::getpid().as_raw_pid() as u64;
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -177,18 +178,9 @@ pub fn join(procs: &[CString]) -> std::io::Result<()> {
         }
     }
     for path in procs {
-        // SAFETY: open, write and close on a NUL-terminated path and a stack buffer.
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, digits[at..].as_ptr().cast(), digits.len() - at);
-            libc::close(fd);
-            if written < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+        // The descriptor is closed when dropped, after the write.
+        let fd = rustix::fs::open(path.as_c_str(), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::io::write(&fd, &digits[at..])?;
     }
     Ok(())
 }

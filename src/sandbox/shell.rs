@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gymforge_actors::ports::{CONTROL_INSIDE, JobOutput, PortError, SandboxJob, Shell};
+use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -177,9 +178,9 @@ impl BwrapShell {
             if let Some(children) = tree.get(&pid) {
                 stack.extend(children);
             }
-            if Some(pid) != shell {
-                // SAFETY: kill with a pid read from /proc; at worst it no longer exists.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // A pid read from /proc; at worst it no longer exists.
+            if let Some(target) = Pid::from_raw(pid as i32).filter(|_| Some(pid) != shell) {
+                let _ = rustix::process::kill_process(target, Signal::KILL);
             }
         }
     }
@@ -214,7 +215,8 @@ impl Drop for BwrapShell {
 
 /// The output of a command that ended the session.
 fn ended(note: &str, elapsed: f64) -> JobOutput {
-    JobOutput { exit_code: None, signal: Some(libc::SIGKILL), stdout: note.to_string(), elapsed_secs: elapsed, ..JobOutput::default() }
+    let signal = Some(Signal::KILL.as_raw());
+    JobOutput { exit_code: None, signal, stdout: note.to_string(), elapsed_secs: elapsed, ..JobOutput::default() }
 }
 
 /// Splits `out` at the end marker: the command's output (without the newline the marker line

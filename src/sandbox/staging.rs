@@ -19,6 +19,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags};
+use rustix::thread::UnshareFlags;
+
 /// Where the staging tmpfs is mounted inside each job's private mount namespace.
 const STAGE_DIRS: [&str; 2] = ["/run/gymforge-sandbox", "/tmp/.gymforge-sandbox-root"];
 
@@ -113,31 +117,21 @@ fn c_path(p: &Path) -> CString {
 /// system calls, no allocation.
 pub fn enter(plan: &StagePlan) -> std::io::Result<()> {
     let Some(tmpfs) = &plan.tmpfs else { return Ok(()) };
-    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        // Nothing mounted here propagates back to the host.
-        check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
-        check(libc::mount(
-            c"tmpfs".as_ptr(),
-            tmpfs.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"mode=0755,size=1m".as_ptr().cast(),
-        ))?;
-        for (host, staged, is_dir) in &plan.binds {
-            if *is_dir {
-                check(libc::mkdir(staged.as_ptr(), 0o755))?;
-            } else {
-                let fd = libc::open(staged.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-            }
-            check(libc::mount(host.as_ptr(), staged.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+    // SAFETY: a new mount namespace only; the descriptor table stays shared, so no thread can
+    // lose a descriptor it holds (and after the fork this is the one thread).
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS)? };
+    // Nothing mounted here propagates back to the host.
+    rustix::mount::mount_change(c"/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)?;
+    let tmpfs_flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    rustix::mount::mount(c"tmpfs", tmpfs.as_c_str(), c"tmpfs", tmpfs_flags, c"mode=0755,size=1m")?;
+    for (host, staged, is_dir) in &plan.binds {
+        if *is_dir {
+            rustix::fs::mkdir(staged.as_c_str(), Mode::from_raw_mode(0o755))?;
+        } else {
+            // The empty file is only a mountpoint: its descriptor is closed when dropped.
+            rustix::fs::open(staged.as_c_str(), OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::from_raw_mode(0o644))?;
         }
+        rustix::mount::mount_bind_recursive(host.as_c_str(), staged.as_c_str())?;
     }
     Ok(())
 }

@@ -196,7 +196,8 @@ async fn scripted_rollouts_exercise_every_command_and_every_exit() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    // Five of the seven scripted rollouts end without a scored submission: the batch is short.
+    assert_eq!(output.status.code(), Some(3), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
 
     let trajs = trajectories(&out);
     let status = |name: &str| trajs[name]["info"]["exit_status"].as_str().unwrap().to_string();

@@ -275,8 +275,6 @@ pub struct Tally {
     pub rollouts_per_task: u32,
     pub topic_units: u32,
     pub accepted_tasks: u32,
-    /// Rollouts that ended with a trajectory, scored or not.
-    pub trajectories: u64,
     pub rollouts_dropped: u32,
     /// Units not yet ended.
     pub pending: u32,
@@ -297,9 +295,8 @@ impl Tally {
             match (u.kind, u.status) {
                 (_, UnitStatus::Pending) => t.pending += 1,
                 (UnitKind::Task, UnitStatus::Done) => t.accepted_tasks += 1,
-                (UnitKind::Rollout, UnitStatus::Done) => t.trajectories += 1,
                 (UnitKind::Rollout, UnitStatus::Dropped) => t.rollouts_dropped += 1,
-                (UnitKind::Task, UnitStatus::Dropped) => {}
+                (UnitKind::Rollout, UnitStatus::Done) | (UnitKind::Task, UnitStatus::Dropped) => {}
             }
             t.topic_units += u32::from(u.kind == UnitKind::Task);
             if let (UnitKind::Rollout, Some(task)) = (u.kind, u.parent.as_deref()) {
@@ -339,11 +336,11 @@ impl Tally {
                 self.accepted_tasks, self.target_tasks, self.topic_units
             ));
         }
-        let scored = report.rollouts.scored;
+        let (scored, recorded) = (report.rollouts.scored, report.rollouts.total);
         if scored < asked_trajectories {
             short.push(format!(
                 "{scored} of {asked_trajectories} trajectories scored ({} recorded without a score, {} rollouts dropped)",
-                self.trajectories.saturating_sub(scored),
+                recorded.saturating_sub(scored),
                 self.rollouts_dropped
             ));
         }
@@ -521,8 +518,10 @@ mod tests {
         Tally::of(&units, 1, 2)
     }
 
+    /// A report of the two trajectories, `n` of them scored.
     fn scored(n: u64) -> Report {
         let mut report = Report::default();
+        report.rollouts.total = 2;
         report.rollouts.scored = n;
         report
     }

@@ -344,7 +344,7 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
         }
         Command::Sim { what: ServeCommand::Serve { port, config } } => {
             let config = load_config(config.as_deref())?;
-            let (addr, handle) = gymforge::sim::serve(config.sim.clone(), loopback(port)).await?;
+            let (addr, handle) = gymforge_sim::teacher::serve(config.sim.clone(), loopback(port)).await?;
             eprintln!("simulated teacher (a test and demo instrument, not a real model) listening on http://{addr}/v1");
             wait_for_interrupt(handle).await
         }
@@ -353,11 +353,11 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let display = Display::new();
             let setup = async {
                 let (python, _) = gymforge::run::sandbox(&config, &std::env::temp_dir(), &|m: &str| display.status(m)).await?;
-                gymforge::hub::HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(&config), &python.python(), &|m: &str| display.status(m)).await
+                gymforge_sim::mirror::HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(&config), &python.python(), &|m: &str| display.status(m)).await
             };
             let root = setup.await;
             display.finish();
-            let (addr, handle) = gymforge::hub::HubMirror::serve(root?, loopback(port)).await?;
+            let (addr, handle) = gymforge_sim::mirror::HubMirror::serve(root?, loopback(port)).await?;
             eprintln!("embedded Hub mirror (scikit-learn's bundled datasets) listening on http://{addr}");
             wait_for_interrupt(handle).await
         }

@@ -12,7 +12,8 @@ use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
 
 use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
 use crate::export::{EndpointLabel, HubLabel, LlmLabel, OutputDir, Report, ServiceLabels, StageLabel};
-use crate::hub::{CachedHub, HubClient, HubMirror, HubSettings};
+use crate::hub::{CachedHub, HubClient, HubSettings};
+use gymforge_sim::mirror::HubMirror;
 use crate::gateway::{Gateway, Source};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
 use crate::store::SqliteStore;
@@ -165,7 +166,7 @@ pub async fn gateway(config: &Config, source: Source, spent_usd: f64, loopback: 
         let e = &config.llm.endpoints[*name];
         let base = if e.is_sim() && !replaying {
             if sim_base.is_none() {
-                let (addr, _handle) = crate::sim::serve(config.sim.clone(), loopback).await?;
+                let (addr, _handle) = gymforge_sim::teacher::serve(config.sim.clone(), loopback).await?;
                 sim_base = Some(format!("http://{addr}/v1"));
             }
             sim_base.clone().expect("started above")

@@ -518,7 +518,7 @@ async fn every_injected_fault_of_the_simulated_teacher_is_survived() {
         rate_reset: 0.1,
         ..SimFaults::default()
     };
-    let (addr, server, counters) = gymforge::sim::serve_counted(sim, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (addr, server, counters) = gymforge_sim::teacher::serve_counted(sim, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let g = Arc::new(live(&format!("http://{addr}/v1"), |c| {
         c.max_retries = 12;
         c.cooldown_without_hint_ms = 50;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gymforge::config::{Config, PYTHON_REQUIREMENTS, SimConfig};
 use gymforge::sandbox::{BwrapSandbox, PythonEnv};
-use gymforge::sim::{self, Bug};
+use gymforge_sim::teacher::{self as sim, Bug};
 use gymforge_actors::agent::{command_docs, format_error, parse_action};
 use gymforge_actors::model::{AcceptedTask, DatasetMeta, DropReason, Feature, ParquetFile, TaskBundle, TopicIdea, TopicSample};
 use gymforge_actors::paths::{PreparedTask, WORKSPACE, copy_tree};
@@ -409,6 +409,36 @@ async fn every_twist_passes_the_task_checks() {
 }
 
 /// The test rows of a shifted task all lie at or above the training rows' range on one feature.
+/// Every model expression the agent can write, for the tasks it meets (classification and
+/// regression, with the twists that change its choice of model), constructs and fits with the
+/// sandbox's scikit-learn: one Python process for all of them, ensembles shrunk to five members.
+#[test]
+fn every_model_the_agent_writes_is_valid_scikit_learn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = make_raw(&tmp.path().join("raw"), &["iris", "diabetes"]);
+    let mut cases = Vec::new();
+    for name in ["iris", "diabetes"] {
+        for twist in ["none", "class imbalance", "noisy labels", "compute budget"] {
+            let bundle = bundle_from(&sim::answer(&sim_cfg(3, 0.0), &codegen_messages(&idea("Models", task_type(name), twist), &raw[name].meta)).unwrap());
+            for (expression, regression) in sim::model_expressions(&bundle.description) {
+                let case = format!("({expression:?}, {})", if regression { "True" } else { "False" });
+                if !cases.contains(&case) {
+                    cases.push(case);
+                }
+            }
+        }
+    }
+    assert!(cases.iter().any(|c| c.contains("Regressor")) && cases.iter().any(|c| c.contains("class_weight")), "{cases:?}");
+    let script = format!(
+        "import numpy as np\nfrom sklearn.ensemble import *\nrng = np.random.default_rng(0)\nX = rng.normal(size=(80, 4))\ny_class = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5).astype(int)\ny_value = 2 * X[:, 0] + rng.normal(size=80)\nfor expr, regression in [{}]:\n    model = eval(expr)\n    params = model.get_params()\n    model.set_params(**{{k: 5 for k in ('n_estimators', 'max_iter') if k in params}})\n    model.fit(X, y_value if regression else y_class)\n    assert len(model.predict(X)) == 80, expr\nprint('fitted', {})\n",
+        cases.join(", "),
+        cases.len()
+    );
+    let out = std::process::Command::new(python_env().python()).arg("-c").arg(&script).env("OMP_NUM_THREADS", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("fitted {}", cases.len())));
+}
+
 fn assert_shifted(prepared: &PreparedTask, target: &str, name: &str) {
     let read = |file: &str| -> (Vec<String>, Vec<Vec<f64>>) {
         let text = std::fs::read_to_string(prepared.public_data().join(file)).unwrap();

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod codegen;
 pub mod dataset;
 pub mod debug;
+pub mod digest;
 pub mod export;
 pub mod json;
 pub mod llm;

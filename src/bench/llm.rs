@@ -54,11 +54,11 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     config.sim.latency_ms = 30;
     config.sim.latency_p99_ms = 150;
     config.sim.faults = SimFaults { rate_429: b.fault_429, retry_after_ms: 200, ..SimFaults::default() };
-    let (addr, server, counters) = crate::sim::serve_counted(config.sim.clone(), "127.0.0.1:0".parse()?).await?;
+    let (addr, server, counters) = gymforge_sim::teacher::serve_counted(config.sim.clone(), "127.0.0.1:0".parse()?).await?;
 
     let endpoint = EndpointConfig {
         base_url: format!("http://{addr}/v1"),
-        model: crate::sim::MODEL_ID.to_string(),
+        model: gymforge_sim::teacher::MODEL_ID.to_string(),
         api_key_env: String::new(),
         requests_per_minute: b.rpm,
         input_tokens_per_minute: 100_000_000,

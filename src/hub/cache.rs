@@ -54,7 +54,7 @@ impl<H: Hub> CachedHub<H> {
     }
 
     fn verdict_path(&self, id: &str) -> PathBuf {
-        let key = crate::digest::sha256_hex(format!("{}\n{id}", self.scope).as_bytes());
+        let key = gymforge_actors::digest::sha256_hex(format!("{}\n{id}", self.scope).as_bytes());
         self.dir.join("verdicts").join(format!("{}-{}.json", file_safe(id), &key[..16]))
     }
 
@@ -93,7 +93,7 @@ impl<H: Hub> CachedHub<H> {
         }
         for file in &listed {
             let bytes = std::fs::read(cached.join(&file.path)).ok()?;
-            if crate::digest::sha256_hex(&bytes) != file.sha256 {
+            if gymforge_actors::digest::sha256_hex(&bytes) != file.sha256 {
                 return None;
             }
             let target = dest.join(&file.path);

@@ -707,7 +707,7 @@ impl HubClient {
         file.sync_all()
             .await
             .map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
-        let digest = crate::digest::hex(&hasher.finalize());
+        let digest = gymforge_actors::digest::hex(&hasher.finalize());
         Ok((digest, bytes))
     }
 }

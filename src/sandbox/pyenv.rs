@@ -141,7 +141,7 @@ fn fingerprint(requirements: &str, version: &str) -> String {
     h.update(requirements.as_bytes());
     h.update(b"\0");
     h.update(version.as_bytes());
-    format!("sha256:{}", crate::digest::hex(&h.finalize()))
+    format!("sha256:{}", gymforge_actors::digest::hex(&h.finalize()))
 }
 
 /// A command running a Python interpreter, isolated from the caller's Python settings.

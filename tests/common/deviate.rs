@@ -200,7 +200,7 @@ impl Deviant {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
             runtime.block_on(async move {
                 let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-                let (sim_addr, sim_task, _) = gymforge::sim::serve_counted(setup.sim.clone(), loopback).await.expect("the simulated teacher starts");
+                let (sim_addr, sim_task, _) = gymforge_sim::teacher::serve_counted(setup.sim.clone(), loopback).await.expect("the simulated teacher starts");
                 let listener = tokio::net::TcpListener::bind(loopback).await.expect("the proxy binds");
                 let addr = listener.local_addr().expect("an address");
                 let proxy = Arc::new(Proxy { setup, sim_base: format!("http://{sim_addr}/v1"), http: reqwest::Client::new(), log: Mutex::default() });

@@ -78,7 +78,7 @@ pub(super) async fn ensure_built(
 }
 
 fn script_digest() -> String {
-    crate::digest::sha256_hex(BUILD_SCRIPT.as_bytes())
+    gymforge_actors::digest::sha256_hex(BUILD_SCRIPT.as_bytes())
 }
 
 fn is_current(root: &Path, digest: &str) -> bool {
@@ -269,7 +269,7 @@ pub(super) fn load_datasets(root: &Path) -> anyhow::Result<(BTreeMap<String, Ser
             );
         }
         let parquet = read(dir.join(&m.parquet.path))?;
-        if crate::digest::sha256_hex(&parquet) != m.sha256 {
+        if gymforge_actors::digest::sha256_hex(&parquet) != m.sha256 {
             bail!(
                 "{}: the parquet file does not match its manifest's sha256; delete {} to rebuild",
                 dir.display(),

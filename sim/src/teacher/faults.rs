@@ -1,4 +1,4 @@
-//! Failures the simulated teacher injects on purpose ([`crate::config::SimFaults`]), so that
+//! Failures the simulated teacher injects on purpose ([`crate::SimFaults`]), so that
 //! every failure path of a client is exercised over real HTTP: 429s with and without retry
 //! hints, 500 and 503, hangs, connection resets, malformed and truncated answers.
 //!
@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::text::Draw;
-use crate::config::SimFaults;
+use crate::SimFaults;
 
 /// One injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -34,10 +34,11 @@ mod server;
 mod text;
 mod topic;
 
+pub use agent::model_expressions;
 pub use codegen::{Bug, draft_bug};
 pub use server::{SIMULATED_HEADER, serve, serve_counted};
 
-use crate::config::SimConfig;
+use crate::SimConfig;
 
 /// The model id the simulator reports.
 pub const MODEL_ID: &str = "gymforge-sim-teacher";
@@ -137,7 +138,7 @@ pub(crate) mod testing {
     //! Prompt rendering for the unit tests: the real templates, filled like the pipeline does.
 
     pub(crate) fn prompt(name: &str) -> String {
-        let path = format!("{}/config/prompts/{name}.md", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../config/prompts/{name}.md", env!("CARGO_MANIFEST_DIR"));
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
     }
 
@@ -149,8 +150,8 @@ pub(crate) mod testing {
         pairs.iter().map(|(r, c)| (r.to_string(), c.clone())).collect()
     }
 
-    pub(crate) fn cfg(seed: u64) -> crate::config::SimConfig {
-        crate::config::SimConfig { seed, ..Default::default() }
+    pub(crate) fn cfg(seed: u64) -> crate::SimConfig {
+        crate::SimConfig { seed, ..Default::default() }
     }
 }
 

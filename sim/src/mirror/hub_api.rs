@@ -77,11 +77,11 @@ fn repo_not_found() -> Response {
 
 /// A stable 24-hex-digit object id, like the Hub's `_id`.
 fn object_id(id: &str) -> String {
-    crate::digest::sha256_hex(format!("gymforge-mirror:{id}").as_bytes())[..24].to_string()
+    gymforge_actors::digest::sha256_hex(format!("gymforge-mirror:{id}").as_bytes())[..24].to_string()
 }
 
 fn fixture_sha(id: &str) -> String {
-    crate::digest::sha256_hex(format!("gymforge-fixture:{id}").as_bytes())[..40].to_string()
+    gymforge_actors::digest::sha256_hex(format!("gymforge-fixture:{id}").as_bytes())[..40].to_string()
 }
 
 pub(super) async fn api_dataset(
@@ -298,7 +298,7 @@ pub(super) async fn resolve_file(
             &format!("{path} does not exist on \"{rev}\""),
         );
     };
-    let etag = format!("\"{}\"", crate::digest::sha256_hex(&bytes));
+    let etag = format!("\"{}\"", gymforge_actors::digest::sha256_hex(&bytes));
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::faults::{Counters, Fault};
 use super::text::Draw;
 use super::{MODEL_ID, SYSTEM_FINGERPRINT, UNRECOGNISED};
-use crate::config::SimConfig;
+use crate::SimConfig;
 
 /// The header that marks every response as simulated.
 pub const SIMULATED_HEADER: &str = "x-gymforge-simulated";

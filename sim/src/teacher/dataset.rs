@@ -90,7 +90,7 @@ fn fit(dataset: &str, text: &str) -> usize {
     KNOWN.iter().find(|(id, _, _)| *id == dataset).map_or(0, |(_, stems, _)| stems.iter().filter(|stem| starts_a_word(stem)).count())
 }
 
-pub(crate) fn answer(cfg: &crate::config::SimConfig, user: &str) -> Result<String, String> {
+pub(crate) fn answer(cfg: &crate::SimConfig, user: &str) -> Result<String, String> {
     let r = parse(user)?;
     let title = normalise(&r.title);
     let text = format!("{} {}", r.title, r.idea).to_lowercase();

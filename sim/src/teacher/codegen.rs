@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::python;
 use super::text::{Draw, block_after, bullet_items, camel_case, capitalise, json_block_after, normalise, without_braces};
-use crate::config::SimConfig;
+use crate::SimConfig;
 
 /// Seconds allowed for one training run of a simulated task.
 pub(crate) const TRAINING_TIMEOUT: u64 = 600;

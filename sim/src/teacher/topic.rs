@@ -367,7 +367,7 @@ fn title_overlap(a: &str, b: &str) -> f64 {
     if union == 0 { 1.0 } else { wa.intersection(&wb).count() as f64 / union as f64 }
 }
 
-pub(crate) fn answer(cfg: &crate::config::SimConfig, user: &str) -> Result<String, String> {
+pub(crate) fn answer(cfg: &crate::SimConfig, user: &str) -> Result<String, String> {
     let request = parse(user)?;
     let fresh = |title: &str| request.taken.iter().all(|t| normalise(t) != normalise(title) && title_overlap(t, title) < 0.75);
     // A subject that an earlier title already names is avoided while others remain.

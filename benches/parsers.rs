@@ -53,14 +53,24 @@ fn main() {
     let measured = time(15, 200, || {
         black_box(extract::<TaskBundle>(black_box(&wrapped), Some(&schema)).expect("parses"));
     });
-    println!("json::extract           {measured:>10.0} ns/answer  bound (serde_json on the bare object) {bound:>10.0} ns  ratio {:.2}", measured / bound);
+    println!(
+        "json::extract           {measured:>10.0} ns/answer  bound (serde_json on the bare object) {bound:>10.0} ns  ratio {:.2}",
+        measured / bound
+    );
 
-    let answer = format!("DISCUSSION\n{}\n\n```\ncat << 'EOF' > train.py\n{}EOF\n```\n", "I will rewrite the training script. ".repeat(20), "x = 1\n".repeat(300));
+    let answer = format!(
+        "DISCUSSION\n{}\n\n```\ncat << 'EOF' > train.py\n{}EOF\n```\n",
+        "I will rewrite the training script. ".repeat(20),
+        "x = 1\n".repeat(300)
+    );
     let bound = time(15, 2000, || {
         black_box(black_box(&answer).lines().count());
     });
     let measured = time(15, 2000, || {
         black_box(parse_action(black_box(&answer)).expect("parses"));
     });
-    println!("agent::parse_action     {measured:>10.0} ns/answer  bound (one pass over the lines)       {bound:>10.0} ns  ratio {:.2}", measured / bound);
+    println!(
+        "agent::parse_action     {measured:>10.0} ns/answer  bound (one pass over the lines)       {bound:>10.0} ns  ratio {:.2}",
+        measured / bound
+    );
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 pub use gymforge_sim::{SimConfig, SimFaults};
+use serde::Deserialize;
 
 /// The embedded default configuration (compiled into the binary).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -157,7 +157,6 @@ pub enum StructuredOutput {
     None,
 }
 
-
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
@@ -249,22 +248,19 @@ pub struct FaultsConfig {
 impl Config {
     /// The embedded default.
     pub fn embedded() -> Config {
-        Config::parse(DEFAULT_TOML, Path::new(EMBEDDED_ORIGIN))
-            .expect("the embedded default configuration is valid")
+        Config::parse(DEFAULT_TOML, Path::new(EMBEDDED_ORIGIN)).expect("the embedded default configuration is valid")
     }
 
     /// Loads a user file merged over the embedded default.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Config::parse(&text, path)
     }
 
     /// Parses `text` (named `origin` in errors) merged over the embedded default.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
         let mut base: toml::Table = DEFAULT_TOML.parse().expect("embedded default parses");
-        let syntax_error =
-            |e: toml::de::Error| anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, text));
+        let syntax_error = |e: toml::de::Error| anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, text));
         // Unknown keys are found in the user's own text, so that the error names its line (once
         // merged, a key's line would be one of the merged document's).
         let spanned = toml::de::DeTable::parse(text).map_err(syntax_error)?;
@@ -275,9 +271,8 @@ impl Config {
         let endpoint_in_file = user.get("hub").and_then(|h| h.get("endpoint")).is_some();
         merge(&mut base, user);
         let merged = toml::to_string(&base).expect("a table serialises");
-        let mut config: Config = toml::from_str(&merged).map_err(|e| {
-            anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, &merged))
-        })?;
+        let mut config: Config =
+            toml::from_str(&merged).map_err(|e| anyhow::anyhow!("{}: {}", origin.display(), describe_toml_error(&e, &merged)))?;
         config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", origin.display()))?;
         config.hub.endpoint_in_file = endpoint_in_file && origin != Path::new(EMBEDDED_ORIGIN);
         Ok(config)
@@ -360,10 +355,7 @@ impl Config {
         }
         self.validate_llm()?;
         if !self.hub.is_mirror() && !self.hub.endpoint.starts_with("http") {
-            bail!(
-                "key `hub.endpoint` must be \"mirror\" or an http(s) URL, got `{}`",
-                self.hub.endpoint
-            );
+            bail!("key `hub.endpoint` must be \"mirror\" or an http(s) URL, got `{}`", self.hub.endpoint);
         }
         if self.llm.endpoints.values().any(|e| e.api_key_env.contains("sk-")) || self.hub.token_env.starts_with("hf_") {
             bail!(
@@ -582,16 +574,13 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err =
-            Config::parse("[run]\ntasks = \"many\"\n", Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse("[run]\ntasks = \"many\"\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("tasks"), "{err}");
     }
 
     #[test]
     fn invalid_value_names_the_key() {
-        let err = Config::parse("[llm.endpoints.sim]\nrequests_per_minute = 0\n", Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[llm.endpoints.sim]\nrequests_per_minute = 0\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("llm.endpoints.sim.requests_per_minute"), "{err}");
     }
 

@@ -258,9 +258,24 @@ pub fn render_metrics(status: &Status) -> String {
         family(metric, "counter", help, per_endpoint(&|e| field(e) as f64));
     }
     family("gymforge_llm_cost_usd_total", "counter", "Dollars spent.", per_endpoint(&|e| e.cost_usd));
-    family("gymforge_llm_circuit_open", "gauge", "1 while the endpoint's circuit is open.", per_endpoint(&|e| f64::from(u8::from(e.circuit.open_reason().is_some()))));
-    family("gymforge_llm_concurrency_limit", "gauge", "The adaptive limit on requests in flight.", per_endpoint(&|e| e.concurrency.limit as f64));
-    family("gymforge_llm_cooldown_seconds", "gauge", "Time left of the endpoint's 429 cooldown.", per_endpoint(&|e| e.cooldown_remaining_ms as f64 / 1000.0));
+    family(
+        "gymforge_llm_circuit_open",
+        "gauge",
+        "1 while the endpoint's circuit is open.",
+        per_endpoint(&|e| f64::from(u8::from(e.circuit.open_reason().is_some()))),
+    );
+    family(
+        "gymforge_llm_concurrency_limit",
+        "gauge",
+        "The adaptive limit on requests in flight.",
+        per_endpoint(&|e| e.concurrency.limit as f64),
+    );
+    family(
+        "gymforge_llm_cooldown_seconds",
+        "gauge",
+        "Time left of the endpoint's 429 cooldown.",
+        per_endpoint(&|e| e.cooldown_remaining_ms as f64 / 1000.0),
+    );
     out
 }
 
@@ -319,7 +334,13 @@ mod tests {
             cooldown_remaining_ms: 1500,
             ..Default::default()
         };
-        let llm = GatewaySnapshot { endpoints: BTreeMap::from([("main".to_string(), main)]), routes: BTreeMap::new(), run_budget_usd: 0.0, spent_usd: 0.0, replay: None };
+        let llm = GatewaySnapshot {
+            endpoints: BTreeMap::from([("main".to_string(), main)]),
+            routes: BTreeMap::new(),
+            run_budget_usd: 0.0,
+            spent_usd: 0.0,
+            replay: None,
+        };
         let status = Status {
             stages: BTreeMap::from([(Stage::Topic, StageCounts { queued: 1, in_flight: 2, passed: 3, dropped: 0 })]),
             accepted_tasks: 1,

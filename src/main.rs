@@ -287,8 +287,14 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
                 .and_then(|t| serde_json::from_str::<gymforge::export::Report>(&t).ok())
                 .and_then(|r| r.services)
                 .is_some_and(|s| s.teacher_simulated());
-            let options =
-                gymforge::sft::SftOptions { beats_baseline_only: beats_baseline, sharegpt, token_budget, keep_observations, simulated, ..Default::default() };
+            let options = gymforge::sft::SftOptions {
+                beats_baseline_only: beats_baseline,
+                sharegpt,
+                token_budget,
+                keep_observations,
+                simulated,
+                ..Default::default()
+            };
             let (lines, summary) = gymforge::sft::build(&inputs.rollouts, &inputs.tasks, &options);
             let file = file.unwrap_or_else(|| out.join(if sharegpt { "sft/train.sharegpt.jsonl" } else { "sft/train.jsonl" }));
             if let Some(why) = summary.nothing_kept() {
@@ -353,7 +359,10 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let display = Display::new();
             let setup = async {
                 let (python, _) = gymforge::run::sandbox(&config, &std::env::temp_dir(), &|m: &str| display.status(m)).await?;
-                gymforge_sim::mirror::HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(&config), &python.python(), &|m: &str| display.status(m)).await
+                gymforge_sim::mirror::HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(&config), &python.python(), &|m: &str| {
+                    display.status(m)
+                })
+                .await
             };
             let root = setup.await;
             display.finish();
@@ -474,7 +483,9 @@ fn resolve_paths(command: &mut Command) -> anyhow::Result<()> {
             maybe(config)
         }
         Command::Aup { out, best, last, directions, svg, .. } => [out, best, last, directions, svg].into_iter().try_for_each(maybe),
-        Command::Sim { what: ServeCommand::Serve { config, .. } } | Command::Hub { what: ServeCommand::Serve { config, .. } } => maybe(config),
+        Command::Sim { what: ServeCommand::Serve { config, .. } } | Command::Hub { what: ServeCommand::Serve { config, .. } } => {
+            maybe(config)
+        }
         Command::Bench { .. } => Ok(()),
     }
 }

@@ -137,7 +137,8 @@ mod tests {
         queued.stages[0].1.queued = 1;
         assert!(has_started(&queued));
         // A resumed run whose units were all finished before.
-        let resumed = Progress { stages: idle, target_tasks: 3, accepted_tasks: 3, rollouts_total: 6, rollouts_done: 6, ..Default::default() };
+        let resumed =
+            Progress { stages: idle, target_tasks: 3, accepted_tasks: 3, rollouts_total: 6, rollouts_done: 6, ..Default::default() };
         assert!(has_started(&resumed));
     }
 }

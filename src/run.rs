@@ -12,11 +12,11 @@ use gymforge_actors::{Pipeline, Progress, Prompts, Settings, Stage, Taxonomy};
 
 use crate::config::{Config, PYTHON_REQUIREMENTS, TAXONOMY_TOML};
 use crate::export::{EndpointLabel, HubLabel, LlmLabel, OutputDir, Report, ServiceLabels, StageLabel};
-use crate::hub::{CachedHub, HubClient, HubSettings};
-use gymforge_sim::mirror::HubMirror;
 use crate::gateway::{Gateway, Source};
+use crate::hub::{CachedHub, HubClient, HubSettings};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
 use crate::store::SqliteStore;
+use gymforge_sim::mirror::HubMirror;
 
 /// What `gymforge run` (or `gymforge daemon`) was asked to do.
 pub struct RunRequest {
@@ -107,13 +107,7 @@ pub async fn services(
     let (llm, llm_label) = gateway(config, llm_source, spent_usd, loopback).await?;
     llm.check_reachable().await?;
 
-    Ok(Services {
-        sandbox,
-        python,
-        hub: Arc::new(hub),
-        llm: Arc::new(llm),
-        labels: ServiceLabels { llm: llm_label, hub: hub_label },
-    })
+    Ok(Services { sandbox, python, hub: Arc::new(hub), llm: Arc::new(llm), labels: ServiceLabels { llm: llm_label, hub: hub_label } })
 }
 
 /// The Hub client the settings ask for: the embedded mirror (built if needed and served on
@@ -141,7 +135,8 @@ pub async fn hub(
     let root = HubMirror::ensure_built(&mirror_cache_dir(config), &python.python(), &|line: &str| status(line)).await?;
     let (addr, _handle) = HubMirror::serve(root, loopback).await?;
     let base = format!("http://{addr}");
-    let client = HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, Duration::from_secs(config.hub.timeout_secs))?;
+    let client =
+        HubClient::new(base.clone(), base.clone(), None, config.hub.max_dataset_bytes, Duration::from_secs(config.hub.timeout_secs))?;
     let label = HubLabel {
         kind: "embedded mirror of datasets bundled with scikit-learn".into(),
         simulated: true,
@@ -348,7 +343,11 @@ impl Tally {
         if short.is_empty() {
             return None;
         }
-        let why = crate::export::frequent_drop_details(report, 1).into_iter().next().map(|d| format!("; most frequent drop: {d}")).unwrap_or_default();
+        let why = crate::export::frequent_drop_details(report, 1)
+            .into_iter()
+            .next()
+            .map(|d| format!("; most frequent drop: {d}"))
+            .unwrap_or_default();
         Some(format!("the batch ended short of its target: {}{why}", short.join(", ")))
     }
 
@@ -403,9 +402,7 @@ pub async fn run_batch(
     if before.complete() && out.join("report.json").is_file() {
         return Ok(BatchEnd { tally: before, already_complete: true });
     }
-    let spent_usd: f64 = {
-        store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum()
-    };
+    let spent_usd: f64 = { store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum() };
     let run_id = run_id(&store)?;
     let store = Arc::new(store);
     let services = services(&config, llm_source, spent_usd, &state, status).await?;
@@ -478,10 +475,9 @@ impl StateLock {
 fn check_resumable(store: &SqliteStore, config: &Config, out: &Path) -> anyhow::Result<()> {
     let seed = config.seed.to_string();
     match store.meta("seed").map_err(anyhow::Error::msg)? {
-        Some(previous) if previous != seed => anyhow::bail!(
-            "{} holds a run with seed {previous}; resume it with --seed {previous} or choose another --out",
-            out.display()
-        ),
+        Some(previous) if previous != seed => {
+            anyhow::bail!("{} holds a run with seed {previous}; resume it with --seed {previous} or choose another --out", out.display())
+        }
         Some(_) => {}
         None => store.set_meta("seed", &seed).map_err(anyhow::Error::msg)?,
     }

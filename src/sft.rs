@@ -118,7 +118,8 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
             summary.unscored += 1;
             continue;
         }
-        let Some(mut line) = crate::export::sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied(), options.keep_observations) else {
+        let Some(mut line) = crate::export::sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied(), options.keep_observations)
+        else {
             summary.malformed += 1;
             continue;
         };
@@ -191,7 +192,10 @@ fn fit(messages: &mut [Value], budget: u64) -> Fit {
 }
 
 fn tokens(messages: &[Value]) -> u64 {
-    messages.iter().map(|m| crate::gateway::tokens::text_tokens(m["content"].as_str().unwrap_or("")) + crate::gateway::tokens::PER_MESSAGE).sum()
+    messages
+        .iter()
+        .map(|m| crate::gateway::tokens::text_tokens(m["content"].as_str().unwrap_or("")) + crate::gateway::tokens::PER_MESSAGE)
+        .sum()
 }
 
 /// The same example in ShareGPT's layout.
@@ -292,7 +296,17 @@ mod tests {
 
     #[test]
     fn the_summary_names_every_reason() {
-        let s = SftSummary { trajectories: 6, kept: 2, unscored: 1, not_better: 1, over_budget: 1, duplicates: 1, shortened: 1, malformed: 0, beat_baseline: 1 };
+        let s = SftSummary {
+            trajectories: 6,
+            kept: 2,
+            unscored: 1,
+            not_better: 1,
+            over_budget: 1,
+            duplicates: 1,
+            shortened: 1,
+            malformed: 0,
+            beat_baseline: 1,
+        };
         assert_eq!(
             s.describe(),
             "kept 2 of 6 trajectories (1 beat the baseline); left out: 1 without a scored submission, 1 not better than the baseline, 1 over the token budget, 1 duplicates; 1 shortened by eliding old observations"

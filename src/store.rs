@@ -118,12 +118,9 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, creating its parent directories.
     pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| {
-                format!("cannot create the store directory {}", parent.display())
-            })?;
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create the store directory {}", parent.display()))?;
         }
-        let conn = Connection::open(path)
-            .with_context(|| format!("cannot open the store database {}", path.display()))?;
+        let conn = Connection::open(path).with_context(|| format!("cannot open the store database {}", path.display()))?;
         Self::init(conn).with_context(|| format!("cannot initialise the store {}", path.display()))
     }
 
@@ -171,7 +168,9 @@ impl SqliteStore {
     pub fn unit_created_unix_ms(&self, unit: &str) -> anyhow::Result<Option<u64>> {
         let conn = self.lock();
         let ms: Option<i64> = conn
-            .query_row("SELECT CAST((julianday(created_at) - 2440587.5) * 86400000.0 AS INTEGER) FROM units WHERE id = ?1", [unit], |row| row.get(0))
+            .query_row("SELECT CAST((julianday(created_at) - 2440587.5) * 86400000.0 AS INTEGER) FROM units WHERE id = ?1", [unit], |row| {
+                row.get(0)
+            })
             .optional()?;
         Ok(ms.map(|ms| ms.max(0) as u64))
     }
@@ -191,9 +190,7 @@ impl SqliteStore {
             "SELECT r.unit, r.stage, r.created_at FROM stage_results r \
              LEFT JOIN units u ON u.id = r.unit ORDER BY {UNIT_ORDER}, r.created_at, r.stage"
         ))?;
-        let rows = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 }
@@ -217,11 +214,7 @@ fn status_str(status: UnitStatus) -> &'static str {
 }
 
 fn bad_column(index: usize, what: &str, value: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        index,
-        rusqlite::types::Type::Text,
-        format!("unknown {what} {value:?} in the store").into(),
-    )
+    rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, format!("unknown {what} {value:?} in the store").into())
 }
 
 fn parse_kind(index: usize, s: &str) -> rusqlite::Result<UnitKind> {
@@ -255,10 +248,7 @@ fn to_u64(value: i64) -> u64 {
 
 /// Classifies a database error: lock contention and full disks may clear, the rest will not.
 fn db_err(context: &str, err: rusqlite::Error) -> PortError {
-    let transient = matches!(
-        err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull)
-    );
+    let transient = matches!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull));
     let msg = format!("store: {context}: {err}");
     if transient { PortError::Transient(msg) } else { PortError::Permanent(msg) }
 }
@@ -276,15 +266,18 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Unit> {
         stage: parse_stage(4, &stage)?,
         status: parse_status(5, &status)?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        drop_reason: row.get::<_, Option<String>>(7)?.map(|r| DropReason::parse(&r).ok_or_else(|| bad_column(7, "drop reason", &r))).transpose()?,
+        drop_reason: row
+            .get::<_, Option<String>>(7)?
+            .map(|r| DropReason::parse(&r).ok_or_else(|| bad_column(7, "drop reason", &r)))
+            .transpose()?,
         drop_detail: row.get(8)?,
     })
 }
 
 fn parse_payload(unit: &str, stage: Stage, text: &str) -> Result<StageResult, PortError> {
-    serde_json::from_str(text).and_then(|value| StageResult::from_json(stage, value)).map_err(|e| {
-        PortError::Permanent(format!("store: the stored {stage} result of {unit} is unreadable: {e}"))
-    })
+    serde_json::from_str(text)
+        .and_then(|value| StageResult::from_json(stage, value))
+        .map_err(|e| PortError::Permanent(format!("store: the stored {stage} result of {unit} is unreadable: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,11 +326,7 @@ impl SqliteStore {
     pub fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError> {
         let conn = self.lock();
         let text: Option<String> = conn
-            .query_row(
-                "SELECT payload FROM stage_results WHERE unit = ?1 AND stage = ?2",
-                params![unit, stage.as_str()],
-                |row| row.get(0),
-            )
+            .query_row("SELECT payload FROM stage_results WHERE unit = ?1 AND stage = ?2", params![unit, stage.as_str()], |row| row.get(0))
             .optional()
             .map_err(|e| db_err(&format!("reading the {stage} result of {unit}"), e))?;
         text.map(|t| parse_payload(unit, stage, &t)).transpose()
@@ -370,13 +359,9 @@ impl SqliteStore {
         let context = format!("completing {stage} of {unit}");
         let payload = result.to_json().to_string();
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db_err(&context, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&context, e))?;
         let current: Option<(String, String)> = tx
-            .query_row("SELECT stage, status FROM units WHERE id = ?1", params![unit], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
+            .query_row("SELECT stage, status FROM units WHERE id = ?1", params![unit], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()
             .map_err(|e| db_err(&context, e))?;
         match current {
@@ -384,9 +369,7 @@ impl SqliteStore {
                 return Err(PortError::Permanent(format!("store: {context}: no such unit")));
             }
             Some((at, status)) if at != stage.as_str() || status != "pending" => {
-                return Err(PortError::Permanent(format!(
-                    "store: {context}: the unit is {status} at stage {at}, not pending at {stage}"
-                )));
+                return Err(PortError::Permanent(format!("store: {context}: the unit is {status} at stage {at}, not pending at {stage}")));
             }
             Some(_) => {}
         }
@@ -402,9 +385,7 @@ impl SqliteStore {
         .map_err(|e| db_err(&context, e))?;
         match next {
             Some(next) => tx.execute(
-                &format!(
-                    "UPDATE units SET stage = ?2, attempts = 0, claim = NULL, updated_at = {NOW} WHERE id = ?1"
-                ),
+                &format!("UPDATE units SET stage = ?2, attempts = 0, claim = NULL, updated_at = {NOW} WHERE id = ?1"),
                 params![unit, next.as_str()],
             ),
             None => tx.execute(
@@ -422,9 +403,7 @@ impl SqliteStore {
     pub fn drop_unit(&self, unit: &str, reason: DropReason, detail: &str) -> Result<(), PortError> {
         let context = format!("dropping {unit}");
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db_err(&context, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&context, e))?;
         let status: Option<String> = tx
             .query_row("SELECT status FROM units WHERE id = ?1", params![unit], |row| row.get(0))
             .optional()
@@ -502,14 +481,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn add_usage(
-        &self,
-        unit: &str,
-        stage: Stage,
-        endpoint: &str,
-        model: &str,
-        usage: &Usage,
-    ) -> Result<(), PortError> {
+    pub fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO usage (unit, stage, endpoint, model, calls, input_tokens, output_tokens, cost_usd) \
@@ -555,18 +527,14 @@ impl SqliteStore {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| db_err("summing usage", e))?;
-        rows.sort_by(|a, b| {
-            (&a.unit, a.stage, &a.endpoint, &a.model).cmp(&(&b.unit, b.stage, &b.endpoint, &b.model))
-        });
+        rows.sort_by(|a, b| (&a.unit, a.stage, &a.endpoint, &a.model).cmp(&(&b.unit, b.stage, &b.endpoint, &b.model)));
         Ok(rows)
     }
 
     pub fn add_event(&self, event: &Event) -> Result<(), PortError> {
         let conn = self.lock();
         conn.execute(
-            &format!(
-                "INSERT INTO events (kind, unit, stage, detail, at) VALUES (?1, ?2, ?3, ?4, {NOW})"
-            ),
+            &format!("INSERT INTO events (kind, unit, stage, detail, at) VALUES (?1, ?2, ?3, ?4, {NOW})"),
             params![event.kind.as_str(), event.unit, event.stage.as_str(), event.detail],
         )
         .map_err(|e| db_err(&format!("recording a {} event", event.kind), e))?;
@@ -575,9 +543,8 @@ impl SqliteStore {
 
     pub fn events(&self) -> Result<Vec<Event>, PortError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT kind, unit, stage, detail FROM events ORDER BY id")
-            .map_err(|e| db_err("listing events", e))?;
+        let mut stmt =
+            conn.prepare_cached("SELECT kind, unit, stage, detail FROM events ORDER BY id").map_err(|e| db_err("listing events", e))?;
         let rows = stmt
             .query_map([], |row| {
                 let kind: String = row.get(0)?;
@@ -618,7 +585,10 @@ impl SqliteStore {
 
 impl SqliteStore {
     /// Runs one operation on a blocking thread.
-    async fn blocking<T: Send + 'static>(&self, op: impl FnOnce(&SqliteStore) -> Result<T, PortError> + Send + 'static) -> Result<T, PortError> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&SqliteStore) -> Result<T, PortError> + Send + 'static,
+    ) -> Result<T, PortError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || op(&store))
             .await
@@ -816,12 +786,8 @@ mod tests {
             store.insert_unit(&task(id, seq)).unwrap();
         }
         assert_eq!(store.result("t0001", Stage::Topic).unwrap(), None);
-        store
-            .complete_stage("t0002", &res(Stage::Topic, json!({"title": "b"})), Some(Stage::Dataset))
-            .unwrap();
-        store
-            .complete_stage("t0001", &res(Stage::Topic, json!({"title": "a"})), Some(Stage::Dataset))
-            .unwrap();
+        store.complete_stage("t0002", &res(Stage::Topic, json!({"title": "b"})), Some(Stage::Dataset)).unwrap();
+        store.complete_stage("t0001", &res(Stage::Topic, json!({"title": "a"})), Some(Stage::Dataset)).unwrap();
         assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!({"title": "a"}))));
         let results = store.results(Stage::Topic).unwrap();
         assert_eq!(
@@ -864,17 +830,13 @@ mod tests {
         let times = store.stage_result_times().unwrap();
 
         // Same stage again: refused, the first result and the unit's position are untouched.
-        let err = store
-            .complete_stage("t0001", &res(Stage::Topic, json!("second")), Some(Stage::Dataset))
-            .unwrap_err();
+        let err = store.complete_stage("t0001", &res(Stage::Topic, json!("second")), Some(Stage::Dataset)).unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
         assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!("first"))));
         assert_eq!(store.stage_result_times().unwrap(), times);
 
         // A stage the unit has not reached: refused, nothing stored.
-        let err = store
-            .complete_stage("t0001", &res(Stage::Codegen, json!("x")), Some(Stage::Debug))
-            .unwrap_err();
+        let err = store.complete_stage("t0001", &res(Stage::Codegen, json!("x")), Some(Stage::Debug)).unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)));
         assert_eq!(store.result("t0001", Stage::Codegen).unwrap(), None);
         assert_eq!(unit(&store, "t0001").stage, Stage::Dataset);
@@ -905,9 +867,7 @@ mod tests {
         store.drop_unit("t0001", DropReason::Timeout, "").unwrap();
         assert_eq!(unit(&store, "t0001").drop_reason, Some(DropReason::NoVerifiedDataset));
 
-        let err = store
-            .complete_stage("t0001", &res(Stage::Topic, json!(1)), Some(Stage::Dataset))
-            .unwrap_err();
+        let err = store.complete_stage("t0001", &res(Stage::Topic, json!(1)), Some(Stage::Dataset)).unwrap_err();
         assert!(matches!(err, PortError::Permanent(_)));
         assert!(store.result("t0001", Stage::Topic).unwrap().is_none());
 
@@ -964,12 +924,7 @@ mod tests {
         store.set_meta("run_id", "b").unwrap();
         assert_eq!(store.meta("run_id").unwrap().as_deref(), Some("b"));
 
-        let ev = |kind: EventKind, unit: &str| Event {
-            kind,
-            unit: unit.into(),
-            stage: Stage::Debug,
-            detail: format!("{kind} of {unit}"),
-        };
+        let ev = |kind: EventKind, unit: &str| Event { kind, unit: unit.into(), stage: Stage::Debug, detail: format!("{kind} of {unit}") };
         store.add_event(&ev(EventKind::Retry, "t1")).unwrap();
         store.add_event(&ev(EventKind::WorkerRestart, "t2")).unwrap();
         store.add_event(&ev(EventKind::Retry, "t1")).unwrap();
@@ -987,14 +942,10 @@ mod tests {
             let store = open(&path).unwrap();
             store.insert_unit(&task("t0001", 1)).unwrap();
             store.insert_unit(&task("t0002", 2)).unwrap();
-            store
-                .complete_stage("t0001", &res(Stage::Topic, json!({"idea": 1})), Some(Stage::Dataset))
-                .unwrap();
+            store.complete_stage("t0001", &res(Stage::Topic, json!({"idea": 1})), Some(Stage::Dataset)).unwrap();
             store.drop_unit("t0002", DropReason::NearDuplicate, "near-duplicate idea").unwrap();
             store.record_attempt("t0001").unwrap();
-            store
-                .add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() })
-                .unwrap();
+            store.add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() }).unwrap();
             store.set_meta("seed", "7").unwrap();
             store.stage_result_times().unwrap()
             // Dropped without any explicit close or checkpoint.
@@ -1027,12 +978,8 @@ mod tests {
         if let Ok(path) = std::env::var(CHILD_ENV) {
             let store = open(Path::new(&path)).unwrap();
             store.insert_unit(&task("t0001", 1)).unwrap();
-            store
-                .complete_stage("t0001", &res(Stage::Topic, json!({"k": 1})), Some(Stage::Dataset))
-                .unwrap();
-            store
-                .add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() })
-                .unwrap();
+            store.complete_stage("t0001", &res(Stage::Topic, json!({"k": 1})), Some(Stage::Dataset)).unwrap();
+            store.add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() }).unwrap();
             println!("READY");
             std::io::Write::flush(&mut std::io::stdout()).unwrap();
             std::thread::sleep(Duration::from_secs(60));
@@ -1041,10 +988,7 @@ mod tests {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let test_name = format!(
-            "{}::commits_survive_sigkill",
-            module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest)
-        );
+        let test_name = format!("{}::commits_survive_sigkill", module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest));
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([test_name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
@@ -1089,11 +1033,7 @@ mod tests {
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let store = store.clone();
-                std::thread::spawn(move || {
-                    store
-                        .complete_stage("t0001", &res(Stage::Topic, json!(i)), Some(Stage::Dataset))
-                        .is_ok()
-                })
+                std::thread::spawn(move || store.complete_stage("t0001", &res(Stage::Topic, json!(i)), Some(Stage::Dataset)).is_ok())
             })
             .collect();
         let ok = handles.into_iter().map(|h| h.join().unwrap()).filter(|&ok| ok);

@@ -5,8 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use gymforge::aup::{
-    self, AupInput, BASELINE, GRID_POINTS, ScoreTable, compute_pair, from_trajectories,
-    profile_svg, read_directions_csv, read_score_table_csv, run_aup,
+    self, AupInput, BASELINE, GRID_POINTS, ScoreTable, compute_pair, from_trajectories, profile_svg, read_directions_csv,
+    read_score_table_csv, run_aup,
 };
 use gymforge_actors::model::Direction;
 use serde_json::{Value, json};
@@ -42,10 +42,7 @@ fn table(name: &str, patch: Option<(&str, &str, f64)>) -> ScoreTable {
 
 /// Recomputes one published AUP table from its best/last score tables; returns
 /// (method, setting, ours, published) for every published value.
-fn recompute(
-    set: &str,
-    last_patch: Option<(&str, &str, f64)>,
-) -> Vec<(String, &'static str, f64, f64)> {
+fn recompute(set: &str, last_patch: Option<(&str, &str, f64)>) -> Vec<(String, &'static str, f64, f64)> {
     let best = table(&format!("best_scores_{set}_results.csv"), None);
     let last = table(&format!("last_scores_{set}_results.csv"), last_patch);
     assert_eq!(best.tasks.len(), 13);
@@ -60,9 +57,7 @@ fn recompute(
     for (method, pub_best, pub_last) in published {
         let ours_best = b.aup_of(&method).unwrap_or_else(|| panic!("{set}: no method {method}"));
         let ours_last = l.aup_of(&method).unwrap_or_else(|| panic!("{set}: no method {method}"));
-        eprintln!(
-            "{set:9} {method:26} best {ours_best:.4} ({pub_best})  last {ours_last:.4} ({pub_last})"
-        );
+        eprintln!("{set:9} {method:26} best {ours_best:.4} ({pub_best})  last {ours_last:.4} ({pub_last})");
         out.push((method.clone(), "best", ours_best, pub_best));
         out.push((method, "last", ours_last, pub_last));
     }
@@ -83,8 +78,7 @@ fn check(set: &str) {
     for (method, setting, ours, published) in &values {
         let dev = (ours - published).abs();
         worst = worst.max(dev);
-        let limit =
-            if (set, method.as_str(), *setting) == ROUNDED_OUTLIER { 0.0011 } else { 0.001 };
+        let limit = if (set, method.as_str(), *setting) == ROUNDED_OUTLIER { 0.0011 } else { 0.001 };
         assert!(dev <= limit, "{set} {method} {setting}: AUP {ours} vs published {published}");
     }
     eprintln!("{set}: max deviation {worst:.6} over {} values", values.len());
@@ -109,13 +103,8 @@ fn every_published_aup_within_0_001_given_a_rounding_consistent_blotto_score() {
     for set in ["aggregate", "test"] {
         let last = table(&format!("last_scores_{set}_results.csv"), None);
         assert_eq!(last.value("Blotto", "llama4-17b-16"), Some(0.019));
-        for (method, setting, ours, published) in
-            recompute(set, Some(("Blotto", "llama4-17b-16", patched)))
-        {
-            assert!(
-                (ours - published).abs() <= 0.001,
-                "{set} {method} {setting}: {ours} vs {published}"
-            );
+        for (method, setting, ours, published) in recompute(set, Some(("Blotto", "llama4-17b-16", patched))) {
+            assert!((ours - published).abs() <= 0.001, "{set} {method} {setting}: {ours} vs {published}");
         }
     }
 }
@@ -124,8 +113,7 @@ fn every_published_aup_within_0_001_given_a_rounding_consistent_blotto_score() {
 fn published_blotto_baseline_is_infeasible_and_winners_have_ratio_one() {
     let dir = fixtures();
     let directions = read_directions_csv(&dir.join("directions.csv")).unwrap();
-    let best =
-        read_score_table_csv(&dir.join("best_scores_aggregate_results.csv"), &directions).unwrap();
+    let best = read_score_table_csv(&dir.join("best_scores_aggregate_results.csv"), &directions).unwrap();
     let (b, _) = compute_pair(&best, &best);
     let blotto = best.task_index("Blotto").unwrap();
     let base = best.method_index(BASELINE).unwrap();
@@ -142,8 +130,7 @@ fn published_blotto_baseline_is_infeasible_and_winners_have_ratio_one() {
 fn table_reader_reports_file_row_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let directions: std::collections::BTreeMap<String, Direction> =
-        [("A".to_string(), Direction::Maximize), ("B, quoted".to_string(), Direction::Minimize)]
-            .into();
+        [("A".to_string(), Direction::Maximize), ("B, quoted".to_string(), Direction::Minimize)].into();
     let good = dir.path().join("good.csv");
     fs::write(&good, "Task,baseline,m1\nA,1.0,\n\"B, quoted\",2,1.5\n").unwrap();
     let table = read_score_table_csv(&good, &directions).unwrap();
@@ -155,13 +142,7 @@ fn table_reader_reports_file_row_and_column() {
     let bad = dir.path().join("bad.csv");
     fs::write(&bad, "Task,baseline,m1\nA,1.0,x1\n").unwrap();
     let err = read_score_table_csv(&bad, &directions).unwrap_err().to_string();
-    assert!(
-        err.contains("bad.csv")
-            && err.contains("line 2")
-            && err.contains("column 3")
-            && err.contains("m1"),
-        "{err}"
-    );
+    assert!(err.contains("bad.csv") && err.contains("line 2") && err.contains("column 3") && err.contains("m1"), "{err}");
 
     let unknown = dir.path().join("unknown.csv");
     fs::write(&unknown, "Task,baseline\nC,1\n").unwrap();
@@ -178,9 +159,7 @@ fn table_reader_reports_file_row_and_column() {
 // A hand-built output directory
 
 fn write_run(out: &Path, model: &str, task: &str, run: u32, agent: Value, baseline: Value) {
-    let dir = out
-        .join("trajectories")
-        .join(format!("{model}__{task}__gymforge__t-0.00__p-0.95__c-4.00__install-0_run_{run}"));
+    let dir = out.join("trajectories").join(format!("{model}__{task}__gymforge__t-0.00__p-0.95__c-4.00__install-0_run_{run}"));
     fs::create_dir_all(&dir).unwrap();
     let traj = json!({
         "environment": "mlgym_main",
@@ -188,13 +167,8 @@ fn write_run(out: &Path, model: &str, task: &str, run: u32, agent: Value, baseli
         "history": [],
         "info": {"model_stats": {}, "exit_status": "submitted", "submission": null, "score": agent, "summarizer": {}},
     });
-    fs::write(dir.join(format!("{task}.traj")), serde_json::to_string_pretty(&traj).unwrap())
-        .unwrap();
-    fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({"agent": agent, "baseline": baseline})).unwrap(),
-    )
-    .unwrap();
+    fs::write(dir.join(format!("{task}.traj")), serde_json::to_string_pretty(&traj).unwrap()).unwrap();
+    fs::write(dir.join("results.json"), serde_json::to_string_pretty(&json!({"agent": agent, "baseline": baseline})).unwrap()).unwrap();
 }
 
 /// Two tasks: `accTask` (accuracy, maximize, baseline 0.5) and `lossTask` (loss, minimize,
@@ -213,42 +187,18 @@ fn build_out_dir(out: &Path) {
     let acc_base = json!({"accuracy": 0.5});
     let loss_base = json!({"loss": 2.0, "rmse": 3.0});
     // alpha / accTask: run 0 best attempt 0.9, last 0.7; run 1 best 0.8 = last; run 2 empty.
-    write_run(
-        out,
-        "alpha",
-        "accTask",
-        0,
-        json!([{"accuracy": 0.6}, {"accuracy": 0.9}, {"accuracy": 0.7}]),
-        acc_base.clone(),
-    );
+    write_run(out, "alpha", "accTask", 0, json!([{"accuracy": 0.6}, {"accuracy": 0.9}, {"accuracy": 0.7}]), acc_base.clone());
     write_run(out, "alpha", "accTask", 1, json!([{"accuracy": 0.8}]), acc_base.clone());
     write_run(out, "alpha", "accTask", 2, json!([]), acc_base.clone());
     // beta / accTask: best 0.6, last 0.4 (below the baseline: infeasible for Last).
-    write_run(
-        out,
-        "beta",
-        "accTask",
-        0,
-        json!([{"accuracy": 0.6}, {"accuracy": 0.4}]),
-        acc_base.clone(),
-    );
+    write_run(out, "beta", "accTask", 0, json!([{"accuracy": 0.6}, {"accuracy": 0.4}]), acc_base.clone());
     // alpha / lossTask: best 1.0, last 1.6.
-    write_run(
-        out,
-        "alpha",
-        "lossTask",
-        0,
-        json!([{"loss": 1.0, "rmse": 9.0}, {"loss": 1.6, "rmse": 1.0}]),
-        loss_base.clone(),
-    );
+    write_run(out, "alpha", "lossTask", 0, json!([{"loss": 1.0, "rmse": 9.0}, {"loss": 1.6, "rmse": 1.0}]), loss_base.clone());
     // beta / lossTask: runs best 1.5 and 0.5 (-> 0.5), lasts 1.5 and 0.8 (-> 0.8).
     write_run(out, "beta", "lossTask", 0, json!([{"loss": 1.5}]), loss_base.clone());
     write_run(out, "beta", "lossTask", 1, json!([{"loss": 0.5}, {"loss": 0.8}]), loss_base.clone());
     // A run directory without results.json is ignored.
-    fs::create_dir_all(
-        out.join("trajectories/gamma__accTask__gymforge__t-0.00__p-0.95__c-4.00__install-0_run_0"),
-    )
-    .unwrap();
+    fs::create_dir_all(out.join("trajectories/gamma__accTask__gymforge__t-0.00__p-0.95__c-4.00__install-0_run_0")).unwrap();
 }
 
 #[test]
@@ -295,18 +245,9 @@ fn extracts_best_and_last_scores_from_an_output_dir() {
     };
     let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
     // Best: acc ratios baseline 1.8, alpha 1, beta 1.5; loss ratios baseline 4, alpha 2, beta 1.
-    let r =
-        |m: &str, t: usize, res: &aup::AupResult| res.ratios[t][res.table.method_index(m).unwrap()];
-    assert!(
-        close(r("baseline", 0, &b), 1.8)
-            && close(r("alpha", 0, &b), 1.0)
-            && close(r("beta", 0, &b), 1.5)
-    );
-    assert!(
-        close(r("baseline", 1, &b), 4.0)
-            && close(r("alpha", 1, &b), 2.0)
-            && close(r("beta", 1, &b), 1.0)
-    );
+    let r = |m: &str, t: usize, res: &aup::AupResult| res.ratios[t][res.table.method_index(m).unwrap()];
+    assert!(close(r("baseline", 0, &b), 1.8) && close(r("alpha", 0, &b), 1.0) && close(r("beta", 0, &b), 1.5));
+    assert!(close(r("baseline", 1, &b), 4.0) && close(r("alpha", 1, &b), 2.0) && close(r("beta", 1, &b), 1.0));
     assert!(close(b.aup_of("alpha").unwrap(), area(&[0.0, 2f64.log10()])));
     assert!(close(b.aup_of("beta").unwrap(), area(&[1.5f64.log10(), 0.0])));
     assert!(close(b.aup_of("baseline").unwrap(), area(&[1.8f64.log10(), 4f64.log10()])));
@@ -332,10 +273,7 @@ fn extracts_best_and_last_scores_from_an_output_dir() {
     let first_row = text.lines().nth(1).unwrap();
     assert!(first_row.starts_with("beta"), "{text}");
     assert!(text.contains("max_tau = 0.7"), "{text}");
-    let json: Value = serde_json::from_str(
-        &run_aup(AupInput::OutputDir(dir.path().to_path_buf()), true, None).unwrap(),
-    )
-    .unwrap();
+    let json: Value = serde_json::from_str(&run_aup(AupInput::OutputDir(dir.path().to_path_buf()), true, None).unwrap()).unwrap();
     assert_eq!(json["max_tau"], json!(0.7));
     assert_eq!(json["methods"][0]["method"], json!("beta"));
     assert_eq!(json["tasks"][1]["task"], json!("lossTask"));
@@ -381,23 +319,16 @@ fn svg_has_one_step_line_per_method() {
     let opens = svg.matches('<').count();
     assert_eq!(opens, svg.matches('>').count());
     for tag in ["svg", "text", "path", "title"] {
-        let open =
-            svg.matches(&format!("<{tag} ")).count() + svg.matches(&format!("<{tag}>")).count();
+        let open = svg.matches(&format!("<{tag} ")).count() + svg.matches(&format!("<{tag}>")).count();
         let self_closed = svg
             .split(&format!("<{tag}"))
             .skip(1)
-            .filter(|rest| {
-                rest.starts_with([' ', '>']) && rest.split('>').next().unwrap().ends_with('/')
-            })
+            .filter(|rest| rest.starts_with([' ', '>']) && rest.split('>').next().unwrap().ends_with('/'))
             .count();
         assert_eq!(open - self_closed, svg.matches(&format!("</{tag}>")).count(), "{tag}");
     }
     // Ticks and labels.
-    assert!(
-        svg.contains(">0.00</text>")
-            && svg.contains(">0.75</text>")
-            && svg.contains(">1.50</text>")
-    );
+    assert!(svg.contains(">0.00</text>") && svg.contains(">0.75</text>") && svg.contains(">1.50</text>"));
     assert!(svg.contains(">0.0</text>") && svg.contains(">1.0</text>"));
     assert!(svg.contains("fraction of tasks"));
 }
@@ -405,10 +336,8 @@ fn svg_has_one_step_line_per_method() {
 #[test]
 fn empty_table_and_single_method_edge_cases() {
     // A method that wins every task scores max_tau; an all-missing task counts against all.
-    let mut t = ScoreTable::new(
-        vec![("a".into(), Direction::Maximize), ("b".into(), Direction::Minimize)],
-        vec![BASELINE.into(), "m".into()],
-    );
+    let mut t =
+        ScoreTable::new(vec![("a".into(), Direction::Maximize), ("b".into(), Direction::Minimize)], vec![BASELINE.into(), "m".into()]);
     t.set("a", BASELINE, Some(1.0));
     t.set("a", "m", Some(2.0));
     t.set("b", BASELINE, Some(2.0));
@@ -418,8 +347,7 @@ fn empty_table_and_single_method_edge_cases() {
     assert_eq!(r.max_tau, 0.5);
     assert!((r.aup_of("m").unwrap() - 0.5).abs() < 1e-12);
     // Zero scores: a maximize task whose feasible scores are all 0 gives ratio 1.
-    let mut z =
-        ScoreTable::new(vec![("a".into(), Direction::Maximize)], vec![BASELINE.into(), "m".into()]);
+    let mut z = ScoreTable::new(vec![("a".into(), Direction::Maximize)], vec![BASELINE.into(), "m".into()]);
     z.set("a", BASELINE, Some(0.0));
     z.set("a", "m", Some(0.0));
     let r = aup::compute(&z);

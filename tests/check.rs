@@ -18,12 +18,8 @@ fn bundle_of(dir: &Path, noise: f64, gap: f64) -> PathBuf {
 }
 
 fn check(dir: &Path) -> (bool, serde_json::Value) {
-    let output = Command::new(env!("CARGO_BIN_EXE_gymforge"))
-        .args(["check", "task"])
-        .arg(dir)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_gymforge")).args(["check", "task"]).arg(dir).env_remove("RUST_BACKTRACE").output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("JSON report ({e}); stderr: {}", String::from_utf8_lossy(&output.stderr)));
     (output.status.success(), report)
@@ -55,9 +51,19 @@ fn each_breakage_is_reported_with_its_reason() {
         ("prepare.py", "pd.read_csv(\"raw/points.csv\")", "pd.read_csv(\"raw/point.csv\")", "prepare_failed"),
         ("prepare.py", ".to_csv(\"sample_submission.csv\"", ".to_csv(\"sample.csv\"", "prepare_failed"),
         // The answers are not in the baseline's workspace: reading them fails the baseline.
-        ("baseline.py", "test = pd.read_csv(\"data/test.csv\")", "test = pd.read_csv(\"data/test.csv\")\nanswers = pd.read_csv(\"data/answers.csv\")", "baseline_failed"),
+        (
+            "baseline.py",
+            "test = pd.read_csv(\"data/test.csv\")",
+            "test = pd.read_csv(\"data/test.csv\")\nanswers = pd.read_csv(\"data/answers.csv\")",
+            "baseline_failed",
+        ),
         // The answers are mounted read-only into evaluation: writing them fails evaluate.py.
-        ("evaluate.py", "answers = pd.read_csv(\"data/answers.csv\")", "answers = pd.read_csv(\"data/answers.csv\")\nopen(\"data/answers.csv\", \"a\").write(\"1,1\\n\")", "eval_failed"),
+        (
+            "evaluate.py",
+            "answers = pd.read_csv(\"data/answers.csv\")",
+            "answers = pd.read_csv(\"data/answers.csv\")\nopen(\"data/answers.csv\", \"a\").write(\"1,1\\n\")",
+            "eval_failed",
+        ),
         // Metrics must be finite and non-negative.
         ("evaluate.py", "{\"accuracy\": float(", "{\"accuracy\": -1.0 * float(", "eval_format"),
         // A score that changes from one run to the next is not reproducible.
@@ -67,7 +73,12 @@ fn each_breakage_is_reported_with_its_reason() {
         ("baseline.py", "model = LogisticRegression()", "model = LogisticRegresion()", "baseline_failed"),
         ("evaluate.py", "{\"accuracy\": ", "{\"acc\": ", "metric_mismatch"),
         ("evaluate.py", "sorted(submission[\"id\"]) != sorted(answers[\"id\"])", "False", "eval_accepts_wrong_shape"),
-        ("baseline.py", "model = LogisticRegression()", "from sklearn.dummy import DummyClassifier\nmodel = DummyClassifier()", "baseline_not_better_than_trivial"),
+        (
+            "baseline.py",
+            "model = LogisticRegression()",
+            "from sklearn.dummy import DummyClassifier\nmodel = DummyClassifier()",
+            "baseline_not_better_than_trivial",
+        ),
     ];
     for (file, from, to, reason) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -94,7 +105,11 @@ fn a_baseline_at_the_best_possible_score_leaves_no_headroom() {
     let (ok, report) = check(&dir);
     assert!(!ok, "{report:#}");
     assert_eq!(report["valid"], false);
-    assert_eq!((report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()), (Some("headroom"), Some("baseline_saturated")), "{report:#}");
+    assert_eq!(
+        (report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()),
+        (Some("headroom"), Some("baseline_saturated")),
+        "{report:#}"
+    );
     assert_eq!(report["failure"]["problem"], "baseline accuracy 1.0000 leaves no headroom: the best possible is 1.0 (margin 0.01)");
     assert!(report["failure"]["output"].as_str().unwrap().contains("'accuracy': 1"), "{report:#}");
 
@@ -115,7 +130,10 @@ fn a_baseline_at_the_best_possible_score_leaves_no_headroom() {
     assert!(!ok, "{report:#}");
     assert_eq!(report["failure"]["reason"], "baseline_saturated", "{report:#}");
     let problem = report["failure"]["problem"].as_str().unwrap();
-    assert!(problem.starts_with("baseline rmse 0.0000 leaves no headroom: the best possible is 0.0 (margin 0.01 of the naive submission's 0."), "{problem}");
+    assert!(
+        problem.starts_with("baseline rmse 0.0000 leaves no headroom: the best possible is 0.0 (margin 0.01 of the naive submission's 0."),
+        "{problem}"
+    );
 
     // With noisy labels the same baseline leaves headroom on the error metric too.
     let tmp = tempfile::tempdir().unwrap();
@@ -137,7 +155,11 @@ fn a_baseline_over_its_timeout_is_a_timeout() {
     edit(&dir.join("baseline.py"), "model = LogisticRegression()", "__import__(\"time\").sleep(3600)\nmodel = LogisticRegression()");
     let (ok, report) = check(&dir);
     assert!(!ok);
-    assert_eq!((report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()), (Some("baseline"), Some("timeout")), "{report:#}");
+    assert_eq!(
+        (report["failure"]["step"].as_str(), report["failure"]["reason"].as_str()),
+        (Some("baseline"), Some("timeout")),
+        "{report:#}"
+    );
 }
 
 #[test]

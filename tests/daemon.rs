@@ -35,7 +35,10 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 /// Checks a Prometheus text exposition: every sample belongs to a declared family, names and
 /// labels are well formed, values are numbers. Returns the number of samples.
 fn check_prometheus_text(text: &str) -> usize {
-    let name_ok = |n: &str| !n.is_empty() && n.chars().enumerate().all(|(i, c)| c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+    };
     let mut declared = BTreeSet::new();
     let mut samples = 0;
     for line in text.lines() {
@@ -116,7 +119,8 @@ async fn the_daemon_serves_its_status_refuses_a_twin_drains_on_sigterm_and_resum
     assert!(metrics.contains("gymforge_llm_requests_total{endpoint=\"sim\"}"), "{metrics}");
 
     // A second daemon on the same directory refuses to start and leaves the first alone.
-    let twin = gymforge().args(["daemon", "--tasks", "2", "--rollouts", "1", "--listen", "127.0.0.1:0", "--out"]).arg(&out).output().unwrap();
+    let twin =
+        gymforge().args(["daemon", "--tasks", "2", "--rollouts", "1", "--listen", "127.0.0.1:0", "--out"]).arg(&out).output().unwrap();
     assert_eq!(twin.status.code(), Some(1));
     let said = String::from_utf8_lossy(&twin.stderr);
     assert!(said.contains("another gymforge process"), "{said}");
@@ -162,7 +166,18 @@ async fn without_a_target_the_daemon_keeps_a_bounded_window_rewrites_its_outputs
     std::fs::write(&config, "[daemon]\nexport_every_secs = 1\n").unwrap();
     let port = free_port();
     let mut daemon = gymforge()
-        .args(["daemon", "--tasks", "0", "--rollouts", "1", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--out"])
+        .args([
+            "daemon",
+            "--tasks",
+            "0",
+            "--rollouts",
+            "1",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--out",
+        ])
         .arg(&out)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

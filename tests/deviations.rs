@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 
 mod common;
 
-use common::deviate::{Case, DRAFT_DATASET, DRAFT_TITLE, Deviant, EXAMPLE_BLOCK, Exchange, HubForm, JSON_STAGES, NON_ASCII, REFUSAL, Setup};
+use common::deviate::{
+    Case, DRAFT_DATASET, DRAFT_TITLE, Deviant, EXAMPLE_BLOCK, Exchange, HubForm, JSON_STAGES, NON_ASCII, REFUSAL, Setup,
+};
 use gymforge_actors::model::Stage;
 use serde_json::Value;
 
@@ -47,12 +49,19 @@ impl Finished {
 
     fn report(&self) -> Value {
         let path = self.out.join("report.json");
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.text()))).unwrap()
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.text())))
+            .unwrap()
     }
 
     /// The stage's funnel entry in report.json.
     fn funnel(&self, stage: Stage) -> Value {
-        self.report()["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage.as_str()).cloned().expect("every stage is in the funnel")
+        self.report()["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == stage.as_str())
+            .cloned()
+            .expect("every stage is in the funnel")
     }
 
     /// LLM calls report.json counts for the stage.
@@ -406,7 +415,10 @@ fn an_answer_without_a_command_is_asked_again_and_the_rollout_goes_on_as_undistu
 #[test]
 fn the_last_of_two_code_blocks_is_the_command() {
     let f = rollout_as_undisturbed(Case::TwoCodeBlocks, |u| u.calls[&Stage::Rollout]);
-    assert!(thoughts(&f).iter().all(|t| t.contains("echo example")), "the example block is part of the thought, not a command: {EXAMPLE_BLOCK}");
+    assert!(
+        thoughts(&f).iter().all(|t| t.contains("echo example")),
+        "the example block is part of the thought, not a command: {EXAMPLE_BLOCK}"
+    );
 }
 
 #[test]

@@ -27,13 +27,7 @@ fn run_to_end(out: &Path, extra: &[&str]) -> String {
 
 /// Runs a batch to its end and expects exit status `code` (3: short of its target).
 fn run_to_end_with(out: &Path, extra: &[&str], code: i32) -> String {
-    let output = gymforge()
-        .args(["run", "--out"])
-        .arg(out)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("gymforge runs");
+    let output = gymforge().args(["run", "--out"]).arg(out).args(extra).stdin(Stdio::null()).output().expect("gymforge runs");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(output.status.code(), Some(code), "gymforge run\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -61,7 +55,6 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
-
 
 /// Python's own `str.format(dataset_docs=...)` on the description.
 fn python_formats(description: &str) -> bool {
@@ -102,7 +95,6 @@ async fn rerun_exported_baseline(sandbox: &gymforge::sandbox::BwrapSandbox, task
     let value: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("exactly one JSON object");
     serde_json::from_value(value).expect("a JSON object of numbers")
 }
-
 
 fn count_code_blocks(text: &str) -> usize {
     text.lines().filter(|l| l.trim_start().starts_with("```")).count() / 2
@@ -180,7 +172,8 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
         assert_eq!(messages.first().unwrap()["role"], "system");
         assert_eq!(messages.last().unwrap()["role"], "assistant");
         // What the model saw at its last step: the last 5 observations verbatim, older ones elided.
-        let observations: Vec<&str> = messages.iter().filter(|m| m["role"] == "user").skip(1).map(|m| m["content"].as_str().unwrap()).collect();
+        let observations: Vec<&str> =
+            messages.iter().filter(|m| m["role"] == "user").skip(1).map(|m| m["content"].as_str().unwrap()).collect();
         let elided = observations.iter().filter(|o| o.starts_with("Old output omitted (")).count();
         assert_eq!(elided, observations.len().saturating_sub(5), "{observations:#?}");
         sft_tasks.insert(line["meta"]["task_id"].as_str().unwrap().to_string());
@@ -202,7 +195,8 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
     let said = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
     assert!(said.contains(&format!("of {} trajectories", trajs.len())), "{said}");
-    let exported: Vec<serde_json::Value> = std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let exported: Vec<serde_json::Value> =
+        std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for line in &exported {
         assert_eq!(line["meta"]["beats_baseline"], true);
         assert!(line["meta"]["tokens"].as_u64().unwrap() <= 6000, "{}", line["meta"]);
@@ -215,7 +209,8 @@ async fn embedded_default_produces_valid_mlgym_tasks_trajectories_and_sft() {
 
     // A budget no example fits: keeping nothing fails, says how many and why, writes nothing.
     let tiny = out.path().join("tiny.jsonl");
-    let output = gymforge().args(["export", "sft", "--token-budget", "10", "--out"]).arg(out.path()).arg("--file").arg(&tiny).output().unwrap();
+    let output =
+        gymforge().args(["export", "sft", "--token-budget", "10", "--out"]).arg(out.path()).arg("--file").arg(&tiny).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("all {} trajectories were left out", trajs.len())), "{stderr}");
@@ -256,13 +251,8 @@ async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() 
 
     run_to_end(out.path(), &["--tasks", "3", "--rollouts", "2"]);
 
-    let after: BTreeMap<(String, String), String> = gymforge::store::SqliteStore::open(&db)
-        .unwrap()
-        .stage_result_times()
-        .unwrap()
-        .into_iter()
-        .map(|(u, s, t)| ((u, s), t))
-        .collect();
+    let after: BTreeMap<(String, String), String> =
+        gymforge::store::SqliteStore::open(&db).unwrap().stage_result_times().unwrap().into_iter().map(|(u, s, t)| ((u, s), t)).collect();
     for (unit, stage, time) in &before {
         assert_eq!(after.get(&(unit.clone(), stage.clone())), Some(time), "{unit} {stage} was redone after the resume");
     }
@@ -321,7 +311,6 @@ async fn panicking_stage_workers_are_restarted_and_the_batch_completes_within_ro
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_nowhere() {
     const KEY: &str = "sk-e2e-SECRET-0123456789";
@@ -351,10 +340,14 @@ async fn a_recorded_run_with_llm_faults_replays_exactly_and_the_api_key_appears_
         logs.push_str(&stdout);
         logs.push_str(&stderr);
     }
-    let report = |out: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap() };
+    let report =
+        |out: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap() };
     let (live_report, replay_report) = (report(&live), report(&replayed));
     let endpoint = &live_report["llm"]["gateway"]["endpoints"]["sim"];
-    assert!(endpoint["rate_limited"].as_u64().unwrap() + endpoint["transient_failures"].as_u64().unwrap() > 0, "faults were injected: {endpoint}");
+    assert!(
+        endpoint["rate_limited"].as_u64().unwrap() + endpoint["transient_failures"].as_u64().unwrap() > 0,
+        "faults were injected: {endpoint}"
+    );
     let differences: Vec<&str> = logs.lines().filter(|l| l.contains("differs from the recorded")).collect();
     assert_eq!(replay_report["llm"]["gateway"]["replay"]["mismatches"], 0, "the replay sent the recorded requests: {differences:#?}");
 

@@ -23,12 +23,22 @@ fn is_root() -> bool {
 
 fn gymforge(bin: &Path, cwd: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.current_dir(cwd).env("HOME", home).env("RUST_LOG", "warn").env_remove("RUST_BACKTRACE").env_remove("HF_ENDPOINT").stdin(Stdio::null());
+    cmd.current_dir(cwd)
+        .env("HOME", home)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("HF_ENDPOINT")
+        .stdin(Stdio::null());
     cmd
 }
 
 fn text(out: &Output) -> String {
-    format!("status {:?}\n--- stdout\n{}\n--- stderr\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn report(out_dir: &Path) -> Value {
@@ -102,7 +112,8 @@ fn relative_out_and_relative_check_task_dir_work_from_a_private_directory() {
     let base = tempfile::tempdir().unwrap(); // mode 700, as mktemp -d makes it
     let cwd = base.path().join("work");
     common::fixture_bundle(&cwd.join("bundles"));
-    let out = gymforge(Path::new(env!("CARGO_BIN_EXE_gymforge")), &cwd, base.path()).args(["check", "task", "bundles/bundle"]).output().unwrap();
+    let out =
+        gymforge(Path::new(env!("CARGO_BIN_EXE_gymforge")), &cwd, base.path()).args(["check", "task", "bundles/bundle"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let check: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(check["valid"], true, "{}", text(&out));
@@ -158,7 +169,8 @@ fn a_batch_without_bubblewrap_stops_at_once_with_the_reason() {
 #[test]
 fn a_batch_whose_hub_does_not_answer_stops_at_once_with_the_reason() {
     let port = closed_port();
-    let (out, out_dir, _dir) = doomed(&format!("[hub]\nendpoint = \"http://127.0.0.1:{port}\"\nviewer_endpoint = \"http://127.0.0.1:{port}\"\n"));
+    let (out, out_dir, _dir) =
+        doomed(&format!("[hub]\nendpoint = \"http://127.0.0.1:{port}\"\nviewer_endpoint = \"http://127.0.0.1:{port}\"\n"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let last = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string();
     assert!(last.contains("Hub API at http://127.0.0.1") && last.contains("unreachable"), "{}", text(&out));
@@ -203,7 +215,11 @@ fn answer_401() -> (u16, std::thread::JoinHandle<()>) {
                     let mut buf = [0u8; 8192];
                     let _ = conn.read(&mut buf);
                     let body = r#"{"error":{"message":"Incorrect API key provided"}}"#;
-                    let _ = write!(conn, "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
@@ -222,7 +238,8 @@ fn growing_a_batch_from_two_to_three_rollouts_runs_each_new_rollout_exactly_once
     for round in 0..10 {
         let grown = dir.path().join(format!("grown-{round}"));
         copy_tree(&first, &grown).unwrap();
-        let out = gymforge(bin, dir.path(), dir.path()).args(["run", "--tasks", "1", "--rollouts", "3", "--out"]).arg(&grown).output().unwrap();
+        let out =
+            gymforge(bin, dir.path(), dir.path()).args(["run", "--tasks", "1", "--rollouts", "3", "--out"]).arg(&grown).output().unwrap();
         assert!(out.status.success(), "round {round}: {}", text(&out));
         let store = gymforge::store::SqliteStore::open(&grown.join(".gymforge/state.db")).unwrap();
         let claims: Vec<_> = store.claim_history().unwrap().into_iter().filter(|(unit, _, _)| unit.ends_with(".r2")).collect();

@@ -392,7 +392,11 @@ async fn a_refusal_an_empty_answer_and_a_filtered_one_are_answers_dropped_at_onc
         assert!(no.detail.contains(shown), "{reason}: {}", no.detail);
         assert_eq!(script.lock().unwrap().seen.len(), 1, "{reason}: answered once, never retried");
         let status = snapshot(&g);
-        assert_eq!((status["retries"].as_u64(), status["input_tokens"].as_u64()), (Some(0), Some(11)), "{reason}: billed and counted: {status}");
+        assert_eq!(
+            (status["retries"].as_u64(), status["input_tokens"].as_u64()),
+            (Some(0), Some(11)),
+            "{reason}: billed and counted: {status}"
+        );
         assert!(status["cost_usd"].as_f64().unwrap() > 0.0);
     }
 }
@@ -404,7 +408,11 @@ async fn a_cut_off_answer_is_asked_again_once_larger_without_the_cut_text_then_d
     let g = live(&base, |_| {});
     assert_eq!(ask_idea(&g, 100).await.unwrap().title, "T");
     let seen: Vec<Value> = script.lock().unwrap().seen.iter().map(|(_, _, b)| b.clone()).collect();
-    assert_eq!((seen[0]["max_tokens"].as_u64(), seen[1]["max_tokens"].as_u64()), (Some(100), Some(200)), "the re-ask may write twice as much");
+    assert_eq!(
+        (seen[0]["max_tokens"].as_u64(), seen[1]["max_tokens"].as_u64()),
+        (Some(100), Some(200)),
+        "the re-ask may write twice as much"
+    );
     assert_eq!(seen[0]["messages"], seen[1]["messages"], "the cut-off text is not sent back");
 
     // With the server's cap already reached, the re-ask asks for brevity instead; then the unit drops.
@@ -429,7 +437,8 @@ async fn requests_fit_the_published_context_and_a_refusal_naming_the_maximum_is_
         (200, vec![], ok_body("fine")),
     ])
     .await;
-    script.lock().unwrap().models_body = Some(r#"{"object":"list","data":[{"id":"gymforge-sim-teacher","object":"model","max_model_len":600}]}"#.into());
+    script.lock().unwrap().models_body =
+        Some(r#"{"object":"list","data":[{"id":"gymforge-sim-teacher","object":"model","max_model_len":600}]}"#.into());
     let g = live(&base, |_| {});
     g.check_reachable().await.unwrap();
     assert_eq!(g.limits(Stage::Topic).context_tokens, Some(600));
@@ -447,7 +456,9 @@ async fn requests_fit_the_published_context_and_a_refusal_naming_the_maximum_is_
     // A prompt that cannot fit is refused without a request.
     let huge = ChatRequest { messages: vec![ChatMessage::new("user", "word ".repeat(2000))], ..request("t3") };
     match g.chat(Stage::Topic, huge).await {
-        Err(PortError::Refused { reason, detail }) => assert!(reason.as_str() == "llm_context_length" && detail.contains("500 tokens"), "{detail}"),
+        Err(PortError::Refused { reason, detail }) => {
+            assert!(reason.as_str() == "llm_context_length" && detail.contains("500 tokens"), "{detail}")
+        }
         other => panic!("expected llm_context_length, got {other:?}"),
     }
     assert_eq!(script.lock().unwrap().seen.len(), 4);
@@ -533,7 +544,13 @@ async fn every_injected_fault_of_the_simulated_teacher_is_survived() {
             let system = prompts.topic_system.clone();
             let user = gymforge_actors::template::render(
                 &prompts.topic_user,
-                &[("domain", "botany"), ("task_type", "classification"), ("modality", "tabular"), ("twist", "none"), ("taken", &format!("- idea {i}"))],
+                &[
+                    ("domain", "botany"),
+                    ("task_type", "classification"),
+                    ("modality", "tabular"),
+                    ("twist", "none"),
+                    ("taken", &format!("- idea {i}")),
+                ],
             )
             .unwrap();
             tokio::spawn(async move {

@@ -17,20 +17,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gymforge::hub::{CachedHub, HubClient, HubSettings, cache, mirror_client};
-use gymforge_sim::mirror::HubMirror;
 use gymforge_actors::model::{DatasetMeta, ParquetFile};
 use gymforge_actors::ports::{DatasetCheck, Hub, PortError, Rejection};
+use gymforge_sim::mirror::HubMirror;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-const SKLEARN: [&str; 5] = [
-    "sklearn/iris",
-    "sklearn/wine",
-    "sklearn/breast_cancer",
-    "sklearn/digits",
-    "sklearn/diabetes",
-];
+const SKLEARN: [&str; 5] = ["sklearn/iris", "sklearn/wine", "sklearn/breast_cancer", "sklearn/digits", "sklearn/diabetes"];
 
 // ---------------------------------------------------------------------------------------------
 // The mirror, built once per test binary and served from a runtime of its own.
@@ -55,35 +49,18 @@ fn mirror() -> &'static Mirror {
                     &|_| {},
                 )?;
                 let python = env.python();
-                let cache = tempfile::Builder::new()
-                    .prefix("hub-mirror-test-")
-                    .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?
-                    .keep();
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
+                let cache = tempfile::Builder::new().prefix("hub-mirror-test-").tempdir_in(env!("CARGO_TARGET_TMPDIR"))?.keep();
+                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
                 let (root, base) = runtime.block_on(async {
                     // Two concurrent builds into one cache directory: one builds, one waits.
-                    let (a, b) = tokio::join!(
-                        HubMirror::ensure_built(&cache, &python, &|_| {}),
-                        HubMirror::ensure_built(&cache, &python, &|_| {}),
-                    );
+                    let (a, b) =
+                        tokio::join!(HubMirror::ensure_built(&cache, &python, &|_| {}), HubMirror::ensure_built(&cache, &python, &|_| {}),);
                     let (a, b) = (a?, b?);
                     assert_eq!(a, b);
-                    let (addr, _server) =
-                        HubMirror::serve(a.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+                    let (addr, _server) = HubMirror::serve(a.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
                     anyhow::Ok((a, format!("http://{addr}")))
                 })?;
-                Ok((
-                    runtime,
-                    Mirror {
-                        base,
-                        root,
-                        cache,
-                        python,
-                    },
-                ))
+                Ok((runtime, Mirror { base, root, cache, python }))
             })();
             match started {
                 Ok((runtime, mirror)) => {
@@ -97,9 +74,7 @@ fn mirror() -> &'static Mirror {
                 Err(e) => tx.send(Err(format!("{e:#}"))).unwrap(),
             }
         });
-        rx.recv()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("cannot start the Hub mirror: {e}"))
+        rx.recv().unwrap().unwrap_or_else(|e| panic!("cannot start the Hub mirror: {e}"))
     })
 }
 
@@ -128,10 +103,7 @@ fn manifest(id: &str) -> Value {
 
 fn sha256_file(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
@@ -144,32 +116,18 @@ async fn wine_verifies_with_class_names_and_rows() {
     let target = meta.features.iter().find(|f| f.name == "target").unwrap();
     assert_eq!(target.dtype, "int64");
     assert_eq!(target.class_names.as_ref().unwrap().len(), 3);
-    assert_eq!(
-        meta.features.first().unwrap().name,
-        "alcohol",
-        "columns keep their order"
-    );
+    assert_eq!(meta.features.first().unwrap().name, "alcohol", "columns keep their order");
     assert_eq!(meta.features.len(), 14);
-    assert!(
-        meta.features
-            .iter()
-            .any(|f| f.name == "od280_od315_of_diluted_wines")
-    );
+    assert!(meta.features.iter().any(|f| f.name == "od280_od315_of_diluted_wines"));
     let m = manifest("sklearn/wine");
     assert_eq!(meta.revision, m["revision"].as_str().unwrap());
     assert_eq!(meta.revision.len(), 40);
     assert_eq!(meta.num_bytes_parquet, m["parquet_bytes"].as_u64().unwrap());
     assert!(meta.description.contains("Wine"), "{}", meta.description);
-    assert!(
-        meta.description.contains("embedded Hub mirror"),
-        "{}",
-        meta.description
-    );
+    assert!(meta.description.contains("embedded Hub mirror"), "{}", meta.description);
     assert_eq!(meta.parquet_files.len(), 1);
     assert!(
-        meta.parquet_files[0].url.ends_with(
-            "/datasets/sklearn/wine/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet"
-        ),
+        meta.parquet_files[0].url.ends_with("/datasets/sklearn/wine/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet"),
         "{}",
         meta.parquet_files[0].url
     );
@@ -188,24 +146,12 @@ async fn every_sklearn_dataset_verifies() {
             assert_eq!(target.dtype, "float64");
             assert!(target.class_names.is_none());
         } else {
-            assert!(
-                target.class_names.as_ref().is_some_and(|n| n.len() >= 2),
-                "{id}"
-            );
+            assert!(target.class_names.as_ref().is_some_and(|n| n.len() >= 2), "{id}");
         }
     }
     let iris = verified(&hub, "sklearn/iris").await;
     let names: Vec<&str> = iris.features.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "sepal_length_cm",
-            "sepal_width_cm",
-            "petal_length_cm",
-            "petal_width_cm",
-            "target"
-        ]
-    );
+    assert_eq!(names, ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm", "target"]);
     let digits = verified(&hub, "sklearn/digits").await;
     assert_eq!(digits.features[0].name, "pixel_0_0");
     assert_eq!(digits.features.len(), 65);
@@ -238,13 +184,7 @@ async fn a_pinned_revision_verifies_only_when_the_viewer_serves_it() {
 #[tokio::test]
 async fn malformed_ids_are_invalid() {
     let hub = client(50_000_000);
-    for id in [
-        "",
-        "a/b/c",
-        "has space/x",
-        "../etc/passwd",
-        "https://huggingface.co/datasets/x/y",
-    ] {
+    for id in ["", "a/b/c", "has space/x", "../etc/passwd", "https://huggingface.co/datasets/x/y"] {
         let (reason, _) = rejection(&hub, id).await;
         assert_eq!(reason, "invalid_id", "{id:?}");
     }
@@ -256,14 +196,8 @@ async fn gated_fixture_is_gated_without_a_token() {
     assert_eq!(reason, "gated");
     assert!(detail.contains("token"), "{detail}");
     // With a token the Hub API answers, but the fixture has no data to view.
-    let with_token = HubClient::new(
-        mirror().base.clone(),
-        mirror().base.clone(),
-        Some("hf_fixture_token".into()),
-        50_000_000,
-        TIMEOUT,
-    )
-    .unwrap();
+    let with_token =
+        HubClient::new(mirror().base.clone(), mirror().base.clone(), Some("hf_fixture_token".into()), 50_000_000, TIMEOUT).unwrap();
     let (reason, detail) = rejection(&with_token, "gymforge-fixtures/gated-demo").await;
     assert_eq!(reason, "viewer_invalid");
     assert!(!detail.contains("hf_fixture_token"));
@@ -313,18 +247,12 @@ async fn download_over_the_cap_is_refused() {
     let small = client(1_000);
     let dest = tempfile::tempdir().unwrap();
     let err = small.download(&meta, dest.path()).await.unwrap_err();
-    assert!(
-        matches!(&err, PortError::Permanent(m) if m.contains("too_large")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, PortError::Permanent(m) if m.contains("too_large")), "{err:?}");
     // Listed size within the cap but the file larger: stopped while streaming.
     let mut lying = meta.clone();
     lying.parquet_files[0].size = 10;
     let err = small.download(&lying, dest.path()).await.unwrap_err();
-    assert!(
-        matches!(&err, PortError::Permanent(m) if m.contains("too_large")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, PortError::Permanent(m) if m.contains("too_large")), "{err:?}");
     assert!(!dest.path().join("train/0000.parquet").exists());
 }
 
@@ -333,11 +261,7 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     let base = &mirror().base;
     let http = reqwest::Client::new();
 
-    let r = http
-        .get(format!("{base}/api/datasets/sklearn/iris"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/api/datasets/sklearn/iris")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
     let api: Value = r.json().await.unwrap();
@@ -346,56 +270,22 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(api["_id"].as_str().unwrap().len(), 24);
     assert_eq!(api["gated"], false);
     assert_eq!(api["disabled"], false);
-    let tags: Vec<&str> = api["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    assert!(
-        tags.contains(&"task_categories:tabular-classification"),
-        "{tags:?}"
-    );
+    let tags: Vec<&str> = api["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tags.contains(&"task_categories:tabular-classification"), "{tags:?}");
     assert!(tags.contains(&"size_categories:n<1K"), "{tags:?}");
-    assert_eq!(
-        api["cardData"]["task_categories"][0],
-        "tabular-classification"
-    );
+    assert_eq!(api["cardData"]["task_categories"][0], "tabular-classification");
     assert_eq!(api["cardData"]["gymforge_mirror"]["simulated"], true);
-    assert!(
-        api["description"]
-            .as_str()
-            .unwrap()
-            .contains("scikit-learn's bundled copy")
-    );
-    assert!(
-        api["siblings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["rfilename"] == "README.md")
-    );
+    assert!(api["description"].as_str().unwrap().contains("scikit-learn's bundled copy"));
+    assert!(api["siblings"].as_array().unwrap().iter().any(|s| s["rfilename"] == "README.md"));
     let sha = api["sha"].as_str().unwrap().to_string();
 
-    let r = http
-        .get(format!("{base}/api/datasets/sklearn/iris/revision/{sha}"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/api/datasets/sklearn/iris/revision/{sha}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .get(format!("{base}/api/datasets/sklearn/iris/revision/nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/api/datasets/sklearn/iris/revision/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-error-code"], "RevisionNotFound");
 
-    let r = http
-        .get(format!("{base}/api/datasets/sklearn/unknown"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/api/datasets/sklearn/unknown")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-error-code"], "RepoNotFound");
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
@@ -409,28 +299,11 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     let r = http.get(&gated).bearer_auth("hf_x").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["gated"], "manual");
-    let v: Value = http
-        .get(format!(
-            "{base}/is-valid?dataset=gymforge-fixtures/gated-demo"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = http.get(format!("{base}/is-valid?dataset=gymforge-fixtures/gated-demo")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["preview"], false);
     assert_eq!(v["viewer"], false);
-    let disabled: Value = http
-        .get(format!(
-            "{base}/api/datasets/gymforge-fixtures/disabled-demo"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let disabled: Value =
+        http.get(format!("{base}/api/datasets/gymforge-fixtures/disabled-demo")).send().await.unwrap().json().await.unwrap();
     assert_eq!(disabled["disabled"], true);
 
     let q = [("dataset", "sklearn/wine")];
@@ -438,47 +311,22 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(v["viewer"], true);
     assert_eq!(v["preview"], true);
     let v: Value = get_json(&http, format!("{base}/splits"), &q).await;
-    assert_eq!(
-        v["splits"],
-        json!([{"dataset": "sklearn/wine", "config": "default", "split": "train"}])
-    );
+    assert_eq!(v["splits"], json!([{"dataset": "sklearn/wine", "config": "default", "split": "train"}]));
 
-    let text = http
-        .get(format!("{base}/info?dataset=sklearn/wine&config=default"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.find("\"alcohol\"").unwrap() < text.find("\"proline\"").unwrap(),
-        "column order"
-    );
+    let text = http.get(format!("{base}/info?dataset=sklearn/wine&config=default")).send().await.unwrap().text().await.unwrap();
+    assert!(text.find("\"alcohol\"").unwrap() < text.find("\"proline\"").unwrap(), "column order");
     let info: Value = serde_json::from_str(&text).unwrap();
     let di = &info["dataset_info"];
-    assert_eq!(
-        di["features"]["alcohol"],
-        json!({"dtype": "float64", "_type": "Value"})
-    );
-    assert_eq!(
-        di["features"]["target"],
-        json!({"names": ["class_0", "class_1", "class_2"], "_type": "ClassLabel"})
-    );
+    assert_eq!(di["features"]["alcohol"], json!({"dtype": "float64", "_type": "Value"}));
+    assert_eq!(di["features"]["target"], json!({"names": ["class_0", "class_1", "class_2"], "_type": "ClassLabel"}));
     assert_eq!(di["splits"]["train"]["num_examples"], 178);
     assert!(di["splits"]["train"]["num_bytes"].as_u64().unwrap() > 0);
     assert_eq!(info["partial"], false);
-    let r = http
-        .get(format!("{base}/info?dataset=sklearn/wine&config=nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/info?dataset=sklearn/wine&config=nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 
     let rows: Value = http
-        .get(format!(
-            "{base}/first-rows?dataset=sklearn/digits&config=default&split=train"
-        ))
+        .get(format!("{base}/first-rows?dataset=sklearn/digits&config=default&split=train"))
         .send()
         .await
         .unwrap()
@@ -502,42 +350,21 @@ async fn mirror_speaks_the_hub_and_viewer_shapes() {
     assert_eq!(pq["pending"], json!([]));
     let file = &pq["parquet_files"][0];
     assert_eq!(file["filename"], "0000.parquet");
-    let r = http
-        .get(file["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(file["url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
     let bytes = r.bytes().await.unwrap();
     assert_eq!(bytes.len() as u64, file["size"].as_u64().unwrap());
     assert_eq!(&bytes[..4], b"PAR1");
 
-    let readme = http
-        .get(format!(
-            "{base}/datasets/sklearn/wine/resolve/main/README.md"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let readme = http.get(format!("{base}/datasets/sklearn/wine/resolve/main/README.md")).send().await.unwrap().text().await.unwrap();
     assert!(readme.starts_with("---\n"));
     assert!(readme.contains("embedded Hub mirror"));
 
-    let r = http
-        .get(format!("{base}/splits?dataset=nobody/nothing"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/splits?dataset=nobody/nothing")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
-    let r = http
-        .get(format!("{base}/no/such/route"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/no/such/route")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-gymforge-mirror"], "embedded");
 }
@@ -547,41 +374,20 @@ async fn built_mirror_is_reused_and_catalogued() {
     let m = mirror();
     let messages = Mutex::new(Vec::<String>::new());
     let started = Instant::now();
-    let root = HubMirror::ensure_built(&m.cache, &m.python, &|line| {
-        messages.lock().unwrap().push(line.to_string())
-    })
-    .await
-    .unwrap();
+    let root = HubMirror::ensure_built(&m.cache, &m.python, &|line| messages.lock().unwrap().push(line.to_string())).await.unwrap();
     assert_eq!(root, m.root);
-    assert!(
-        messages.lock().unwrap().is_empty(),
-        "rebuilt: {:?}",
-        messages.lock().unwrap()
-    );
+    assert!(messages.lock().unwrap().is_empty(), "rebuilt: {:?}", messages.lock().unwrap());
     assert!(started.elapsed() < Duration::from_secs(2));
-    let catalog: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.root.join("catalog.json")).unwrap())
-            .unwrap();
-    let ids: Vec<&str> = catalog["datasets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
+    let catalog: Value = serde_json::from_str(&std::fs::read_to_string(m.root.join("catalog.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = catalog["datasets"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, SKLEARN);
     let wine = manifest("sklearn/wine");
     assert_eq!(wine["task_category"], "classification");
     assert_eq!(manifest("sklearn/diabetes")["task_category"], "regression");
     assert_eq!(wine["target"], "target");
     assert_eq!(wine["num_rows"], 178);
-    assert_eq!(
-        sha256_file(&m.root.join("sklearn/wine/default/train/0000.parquet")),
-        wine["sha256"].as_str().unwrap()
-    );
-    assert_eq!(
-        wine["revision"].as_str().unwrap(),
-        &wine["sha256"].as_str().unwrap()[..40]
-    );
+    assert_eq!(sha256_file(&m.root.join("sklearn/wine/default/train/0000.parquet")), wine["sha256"].as_str().unwrap());
+    assert_eq!(wine["revision"].as_str().unwrap(), &wine["sha256"].as_str().unwrap()[..40]);
 }
 
 /// A run's Hub setup on a mirror that is already built starts it without saying it builds it.
@@ -609,32 +415,13 @@ async fn a_run_starts_an_already_built_mirror_without_building_it() {
 async fn python_without_the_libraries_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("python");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'sklearn'\" >&2\nexit 3\n",
-    )
-    .unwrap();
+    std::fs::write(&fake, "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'sklearn'\" >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let err = HubMirror::ensure_built(&dir.path().join("cache"), &fake, &|_| {})
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("lacks") && err.contains("scikit-learn"),
-        "{err}"
-    );
+    let err = HubMirror::ensure_built(&dir.path().join("cache"), &fake, &|_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("lacks") && err.contains("scikit-learn"), "{err}");
     assert!(!dir.path().join("cache/hub-mirror").exists());
-    let missing = HubMirror::ensure_built(
-        &dir.path().join("cache"),
-        Path::new("/nonexistent/python"),
-        &|_| {},
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        format!("{missing:#}").contains("/nonexistent/python"),
-        "{missing:#}"
-    );
+    let missing = HubMirror::ensure_built(&dir.path().join("cache"), Path::new("/nonexistent/python"), &|_| {}).await.unwrap_err();
+    assert!(format!("{missing:#}").contains("/nonexistent/python"), "{missing:#}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,21 +442,14 @@ async fn spawn(app: Router) -> String {
 
 /// Records the path and Authorization header of every request.
 fn recording(app: Router, seen: Seen) -> Router {
-    app.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let seen = seen.clone();
-            async move {
-                let auth = req
-                    .headers()
-                    .get("authorization")
-                    .map(|v| v.to_str().unwrap().to_string());
-                seen.lock()
-                    .unwrap()
-                    .push((req.uri().path().to_string(), auth));
-                next.run(req).await
-            }
-        },
-    ))
+    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let seen = seen.clone();
+        async move {
+            let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
+            seen.lock().unwrap().push((req.uri().path().to_string(), auth));
+            next.run(req).await
+        }
+    }))
 }
 
 fn parquet_bytes(tag: &str) -> Vec<u8> {
@@ -708,9 +488,7 @@ fn fake_hub(files_base: Option<String>) -> Router {
         )
         .route(
             "/is-valid",
-            get(|| async {
-                axum::Json(json!({"viewer": true, "preview": true, "search": true, "filter": true, "statistics": true}))
-            }),
+            get(|| async { axum::Json(json!({"viewer": true, "preview": true, "search": true, "filter": true, "statistics": true})) }),
         )
         .route(
             "/splits",
@@ -730,8 +508,7 @@ fn fake_hub(files_base: Option<String>) -> Router {
             "/info",
             get(|Query(q): Query<HashMap<String, String>>| async move {
                 if q.get("config").map(String::as_str) != Some("plain_text") {
-                    return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "The config does not exist."})))
-                        .into_response();
+                    return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "The config does not exist."}))).into_response();
                 }
                 // Hand-written text so the column order is the server's, not a sorted map's.
                 let body = r#"{"dataset_info": {"description": "", "citation": "", "homepage": "",
@@ -806,29 +583,15 @@ fn fake_hub(files_base: Option<String>) -> Router {
 fn fake_files() -> Router {
     Router::new().route(
         "/datasets/acme/reviews/resolve/{rev}/{config}/{split}/{file}",
-        get(
-            |axum::extract::Path((rev, config, split, _file)): axum::extract::Path<(
-                String,
-                String,
-                String,
-                String,
-            )>| async move {
-                assert_eq!(rev, "refs/convert/parquet");
-                parquet_bytes(&format!("{config}-{split}"))
-            },
-        ),
+        get(|axum::extract::Path((rev, config, split, _file)): axum::extract::Path<(String, String, String, String)>| async move {
+            assert_eq!(rev, "refs/convert/parquet");
+            parquet_bytes(&format!("{config}-{split}"))
+        }),
     )
 }
 
 fn fake_client(base: &str, token: Option<&str>, timeout: Duration) -> HubClient {
-    HubClient::new(
-        base.into(),
-        base.into(),
-        token.map(str::to_string),
-        50_000_000,
-        timeout,
-    )
-    .unwrap()
+    HubClient::new(base.into(), base.into(), token.map(str::to_string), 50_000_000, timeout).unwrap()
 }
 
 #[tokio::test]
@@ -843,26 +606,15 @@ async fn fake_hub_picks_first_config_and_keeps_feature_order() {
     assert_eq!(names, ["text", "label", "stars", "aspects"]);
     assert_eq!(meta.features[0].dtype, "string");
     assert_eq!(meta.features[1].dtype, "int64");
-    assert_eq!(
-        meta.features[1].class_names,
-        Some(vec!["negative".to_string(), "positive".to_string()])
-    );
+    assert_eq!(meta.features[1].class_names, Some(vec!["negative".to_string(), "positive".to_string()]));
     assert_eq!(meta.features[2].dtype, "int32");
     assert_eq!(meta.features[3].dtype, "list");
     assert_eq!(meta.num_rows.get("train"), Some(&8000));
     assert_eq!(meta.num_rows.get("test"), Some(&2000));
     assert_eq!(meta.num_bytes_parquet, 4200);
     assert_eq!(meta.description, "Product reviews labelled by sentiment.");
-    assert_eq!(
-        meta.parquet_files.len(),
-        2,
-        "only the chosen config's files"
-    );
-    assert!(
-        meta.parquet_files
-            .iter()
-            .all(|f| f.url.contains("/plain_text/"))
-    );
+    assert_eq!(meta.parquet_files.len(), 2, "only the chosen config's files");
+    assert!(meta.parquet_files.iter().all(|f| f.url.contains("/plain_text/")));
 
     let dest = tempfile::tempdir().unwrap();
     let staged = hub.download(&meta, dest.path()).await.unwrap();
@@ -874,10 +626,7 @@ async fn fake_hub_picks_first_config_and_keeps_feature_order() {
         assert_eq!(s.sha256, sha256_file(&dest.path().join(&s.path)));
     }
     let expected = parquet_bytes("plain_text-train");
-    assert_eq!(
-        std::fs::read(dest.path().join("train/0000.parquet")).unwrap(),
-        expected
-    );
+    assert_eq!(std::fs::read(dest.path().join("train/0000.parquet")).unwrap(), expected);
 }
 
 #[tokio::test]
@@ -914,41 +663,29 @@ struct Canned {
     body: Value,
 }
 
-fn canned(
-    path: &'static str,
-    status: u16,
-    headers: &[(&'static str, &'static str)],
-    body: Value,
-) -> Canned {
-    Canned {
-        path,
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: headers.to_vec(),
-        body,
-    }
+fn canned(path: &'static str, status: u16, headers: &[(&'static str, &'static str)], body: Value) -> Canned {
+    Canned { path, status: StatusCode::from_u16(status).unwrap(), headers: headers.to_vec(), body }
 }
 
 fn with_overrides(app: Router, overrides: Vec<Canned>) -> Router {
     let overrides = Arc::new(overrides);
-    app.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let overrides = overrides.clone();
-            async move {
-                let Some(c) = overrides.iter().find(|c| c.path == req.uri().path()) else {
-                    return next.run(req).await;
-                };
-                let mut body = c.body.clone();
-                if let Some(auth) = req.headers().get("authorization") {
-                    body["error"] = json!(format!("denied for {}", auth.to_str().unwrap()));
-                }
-                let mut response: Response = (c.status, axum::Json(body)).into_response();
-                for (k, v) in &c.headers {
-                    response.headers_mut().insert(*k, v.parse().unwrap());
-                }
-                response
+    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let overrides = overrides.clone();
+        async move {
+            let Some(c) = overrides.iter().find(|c| c.path == req.uri().path()) else {
+                return next.run(req).await;
+            };
+            let mut body = c.body.clone();
+            if let Some(auth) = req.headers().get("authorization") {
+                body["error"] = json!(format!("denied for {}", auth.to_str().unwrap()));
             }
-        },
-    ))
+            let mut response: Response = (c.status, axum::Json(body)).into_response();
+            for (k, v) in &c.headers {
+                response.headers_mut().insert(*k, v.parse().unwrap());
+            }
+            response
+        }
+    }))
 }
 
 async fn fake_with(overrides: Vec<Canned>) -> String {
@@ -1021,10 +758,7 @@ async fn gated_dataset_needs_a_token() {
     let base = fake_with(vec![canned(API, 200, &[], gated)]).await;
     let (reason, detail) = rejection(&fake_client(&base, None, TIMEOUT), "acme/reviews").await;
     assert_eq!(reason, "gated");
-    assert!(
-        detail.contains("auto") && detail.contains("token"),
-        "{detail}"
-    );
+    assert!(detail.contains("auto") && detail.contains("token"), "{detail}");
     // With a token the rest of the checks run.
     verified(&fake_client(&base, Some("hf_ok"), TIMEOUT), "acme/reviews").await;
 }
@@ -1044,15 +778,10 @@ async fn viewer_verdicts() {
     let (reason, _) = fake_rejection(vec![canned("/parquet", 200, &[], empty)], None).await;
     assert_eq!(reason, "no_parquet");
 
-    let pending = json!({"parquet_files": [], "pending": [{"kind": "config-parquet", "dataset": "acme/reviews"}], "failed": [], "partial": false});
+    let pending =
+        json!({"parquet_files": [], "pending": [{"kind": "config-parquet", "dataset": "acme/reviews"}], "failed": [], "partial": false});
     let base = fake_with(vec![canned("/parquet", 200, &[], pending)]).await;
-    assert!(
-        fake_client(&base, None, TIMEOUT)
-            .verify("acme/reviews")
-            .await
-            .unwrap_err()
-            .is_transient()
-    );
+    assert!(fake_client(&base, None, TIMEOUT).verify("acme/reviews").await.unwrap_err().is_transient());
 
     let base = spawn(fake_hub(None)).await;
     let small = HubClient::new(base.clone(), base, None, 4_000, TIMEOUT).unwrap();
@@ -1095,54 +824,21 @@ async fn download_refuses_unsafe_paths_and_maps_statuses() {
         num_rows: Default::default(),
         num_bytes_parquet: 10,
         description: String::new(),
-        parquet_files: vec![ParquetFile {
-            split: split.into(),
-            url,
-            filename: filename.into(),
-            size: 10,
-        }],
+        parquet_files: vec![ParquetFile { split: split.into(), url, filename: filename.into(), size: 10 }],
     };
     let dest = tempfile::tempdir().unwrap();
-    let url = format!(
-        "{base}/datasets/acme/reviews/resolve/refs%2Fconvert%2Fparquet/plain_text/train/0000.parquet"
-    );
-    for (split, file) in [
-        ("train", "../../evil.parquet"),
-        ("..", "0000.parquet"),
-        ("train", ".hidden"),
-    ] {
-        let err = hub
-            .download(&meta(split, file, url.clone()), dest.path())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, PortError::Permanent(_)),
-            "{split}/{file}: {err:?}"
-        );
+    let url = format!("{base}/datasets/acme/reviews/resolve/refs%2Fconvert%2Fparquet/plain_text/train/0000.parquet");
+    for (split, file) in [("train", "../../evil.parquet"), ("..", "0000.parquet"), ("train", ".hidden")] {
+        let err = hub.download(&meta(split, file, url.clone()), dest.path()).await.unwrap_err();
+        assert!(matches!(err, PortError::Permanent(_)), "{split}/{file}: {err:?}");
     }
     assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 0);
 
-    let err = hub
-        .download(
-            &meta("train", "0000.parquet", format!("{base}/missing")),
-            dest.path(),
-        )
-        .await
-        .unwrap_err();
+    let err = hub.download(&meta("train", "0000.parquet", format!("{base}/missing")), dest.path()).await.unwrap_err();
     assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
 
-    let flaky = spawn(Router::new().route(
-        "/file",
-        get(|| async { (StatusCode::BAD_GATEWAY, "upstream failed") }),
-    ))
-    .await;
-    let err = hub
-        .download(
-            &meta("train", "0000.parquet", format!("{flaky}/file")),
-            dest.path(),
-        )
-        .await
-        .unwrap_err();
+    let flaky = spawn(Router::new().route("/file", get(|| async { (StatusCode::BAD_GATEWAY, "upstream failed") }))).await;
+    let err = hub.download(&meta("train", "0000.parquet", format!("{flaky}/file")), dest.path()).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(!dest.path().join("train/0000.parquet").exists());
 }
@@ -1211,7 +907,9 @@ async fn hub_cache_survives_a_resume_without_requests() {
         let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
         assert_eq!(mode(&copied), mode(&downloaded), "{}", file.path);
     }
-    assert!(matches!(resumed.verify("acme/missing").await.unwrap(), DatasetCheck::Rejected { reason, .. } if reason == Rejection::NotFound));
+    assert!(
+        matches!(resumed.verify("acme/missing").await.unwrap(), DatasetCheck::Rejected { reason, .. } if reason == Rejection::NotFound)
+    );
     assert_eq!(count(), asked, "the resumed run asked the Hub again: {:?}", &seen.lock().unwrap()[asked..]);
 
     // A cached file that no longer matches its checksum is downloaded again.

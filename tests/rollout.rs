@@ -81,7 +81,9 @@ fn scenarios() -> Vec<Scenario> {
                 Run("ls -a /home/agent /home/agent/workspace/data"),
                 // The Python environment's packages are pruned: walking them can outlast the
                 // short timeout on a busy machine, and they are not where answers would hide.
-                Run("find /home /tmp /opt /root /srv /mnt /var -path '*/site-packages' -prune -o -name 'answers*' -print 2>/dev/null; echo find-done"),
+                Run(
+                    "find /home /tmp /opt /root /srv /mnt /var -path '*/site-packages' -prune -o -name 'answers*' -print 2>/dev/null; echo find-done",
+                ),
                 Run("cat /home/agent/eval_data/answers.csv ../eval_data/answers.csv 2>&1"),
                 Run("grep -rl target /home /tmp --include='*.csv' 2>/dev/null | grep -v workspace/data; echo grep-done"),
                 Run("submit"),
@@ -116,7 +118,8 @@ async fn serve_teacher() -> String {
                 let (teacher, all) = (teacher.clone(), all.clone());
                 async move {
                     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-                    let answers: Vec<&str> = messages.iter().filter(|m| m["role"] == "assistant").filter_map(|m| m["content"].as_str()).collect();
+                    let answers: Vec<&str> =
+                        messages.iter().filter(|m| m["role"] == "assistant").filter_map(|m| m["content"].as_str()).collect();
                     let scenario = match answers.first() {
                         None => {
                             let mut t = teacher.lock().unwrap();
@@ -153,7 +156,12 @@ fn trajectories(out: &Path) -> BTreeMap<String, Value> {
             let path = file.unwrap().path();
             if path.extension().is_some_and(|e| e == "traj") {
                 let traj: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-                let first = traj["history"].as_array().unwrap().iter().find(|h| h["role"] == "assistant").map(|h| h["content"].as_str().unwrap().to_string());
+                let first = traj["history"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|h| h["role"] == "assistant")
+                    .map(|h| h["content"].as_str().unwrap().to_string());
                 let name = first
                     .as_deref()
                     .and_then(|c| c.split('[').nth(1))
@@ -218,7 +226,12 @@ async fn scripted_rollouts_exercise_every_command_and_every_exit() {
     assert_eq!(obs[14].trim(), "/home/agent/workspace/data\nvar=forty-two", "cd and variables persist: {}", obs[14]);
     assert!(obs[16].contains("Submission artefact not found"), "{}", obs[16]);
     assert!(obs[18].contains("Baseline Score:") && obs[18].contains("Evaluation Score:"), "{}", obs[18]);
-    let states: Vec<Value> = trajs["every_command"]["trajectory"].as_array().unwrap().iter().map(|s| serde_json::from_str(s["state"].as_str().unwrap()).unwrap()).collect();
+    let states: Vec<Value> = trajs["every_command"]["trajectory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::from_str(s["state"].as_str().unwrap()).unwrap())
+        .collect();
     assert_eq!(states[0]["open_file"], "n/a");
     assert_eq!(states[1]["open_file"], "/home/agent/workspace/baseline.py", "the state before each action");
     assert_eq!(states[14]["working_dir"], "/home/agent/workspace/data");
@@ -240,7 +253,13 @@ async fn scripted_rollouts_exercise_every_command_and_every_exit() {
     assert_eq!(status("timeouts"), "submission_not_found (submit)");
     // Commands that print nothing: the model is told how they ended (the first user message is
     // the task, then one per step).
-    let told: Vec<&str> = trajs["timeouts"]["history"].as_array().unwrap().iter().filter(|h| h["role"] == "user").map(|h| h["content"].as_str().unwrap()).collect();
+    let told: Vec<&str> = trajs["timeouts"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["role"] == "user")
+        .map(|h| h["content"].as_str().unwrap())
+        .collect();
     assert!(obs[3].is_empty() && told[4].contains("Your command exited with status 1 and did not produce any output."), "{}", told[4]);
     assert!(obs[4].is_empty() && told[5].contains("Your command ran successfully and did not produce any output."), "{}", told[5]);
 
@@ -250,7 +269,10 @@ async fn scripted_rollouts_exercise_every_command_and_every_exit() {
     let rollout = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "rollout").unwrap();
     assert_eq!((rollout["entered"].as_u64(), rollout["passed"].as_u64()), (Some(scenarios().len() as u64), Some(2)), "{rollout}");
     assert_eq!(rollout["drop_reasons"]["submission_not_found (exit_format)"], 1, "{rollout}");
-    assert_eq!(report["services"]["llm"]["stages"]["rollout"], json!({"endpoint": "scripted", "model": "scripted-teacher", "simulated": false}));
+    assert_eq!(
+        report["services"]["llm"]["stages"]["rollout"],
+        json!({"endpoint": "scripted", "model": "scripted-teacher", "simulated": false})
+    );
     assert_eq!(report["services"]["llm"]["stages"]["topic"]["simulated"], true);
     let sft = std::fs::read_to_string(out.join("sft/train.jsonl")).unwrap();
     assert!(!sft.is_empty() && sft.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["meta"]["simulated"] == false), "{sft}");
@@ -264,7 +286,8 @@ async fn scripted_rollouts_exercise_every_command_and_every_exit() {
     assert!(trajs["wall_clock"]["trajectory"].as_array().unwrap().len() < 25);
 
     // The answers exist on the host but never reach the agent.
-    let answers: Vec<PathBuf> = files_under(&out.join(".gymforge/work/tasks")).into_iter().filter(|p| p.ends_with("eval_data/answers.csv")).collect();
+    let answers: Vec<PathBuf> =
+        files_under(&out.join(".gymforge/work/tasks")).into_iter().filter(|p| p.ends_with("eval_data/answers.csv")).collect();
     assert!(!answers.is_empty(), "the task has an answers file");
     let text = std::fs::read_to_string(&answers[0]).unwrap();
     let sample: String = text.lines().skip(1).take(3).collect::<Vec<_>>().join("\n");

@@ -85,9 +85,7 @@ async fn python_prints_writes_and_imports_the_stack() {
 async fn job_failures_are_outputs_not_errors() {
     let sb = sandbox();
     let work = tempfile::tempdir().unwrap();
-    let out =
-        run(&sb, python(work.path(), "import sys; print('oops', file=sys.stderr); sys.exit(3)"))
-            .await;
+    let out = run(&sb, python(work.path(), "import sys; print('oops', file=sys.stderr); sys.exit(3)")).await;
     assert_eq!(out.exit_code, Some(3), "{}", describe(&out));
     assert_eq!(out.stderr.trim(), "oops");
     let out = run(&sb, job(work.path(), &["no-such-command"], 30)).await;
@@ -192,8 +190,7 @@ async fn parent_environment_does_not_leak() {
     let sb = sandbox();
     assert_eq!(std::env::var("GYMFORGE_TEST_SECRET").as_deref(), Ok("sk-must-not-leak"));
     let work = tempfile::tempdir().unwrap();
-    let out =
-        run(&sb, job(work.path(), &["sh", "-c", "env; cat /proc/1/environ 2>/dev/null"], 60)).await;
+    let out = run(&sb, job(work.path(), &["sh", "-c", "env; cat /proc/1/environ 2>/dev/null"], 60)).await;
     assert!(out.success(), "{}", describe(&out));
     assert!(!out.stdout.contains("sk-must-not-leak"), "{}", describe(&out));
     assert!(!out.stdout.contains("GYMFORGE_TEST_SECRET"), "{}", describe(&out));
@@ -246,11 +243,7 @@ async fn timeout_kills_the_whole_job() {
         assert!(out.timed_out, "{command:?}: {}", describe(&out));
         assert!(!out.success());
         assert!(out.elapsed_secs >= 1.9, "{command:?}: {}", describe(&out));
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{command:?} took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{command:?} took {:?}", started.elapsed());
         let left = no_sleepers_left().await;
         assert!(left.is_empty(), "{command:?}: `sleep 1000` survived as {left:?}");
     }
@@ -299,11 +292,7 @@ async fn mounts_are_read_only_or_writable_as_asked() {
          print('output ok')",
     );
     j.mounts = vec![
-        Mount {
-            host: data.path().to_path_buf(),
-            inside: format!("{INSIDE}/data"),
-            writable: false,
-        },
+        Mount { host: data.path().to_path_buf(), inside: format!("{INSIDE}/data"), writable: false },
         Mount { host: out_dir.path().to_path_buf(), inside: "/output".to_string(), writable: true },
     ];
     let out = run(&sb, j).await;
@@ -354,11 +343,7 @@ async fn bad_jobs_are_sandbox_errors() {
     let sb = sandbox();
     let work = tempfile::tempdir().unwrap();
     let mut j = python(work.path(), "print(1)");
-    j.mounts = vec![Mount {
-        host: PathBuf::from("/nonexistent/gymforge"),
-        inside: "/data".to_string(),
-        writable: false,
-    }];
+    j.mounts = vec![Mount { host: PathBuf::from("/nonexistent/gymforge"), inside: "/data".to_string(), writable: false }];
     let err = sb.run(j).await.unwrap_err();
     assert!(!err.is_transient());
     assert!(err.to_string().contains("/nonexistent/gymforge"), "{err}");
@@ -447,7 +432,8 @@ async fn hostile_code_is_contained_and_the_runtime_carries_on() {
     // per-job control groups, a job running beside it can still start its own processes.
     let bomb = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)";
     let neighbour = tempfile::tempdir().unwrap();
-    let forks = "import subprocess\nps = [subprocess.Popen(['sleep', '0.2']) for _ in range(40)]\nfor p in ps:\n    p.wait()\nprint('forked 40')";
+    let forks =
+        "import subprocess\nps = [subprocess.Popen(['sleep', '0.2']) for _ in range(40)]\nfor p in ps:\n    p.wait()\nprint('forked 40')";
     let (out, beside) = tokio::join!(run(&sb, job(work.path(), &["python", "-c", bomb, "gymforge-forkbomb-marker"], 6)), async {
         tokio::time::sleep(Duration::from_secs(2)).await;
         run(&sb, python(neighbour.path(), forks)).await

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use gymforge::config::{Config, PYTHON_REQUIREMENTS, SimConfig};
 use gymforge::sandbox::{BwrapSandbox, PythonEnv};
-use gymforge_sim::teacher::{self as sim, Bug};
 use gymforge_actors::agent::{command_docs, format_error, parse_action};
 use gymforge_actors::model::{AcceptedTask, DatasetMeta, DropReason, Feature, ParquetFile, TaskBundle, TopicIdea, TopicSample};
 use gymforge_actors::paths::{PreparedTask, WORKSPACE, copy_tree};
 use gymforge_actors::ports::{JobOutput, Sandbox, SandboxJob};
 use gymforge_actors::template::render;
 use gymforge_actors::validate::{Failure, TaskCheck, check_bundle, evaluate_submission, format_scores, parse_scores};
+use gymforge_sim::teacher::{self as sim, Bug};
 
 // ---------------------------------------------------------------------------------------------
 // Python and data
@@ -68,13 +68,7 @@ struct RawDataset {
 }
 
 fn make_raw(dir: &Path, names: &[&str]) -> BTreeMap<String, RawDataset> {
-    let out = std::process::Command::new(python_env().python())
-        .arg("-c")
-        .arg(MAKE_RAW)
-        .arg(dir)
-        .args(names)
-        .output()
-        .expect("python runs");
+    let out = std::process::Command::new(python_env().python()).arg("-c").arg(MAKE_RAW).arg(dir).args(names).output().expect("python runs");
     assert!(out.status.success(), "making the raw data failed: {}", String::from_utf8_lossy(&out.stderr));
     let facts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("facts JSON");
     names
@@ -165,7 +159,6 @@ fn sandbox() -> &'static BwrapSandbox {
     static SANDBOX: OnceLock<BwrapSandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| BwrapSandbox::new(&Config::embedded().sandbox, python_env().clone()).expect("the sandbox"))
 }
-
 
 /// Runs one command in the sandbox with `dir` as the workspace, from sync or async code.
 fn run_in_sandbox(dir: &Path, command: Vec<String>) -> JobOutput {
@@ -356,7 +349,8 @@ async fn ranking_by_a_well_separated_class_leaves_no_headroom() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = make_raw(&tmp.path().join("raw"), &["breast_cancer"]);
     let d = &raw["breast_cancer"];
-    let bundle = bundle_from(&sim::answer(&sim_cfg(7, 0.0), &codegen_messages(&idea("Tumour triage", "ranking", "none"), &d.meta)).unwrap());
+    let bundle =
+        bundle_from(&sim::answer(&sim_cfg(7, 0.0), &codegen_messages(&idea("Tumour triage", "ranking", "none"), &d.meta)).unwrap());
     assert_eq!(bundle.title, "Malignant breast tumour diagnosis ranking");
     let (failure, passed) = check(&bundle, &d.raw_dir, &tmp.path().join("check")).await;
     assert!(passed.is_none());
@@ -393,7 +387,12 @@ async fn every_twist_passes_the_task_checks() {
             assert!(failure.is_none(), "{label}: {failure:#?}");
             let passed = passed.unwrap();
             assert_headroom(&label, &bundle, &passed);
-            eprintln!("{label}: {:?} baseline {} naive {}", bundle.title, format_scores(&passed.baseline_scores), format_scores(&passed.sample_scores));
+            eprintln!(
+                "{label}: {:?} baseline {} naive {}",
+                bundle.title,
+                format_scores(&passed.baseline_scores),
+                format_scores(&passed.sample_scores)
+            );
             assert!(passed.baseline_scores.values().all(|v| v.is_finite() && *v >= 0.0));
             if twist == "few labels" {
                 let train = std::fs::read_to_string(passed.prepared.public_data().join("train.csv")).unwrap();
@@ -419,7 +418,9 @@ fn every_model_the_agent_writes_is_valid_scikit_learn() {
     let mut cases = Vec::new();
     for name in ["iris", "diabetes"] {
         for twist in ["none", "class imbalance", "noisy labels", "compute budget"] {
-            let bundle = bundle_from(&sim::answer(&sim_cfg(3, 0.0), &codegen_messages(&idea("Models", task_type(name), twist), &raw[name].meta)).unwrap());
+            let bundle = bundle_from(
+                &sim::answer(&sim_cfg(3, 0.0), &codegen_messages(&idea("Models", task_type(name), twist), &raw[name].meta)).unwrap(),
+            );
             for (expression, regression) in sim::model_expressions(&bundle.description) {
                 let case = format!("({expression:?}, {})", if regression { "True" } else { "False" });
                 if !cases.contains(&case) {
@@ -528,11 +529,21 @@ fn unrecognised_failures_are_not_fixed() {
 
 /// Runs one agent rollout the way the pipeline does, executing commands with bash in a real
 /// workspace; returns the actions and the scores of validate and submit.
-async fn rollout(seed: u64, task: &AcceptedTask, prepared: &PreparedTask, dir: &Path, max_steps: u32) -> (Vec<String>, Vec<String>, Vec<BTreeMap<String, f64>>) {
+async fn rollout(
+    seed: u64,
+    task: &AcceptedTask,
+    prepared: &PreparedTask,
+    dir: &Path,
+    max_steps: u32,
+) -> (Vec<String>, Vec<String>, Vec<BTreeMap<String, f64>>) {
     let workspace = dir.join("workspace");
     copy_tree(&prepared.starter(), &workspace).unwrap();
     copy_tree(&prepared.public_data(), &workspace.join("data")).unwrap();
-    let system = render(&prompt("agent_system"), &[("command_docs", &command_docs()), ("training_timeout", &task.bundle.training_timeout.to_string())]).unwrap();
+    let system = render(
+        &prompt("agent_system"),
+        &[("command_docs", &command_docs()), ("training_timeout", &task.bundle.training_timeout.to_string())],
+    )
+    .unwrap();
     let description = gymforge_actors::rollout::agent_description(task);
     let footer = |step: u32| gymforge_actors::agent::footer(step, max_steps, "n/a", WORKSPACE);
     let first = render(&prompt("agent_task"), &[("description", &description), ("footer", &footer(0))]).unwrap();
@@ -585,14 +596,19 @@ async fn rollout(seed: u64, task: &AcceptedTask, prepared: &PreparedTask, dir: &
             command => {
                 let ws = workspace.clone();
                 let command = command.to_string();
-                let out = tokio::task::spawn_blocking(move || run_in_sandbox(&ws, vec!["bash".into(), "-c".into(), command])).await.unwrap();
+                let out =
+                    tokio::task::spawn_blocking(move || run_in_sandbox(&ws, vec!["bash".into(), "-c".into(), command])).await.unwrap();
                 let mut text = out.stdout;
                 text.push_str(&out.stderr);
                 text.trim_end().to_string()
             }
         };
         observations.push(observation.clone());
-        let body = if observation.trim().is_empty() { "Your command ran successfully and did not produce any output.".to_string() } else { observation };
+        let body = if observation.trim().is_empty() {
+            "Your command ran successfully and did not produce any output.".to_string()
+        } else {
+            observation
+        };
         history.push(("user".into(), render(&prompt("agent_next"), &[("observation", &body), ("footer", &footer(step))]).unwrap()));
     }
     (actions, observations, scores)
@@ -667,7 +683,10 @@ async fn the_server_speaks_openai() {
     assert!(idea["title"].is_string() && idea["idea"].is_string());
     let usage = &v["usage"];
     assert_eq!(usage["completion_tokens"].as_u64().unwrap(), content.chars().count().div_ceil(4) as u64);
-    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
 
     // Deterministic: the same request, the same content; another seed, another idea.
     let again: serde_json::Value = client.post(format!("{base}/chat/completions")).json(&body).send().await.unwrap().json().await.unwrap();
@@ -677,7 +696,8 @@ async fn the_server_speaks_openai() {
         let mut found = false;
         for s in 0..5 {
             other_seed["seed"] = serde_json::json!(s);
-            let o: serde_json::Value = client.post(format!("{base}/chat/completions")).json(&other_seed).send().await.unwrap().json().await.unwrap();
+            let o: serde_json::Value =
+                client.post(format!("{base}/chat/completions")).json(&other_seed).send().await.unwrap().json().await.unwrap();
             found |= o["choices"][0]["message"]["content"] != v["choices"][0]["message"]["content"];
         }
         found
@@ -715,14 +735,22 @@ fn answers_are_deterministic_per_seed() {
         features: vec![
             Feature { name: "alcohol".into(), dtype: "float64".into(), class_names: None },
             Feature { name: "malic_acid".into(), dtype: "float64".into(), class_names: None },
-            Feature { name: "target".into(), dtype: "int64".into(), class_names: Some(vec!["class_0".into(), "class_1".into(), "class_2".into()]) },
+            Feature {
+                name: "target".into(),
+                dtype: "int64".into(),
+                class_names: Some(vec!["class_0".into(), "class_1".into(), "class_2".into()]),
+            },
         ],
         num_rows: BTreeMap::from([("train".to_string(), 178)]),
         num_bytes_parquet: 1,
         description: String::new(),
         parquet_files: vec![],
     };
-    let dataset_user = render(&prompt("dataset_user"), &[("title", "Wine Origin"), ("task_type", "classification"), ("idea", "x"), ("rejected", "(none)")]).unwrap();
+    let dataset_user = render(
+        &prompt("dataset_user"),
+        &[("title", "Wine Origin"), ("task_type", "classification"), ("idea", "x"), ("rejected", "(none)")],
+    )
+    .unwrap();
     let conversations = [
         vec![("system".to_string(), prompt("dataset_system")), ("user".to_string(), dataset_user)],
         codegen_messages(&idea("Wine Origin", "classification", "few labels"), &meta),

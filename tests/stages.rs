@@ -12,11 +12,11 @@ use gymforge::config::{Config, PYTHON_REQUIREMENTS};
 use gymforge::export::OutputDir;
 use gymforge::gateway::Source;
 use gymforge::hub::mirror_client;
-use gymforge_sim::mirror::HubMirror;
 use gymforge::sandbox::{BwrapSandbox, PythonEnv};
 use gymforge::store::SqliteStore;
 use gymforge_actors::model::{Outcome, Stage, StageOutput, StageResult, TaskBundle, TopicIdea, Unit, UnitKind};
 use gymforge_actors::{Pipeline, Progress};
+use gymforge_sim::mirror::HubMirror;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -26,7 +26,8 @@ fn loopback() -> SocketAddr {
 /// datasets over `max_bytes`) and a fresh store in `dir`.
 async fn pipeline(config: &Config, max_bytes: u64, dir: &Path) -> Pipeline {
     let python = PythonEnv::ensure(&config.sandbox, PYTHON_REQUIREMENTS, &|_| {}).expect("the sandbox's Python environment");
-    let root = HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(config), &python.python(), &|_| {}).await.expect("the Hub mirror builds");
+    let root =
+        HubMirror::ensure_built(&gymforge::run::mirror_cache_dir(config), &python.python(), &|_| {}).await.expect("the Hub mirror builds");
     let (addr, _server) = HubMirror::serve(root, loopback()).await.unwrap();
     let hub = mirror_client(&format!("http://{addr}"), max_bytes, Duration::from_secs(30)).unwrap();
     let (llm, _) = gymforge::run::gateway(config, Source::Live { record: None }, 0.0, loopback()).await.unwrap();
@@ -90,7 +91,8 @@ async fn repeated_idea_text_is_a_near_duplicate() {
         title: "Soil Moisture Estimation from Satellite Radar".into(),
         idea: idea.into(),
     };
-    store_idea(&p, 0, &earlier("Estimate the moisture of agricultural soil from radar backscatter, scored by RMSE on held-out fields.")).await;
+    store_idea(&p, 0, &earlier("Estimate the moisture of agricultural soil from radar backscatter, scored by RMSE on held-out fields."))
+        .await;
     let unit = task_unit(1, Stage::Topic);
     let fresh = TopicIdea::from_result(advanced(gymforge_actors::topic::run(&p, &unit).await.unwrap())).unwrap();
     assert_ne!(fresh.title, earlier("").title);

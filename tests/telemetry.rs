@@ -150,7 +150,11 @@ async fn a_run_exports_one_trace_per_unit_with_stage_llm_sandbox_and_step_spans_
     // The rollout's own trace: linked to its task, steps under the rollout stage, LLM calls in steps.
     let rollout_root = roots.iter().find(|s| s.name == "unit rollout").expect("a rollout root span");
     assert_eq!(rollout_root.links.len(), 1);
-    assert_eq!((&rollout_root.links[0].trace_id, &rollout_root.links[0].span_id), (&task_root.trace_id, &task_root.span_id), "linked to its task");
+    assert_eq!(
+        (&rollout_root.links[0].trace_id, &rollout_root.links[0].span_id),
+        (&task_root.trace_id, &task_root.span_id),
+        "linked to its task"
+    );
     let rollout = in_trace(rollout_root);
     let rollout_ids = by_id(&rollout);
     let steps: Vec<&&Span> = rollout.iter().filter(|s| s.name.starts_with("rollout step ")).collect();
@@ -170,12 +174,21 @@ async fn a_run_exports_one_trace_per_unit_with_stage_llm_sandbox_and_step_spans_
         .unwrap()
         .iter()
         .filter(|(path, _, _)| path == "/v1/metrics")
-        .flat_map(|(_, _, body)| ExportMetricsServiceRequest::decode(body.as_slice()).expect("a valid OTLP metrics export").resource_metrics)
+        .flat_map(|(_, _, body)| {
+            ExportMetricsServiceRequest::decode(body.as_slice()).expect("a valid OTLP metrics export").resource_metrics
+        })
         .flat_map(|r| r.scope_metrics)
         .flat_map(|s| s.metrics)
         .map(|m| m.name)
         .collect();
-    for name in ["gymforge.stage.results", "gymforge.stage.duration", "gen_ai.client.operation.duration", "gen_ai.client.token.usage", "gymforge.llm.cost", "gymforge.sandbox.duration"] {
+    for name in [
+        "gymforge.stage.results",
+        "gymforge.stage.duration",
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.token.usage",
+        "gymforge.llm.cost",
+        "gymforge.sandbox.duration",
+    ] {
         assert!(names.contains(name), "metric {name} in {names:?}");
     }
 }
@@ -201,7 +214,8 @@ async fn llm_requests_carry_the_traceparent_of_their_span_and_prompts_only_when_
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, llm).await.unwrap() });
 
-    let telemetry = gymforge::telemetry::init(Some(&gymforge::config::TelemetryConfig { otlp_endpoint: otlp, record_prompts: true })).unwrap();
+    let telemetry =
+        gymforge::telemetry::init(Some(&gymforge::config::TelemetryConfig { otlp_endpoint: otlp, record_prompts: true })).unwrap();
     let mut cfg = gymforge::config::Config::embedded().llm;
     let endpoint = cfg.endpoints.values_mut().next().unwrap();
     endpoint.base_url = base.clone();

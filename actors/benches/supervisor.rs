@@ -62,7 +62,10 @@ async fn supervisor(n: u32) -> bool {
         per_unit_us(last),
         last / first
     );
-    println!("  units held at most: {most_live}, bound (task window) {window}: ratio {:.2} (at most 1)", f64::from(most_live) / f64::from(window));
+    println!(
+        "  units held at most: {most_live}, bound (task window) {window}: ratio {:.2} (at most 1)",
+        f64::from(most_live) / f64::from(window)
+    );
     outcome.accepted_tasks == n && most_live <= window
 }
 

@@ -33,8 +33,18 @@ pub const COMMANDS: &[CommandDoc] = &[
         docstring: "moves the editor window of the open file to show the given line",
         arguments: &[("line_number", "integer", true, "the line to show")],
     },
-    CommandDoc { name: "scroll_down", signature: "scroll_down", docstring: "moves the editor window down by one window of lines", arguments: &[] },
-    CommandDoc { name: "scroll_up", signature: "scroll_up", docstring: "moves the editor window up by one window of lines", arguments: &[] },
+    CommandDoc {
+        name: "scroll_down",
+        signature: "scroll_down",
+        docstring: "moves the editor window down by one window of lines",
+        arguments: &[],
+    },
+    CommandDoc {
+        name: "scroll_up",
+        signature: "scroll_up",
+        docstring: "moves the editor window up by one window of lines",
+        arguments: &[],
+    },
     CommandDoc {
         name: "create",
         signature: "create <filename>",
@@ -55,10 +65,7 @@ pub const COMMANDS: &[CommandDoc] = &[
         name: "insert",
         signature: "insert <line_number>\n<text_to_add>\nend_of_insert",
         docstring: "inserts the text after the given line of the open file (0: at the top); the text ends at a line holding only end_of_insert. Same compile check as edit",
-        arguments: &[
-            ("line_number", "integer", true, "the line after which to insert"),
-            ("text_to_add", "string", true, "the new lines"),
-        ],
+        arguments: &[("line_number", "integer", true, "the line after which to insert"), ("text_to_add", "string", true, "the new lines")],
     },
     CommandDoc {
         name: "search_dir",
@@ -151,12 +158,7 @@ pub fn parse_action(response: &str) -> Result<(String, String), String> {
         return Err("the answer is empty".into());
     }
     let lines: Vec<&str> = response.lines().collect();
-    let fences: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with("```"))
-        .map(|(i, _)| i)
-        .collect();
+    let fences: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with("```")).map(|(i, _)| i).collect();
     if fences.is_empty() {
         return tagged_action(response).unwrap_or_else(|| Err("the answer has no fenced code block".into()));
     }
@@ -247,7 +249,10 @@ mod tests {
 
     #[test]
     fn a_bash_tag_or_a_command_first_answer_is_read() {
-        assert_eq!(parse_action("DISCUSSION\nList.\n<bash>\nls -la\n</bash>").unwrap(), ("DISCUSSION\nList.".to_string(), "ls -la\n".to_string()));
+        assert_eq!(
+            parse_action("DISCUSSION\nList.\n<bash>\nls -la\n</bash>").unwrap(),
+            ("DISCUSSION\nList.".to_string(), "ls -la\n".to_string())
+        );
         assert_eq!(parse_action("<command>cat a.py</command>").unwrap().1, "cat a.py\n");
         let (thought, action) = parse_action("```\nls\n```\nDISCUSSION\nI list the files first.").unwrap();
         assert_eq!((thought.as_str(), action.as_str()), ("DISCUSSION\nI list the files first.", "ls\n"));
@@ -271,7 +276,10 @@ mod tests {
 
     #[test]
     fn edits_become_here_documents_and_malformed_ones_are_refused() {
-        assert_eq!(shell_command("edit 2:3\nx = 1\n    y = 2\nend_of_edit\n").unwrap(), "edit 2:3 << 'end_of_edit'\nx = 1\n    y = 2\nend_of_edit\n");
+        assert_eq!(
+            shell_command("edit 2:3\nx = 1\n    y = 2\nend_of_edit\n").unwrap(),
+            "edit 2:3 << 'end_of_edit'\nx = 1\n    y = 2\nend_of_edit\n"
+        );
         assert_eq!(shell_command("insert 0\n# top\nend_of_insert").unwrap(), "insert 0 << 'end_of_insert'\n# top\nend_of_insert\n");
         assert!(shell_command("edit 2:3\nx = 1\n").unwrap_err().contains("Malformed edit"));
         assert_eq!(shell_command("ls -la\n").unwrap(), "ls -la\n");

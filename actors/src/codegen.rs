@@ -13,10 +13,8 @@ pub const BUNDLE_MAX_TOKENS: u32 = 8000;
 pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     let idea: TopicIdea = crate::worker::stored(p, &unit.id).await?;
     let choice: DatasetChoice = crate::worker::stored(p, &unit.id).await?;
-    let messages = vec![
-        ChatMessage::new("system", p.prompts.codegen_system.clone()),
-        ChatMessage::new("user", codegen_prompt(p, &idea, &choice)?),
-    ];
+    let messages =
+        vec![ChatMessage::new("system", p.prompts.codegen_system.clone()), ChatMessage::new("user", codegen_prompt(p, &idea, &choice)?)];
     match ask_json::<TaskBundle>(p, &unit.id, Stage::Codegen, crate::schemas::task_bundle(), messages, BUNDLE_MAX_TOKENS).await? {
         Ok(bundle) => Ok(Outcome::Advance(bundle.into())),
         Err(no) => Ok(no.into()),

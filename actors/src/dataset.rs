@@ -57,19 +57,12 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         };
         let user = render(
             &p.prompts.dataset_user,
-            &[
-                ("title", &idea.title),
-                ("task_type", &idea.sample.task_type),
-                ("idea", &idea.idea),
-                ("rejected", &rejected_text),
-            ],
+            &[("title", &idea.title), ("task_type", &idea.sample.task_type), ("idea", &idea.idea), ("rejected", &rejected_text)],
         )
         .map_err(PortError::Permanent)?;
-        let messages = vec![
-            ChatMessage::new("system", p.prompts.dataset_system.clone()),
-            ChatMessage::new("user", user),
-        ];
-        let proposals = match ask_json::<Proposals>(p, &unit.id, Stage::Dataset, crate::schemas::dataset_proposals(), messages, 400).await? {
+        let messages = vec![ChatMessage::new("system", p.prompts.dataset_system.clone()), ChatMessage::new("user", user)];
+        let proposals = match ask_json::<Proposals>(p, &unit.id, Stage::Dataset, crate::schemas::dataset_proposals(), messages, 400).await?
+        {
             Ok(a) => a.datasets,
             Err(no) => return Ok(no.into()),
         };

@@ -32,7 +32,8 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         if let Some(passed) = passed {
             let final_dir = paths.final_dir(&unit.id);
             if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(|e| PortError::Transient(format!("cannot replace {}: {e}", final_dir.display())))?;
+                std::fs::remove_dir_all(&final_dir)
+                    .map_err(|e| PortError::Transient(format!("cannot replace {}: {e}", final_dir.display())))?;
             }
             std::fs::rename(&passed.prepared.root, &final_dir)
                 .map_err(|e| PortError::Transient(format!("cannot keep the accepted task: {e}")))?;
@@ -70,7 +71,16 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
             ChatMessage::new("assistant", serde_json::to_string(&bundle).expect("serialisable")),
             ChatMessage::new("user", user),
         ];
-        bundle = match ask_json::<TaskBundle>(p, &unit.id, Stage::Debug, crate::schemas::task_bundle(), messages, crate::codegen::BUNDLE_MAX_TOKENS).await? {
+        bundle = match ask_json::<TaskBundle>(
+            p,
+            &unit.id,
+            Stage::Debug,
+            crate::schemas::task_bundle(),
+            messages,
+            crate::codegen::BUNDLE_MAX_TOKENS,
+        )
+        .await?
+        {
             Ok(fixed) => fixed,
             Err(no) => return Ok(no.into()),
         };

@@ -405,7 +405,11 @@ mod tests {
     #[test]
     fn the_last_object_that_fits_wins_over_a_draft() {
         assert_eq!(extract::<T>("Draft: {\"a\": 1}. Actually, corrected: {\"a\": 2}", None).unwrap(), T { a: 2 });
-        assert_eq!(extract::<T>("{\"a\": 4} and an aside {\"b\": 1}", None).unwrap(), T { a: 4 }, "a later object of another shape does not win");
+        assert_eq!(
+            extract::<T>("{\"a\": 4} and an aside {\"b\": 1}", None).unwrap(),
+            T { a: 4 },
+            "a later object of another shape does not win"
+        );
     }
 
     #[test]
@@ -421,7 +425,8 @@ mod tests {
 
     #[test]
     fn python_literals_raw_newlines_and_crlf_are_repaired() {
-        let python = "{'name': 'it\\'s \"quoted\"', 'timeout': 600, 'ratio': 0.5, 'strict': True, 'direction': 'maximize', 'tags': ['a', 'b',],}";
+        let python =
+            "{'name': 'it\\'s \"quoted\"', 'timeout': 600, 'ratio': 0.5, 'strict': True, 'direction': 'maximize', 'tags': ['a', 'b',],}";
         let b = bundle(python).unwrap();
         assert_eq!(b.name, "it's \"quoted\"");
         assert!(b.strict);
@@ -441,13 +446,24 @@ mod tests {
     #[test]
     fn unambiguous_values_are_coerced_to_the_schema() {
         let b = bundle("{\"name\": 7, \"timeout\": \"600\", \"ratio\": \"0.25\", \"strict\": \"True\", \"direction\": \"Maximize\", \"tags\": \"solo\"}").unwrap();
-        assert_eq!(b, Bundle { name: "7".into(), timeout: 600, ratio: 0.25, strict: true, direction: "maximize".into(), tags: vec!["solo".into()] });
-        assert_eq!(bundle("{\"name\": \"n\", \"timeout\": 600.0, \"ratio\": 1, \"strict\": false, \"direction\": \"minimize\", \"tags\": []}").unwrap().timeout, 600);
+        assert_eq!(
+            b,
+            Bundle { name: "7".into(), timeout: 600, ratio: 0.25, strict: true, direction: "maximize".into(), tags: vec!["solo".into()] }
+        );
+        assert_eq!(
+            bundle("{\"name\": \"n\", \"timeout\": 600.0, \"ratio\": 1, \"strict\": false, \"direction\": \"minimize\", \"tags\": []}")
+                .unwrap()
+                .timeout,
+            600
+        );
     }
 
     #[test]
     fn what_cannot_be_coerced_is_named_by_field() {
-        let e = bundle("{\"name\": \"n\", \"timeout\": \"ten minutes\", \"ratio\": 1, \"strict\": \"maybe\", \"direction\": \"up\", \"tags\": []}").unwrap_err();
+        let e = bundle(
+            "{\"name\": \"n\", \"timeout\": \"ten minutes\", \"ratio\": 1, \"strict\": \"maybe\", \"direction\": \"up\", \"tags\": []}",
+        )
+        .unwrap_err();
         assert!(e.contains("`timeout` must be an integer, got \"ten minutes\""), "{e}");
         assert!(e.contains("`strict` must be true or false"), "{e}");
         assert!(e.contains("`direction` must be one of maximize, minimize, got \"up\""), "{e}");
@@ -463,7 +479,8 @@ mod tests {
             title: String,
             a: u32,
         }
-        let schema = json!({"type": "object", "properties": {"title": {"type": "string"}, "a": {"type": "integer"}}, "required": ["title", "a"]});
+        let schema =
+            json!({"type": "object", "properties": {"title": {"type": "string"}, "a": {"type": "integer"}}, "required": ["title", "a"]});
         let parsed = extract::<WithDefault>("{\"a\": \"3\"}", Some(&schema)).unwrap();
         assert_eq!((parsed.title.as_str(), parsed.a), ("", 3));
     }

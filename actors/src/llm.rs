@@ -58,10 +58,16 @@ pub fn unusable(reply: &ChatReply) -> Option<NoAnswer> {
     }
     if reply.finish == Finish::ContentFilter {
         let partial = if reply.content.trim().is_empty() { String::new() } else { format!(" after: {}", short(&reply.content)) };
-        return Some(NoAnswer { reason: DropReason::LlmContentFilter, detail: format!("the provider's content filter stopped the answer{partial}") });
+        return Some(NoAnswer {
+            reason: DropReason::LlmContentFilter,
+            detail: format!("the provider's content filter stopped the answer{partial}"),
+        });
     }
     if reply.content.trim().is_empty() && reply.finish != Finish::Length {
-        return Some(NoAnswer { reason: DropReason::LlmEmpty, detail: format!("the model answered with no text ({} output tokens)", reply.output_tokens) });
+        return Some(NoAnswer {
+            reason: DropReason::LlmEmpty,
+            detail: format!("the model answered with no text ({} output tokens)", reply.output_tokens),
+        });
     }
     None
 }

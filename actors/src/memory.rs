@@ -64,7 +64,12 @@ impl Store for MemoryStore {
 
     async fn results(&self, stage: Stage) -> Result<Vec<(UnitId, StageResult)>, PortError> {
         let data = self.lock();
-        Ok(data.results.range((stage, (false, 0, String::new()))..).take_while(|((s, _), _)| *s == stage).map(|((_, (_, _, id)), r)| (id.clone(), r.clone())).collect())
+        Ok(data
+            .results
+            .range((stage, (false, 0, String::new()))..)
+            .take_while(|((s, _), _)| *s == stage)
+            .map(|((_, (_, _, id)), r)| (id.clone(), r.clone()))
+            .collect())
     }
 
     async fn complete_stage(&self, unit: &str, result: &StageResult, next: Option<Stage>) -> Result<(), PortError> {
@@ -72,7 +77,10 @@ impl Store for MemoryStore {
         let mut data = self.lock();
         let (u, claimed) = data.units.get_mut(unit).ok_or_else(|| no_such_unit(unit))?;
         if u.stage != stage || u.status != UnitStatus::Pending {
-            return Err(PortError::Permanent(format!("store: completing {stage} of {unit}: the unit is {:?} at stage {}", u.status, u.stage)));
+            return Err(PortError::Permanent(format!(
+                "store: completing {stage} of {unit}: the unit is {:?} at stage {}",
+                u.status, u.stage
+            )));
         }
         let key = (stage, order(u));
         match next {
@@ -138,7 +146,13 @@ impl Store for MemoryStore {
         Ok(data
             .usage
             .iter()
-            .map(|((unit, stage, endpoint, model), usage)| UsageRow { unit: unit.clone(), stage: *stage, endpoint: endpoint.clone(), model: model.clone(), usage: usage.clone() })
+            .map(|((unit, stage, endpoint, model), usage)| UsageRow {
+                unit: unit.clone(),
+                stage: *stage,
+                endpoint: endpoint.clone(),
+                model: model.clone(),
+                usage: usage.clone(),
+            })
             .collect())
     }
 

@@ -24,14 +24,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Topic,
-        Stage::Dataset,
-        Stage::Codegen,
-        Stage::Debug,
-        Stage::Export,
-        Stage::Rollout,
-    ];
+    pub const ALL: [Stage; 6] = [Stage::Topic, Stage::Dataset, Stage::Codegen, Stage::Debug, Stage::Export, Stage::Rollout];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -226,7 +219,11 @@ impl DropReason {
     pub fn stops_the_run(self) -> bool {
         matches!(
             self,
-            DropReason::SandboxUnavailable | DropReason::LlmAuth | DropReason::LlmQuota | DropReason::BudgetExhausted | DropReason::OutputUnwritable
+            DropReason::SandboxUnavailable
+                | DropReason::LlmAuth
+                | DropReason::LlmQuota
+                | DropReason::BudgetExhausted
+                | DropReason::OutputUnwritable
         )
     }
 }

@@ -111,7 +111,8 @@ impl Taxonomy {
     /// leaving that to luck. Within a block each axis visits its picks in its own seeded order,
     /// so the axes do not move in lockstep (the same task type always with the same domain).
     pub fn sample(&self, seed: u64, seq: u64) -> TopicSample {
-        let pick = |name: &str, axis: &[Weighted]| axis[self.checkpoints.pick(seed, name, axis, shuffled_position(seed, name, seq))].name.clone();
+        let pick =
+            |name: &str, axis: &[Weighted]| axis[self.checkpoints.pick(seed, name, axis, shuffled_position(seed, name, seq))].name.clone();
         TopicSample {
             domain: pick("domain", &self.domain),
             task_type: pick("task_type", &self.task_type),
@@ -122,12 +123,9 @@ impl Taxonomy {
 
     /// Checks that every axis has at least one entry with a positive weight.
     pub fn validate(&self) -> Result<(), String> {
-        for (axis, entries) in [
-            ("domain", &self.domain),
-            ("task_type", &self.task_type),
-            ("modality", &self.modality),
-            ("twist", &self.twist),
-        ] {
+        for (axis, entries) in
+            [("domain", &self.domain), ("task_type", &self.task_type), ("modality", &self.modality), ("twist", &self.twist)]
+        {
             if !entries.iter().any(|w| w.weight > 0.0) {
                 return Err(format!("taxonomy axis `{axis}` needs an entry with a positive weight"));
             }
@@ -395,7 +393,11 @@ mod tests {
                 let n = (seq + 1) as f64;
                 for (i, w) in weights.iter().enumerate() {
                     let expected = n * w / total;
-                    assert!((counts[i] - expected).abs() < 1.5, "seed {seed}, after {n}: entry {i} chosen {} times, expected {expected}", counts[i]);
+                    assert!(
+                        (counts[i] - expected).abs() < 1.5,
+                        "seed {seed}, after {n}: entry {i} chosen {} times, expected {expected}",
+                        counts[i]
+                    );
                 }
             }
             assert_eq!(counts[4], 0.0, "a zero weight is never chosen");
@@ -422,12 +424,14 @@ mod tests {
         // the 5 domains and 3 task types in about ten ways, as independent draws would.
         let mut total = 0;
         for seed in 0..50 {
-            let pairs: std::collections::BTreeSet<(String, String)> = (0..16).map(|seq| t.sample(seed, seq)).map(|s| (s.domain, s.task_type)).collect();
+            let pairs: std::collections::BTreeSet<(String, String)> =
+                (0..16).map(|seq| t.sample(seed, seq)).map(|s| (s.domain, s.task_type)).collect();
             assert!(pairs.len() >= 7, "seed {seed}: {pairs:?}");
             total += pairs.len();
         }
         assert!(total >= 475, "{total} distinct pairs in 50 seeds");
-        let orders: std::collections::BTreeSet<Vec<String>> = (0..10).map(|seed| (0..6).map(|seq| t.sample(seed, seq).domain).collect()).collect();
+        let orders: std::collections::BTreeSet<Vec<String>> =
+            (0..10).map(|seed| (0..6).map(|seq| t.sample(seed, seq).domain).collect()).collect();
         assert!(orders.len() > 3, "seeds should change the order: {orders:?}");
     }
 }

@@ -10,9 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    AcceptedTask, DatasetMeta, DropReason, RolloutRecord, Stage, StageResult, StagedFile, Unit, UnitId, Verdict,
-};
+use crate::model::{AcceptedTask, DatasetMeta, DropReason, RolloutRecord, Stage, StageResult, StagedFile, Unit, UnitId, Verdict};
 
 /// Whether a failed call to the outside world is worth repeating.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -68,7 +66,10 @@ pub enum ResponseFormat {
     Text,
     /// A JSON object following `schema` (a JSON Schema), sent as `response_format` to endpoints
     /// that support it.
-    Json { name: &'static str, schema: serde_json::Value },
+    Json {
+        name: &'static str,
+        schema: serde_json::Value,
+    },
 }
 
 /// Why the model stopped writing (`finish_reason`).
@@ -200,7 +201,10 @@ impl std::fmt::Display for Rejection {
 pub enum DatasetCheck {
     Verified(DatasetMeta),
     /// Not usable, and why.
-    Rejected { reason: Rejection, detail: String },
+    Rejected {
+        reason: Rejection,
+        detail: String,
+    },
 }
 
 #[async_trait]

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{self, MAX_FORMAT_ERRORS, MAX_OBSERVATION_CHARS};
 use crate::model::{
-    DropReason,
-    AcceptedTask, HistoryItem, ModelStats, Outcome, RolloutRecord, Scores, Stage, Trajectory,
-    TrajectoryInfo, TrajectoryStep, Unit,
+    AcceptedTask, DropReason, HistoryItem, ModelStats, Outcome, RolloutRecord, Scores, Stage, Trajectory, TrajectoryInfo, TrajectoryStep,
+    Unit,
 };
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
@@ -63,10 +62,8 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     for (name, content) in &p.settings.agent.command_files {
         std::fs::write(control.join(name), content).map_err(|e| io("cannot write the agent's commands", e))?;
     }
-    let init = format!(
-        "export GYMFORGE_COMMANDS={inside}\n. {inside}/commands.sh\ncd {WORKSPACE}\n",
-        inside = crate::ports::CONTROL_INSIDE
-    );
+    let init =
+        format!("export GYMFORGE_COMMANDS={inside}\n. {inside}/commands.sh\ncd {WORKSPACE}\n", inside = crate::ports::CONTROL_INSIDE);
     std::fs::write(control.join("init.sh"), init).map_err(|e| io("cannot write the shell's start script", e))?;
     let mut run = Run {
         p,
@@ -215,38 +212,36 @@ impl Run<'_> {
             };
             let started = Instant::now();
             step_span.record("command", action.split_whitespace().next().unwrap_or(""));
-            let (observation, done, ended) = async { Ok::<_, PortError>(match agent::special_command(&action) {
-                Some("submit") => {
-                    let (status, obs) = match self.evaluate().await? {
-                        Evaluation::Scored(scores) => {
-                            self.scores.push(scores);
-                            submission = Some(format!("{WORKSPACE}/submission.csv"));
-                            ("submitted".to_string(), "Exited (submit)".to_string())
-                        }
-                        Evaluation::NotFound => ("submission_not_found (submit)".into(), not_found_text().into()),
-                        Evaluation::FormatError(e) => ("evaluation_format_error (submit)".into(), e),
-                    };
-                    exit_status = Some(status);
-                    // submit and validate are gymforge's own and always answer with text.
-                    (obs, true, CommandEnd::Exited(0))
-                }
-                Some(_) => (self.validate_observation().await?, false, CommandEnd::Exited(0)),
-                None => {
-                    let (obs, ended) = self.command(&action, s.short_timeout, training_timeout).await?;
-                    (obs, false, ended)
-                }
-            }) }
+            let (observation, done, ended) = async {
+                Ok::<_, PortError>(match agent::special_command(&action) {
+                    Some("submit") => {
+                        let (status, obs) = match self.evaluate().await? {
+                            Evaluation::Scored(scores) => {
+                                self.scores.push(scores);
+                                submission = Some(format!("{WORKSPACE}/submission.csv"));
+                                ("submitted".to_string(), "Exited (submit)".to_string())
+                            }
+                            Evaluation::NotFound => ("submission_not_found (submit)".into(), not_found_text().into()),
+                            Evaluation::FormatError(e) => ("evaluation_format_error (submit)".into(), e),
+                        };
+                        exit_status = Some(status);
+                        // submit and validate are gymforge's own and always answer with text.
+                        (obs, true, CommandEnd::Exited(0))
+                    }
+                    Some(_) => (self.validate_observation().await?, false, CommandEnd::Exited(0)),
+                    None => {
+                        let (obs, ended) = self.command(&action, s.short_timeout, training_timeout).await?;
+                        (obs, false, ended)
+                    }
+                })
+            }
             .instrument(step_span)
             .await?;
             let execution_time = started.elapsed().as_secs_f64();
             let next = if done {
                 observation.clone()
             } else {
-                let body = if observation.trim().is_empty() {
-                    ended.silent_observation()
-                } else {
-                    observation.clone()
-                };
+                let body = if observation.trim().is_empty() { ended.silent_observation() } else { observation.clone() };
                 let footer = agent::footer(step, s.max_steps, &self.open_file, &self.cwd);
                 render(&p.prompts.agent_next, &[("observation", &body), ("footer", &footer)]).map_err(PortError::Permanent)?
             };
@@ -470,13 +465,11 @@ pub fn model_input(history: &[HistoryItem], keep: usize) -> Vec<ChatMessage> {
     history
         .iter()
         .enumerate()
-        .map(|(i, h)| {
-            if old.contains(&i) {
-                ChatMessage::new("user", elided(&h.content))
-            } else {
-                ChatMessage::new(&h.role, h.content.clone())
-            }
-        })
+        .map(
+            |(i, h)| {
+                if old.contains(&i) { ChatMessage::new("user", elided(&h.content)) } else { ChatMessage::new(&h.role, h.content.clone()) }
+            },
+        )
         .collect()
 }
 
@@ -529,8 +522,16 @@ mod tests {
         assert_eq!(
             texts,
             [
-                "sys", "task", "answer 1", "Old output omitted (2 lines)", "answer 2", "Old output omitted (2 lines)",
-                "answer 3", "observation 3\nsecond line", "answer 4", "observation 4\nsecond line",
+                "sys",
+                "task",
+                "answer 1",
+                "Old output omitted (2 lines)",
+                "answer 2",
+                "Old output omitted (2 lines)",
+                "answer 3",
+                "observation 3\nsecond line",
+                "answer 4",
+                "observation 4\nsecond line",
             ]
         );
         assert_eq!(model_input(&history, 10).len(), history.len());

@@ -70,7 +70,10 @@ mod tests {
             metrics: vec!["accuracy".into()],
             target_column: "target".into(),
             training_timeout: 60,
-            files: [("prepare.py", ""), ("baseline.py", ""), ("evaluate.py", "")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            files: [("prepare.py", ""), ("baseline.py", ""), ("evaluate.py", "")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let value = serde_json::to_value(&bundle).unwrap();
         let (_, schema) = task_bundle();

@@ -285,7 +285,12 @@ impl Actor for Supervisor {
         state.step(&myself).await
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
@@ -324,7 +329,10 @@ impl Actor for Supervisor {
             }
         }
         if state.restarts > state.p.settings.max_restarts {
-            let msg = format!("stage workers crashed {} times, more than the limit of {}; stopping the run", state.restarts, state.p.settings.max_restarts);
+            let msg = format!(
+                "stage workers crashed {} times, more than the limit of {}; stopping the run",
+                state.restarts, state.p.settings.max_restarts
+            );
             state.fail(&myself, msg);
             return Ok(());
         }
@@ -470,7 +478,11 @@ impl State {
     /// A run without a target rewrites its outputs now and then, so they are current while it
     /// runs; the export is a task of its own, one at a time.
     fn export_now_and_then(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        if !self.p.settings.forever() || !self.ended_since_export || self.export.is_some() || self.last_export.elapsed() < self.p.settings.export_every {
+        if !self.p.settings.forever()
+            || !self.ended_since_export
+            || self.export.is_some()
+            || self.last_export.elapsed() < self.p.settings.export_every
+        {
             return;
         }
         self.last_export = Instant::now();

@@ -90,10 +90,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         ],
     )
     .map_err(PortError::Permanent)?;
-    let messages = vec![
-        ChatMessage::new("system", p.prompts.topic_system.clone()),
-        ChatMessage::new("user", user),
-    ];
+    let messages = vec![ChatMessage::new("system", p.prompts.topic_system.clone()), ChatMessage::new("user", user)];
     let answer = match ask_json::<IdeaAnswer>(p, &unit.id, Stage::Topic, crate::schemas::topic_idea(), messages, 800).await? {
         Ok(a) => a,
         Err(no) => return Ok(no.into()),

@@ -20,13 +20,8 @@ use crate::ports::{JobOutput, Mount, PortError, Sandbox, SandboxJob};
 /// Files the bundle must contain.
 pub const BUNDLE_FILES: [&str; 3] = ["prepare.py", "baseline.py", "evaluate.py"];
 /// Files prepare.py must write (relative to its working directory).
-pub const PREPARED_FILES: [&str; 5] = [
-    "data/train.csv",
-    "data/validation.csv",
-    "data/test.csv",
-    "data/answers.csv",
-    "sample_submission.csv",
-];
+pub const PREPARED_FILES: [&str; 5] =
+    ["data/train.csv", "data/validation.csv", "data/test.csv", "data/answers.csv", "sample_submission.csv"];
 /// Output kept in a failure report (head and tail).
 pub const FAILURE_OUTPUT_CHARS: usize = 4000;
 
@@ -92,12 +87,7 @@ pub async fn check_bundle(c: &TaskCheck<'_>) -> Result<(Report, Option<Passed>),
             (Some(failure), None)
         }
     };
-    let report = Report {
-        valid: passed.is_some(),
-        checks,
-        failure,
-        baseline_scores: passed.as_ref().map(|p| p.baseline_scores.clone()),
-    };
+    let report = Report { valid: passed.is_some(), checks, failure, baseline_scores: passed.as_ref().map(|p| p.baseline_scores.clone()) };
     Ok((report, passed))
 }
 
@@ -134,7 +124,12 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
     }
     let missing: Vec<&str> = PREPARED_FILES.iter().copied().filter(|f| !prep.join(f).is_file()).collect();
     if !missing.is_empty() {
-        return Ok(Err(fail("prepare", DropReason::PrepareFailed, format!("prepare.py did not write {}", missing.join(", ")), output_text(&out))));
+        return Ok(Err(fail(
+            "prepare",
+            DropReason::PrepareFailed,
+            format!("prepare.py did not write {}", missing.join(", ")),
+            output_text(&out),
+        )));
     }
     let test_header = csv_header(&prep.join("data/test.csv"))?;
     if test_header.iter().any(|h| h == &b.target_column) {
@@ -145,10 +140,19 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
             format!("test.csv columns: {}", test_header.join(",")),
         )));
     }
-    for (file, needed) in [("data/test.csv", vec!["id"]), ("data/answers.csv", vec!["id", b.target_column.as_str()]), ("sample_submission.csv", vec!["id", b.target_column.as_str()])] {
+    for (file, needed) in [
+        ("data/test.csv", vec!["id"]),
+        ("data/answers.csv", vec!["id", b.target_column.as_str()]),
+        ("sample_submission.csv", vec!["id", b.target_column.as_str()]),
+    ] {
         let header = csv_header(&prep.join(file))?;
         if let Some(col) = needed.iter().find(|n| !header.iter().any(|h| h == *n)) {
-            return Ok(Err(fail("prepare", DropReason::PrepareFailed, format!("{file} has no `{col}` column"), format!("{file} columns: {}", header.join(",")))));
+            return Ok(Err(fail(
+                "prepare",
+                DropReason::PrepareFailed,
+                format!("{file} has no `{col}` column"),
+                format!("{file} columns: {}", header.join(",")),
+            )));
         }
     }
     ok(checks, "prepare", format!("wrote the data files in {:.1} s; test.csv holds no target", out.elapsed_secs));
@@ -191,7 +195,15 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
 
     // 5. The sample submission evaluates, and the baseline beats it.
     let sample_dir = c.work_dir.join("eval-sample");
-    let out = evaluate_submission(c.sandbox, &prepared, &prepared.starter().join("sample_submission.csv"), &sample_dir, training_timeout, &format!("{} evaluate sample", c.label)).await?;
+    let out = evaluate_submission(
+        c.sandbox,
+        &prepared,
+        &prepared.starter().join("sample_submission.csv"),
+        &sample_dir,
+        training_timeout,
+        &format!("{} evaluate sample", c.label),
+    )
+    .await?;
     let sample_scores = match checked_scores("sample_submission", &out, b) {
         Ok(s) => s,
         Err(f) => return Ok(Err(f)),
@@ -213,7 +225,8 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
 
     // 6. The baseline leaves the agent room to improve.
     if let Some(problem) = saturation(&b.priority_metric, b.direction, base, trivial, c.headroom) {
-        let evidence = format!("baseline scores {}; naive submission scores {}", format_scores(&baseline_scores), format_scores(&sample_scores));
+        let evidence =
+            format!("baseline scores {}; naive submission scores {}", format_scores(&baseline_scores), format_scores(&sample_scores));
         return Ok(Err(fail("headroom", DropReason::BaselineSaturated, problem, evidence)));
     }
     let bound = match metric_bound(&b.priority_metric) {
@@ -224,11 +237,20 @@ async fn run_checks(c: &TaskCheck<'_>, checks: &mut Vec<CheckResult>) -> Result<
 
     // 7. A wrong-shaped submission (one row short) is rejected.
     let short = c.work_dir.join("short_submission.csv");
-    let sample_text = std::fs::read_to_string(prepared.starter().join("sample_submission.csv")).map_err(|e| io_err("cannot read sample submission", e))?;
+    let sample_text = std::fs::read_to_string(prepared.starter().join("sample_submission.csv"))
+        .map_err(|e| io_err("cannot read sample submission", e))?;
     let mut lines: Vec<&str> = sample_text.lines().collect();
     lines.pop();
     write_file(&short, &(lines.join("\n") + "\n"))?;
-    let out = evaluate_submission(c.sandbox, &prepared, &short, &c.work_dir.join("eval-short"), training_timeout, &format!("{} evaluate wrong shape", c.label)).await?;
+    let out = evaluate_submission(
+        c.sandbox,
+        &prepared,
+        &short,
+        &c.work_dir.join("eval-short"),
+        training_timeout,
+        &format!("{} evaluate wrong shape", c.label),
+    )
+    .await?;
     if out.success() {
         return Ok(Err(fail(
             "wrong_shape",
@@ -252,7 +274,8 @@ async fn baseline_and_evaluate(
     let ws = c.work_dir.join(format!("baseline-{run}"));
     fresh_dir(&ws.join("data")).map_err(|e| io_err("cannot create baseline workspace", e))?;
     copy_files(&prepared.starter(), &ws).map_err(|e| io_err("cannot copy starter code", e))?;
-    let out = run_python(c, &ws, &["baseline.py"], vec![ro(&prepared.public_data(), "data")], timeout, &format!("baseline run {run}")).await?;
+    let out =
+        run_python(c, &ws, &["baseline.py"], vec![ro(&prepared.public_data(), "data")], timeout, &format!("baseline run {run}")).await?;
     if let Some(f) = job_failure("baseline", DropReason::BaselineFailed, &out) {
         return Ok(Err(f));
     }
@@ -260,7 +283,15 @@ async fn baseline_and_evaluate(
     if !submission.is_file() {
         return Ok(Err(fail("baseline", DropReason::BaselineFailed, "baseline.py did not write submission.csv", output_text(&out))));
     }
-    let out = evaluate_submission(c.sandbox, prepared, &submission, &c.work_dir.join(format!("eval-baseline-{run}")), timeout, &format!("{} evaluate baseline {run}", c.label)).await?;
+    let out = evaluate_submission(
+        c.sandbox,
+        prepared,
+        &submission,
+        &c.work_dir.join(format!("eval-baseline-{run}")),
+        timeout,
+        &format!("{} evaluate baseline {run}", c.label),
+    )
+    .await?;
     Ok(checked_scores("evaluate", &out, c.bundle))
 }
 
@@ -385,19 +416,76 @@ pub struct MetricBound {
 /// Metrics whose best value is 1 (accuracy, F1, AUC, NDCG, R², IoU, correlations, ...),
 /// after [`metric_stem`].
 const BEST_AT_ONE: &[&str] = &[
-    "accuracy", "acc", "balanced_accuracy", "top_k_accuracy", "f1", "fbeta", "precision", "recall", "sensitivity",
-    "specificity", "auc", "roc_auc", "auroc", "pr_auc", "auprc", "average_precision", "ap", "map",
-    "mean_average_precision", "mrr", "mean_reciprocal_rank", "ndcg", "hits", "hit_rate", "r2", "r_squared",
-    "explained_variance", "iou", "miou", "mean_iou", "jaccard", "dice", "exact_match", "em", "mcc",
-    "matthews_corrcoef", "kappa", "cohen_kappa", "quadratic_weighted_kappa", "qwk", "spearman", "pearson",
+    "accuracy",
+    "acc",
+    "balanced_accuracy",
+    "top_k_accuracy",
+    "f1",
+    "fbeta",
+    "precision",
+    "recall",
+    "sensitivity",
+    "specificity",
+    "auc",
+    "roc_auc",
+    "auroc",
+    "pr_auc",
+    "auprc",
+    "average_precision",
+    "ap",
+    "map",
+    "mean_average_precision",
+    "mrr",
+    "mean_reciprocal_rank",
+    "ndcg",
+    "hits",
+    "hit_rate",
+    "r2",
+    "r_squared",
+    "explained_variance",
+    "iou",
+    "miou",
+    "mean_iou",
+    "jaccard",
+    "dice",
+    "exact_match",
+    "em",
+    "mcc",
+    "matthews_corrcoef",
+    "kappa",
+    "cohen_kappa",
+    "quadratic_weighted_kappa",
+    "qwk",
+    "spearman",
+    "pearson",
 ];
 
 /// Error metrics whose best value is 0 (RMSE, MAE, log loss, error rates, ...), after
 /// [`metric_stem`].
 const BEST_AT_ZERO: &[&str] = &[
-    "rmse", "mse", "mae", "medae", "rmsle", "msle", "mape", "smape", "mean_squared_error",
-    "root_mean_squared_error", "mean_absolute_error", "median_absolute_error", "mean_absolute_percentage_error",
-    "log_loss", "logloss", "cross_entropy", "nll", "brier", "error", "error_rate", "wer", "cer", "hamming_loss",
+    "rmse",
+    "mse",
+    "mae",
+    "medae",
+    "rmsle",
+    "msle",
+    "mape",
+    "smape",
+    "mean_squared_error",
+    "root_mean_squared_error",
+    "mean_absolute_error",
+    "median_absolute_error",
+    "mean_absolute_percentage_error",
+    "log_loss",
+    "logloss",
+    "cross_entropy",
+    "nll",
+    "brier",
+    "error",
+    "error_rate",
+    "wer",
+    "cer",
+    "hamming_loss",
     "zero_one_loss",
 ];
 
@@ -481,8 +569,7 @@ pub fn saturation(metric: &str, direction: Direction, base: f64, trivial: f64, m
 
 /// Scores are reproduced when every metric matches to 1e-9 relative.
 pub fn same_scores(a: &Scores, b: &Scores) -> bool {
-    a.len() == b.len()
-        && a.iter().all(|(k, x)| b.get(k).is_some_and(|y| (x - y).abs() <= 1e-9 * x.abs().max(1.0)))
+    a.len() == b.len() && a.iter().all(|(k, x)| b.get(k).is_some_and(|y| (x - y).abs() <= 1e-9 * x.abs().max(1.0)))
 }
 
 /// Scores as MLGym prints them: a Python dict.
@@ -545,10 +632,7 @@ async fn run_python(
             label: format!("{} {what}", c.label),
             workdir: workdir.to_path_buf(),
             workdir_inside: WORKSPACE.to_string(),
-            mounts: mounts
-                .into_iter()
-                .map(|(host, rel)| Mount { host, inside: format!("{WORKSPACE}/{rel}"), writable: false })
-                .collect(),
+            mounts: mounts.into_iter().map(|(host, rel)| Mount { host, inside: format!("{WORKSPACE}/{rel}"), writable: false }).collect(),
             command,
             timeout,
         })
@@ -608,7 +692,6 @@ pub fn read_bundle_dir(dir: &Path) -> Result<TaskBundle, String> {
     serde_json::from_value(meta).map_err(|e| format!("{}: {e}", meta_path.display()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,7 +726,20 @@ mod tests {
     #[test]
     fn metric_bounds_come_from_the_metric_name() {
         let max = |name: &str| metric_bound(name).map(|b| (b.direction, b.best));
-        for name in ["accuracy", "f1_macro", "macro-F1", "ndcg_at_10", "NDCG@10", "ndcg", "r2", "R²", "roc_auc", "top5_accuracy", "hits@10", "mean_iou"] {
+        for name in [
+            "accuracy",
+            "f1_macro",
+            "macro-F1",
+            "ndcg_at_10",
+            "NDCG@10",
+            "ndcg",
+            "r2",
+            "R²",
+            "roc_auc",
+            "top5_accuracy",
+            "hits@10",
+            "mean_iou",
+        ] {
             assert_eq!(max(name), Some((Direction::Maximize, 1.0)), "{name}");
         }
         for name in ["rmse", "mae", "log_loss", "logloss", "mean_squared_error", "RMSE", "test_mae"] {

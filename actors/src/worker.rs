@@ -113,10 +113,7 @@ fn inject_fault(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<(), ActorProc
 /// Reads a unit's stored result of the stage `T` is the result of.
 pub async fn stored<T: StageOutput>(p: &Pipeline, unit: &str) -> Result<T, PortError> {
     let stage = T::STAGE;
-    let result = p
-        .store
-        .result(unit, stage)
-        .await?
-        .ok_or_else(|| PortError::Permanent(format!("unit {unit} has no stored {stage} result")))?;
+    let result =
+        p.store.result(unit, stage).await?.ok_or_else(|| PortError::Permanent(format!("unit {unit} has no stored {stage} result")))?;
     T::from_result(result).ok_or_else(|| PortError::Permanent(format!("the stored {stage} result of {unit} is of another stage")))
 }

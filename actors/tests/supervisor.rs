@@ -61,7 +61,11 @@ async fn a_crashed_worker_is_replaced_and_its_unit_retried_with_the_attempt_coun
 
 #[tokio::test(start_paused = true)]
 async fn a_unit_that_crashes_its_worker_every_time_is_dropped_after_its_attempts() {
-    let script = Script::new(Duration::from_secs(1), |stage, unit| if stage == Stage::Dataset && unit.id == "t000000" { Act::Panic } else { Act::Advance });
+    let script =
+        Script::new(
+            Duration::from_secs(1),
+            |stage, unit| if stage == Stage::Dataset && unit.id == "t000000" { Act::Panic } else { Act::Advance },
+        );
     let run = pipeline(settings(2, 0), script);
     let outcome = run_pipeline_until(run.pipeline.clone(), None).await.unwrap();
     assert_eq!(outcome.accepted_tasks, 2, "a replacement unit makes up for the dropped one");
@@ -155,7 +159,11 @@ async fn a_stage_stuck_past_its_deadline_is_killed_and_its_unit_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drop_that_dooms_every_unit_stops_the_run_with_its_message() {
-    let script = Script::new(Duration::from_secs(1), |stage, _| if stage == Stage::Debug { Act::Drop(DropReason::SandboxUnavailable) } else { Act::Advance });
+    let script =
+        Script::new(
+            Duration::from_secs(1),
+            |stage, _| if stage == Stage::Debug { Act::Drop(DropReason::SandboxUnavailable) } else { Act::Advance },
+        );
     let run = pipeline(settings(3, 0), script);
     let err = run_pipeline_until(run.pipeline.clone(), None).await.unwrap_err();
     assert!(err.contains("sandbox_unavailable") && err.contains("debug stage"), "{err}");

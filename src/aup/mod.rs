@@ -45,14 +45,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
-pub use profile::{
-    AupResult, GRID_POINTS, INFEASIBLE_FACTOR, compute, compute_pair, compute_with_max_tau,
-    linspace, max_tau,
-};
-pub use scores::{
-    BASELINE, ScoreTable, from_trajectories, parse_direction, read_directions_csv,
-    read_score_table_csv,
-};
+pub use profile::{AupResult, GRID_POINTS, INFEASIBLE_FACTOR, compute, compute_pair, compute_with_max_tau, linspace, max_tau};
+pub use scores::{BASELINE, ScoreTable, from_trajectories, parse_direction, read_directions_csv, read_score_table_csv};
 pub use svg::profile_svg;
 
 // ---------------------------------------------------------------------------------------------
@@ -62,8 +56,7 @@ pub use svg::profile_svg;
 /// followed by the scale. Methods present in only one result show `-` for the other.
 pub fn text_table(best: &AupResult, last: &AupResult) -> String {
     let rows = method_rows(best, last);
-    let width =
-        rows.iter().map(|(m, _, _)| m.chars().count()).max().unwrap_or(0).max("method".len());
+    let width = rows.iter().map(|(m, _, _)| m.chars().count()).max().unwrap_or(0).max("method".len());
     let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
     let mut out = String::new();
     let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}", "method", "best AUP", "last AUP");
@@ -88,15 +81,9 @@ fn method_rows(best: &AupResult, last: &AupResult) -> Vec<(String, Option<f64>, 
             names.push(m);
         }
     }
-    let mut rows: Vec<_> =
-        names.into_iter().map(|m| (m.clone(), best.aup_of(m), last.aup_of(m))).collect();
+    let mut rows: Vec<_> = names.into_iter().map(|m| (m.clone(), best.aup_of(m), last.aup_of(m))).collect();
     let key = |v: Option<f64>| v.unwrap_or(f64::NEG_INFINITY);
-    rows.sort_by(|a, b| {
-        key(b.1)
-            .total_cmp(&key(a.1))
-            .then(key(b.2).total_cmp(&key(a.2)))
-            .then_with(|| a.0.cmp(&b.0))
-    });
+    rows.sort_by(|a, b| key(b.1).total_cmp(&key(a.1)).then(key(b.2).total_cmp(&key(a.2))).then_with(|| a.0.cmp(&b.0)));
     rows
 }
 
@@ -131,10 +118,8 @@ fn setting_json(result: &AupResult, t: usize) -> Value {
 /// `best_aup`/`last_aup`) and `tasks` (each with its direction and, per setting, scores, ratios
 /// and feasibility per method; a missing score or non-finite ratio is `null`).
 pub fn to_json(best: &AupResult, last: &AupResult) -> Value {
-    let methods: Vec<Value> = method_rows(best, last)
-        .into_iter()
-        .map(|(m, b, l)| json!({ "method": m, "best_aup": b, "last_aup": l }))
-        .collect();
+    let methods: Vec<Value> =
+        method_rows(best, last).into_iter().map(|(m, b, l)| json!({ "method": m, "best_aup": b, "last_aup": l })).collect();
     let mut task_names: Vec<&String> = best.table.tasks.iter().collect();
     for t in &last.table.tasks {
         if !task_names.contains(&t) {
@@ -209,14 +194,12 @@ pub fn run_aup(input: AupInput, json: bool, svg: Option<&Path>) -> Result<String
     let (best, last) = compute_pair(&best_table, &last_table);
     if let Some(path) = svg {
         let last_path = last_svg_path(path);
-        fs::write(path, profile_svg(&best, "Performance profiles: Best Attempt"))
-            .with_context(|| format!("writing {}", path.display()))?;
+        fs::write(path, profile_svg(&best, "Performance profiles: Best Attempt")).with_context(|| format!("writing {}", path.display()))?;
         fs::write(&last_path, profile_svg(&last, "Performance profiles: Last"))
             .with_context(|| format!("writing {}", last_path.display()))?;
     }
     if json {
-        let mut text =
-            serde_json::to_string_pretty(&to_json(&best, &last)).expect("JSON values serialise");
+        let mut text = serde_json::to_string_pretty(&to_json(&best, &last)).expect("JSON values serialise");
         text.push('\n');
         Ok(text)
     } else {

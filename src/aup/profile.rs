@@ -38,12 +38,7 @@ fn ratios(table: &ScoreTable) -> Ratios {
                 _ => false,
             })
             .collect();
-        let best = row
-            .iter()
-            .zip(&feasible)
-            .filter(|(_, f)| **f)
-            .filter_map(|(s, _)| *s)
-            .reduce(|a, b| better(direction, a, b));
+        let best = row.iter().zip(&feasible).filter(|(_, f)| **f).filter_map(|(s, _)| *s).reduce(|a, b| better(direction, a, b));
         let mut ratio = vec![f64::INFINITY; n_methods];
         let mut bound = None;
         if let Some(best) = best {
@@ -68,8 +63,7 @@ fn ratios(table: &ScoreTable) -> Ratios {
                     feasible[m] = false;
                 }
             }
-            let worst =
-                (0..n_methods).filter(|&m| feasible[m]).map(|m| ratio[m]).fold(1.0, f64::max);
+            let worst = (0..n_methods).filter(|&m| feasible[m]).map(|m| ratio[m]).fold(1.0, f64::max);
             let penalty = worst * INFEASIBLE_FACTOR;
             for m in 0..n_methods {
                 if !feasible[m] {
@@ -138,11 +132,7 @@ impl AupResult {
     /// Method indices by AUP, best first (ties by name).
     pub fn ranking(&self) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.aup.len()).collect();
-        order.sort_by(|&a, &b| {
-            self.aup[b]
-                .total_cmp(&self.aup[a])
-                .then_with(|| self.table.methods[a].cmp(&self.table.methods[b]))
-        });
+        order.sort_by(|&a, &b| self.aup[b].total_cmp(&self.aup[a]).then_with(|| self.table.methods[a].cmp(&self.table.methods[b])));
         order
     }
 }
@@ -158,28 +148,13 @@ pub fn compute_with_max_tau(table: &ScoreTable, max_tau: f64) -> AupResult {
         let logs: Vec<f64> = ratio.iter().map(|row| row[m].log10()).collect();
         let profile: Vec<f64> = taus
             .iter()
-            .map(|&tau| {
-                if n_tasks == 0 {
-                    0.0
-                } else {
-                    logs.iter().filter(|&&l| l <= tau).count() as f64 / n_tasks as f64
-                }
-            })
+            .map(|&tau| if n_tasks == 0 { 0.0 } else { logs.iter().filter(|&&l| l <= tau).count() as f64 / n_tasks as f64 })
             .collect();
         let area = taus.windows(2).zip(&profile).map(|(w, rho)| (w[1] - w[0]) * rho).sum();
         profiles.push(profile);
         aup.push(area);
     }
-    AupResult {
-        table: table.clone(),
-        ratios: ratio,
-        feasible,
-        tau_bounds: bound,
-        max_tau,
-        taus,
-        profiles,
-        aup,
-    }
+    AupResult { table: table.clone(), ratios: ratio, feasible, tau_bounds: bound, max_tau, taus, profiles, aup }
 }
 
 /// Computes one table on its own scale (`max_tau` from this table alone).

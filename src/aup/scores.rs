@@ -13,7 +13,6 @@ use serde_json::Value;
 /// Name of the pseudo-method holding each task's baseline score.
 pub const BASELINE: &str = "baseline";
 
-
 /// Scores of methods (columns) on tasks (rows); `None` = no valid score.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoreTable {
@@ -113,12 +112,7 @@ pub fn read_directions_csv(path: &Path) -> Result<BTreeMap<String, Direction>> {
     let mut out = BTreeMap::new();
     for (i, rec) in records.iter().enumerate() {
         if rec.fields.len() != 2 {
-            bail!(
-                "{}: line {}: expected 2 cells (task,direction), found {}",
-                path.display(),
-                rec.line,
-                rec.fields.len()
-            );
+            bail!("{}: line {}: expected 2 cells (task,direction), found {}", path.display(), rec.line, rec.fields.len());
         }
         let task = rec.fields[0].trim();
         match parse_direction(&rec.fields[1]) {
@@ -128,12 +122,7 @@ pub fn read_directions_csv(path: &Path) -> Result<BTreeMap<String, Direction>> {
                 }
             }
             None if i == 0 => {} // header
-            None => bail!(
-                "{}: line {}, column 2: {:?} is not a direction (maximize or minimize)",
-                path.display(),
-                rec.line,
-                rec.fields[1]
-            ),
+            None => bail!("{}: line {}, column 2: {:?} is not a direction (maximize or minimize)", path.display(), rec.line, rec.fields[1]),
         }
     }
     Ok(out)
@@ -152,30 +141,20 @@ fn parse_cell(cell: &str) -> std::result::Result<Option<f64>, ()> {
 /// Reads a score table in MLGym's published layout (`results/tables/*_scores_*.csv`): a header
 /// `Task,<method>,...`, then one row per task; an empty cell means no valid score. Every task
 /// label must have an entry in `directions`.
-pub fn read_score_table_csv(
-    path: &Path,
-    directions: &BTreeMap<String, Direction>,
-) -> Result<ScoreTable> {
+pub fn read_score_table_csv(path: &Path, directions: &BTreeMap<String, Direction>) -> Result<ScoreTable> {
     let records = read_csv(path)?;
     let file = path.display();
     let Some((header, rows)) = records.split_first() else {
         bail!("{file}: empty file, expected a header row `Task,<method>,...`");
     };
     if header.fields.len() < 2 {
-        bail!(
-            "{file}: line {}: header needs a task column and at least one method column",
-            header.line
-        );
+        bail!("{file}: line {}: header needs a task column and at least one method column", header.line);
     }
     let methods: Vec<String> = header.fields[1..].iter().map(|m| m.trim().to_string()).collect();
     let mut seen = BTreeSet::new();
     for (j, m) in methods.iter().enumerate() {
         if m.is_empty() {
-            bail!(
-                "{file}: line {}, column {}: empty method name in the header",
-                header.line,
-                j + 2
-            );
+            bail!("{file}: line {}, column {}: empty method name in the header", header.line, j + 2);
         }
         if !seen.insert(m.as_str()) {
             bail!("{file}: line {}, column {}: method {m:?} appears twice", header.line, j + 2);
@@ -198,9 +177,8 @@ pub fn read_score_table_csv(
         if table.tasks.contains(&task) {
             bail!("{file}: line {}, column 1: task {task:?} appears twice", rec.line);
         }
-        let direction = *directions.get(&task).ok_or_else(|| {
-            anyhow!("{file}: line {}, column 1: no direction given for task {task:?}", rec.line)
-        })?;
+        let direction =
+            *directions.get(&task).ok_or_else(|| anyhow!("{file}: line {}, column 1: no direction given for task {task:?}", rec.line))?;
         let mut row = Vec::with_capacity(table.methods.len());
         for (j, cell) in rec.fields[1..].iter().enumerate() {
             row.push(parse_cell(cell).map_err(|()| {
@@ -232,27 +210,17 @@ struct TaskSpec {
 
 fn read_tasks_index(path: &Path) -> Result<Vec<TaskSpec>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let entries = doc
-        .as_array()
-        .ok_or_else(|| anyhow!("{}: expected a JSON array of tasks", path.display()))?;
+    let doc: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let entries = doc.as_array().ok_or_else(|| anyhow!("{}: expected a JSON array of tasks", path.display()))?;
     let mut specs = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let field = |name: &str| {
-            e[name].as_str().map(str::to_string).ok_or_else(|| {
-                anyhow!("{}: task entry {i}: missing string field {name:?}", path.display())
-            })
+            e[name].as_str().map(str::to_string).ok_or_else(|| anyhow!("{}: task entry {i}: missing string field {name:?}", path.display()))
         };
         let id = field("task_id")?;
         let metric = field("priority_metric")?;
-        let direction = parse_direction(&field("direction")?).ok_or_else(|| {
-            anyhow!(
-                "{}: task {id:?}: direction {:?} is not maximize or minimize",
-                path.display(),
-                e["direction"]
-            )
-        })?;
+        let direction = parse_direction(&field("direction")?)
+            .ok_or_else(|| anyhow!("{}: task {id:?}: direction {:?} is not maximize or minimize", path.display(), e["direction"]))?;
         let baseline = metric_value(&e["baseline_scores"], &metric);
         specs.push(TaskSpec { id, metric, direction, baseline });
     }
@@ -356,10 +324,8 @@ pub fn from_trajectories(out_dir: &Path) -> Result<(ScoreTable, ScoreTable)> {
             bail!("{}: a model named {BASELINE:?} clashes with the baseline column", dir.display());
         }
         let spec = &specs[t];
-        let text = fs::read_to_string(&results_path)
-            .with_context(|| format!("reading {}", results_path.display()))?;
-        let results: Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", results_path.display()))?;
+        let text = fs::read_to_string(&results_path).with_context(|| format!("reading {}", results_path.display()))?;
+        let results: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", results_path.display()))?;
         let agent = match &results["agent"] {
             Value::Array(items) => items.as_slice(),
             Value::Null => &[],
@@ -374,26 +340,17 @@ pub fn from_trajectories(out_dir: &Path) -> Result<(ScoreTable, ScoreTable)> {
         if agent.is_empty() {
             continue;
         }
-        let run_best = agent
-            .iter()
-            .filter_map(|e| metric_value(e, &spec.metric))
-            .reduce(|a, b| better(spec.direction, a, b));
+        let run_best = agent.iter().filter_map(|e| metric_value(e, &spec.metric)).reduce(|a, b| better(spec.direction, a, b));
         let run_last = agent.last().and_then(|e| metric_value(e, &spec.metric));
         merge(best_slot, run_best, spec.direction);
         merge(last_slot, run_last, spec.direction);
     }
 
     let models: BTreeSet<&String> = best.keys().map(|(m, _)| m).collect();
-    let methods: Vec<String> =
-        std::iter::once(BASELINE.to_string()).chain(models.into_iter().cloned()).collect();
-    let tasks: Vec<(String, Direction)> = specs
-        .iter()
-        .zip(&has_runs)
-        .filter(|(_, has)| **has)
-        .map(|(s, _)| (s.id.clone(), s.direction))
-        .collect();
-    let mut tables =
-        [ScoreTable::new(tasks.clone(), methods.clone()), ScoreTable::new(tasks, methods)];
+    let methods: Vec<String> = std::iter::once(BASELINE.to_string()).chain(models.into_iter().cloned()).collect();
+    let tasks: Vec<(String, Direction)> =
+        specs.iter().zip(&has_runs).filter(|(_, has)| **has).map(|(s, _)| (s.id.clone(), s.direction)).collect();
+    let mut tables = [ScoreTable::new(tasks.clone(), methods.clone()), ScoreTable::new(tasks, methods)];
     for (t, spec) in specs.iter().enumerate() {
         if has_runs[t] {
             for table in &mut tables {

@@ -24,25 +24,14 @@ fn xml_escape(text: &str) -> String {
 fn tick_step(span: f64, target: f64) -> f64 {
     let raw = span / target;
     let magnitude = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|f| f * magnitude)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude)
+    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|f| f * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude)
 }
 
 fn decimals(step: f64) -> usize {
-    (0..6)
-        .find(|&d| {
-            ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() < 1e-9
-        })
-        .unwrap_or(6)
+    (0..6).find(|&d| ((step * 10f64.powi(d as i32)).round() - step * 10f64.powi(d as i32)).abs() < 1e-9).unwrap_or(6)
 }
 
-const PALETTE: [&str; 10] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf",
-];
+const PALETTE: [&str; 10] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const DASHES: [&str; 3] = ["", "6 3", "2 2"];
 
 /// A self-contained SVG plot of the performance profiles `rho_m(tau)` of every method: one
@@ -84,49 +73,20 @@ pub fn profile_svg(result: &AupResult, title: &str) -> String {
             break;
         }
         let px = x(tau);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{px:.2}" y1="{top:.2}" x2="{px:.2}" y2="{:.2}" stroke="#e0e0e0"/>"##,
-            top + ph
-        );
-        let _ = writeln!(
-            s,
-            r##"<line x1="{px:.2}" y1="{:.2}" x2="{px:.2}" y2="{:.2}" stroke="black"/>"##,
-            top + ph,
-            top + ph + 5.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{px:.2}" y="{:.2}" text-anchor="middle">{tau:.digits$}</text>"#,
-            top + ph + 19.0
-        );
+        let _ = writeln!(s, r##"<line x1="{px:.2}" y1="{top:.2}" x2="{px:.2}" y2="{:.2}" stroke="#e0e0e0"/>"##, top + ph);
+        let _ = writeln!(s, r##"<line x1="{px:.2}" y1="{:.2}" x2="{px:.2}" y2="{:.2}" stroke="black"/>"##, top + ph, top + ph + 5.0);
+        let _ = writeln!(s, r#"<text x="{px:.2}" y="{:.2}" text-anchor="middle">{tau:.digits$}</text>"#, top + ph + 19.0);
         k += 1;
     }
     for k in 0..=5 {
         let rho = k as f64 / 5.0;
         let py = y(rho);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left:.2}" y1="{py:.2}" x2="{:.2}" y2="{py:.2}" stroke="#e0e0e0"/>"##,
-            left + pw
-        );
-        let _ = writeln!(
-            s,
-            r##"<line x1="{:.2}" y1="{py:.2}" x2="{left:.2}" y2="{py:.2}" stroke="black"/>"##,
-            left - 5.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.2}" y="{:.2}" text-anchor="end">{rho:.1}</text>"#,
-            left - 8.0,
-            py + 4.0
-        );
+        let _ = writeln!(s, r##"<line x1="{left:.2}" y1="{py:.2}" x2="{:.2}" y2="{py:.2}" stroke="#e0e0e0"/>"##, left + pw);
+        let _ = writeln!(s, r##"<line x1="{:.2}" y1="{py:.2}" x2="{left:.2}" y2="{py:.2}" stroke="black"/>"##, left - 5.0);
+        let _ = writeln!(s, r#"<text x="{:.2}" y="{:.2}" text-anchor="end">{rho:.1}</text>"#, left - 8.0, py + 4.0);
     }
     // Axes and labels.
-    let _ = writeln!(
-        s,
-        r#"<rect x="{left:.2}" y="{top:.2}" width="{pw:.2}" height="{ph:.2}" fill="none" stroke="black"/>"#
-    );
+    let _ = writeln!(s, r#"<rect x="{left:.2}" y="{top:.2}" width="{pw:.2}" height="{ph:.2}" fill="none" stroke="black"/>"#);
     let _ = writeln!(
         s,
         r#"<text x="{:.2}" y="{:.2}" text-anchor="middle">τ (log10 of the performance ratio)</text>"#,
@@ -156,13 +116,9 @@ pub fn profile_svg(result: &AupResult, title: &str) -> String {
             }
             let _ = write!(d, " H{:.2}", x(*result.taus.last().expect("non-empty grid")));
         }
-        let dash_attr =
-            if dash.is_empty() { String::new() } else { format!(r#" stroke-dasharray="{dash}""#) };
+        let dash_attr = if dash.is_empty() { String::new() } else { format!(r#" stroke-dasharray="{dash}""#) };
         let name = xml_escape(&result.table.methods[m]);
-        let _ = writeln!(
-            s,
-            r#"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.8"{dash_attr}><title>{name}</title></path>"#
-        );
+        let _ = writeln!(s, r#"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.8"{dash_attr}><title>{name}</title></path>"#);
         let ly = top + 10.0 + rank as f64 * 18.0;
         let lx = left + pw + 15.0;
         let _ = writeln!(
@@ -170,13 +126,7 @@ pub fn profile_svg(result: &AupResult, title: &str) -> String {
             r#"<line x1="{lx:.2}" y1="{ly:.2}" x2="{:.2}" y2="{ly:.2}" stroke="{color}" stroke-width="2"{dash_attr}/>"#,
             lx + 24.0
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.2}" y="{:.2}">{name} ({:.3})</text>"#,
-            lx + 30.0,
-            ly + 4.0,
-            result.aup[m]
-        );
+        let _ = writeln!(s, r#"<text x="{:.2}" y="{:.2}">{name} ({:.3})</text>"#, lx + 30.0, ly + 4.0, result.aup[m]);
     }
     s.push_str("</svg>\n");
     s

@@ -24,8 +24,8 @@ use gymforge_actors::ports::{ChatMessage, ChatRequest, Llm, ResponseFormat};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::config::{Config, EndpointConfig, SimFaults, StructuredOutput};
 use super::{BenchReport, Target};
+use crate::config::{Config, EndpointConfig, SimFaults, StructuredOutput};
 use crate::gateway::{Gateway, Source};
 
 /// Target utilisation of the request limit.
@@ -124,11 +124,8 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     server.abort();
 
     let log = ep.take_dispatch_log().unwrap_or_default();
-    let violations = log
-        .dispatched
-        .iter()
-        .filter(|d| log.cooldowns.iter().any(|(learned, until)| learned < d && *d < until))
-        .count() as u64;
+    let violations =
+        log.dispatched.iter().filter(|d| log.cooldowns.iter().any(|(learned, until)| learned < d && *d < until)).count() as u64;
     let accepted = tally.accepted.load(Ordering::Relaxed);
     let completed = tally.completed.load(Ordering::Relaxed);
     let failed = tally.failed.load(Ordering::Relaxed);

@@ -60,7 +60,12 @@ struct Window {
 
 /// Waits out the warm-up (services up, both tasks accepted, every slot busy), then counts
 /// trajectories and samples RSS every second for the window.
-async fn measure(b: &BenchPipeline, state: &DaemonState, rx: tokio::sync::watch::Receiver<gymforge_actors::Progress>, status: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Window> {
+async fn measure(
+    b: &BenchPipeline,
+    state: &DaemonState,
+    rx: tokio::sync::watch::Receiver<gymforge_actors::Progress>,
+    status: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Window> {
     while state.phase() != "running" {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -79,7 +84,8 @@ async fn measure(b: &BenchPipeline, state: &DaemonState, rx: tokio::sync::watch:
     // Finished trajectories (rollouts that ended without being dropped).
     let done = || rx.borrow().stages.iter().find(|(s, _)| *s == Stage::Rollout).map(|(_, c)| c.passed).unwrap_or(0);
     let (start, done_before) = (Instant::now(), done());
-    let (sent_before, latency_before) = (endpoint.stats.requests_sent.load(Ordering::Relaxed), endpoint.stats.latency_ms_total.load(Ordering::Relaxed));
+    let (sent_before, latency_before) =
+        (endpoint.stats.requests_sent.load(Ordering::Relaxed), endpoint.stats.latency_ms_total.load(Ordering::Relaxed));
     let minute_one = Duration::from_secs(60.min(b.seconds / 2));
     let (mut rss_minute_one, mut rss_sum, mut rss_samples, mut rss_by_minute) = (None, 0u64, 0u64, Vec::new());
     while start.elapsed() < Duration::from_secs(b.seconds) {
@@ -145,12 +151,19 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
 
     // The run's own trajectories give the cost of one.
     let store = crate::store::SqliteStore::open(&crate::run::state_dir(&out).join("state.db"))?;
-    let records: Vec<RolloutRecord> = store.results(Stage::Rollout).map_err(anyhow::Error::msg)?.into_iter().filter_map(|(_, result)| RolloutRecord::from_result(result)).collect();
+    let records: Vec<RolloutRecord> = store
+        .results(Stage::Rollout)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .filter_map(|(_, result)| RolloutRecord::from_result(result))
+        .collect();
     anyhow::ensure!(!records.is_empty(), "no trajectory finished");
     let n = records.len() as f64;
     let calls_per_trajectory = records.iter().map(|r| r.trajectory.info.model_stats.api_calls as f64).sum::<f64>() / n;
-    let sandbox_secs_per_trajectory = records.iter().map(|r| r.trajectory.trajectory.iter().map(|s| s.execution_time).sum::<f64>()).sum::<f64>() / n;
-    let Window { seconds: window, completed, rss_idle, rss_minute_one, rss_end, rss_mean, rss_by_minute, requests_sent, latency_ms_total } = m;
+    let sandbox_secs_per_trajectory =
+        records.iter().map(|r| r.trajectory.trajectory.iter().map(|s| s.execution_time).sum::<f64>()).sum::<f64>() / n;
+    let Window { seconds: window, completed, rss_idle, rss_minute_one, rss_end, rss_mean, rss_by_minute, requests_sent, latency_ms_total } =
+        m;
     let latency_secs = latency_ms_total as f64 / requests_sent.max(1) as f64 / 1000.0;
     let llm_bound = f64::from(b.rpm) * 60.0 / calls_per_trajectory;
     let slot_bound = f64::from(b.slots) * 3600.0 / (sandbox_secs_per_trajectory + calls_per_trajectory * latency_secs);

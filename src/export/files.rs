@@ -30,11 +30,7 @@ impl AtomicFile {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
             .to_string_lossy()
             .into_owned();
-        let temp = dir.join(format!(
-            ".{name}.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let temp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
         let file = fs::OpenOptions::new().write(true).create_new(true).open(&temp)?;
         Ok(AtomicFile { target: target.to_path_buf(), temp, writer: Some(BufWriter::new(file)) })
     }
@@ -129,32 +125,21 @@ pub(super) fn mirror_dir(from: &Path, to: &Path) -> Result<(), PortError> {
     prune_tree(to, Path::new(""), &kept)
 }
 
-fn copy_tree(
-    from: &Path,
-    to: &Path,
-    rel: &Path,
-    kept: &mut HashSet<PathBuf>,
-) -> Result<(), PortError> {
+fn copy_tree(from: &Path, to: &Path, rel: &Path, kept: &mut HashSet<PathBuf>) -> Result<(), PortError> {
     let dir = from.join(rel);
-    let entries =
-        fs::read_dir(&dir).map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
-    let mut names: Vec<_> = entries
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
+    let entries = fs::read_dir(&dir).map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
+    let mut names: Vec<_> =
+        entries.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>().map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
     names.sort();
     for name in names {
         let rel_path = rel.join(&name);
         let src = from.join(&rel_path);
-        let meta = fs::symlink_metadata(&src)
-            .map_err(|e| io_err(format!("reading {}", src.display()), e))?;
+        let meta = fs::symlink_metadata(&src).map_err(|e| io_err(format!("reading {}", src.display()), e))?;
         if meta.is_dir() {
             copy_tree(from, to, &rel_path, kept)?;
         } else if meta.is_file() {
             let dst = to.join(&rel_path);
-            copy_atomic(&src, &dst).map_err(|e| {
-                io_err(format!("copying {} to {}", src.display(), dst.display()), e)
-            })?;
+            copy_atomic(&src, &dst).map_err(|e| io_err(format!("copying {} to {}", src.display(), dst.display()), e))?;
             kept.insert(rel_path);
         } else {
             tracing::warn!(path = %src.display(), "skipping a file that is not a regular file");
@@ -174,16 +159,14 @@ fn prune_tree(to: &Path, rel: &Path, kept: &HashSet<PathBuf>) -> Result<(), Port
             prune_tree(to, &rel_path, kept)?;
             let _ = fs::remove_dir(&path); // only succeeds when empty
         } else if !kept.contains(&rel_path) {
-            fs::remove_file(&path)
-                .map_err(|e| io_err(format!("removing stale {}", path.display()), e))?;
+            fs::remove_file(&path).map_err(|e| io_err(format!("removing stale {}", path.display()), e))?;
         }
     }
     Ok(())
 }
 
 pub(super) fn regular_file(path: &Path) -> Result<(), PortError> {
-    let meta =
-        fs::symlink_metadata(path).map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+    let meta = fs::symlink_metadata(path).map_err(|e| io_err(format!("reading {}", path.display()), e))?;
     if !meta.is_file() {
         return Err(permanent(format!("{} is not a regular file", path.display())));
     }
@@ -191,8 +174,7 @@ pub(super) fn regular_file(path: &Path) -> Result<(), PortError> {
 }
 
 pub(super) fn to_pretty_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, PortError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| permanent(format!("serialising {what}: {e}")))?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| permanent(format!("serialising {what}: {e}")))?;
     bytes.push(b'\n');
     Ok(bytes)
 }
@@ -208,10 +190,8 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path().join("a/b"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<_> =
+            fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["c.txt"]);
         // A failed write leaves the old content and no temporary file.
         let mut file = AtomicFile::create(&path).unwrap();

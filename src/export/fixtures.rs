@@ -6,9 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use gymforge_actors::model::{
-    AcceptedTask, DatasetMeta, Direction, DropReason, HistoryItem, ModelStats, ParquetFile,
-    RolloutRecord, Scores, Stage, TaskBundle, TopicIdea, TopicSample, Trajectory, TrajectoryInfo,
-    TrajectoryStep, Unit, UnitKind, UnitStatus,
+    AcceptedTask, DatasetMeta, Direction, DropReason, HistoryItem, ModelStats, ParquetFile, RolloutRecord, Scores, Stage, TaskBundle,
+    TopicIdea, TopicSample, Trajectory, TrajectoryInfo, TrajectoryStep, Unit, UnitKind, UnitStatus,
 };
 use gymforge_actors::ports::{Event, EventKind, FinalInputs, Usage, UsageRow};
 use serde_json::json;
@@ -51,8 +50,7 @@ pub(super) fn accepted(task_id: &str, description: &str) -> AcceptedTask {
             name: "wineCultivar".into(),
             title: String::new(),
             description: description.to_string(),
-            dataset_description: "Columns: alcohol, ... ; label `cultivar` in {0, 1, 2}."
-                .into(),
+            dataset_description: "Columns: alcohol, ... ; label `cultivar` in {0, 1, 2}.".into(),
             priority_metric: "accuracy".into(),
             direction: Direction::Maximize,
             metrics: vec!["accuracy".into(), "f1".into()],
@@ -129,12 +127,7 @@ fn history(turns: &[(&str, &str)]) -> Vec<HistoryItem> {
         .collect()
 }
 
-pub(super) fn rollout(
-    task_id: &str,
-    run_index: u32,
-    score: Vec<Scores>,
-    turns: &[(&str, &str)],
-) -> RolloutRecord {
+pub(super) fn rollout(task_id: &str, run_index: u32, score: Vec<Scores>, turns: &[(&str, &str)]) -> RolloutRecord {
     RolloutRecord {
         unit: format!("{task_id}.r{run_index}"),
         task_id: task_id.into(),
@@ -148,20 +141,14 @@ pub(super) fn rollout(
                 action: "validate\n".into(),
                 observation: "ok".into(),
                 response: "DISCUSSION\nvalidate\n\n```\nvalidate\n```".into(),
-                state: "{\"open_file\": \"n/a\", \"working_dir\": \"/home/agent/workspace\"}"
-                    .into(),
+                state: "{\"open_file\": \"n/a\", \"working_dir\": \"/home/agent/workspace\"}".into(),
                 thought: "DISCUSSION\nvalidate".into(),
                 execution_time: 0.5,
             }],
             history: history(turns),
             info: TrajectoryInfo {
                 model_stats: ModelStats::default(),
-                exit_status: if score.is_empty() {
-                    "submission_not_found (submit)"
-                } else {
-                    "submitted"
-                }
-                .into(),
+                exit_status: if score.is_empty() { "submission_not_found (submit)" } else { "submitted" }.into(),
                 submission: None,
                 score,
                 summarizer: json!({}),
@@ -179,14 +166,7 @@ pub(super) const TURNS: &[(&str, &str)] = &[
     ("user", "Exited (submit)"),
 ];
 
-pub(super) fn unit(
-    id: &str,
-    kind: UnitKind,
-    seq: u64,
-    stage: Stage,
-    status: UnitStatus,
-    reason: Option<&str>,
-) -> Unit {
+pub(super) fn unit(id: &str, kind: UnitKind, seq: u64, stage: Stage, status: UnitStatus, reason: Option<&str>) -> Unit {
     Unit {
         id: id.into(),
         kind,
@@ -211,12 +191,7 @@ pub(super) fn final_inputs() -> FinalInputs {
     minimize_task.topic.sample.task_type = "regression".into();
     let mut other_turns = TURNS.to_vec();
     other_turns[2].1 = "DISCUSSION\nother\n\n```\nls -la\n```";
-    let mut t2 = rollout(
-        "wineT2",
-        0,
-        vec![scores(&[("rmse", 3.0)]), scores(&[("rmse", 2.0)]), scores(&[("rmse", 2.5)])],
-        &other_turns,
-    );
+    let mut t2 = rollout("wineT2", 0, vec![scores(&[("rmse", 3.0)]), scores(&[("rmse", 2.0)]), scores(&[("rmse", 2.5)])], &other_turns);
     t2.baseline_scores = scores(&[("rmse", 2.2)]);
     let mut inputs = FinalInputs {
         units: vec![
@@ -234,16 +209,7 @@ pub(super) fn final_inputs() -> FinalInputs {
         ],
         tasks: vec![task, minimize_task],
         rollouts: vec![
-            rollout(
-                "wineT1",
-                0,
-                vec![
-                    scores(&[("accuracy", 0.7)]),
-                    scores(&[("accuracy", 0.9)]),
-                    scores(&[("accuracy", 0.8)]),
-                ],
-                TURNS,
-            ),
+            rollout("wineT1", 0, vec![scores(&[("accuracy", 0.7)]), scores(&[("accuracy", 0.9)]), scores(&[("accuracy", 0.8)])], TURNS),
             rollout("wineT1", 1, vec![], TURNS),
             rollout("wineT1", 2, vec![scores(&[("accuracy", 0.6)])], TURNS),
             t2,
@@ -261,45 +227,20 @@ pub(super) fn final_inputs() -> FinalInputs {
                 stage: Codegen,
                 endpoint: "cheap".into(),
                 model: "sim".into(),
-                usage: Usage {
-                    calls: 3,
-                    input_tokens: 3000,
-                    output_tokens: 900,
-                    cost_usd: 0.5,
-                },
+                usage: Usage { calls: 3, input_tokens: 3000, output_tokens: 900, cost_usd: 0.5 },
             },
             UsageRow {
                 unit: "t0001-r1".into(),
                 stage: Rollout,
                 endpoint: "main".into(),
                 model: "teacher".into(),
-                usage: Usage {
-                    calls: 20,
-                    input_tokens: 20000,
-                    output_tokens: 2000,
-                    cost_usd: 1.0,
-                },
+                usage: Usage { calls: 20, input_tokens: 20000, output_tokens: 2000, cost_usd: 1.0 },
             },
         ],
         events: vec![
-            Event {
-                kind: EventKind::Retry,
-                unit: "t0002".into(),
-                stage: Dataset,
-                detail: "429".into(),
-            },
-            Event {
-                kind: EventKind::WorkerRestart,
-                unit: "t0003".into(),
-                stage: Debug,
-                detail: "panic".into(),
-            },
-            Event {
-                kind: EventKind::Retry,
-                unit: "t0004".into(),
-                stage: Codegen,
-                detail: "timeout".into(),
-            },
+            Event { kind: EventKind::Retry, unit: "t0002".into(), stage: Dataset, detail: "429".into() },
+            Event { kind: EventKind::WorkerRestart, unit: "t0003".into(), stage: Debug, detail: "panic".into() },
+            Event { kind: EventKind::Retry, unit: "t0004".into(), stage: Codegen, detail: "timeout".into() },
         ],
         wall_time_secs: 1800.0,
     };

@@ -129,12 +129,7 @@ pub fn dataset_config(task: &AcceptedTask) -> DatasetConfig {
         if meta.splits.len() == 1 { "" } else { "s" },
         meta.splits.join(", "),
     ));
-    DatasetConfig {
-        name: meta.id.clone(),
-        description,
-        data_path: format!("data/{}/data", task.task_id),
-        is_local: true,
-    }
+    DatasetConfig { name: meta.id.clone(), description, data_path: format!("data/{}/data", task.task_id), is_local: true }
 }
 
 pub(super) fn to_yaml<T: Serialize>(what: &str, value: &T) -> Result<String, PortError> {
@@ -262,11 +257,7 @@ mod tests {
         assert_eq!(cfg.use_generic_conda, Some(true));
         assert_eq!(
             cfg.starter_code,
-            [
-                "data/wineCultivarT0001/baseline.py",
-                "data/wineCultivarT0001/evaluate.py",
-                "data/wineCultivarT0001/sample_submission.csv"
-            ]
+            ["data/wineCultivarT0001/baseline.py", "data/wineCultivarT0001/evaluate.py", "data/wineCultivarT0001/sample_submission.csv"]
         );
         assert_eq!(cfg.baseline_paths, ["baseline.py"]);
         assert_eq!(cfg.evaluation_paths, ["evaluate.py"]);
@@ -296,11 +287,7 @@ mod tests {
                 assert!(out.mlgym_dir().join(&ds.data_path).join(f).is_file(), "{f} missing");
             }
         }
-        assert_eq!(
-            fs::read_to_string(out.task_data_dir("wineCultivarT0001").join("data/answers.csv"))
-                .unwrap(),
-            "cultivar\n2\n"
-        );
+        assert_eq!(fs::read_to_string(out.task_data_dir("wineCultivarT0001").join("data/answers.csv")).unwrap(), "cultivar\n2\n");
         no_temp_files(dir.path());
     }
 
@@ -359,15 +346,9 @@ mod tests {
         }
         // Missing placeholder: inserted before the SUBMISSION FORMAT paragraph.
         let raw = "Goal {x}.\n\nSUBMISSION FORMAT:\nsubmission.csv";
-        assert_eq!(
-            escape_description(raw),
-            "Goal {{x}}.\n\n{dataset_docs}\n\nSUBMISSION FORMAT:\nsubmission.csv"
-        );
+        assert_eq!(escape_description(raw), "Goal {{x}}.\n\n{dataset_docs}\n\nSUBMISSION FORMAT:\nsubmission.csv");
         assert_eq!(escape_description("Goal."), "Goal.\n\n{dataset_docs}");
-        assert_eq!(
-            escape_description("## Submission format\nx"),
-            "{dataset_docs}\n\n## Submission format\nx"
-        );
+        assert_eq!(escape_description("## Submission format\nx"), "{dataset_docs}\n\n## Submission format\nx");
     }
 
     /// MLGym's task name is the bundle's title (written for the verified dataset), else the

@@ -46,8 +46,8 @@ mod tasks_json;
 mod fixtures;
 
 pub use files::{write_atomic, write_jsonl};
-pub use mlgym::{MlgymDatasetConfig, MlgymTaskConfig, 
-    DATASET_DOCS, DatasetConfig, STARTER_FILES, TaskConfig, dataset_config, escape_description,
+pub use mlgym::{
+    DATASET_DOCS, DatasetConfig, MlgymDatasetConfig, MlgymTaskConfig, STARTER_FILES, TaskConfig, dataset_config, escape_description,
     task_config,
 };
 pub use output_dir::OutputDir;

@@ -10,10 +10,7 @@ use gymforge_actors::ports::{FinalInputs, Outputs, PortError};
 use crate::sft::{SftOptions, SftSummary};
 use serde_json::json;
 
-use super::files::{
-    copy_atomic, io_err, mirror_dir, permanent, regular_file, to_pretty_json, write_atomic,
-    write_jsonl,
-};
+use super::files::{copy_atomic, io_err, mirror_dir, permanent, regular_file, to_pretty_json, write_atomic, write_jsonl};
 use super::mlgym::{STARTER_FILES, dataset_config, task_config, to_yaml};
 use super::replay::replay_lines;
 use super::report::build_report;
@@ -129,20 +126,16 @@ impl Outputs for OutputDir {
         mirror_dir(&eval_data, &data_dir.join("data"))?;
         for name in STARTER_FILES {
             let (src, dst) = (starter.join(name), data_dir.join(name));
-            copy_atomic(&src, &dst).map_err(|e| {
-                io_err(format!("copying {} to {}", src.display(), dst.display()), e)
-            })?;
+            copy_atomic(&src, &dst).map_err(|e| io_err(format!("copying {} to {}", src.display(), dst.display()), e))?;
         }
 
         let dataset_yaml = to_yaml("the dataset config", &dataset_config(task))?;
         let path = self.dataset_config_path(&task_id);
-        write_atomic(&path, dataset_yaml.as_bytes())
-            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        write_atomic(&path, dataset_yaml.as_bytes()).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
 
         let task_yaml = to_yaml("the task config", &task_config(task))?;
         let path = self.task_config_path(&task_id);
-        write_atomic(&path, task_yaml.as_bytes())
-            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        write_atomic(&path, task_yaml.as_bytes()).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
         Ok(())
     }
 
@@ -159,8 +152,7 @@ impl Outputs for OutputDir {
             "baseline": rollout.baseline_scores,
         });
         let path = dir.join("results.json");
-        write_atomic(&path, &to_pretty_json("results.json", &results)?)
-            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        write_atomic(&path, &to_pretty_json("results.json", &results)?).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
         Ok(())
     }
 
@@ -178,16 +170,14 @@ impl Outputs for OutputDir {
         }
         report.llm.gateway = self.gateway.as_ref().map(|gateway| gateway.snapshot());
         let path = self.report_path();
-        write_atomic(&path, &to_pretty_json("report.json", &report)?)
-            .map_err(|e| io_err(format!("writing {}", path.display()), e))?;
+        write_atomic(&path, &to_pretty_json("report.json", &report)?).map_err(|e| io_err(format!("writing {}", path.display()), e))?;
         Ok(())
     }
 }
 
 /// Turns an id into a single safe path component: path separators and NUL become `-`.
 fn path_component(what: &str, value: &str) -> Result<String, PortError> {
-    let cleaned: String =
-        value.chars().map(|c| if matches!(c, '/' | '\\' | '\0') { '-' } else { c }).collect();
+    let cleaned: String = value.chars().map(|c| if matches!(c, '/' | '\\' | '\0') { '-' } else { c }).collect();
     if cleaned.trim().is_empty() || cleaned == "." || cleaned == ".." {
         return Err(permanent(format!("{what} {value:?} cannot be used as a file name")));
     }
@@ -201,9 +191,7 @@ mod tests {
 
     use gymforge_actors::model::{Stage, Trajectory, UnitKind, UnitStatus};
 
-    use crate::export::fixtures::{
-        DESCRIPTION, TURNS, accepted, all_files, no_temp_files, prepared, rollout, scores, unit,
-    };
+    use crate::export::fixtures::{DESCRIPTION, TURNS, accepted, all_files, no_temp_files, prepared, rollout, scores, unit};
 
     #[test]
     fn rewriting_a_task_is_idempotent_and_prunes_stale_data() {
@@ -248,15 +236,10 @@ mod tests {
         let r = rollout("wineT1", 0, vec![scores(&[("accuracy", 0.8)])], TURNS);
         out.write_rollout(&r).unwrap();
         let run = out.run_dir(&r.run_name).unwrap();
-        let traj: Trajectory =
-            serde_json::from_slice(&fs::read(run.join("wineT1.traj")).unwrap()).unwrap();
+        let traj: Trajectory = serde_json::from_slice(&fs::read(run.join("wineT1.traj")).unwrap()).unwrap();
         assert_eq!(traj, r.trajectory);
-        let results: serde_json::Value =
-            serde_json::from_slice(&fs::read(run.join("results.json")).unwrap()).unwrap();
-        assert_eq!(
-            results,
-            json!({"agent": [{"accuracy": 0.8}], "baseline": {"accuracy": 0.75, "f1": 0.7}})
-        );
+        let results: serde_json::Value = serde_json::from_slice(&fs::read(run.join("results.json")).unwrap()).unwrap();
+        assert_eq!(results, json!({"agent": [{"accuracy": 0.8}], "baseline": {"accuracy": 0.75, "f1": 0.7}}));
 
         let mut slashed = r.clone();
         slashed.run_name = "org/model__wineT1__run_1".into();

@@ -195,7 +195,15 @@ fn unscored(unit: &str, records: &BTreeMap<&str, &RolloutRecord>) -> Option<(Str
 
 impl StageFunnel {
     fn new(stage: Stage) -> StageFunnel {
-        StageFunnel { stage, entered: 0, passed: 0, dropped: 0, in_progress: 0, drop_reasons: BTreeMap::new(), drop_details: BTreeMap::new() }
+        StageFunnel {
+            stage,
+            entered: 0,
+            passed: 0,
+            dropped: 0,
+            in_progress: 0,
+            drop_reasons: BTreeMap::new(),
+            drop_details: BTreeMap::new(),
+        }
     }
 
     fn drop(&mut self, reason: String, detail: Option<&str>) {
@@ -340,10 +348,7 @@ pub fn build_report(inputs: &FinalInputs, sft: &SftSummary) -> Report {
         tasks,
         rollouts,
         llm,
-        events: EventCounts {
-            total: inputs.events.len() as u64,
-            by_kind: count_by(inputs.events.iter().map(|e| e.kind.as_str())),
-        },
+        events: EventCounts { total: inputs.events.len() as u64, by_kind: count_by(inputs.events.iter().map(|e| e.kind.as_str())) },
         wall_time_secs: wall,
     }
 }
@@ -371,9 +376,9 @@ mod tests {
 
     use gymforge_actors::ports::Outputs;
 
-    use crate::export::services::{HubLabel, LlmLabel, StageLabel};
     use crate::export::OutputDir;
     use crate::export::fixtures::{TURNS, final_inputs, no_temp_files, rollout, scores, unit};
+    use crate::export::services::{HubLabel, LlmLabel, StageLabel};
     use crate::export::summary::summary_table;
     use crate::sft::SftOptions;
 
@@ -395,15 +400,7 @@ mod tests {
         out.finalize(&inputs).unwrap();
         let (report, typed) = read_report(&out);
 
-        let stage = |name: &str| {
-            report["stages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["stage"] == name)
-                .unwrap()
-                .clone()
-        };
+        let stage = |name: &str| report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == name).unwrap().clone();
         let counts = |name: &str| {
             let s = stage(name);
             (
@@ -454,8 +451,7 @@ mod tests {
         assert_eq!(report["throughput"]["trajectories_per_hour"], json!(6.0));
         assert_eq!(report["throughput"]["recorded_trajectories_per_hour"], json!(8.0));
 
-        let index: Value =
-            serde_json::from_slice(&fs::read(out.tasks_index_path()).unwrap()).unwrap();
+        let index: Value = serde_json::from_slice(&fs::read(out.tasks_index_path()).unwrap()).unwrap();
         let first = &index[0];
         assert_eq!(first["task_id"], "wineT1");
         assert_eq!(first["priority_metric"], "accuracy");
@@ -494,7 +490,14 @@ mod tests {
     }
 
     fn hub_label(simulated: bool) -> HubLabel {
-        HubLabel { kind: "embedded mirror".into(), simulated, endpoint: "http://127.0.0.1:9".into(), endpoint_from: None, viewer: None, token: None }
+        HubLabel {
+            kind: "embedded mirror".into(),
+            simulated,
+            endpoint: "http://127.0.0.1:9".into(),
+            endpoint_from: None,
+            viewer: None,
+            token: None,
+        }
     }
 
     /// Labels of an LLM that is one endpoint for every stage.
@@ -541,7 +544,8 @@ mod tests {
     /// Service labels of an LLM whose stages are routed to `rollout` for the rollout stage and to
     /// `other` for the rest (`"sim"` is the simulated teacher).
     fn routed_labels(rollout: &str, other: &str) -> ServiceLabels {
-        let label = |endpoint: &str| StageLabel { endpoint: endpoint.into(), model: format!("{endpoint}-model"), simulated: endpoint == "sim" };
+        let label =
+            |endpoint: &str| StageLabel { endpoint: endpoint.into(), model: format!("{endpoint}-model"), simulated: endpoint == "sim" };
         let stages = Stage::ALL
             .iter()
             .filter(|&&s| s != Stage::Export)
@@ -572,7 +576,8 @@ mod tests {
         assert!(!lines.is_empty());
         assert!(lines.iter().all(|l| l["meta"]["simulated"] == json!(false)), "{lines:?}");
         let table = summary_table(&typed);
-        let line = |prefix: &str| table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line: {table}")).to_string();
+        let line =
+            |prefix: &str| table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line: {table}")).to_string();
         assert!(line("llm openai ").ends_with("stages rollout; model openai-model"), "{table}");
         assert!(line("llm sim ").ends_with("stages topic, dataset, codegen, debug; model sim-model [SIMULATED]"), "{table}");
         assert!(!line("llm ").contains("SIMULATED"), "the LLM as a whole is not marked: {table}");
@@ -600,7 +605,10 @@ mod tests {
         let typed = build_report(&inputs, &SftSummary::default());
         let report = as_json(&typed);
         let rollout_stage = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "rollout").unwrap().clone();
-        assert_eq!((rollout_stage["entered"].as_u64(), rollout_stage["passed"].as_u64(), rollout_stage["dropped"].as_u64()), (Some(7), Some(3), Some(4)));
+        assert_eq!(
+            (rollout_stage["entered"].as_u64(), rollout_stage["passed"].as_u64(), rollout_stage["dropped"].as_u64()),
+            (Some(7), Some(3), Some(4))
+        );
         assert_eq!(
             rollout_stage["drop_reasons"],
             json!({"rollout_failed": 1, "submission_not_found (submit)": 1, "submission_not_found (exit_format)": 1, "trajectory_unreadable": 1})
@@ -646,14 +654,7 @@ mod tests {
 
     #[test]
     fn empty_run_reports_zeroes() {
-        let inputs = FinalInputs {
-            units: vec![],
-            tasks: vec![],
-            rollouts: vec![],
-            usage: vec![],
-            events: vec![],
-            wall_time_secs: 0.0,
-        };
+        let inputs = FinalInputs { units: vec![], tasks: vec![], rollouts: vec![], usage: vec![], events: vec![], wall_time_secs: 0.0 };
         let report = build_report(&inputs, &SftSummary::default());
         assert_eq!(as_json(&report)["tasks"]["yield"], json!(0.0));
         assert_eq!(report.throughput.trajectories_per_hour, 0.0);

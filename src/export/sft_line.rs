@@ -7,11 +7,9 @@ use serde_json::{Value, json};
 
 /// Best value of `metric` over `scores` in `direction`, ignoring entries without a finite value.
 pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Option<f64> {
-    scores.iter().filter_map(|s| s.get(metric).copied()).filter(|v| v.is_finite()).reduce(|a, b| {
-        match direction {
-            Direction::Maximize => a.max(b),
-            Direction::Minimize => a.min(b),
-        }
+    scores.iter().filter_map(|s| s.get(metric).copied()).filter(|v| v.is_finite()).reduce(|a, b| match direction {
+        Direction::Maximize => a.max(b),
+        Direction::Minimize => a.min(b),
     })
 }
 

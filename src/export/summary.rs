@@ -76,14 +76,8 @@ fn endpoint_lines(stages: &BTreeMap<Stage, StageLabel>) -> Vec<(String, String)>
 /// reasons, then yield, rollouts kept, tokens, cost, wall time, throughput, and the services the
 /// run used (marked when simulated) if the report names them.
 pub fn summary_table(report: &Report) -> String {
-    let mut table: Vec<[String; 6]> = vec![[
-        "stage".into(),
-        "entered".into(),
-        "passed".into(),
-        "dropped".into(),
-        "running".into(),
-        "top drop reasons".into(),
-    ]];
+    let mut table: Vec<[String; 6]> =
+        vec![["stage".into(), "entered".into(), "passed".into(), "dropped".into(), "running".into(), "top drop reasons".into()]];
     for stage in &report.stages {
         let mut reasons: Vec<(&str, u64)> = stage.drop_reasons.iter().map(|(k, &v)| (k.as_str(), v)).collect();
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));

@@ -128,8 +128,12 @@ mod tests {
     fn parquet_files_are_named_by_their_place_in_the_dataset_repository() {
         let hf = "https://huggingface.co/datasets/stanfordnlp/imdb/resolve/refs%2Fconvert%2Fparquet/plain_text/train/0000.parquet";
         assert_eq!(repo_file(hf, "stanfordnlp/imdb"), Some(("refs/convert/parquet".into(), "plain_text/train/0000.parquet".into())));
-        let at_sha = "https://huggingface.co/datasets/imdb/resolve/e6281661ce1c48d982bc483cf8a173c1bbeb5d31/data/train-00000-of-00001.parquet";
-        assert_eq!(repo_file(at_sha, "imdb"), Some(("e6281661ce1c48d982bc483cf8a173c1bbeb5d31".into(), "data/train-00000-of-00001.parquet".into())));
+        let at_sha =
+            "https://huggingface.co/datasets/imdb/resolve/e6281661ce1c48d982bc483cf8a173c1bbeb5d31/data/train-00000-of-00001.parquet";
+        assert_eq!(
+            repo_file(at_sha, "imdb"),
+            Some(("e6281661ce1c48d982bc483cf8a173c1bbeb5d31".into(), "data/train-00000-of-00001.parquet".into()))
+        );
         let api = "https://huggingface.co/api/datasets/stanfordnlp/imdb/parquet/plain_text/test/0.parquet";
         assert_eq!(repo_file(api, "stanfordnlp/imdb"), Some(("refs/convert/parquet".into(), "plain_text/test/0.parquet".into())));
         let mirror = "http://127.0.0.1:39211/datasets/sklearn/iris/resolve/refs%2Fconvert%2Fparquet/default/train/0000.parquet";
@@ -143,12 +147,19 @@ mod tests {
         let real = parquet_provenance(&file(hf), "stanfordnlp/imdb");
         assert_eq!(real["url"], hf);
         assert_eq!(real["path"], "plain_text/train/0000.parquet");
-        for loopback in [mirror, "http://localhost:8080/datasets/sklearn/iris/resolve/main/x.parquet", "http://[::1]:9/datasets/sklearn/iris/resolve/main/x.parquet"] {
+        for loopback in [
+            mirror,
+            "http://localhost:8080/datasets/sklearn/iris/resolve/main/x.parquet",
+            "http://[::1]:9/datasets/sklearn/iris/resolve/main/x.parquet",
+        ] {
             let v = parquet_provenance(&file(loopback), "sklearn/iris");
             assert!(v.get("url").is_none(), "{v}");
             assert!(v["path"].is_string(), "{v}");
         }
         let unknown = parquet_provenance(&file("https://cdn.example.org/files/0000.parquet"), "sklearn/iris");
-        assert_eq!(unknown, json!({"split": "train", "filename": "0000.parquet", "size": 7, "url": "https://cdn.example.org/files/0000.parquet"}));
+        assert_eq!(
+            unknown,
+            json!({"split": "train", "filename": "0000.parquet", "size": 7, "url": "https://cdn.example.org/files/0000.parquet"})
+        );
     }
 }

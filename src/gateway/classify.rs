@@ -144,7 +144,11 @@ mod tests {
             retry_hint(&headers(&[("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "6m0s")])),
             Some(Duration::from_secs(360))
         );
-        assert_eq!(retry_hint(&headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")])), Some(Duration::ZERO), "a past date means now");
+        assert_eq!(
+            retry_hint(&headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")])),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
         assert_eq!(retry_hint(&headers(&[])), None);
     }
 
@@ -152,7 +156,10 @@ mod tests {
     fn statuses_are_classified() {
         let h = HeaderMap::new();
         assert_eq!(classify_status(429, &h, "slow down"), Failure::RateLimited { wait: None });
-        assert!(matches!(classify_status(429, &h, r#"{"error":{"code":"insufficient_quota"}}"#), Failure::Permanent { reason: DropReason::LlmQuota, .. }));
+        assert!(matches!(
+            classify_status(429, &h, r#"{"error":{"code":"insufficient_quota"}}"#),
+            Failure::Permanent { reason: DropReason::LlmQuota, .. }
+        ));
         assert!(matches!(classify_status(401, &h, ""), Failure::Permanent { reason: DropReason::LlmAuth, .. }));
         assert!(matches!(classify_status(403, &h, ""), Failure::Permanent { reason: DropReason::LlmAuth, .. }));
         assert!(matches!(

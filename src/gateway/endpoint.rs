@@ -15,14 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use gymforge_actors::{DropReason, Stage};
 use gymforge_actors::ports::{ChatReply, ChatRequest, Finish, ModelLimits, PortError, ResponseFormat};
+use gymforge_actors::{DropReason, Stage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::classify::{Failure, classify_status, describe_transport_error, snippet};
-use super::limits::{Admission, AdaptiveConcurrency, Circuit, CircuitSnapshot, ConcurrencySnapshot, Cooldown};
+use super::limits::{AdaptiveConcurrency, Admission, Circuit, CircuitSnapshot, ConcurrencySnapshot, Cooldown};
 use super::lock;
 use super::record::{Exchange, Recorder};
 use crate::config::{EndpointConfig, LlmConfig, StructuredOutput};
@@ -295,10 +295,12 @@ impl Endpoint {
         }
         // Only a refusal about the answer's length teaches a cap ("temperature must be at most
         // 2" does not).
-        let about_answer_length = ["max_tokens", "max_completion_tokens", "max_new_tokens", "completion tokens"].iter().any(|w| lower.contains(w));
+        let about_answer_length =
+            ["max_tokens", "max_completion_tokens", "max_new_tokens", "completion tokens"].iter().any(|w| lower.contains(w));
         if about_answer_length
-            && let Some(cap) = number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
-                .filter(|cap| *cap < sent)
+            && let Some(cap) =
+                number_after(&lower, &["supports at most", "must be at most", "must be less than or equal to", "max_tokens <=", "at most"])
+                    .filter(|cap| *cap < sent)
         {
             learned |= self.max_output_tokens.swap(cap, Ordering::Relaxed) != cap;
         }
@@ -337,7 +339,8 @@ impl Endpoint {
         if let ResponseFormat::Json { name, schema } = &request.response {
             match self.structured_output {
                 StructuredOutput::JsonSchema => {
-                    body["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": name, "schema": schema, "strict": true } });
+                    body["response_format"] =
+                        json!({ "type": "json_schema", "json_schema": { "name": name, "schema": schema, "strict": true } });
                 }
                 StructuredOutput::JsonObject => body["response_format"] = json!({ "type": "json_object" }),
                 StructuredOutput::None => {}
@@ -408,9 +411,10 @@ impl Endpoint {
         loop {
             attempt += 1;
             let request = refit.as_ref().unwrap_or(request);
-            let admission = self.circuit.admit().await.map_err(|open| {
-                PortError::Transient(format!("LLM endpoint `{}` is down (circuit open: {})", self.name, open.reason))
-            })?;
+            let admission =
+                self.circuit.admit().await.map_err(|open| {
+                    PortError::Transient(format!("LLM endpoint `{}` is down (circuit open: {})", self.name, open.reason))
+                })?;
             // However this attempt ends (even cancelled), the probe slot is freed.
             let _probe = (admission == Admission::Probe).then(|| ProbeSlot(&self.circuit));
             let outcome = self.attempt(request, attempt, &admission, refit.is_none()).await;
@@ -441,10 +445,17 @@ impl Endpoint {
                 }
                 Failure::RateLimited { wait } => {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    let text = format!("rate limited (HTTP 429{})", wait.map(|w| format!(", retry after {} ms", w.as_millis())).unwrap_or_default());
+                    let text = format!(
+                        "rate limited (HTTP 429{})",
+                        wait.map(|w| format!(", retry after {} ms", w.as_millis())).unwrap_or_default()
+                    );
                     match wait {
                         Some(w) if w > self.policy.max_retry_after => {
-                            let message = format!("LLM endpoint `{}` asked to wait {} s, longer than llm.max_retry_after_secs", self.name, w.as_secs());
+                            let message = format!(
+                                "LLM endpoint `{}` asked to wait {} s, longer than llm.max_retry_after_secs",
+                                self.name,
+                                w.as_secs()
+                            );
                             self.circuit.on_failure(&admission, &text);
                             return Err(PortError::Transient(message));
                         }
@@ -462,10 +473,19 @@ impl Endpoint {
                     let delay = match wait {
                         Some(w) if w > self.policy.max_retry_after => {
                             self.circuit.on_failure(&admission, &detail);
-                            return Err(PortError::Transient(format!("LLM endpoint `{}` asked to wait {} s: {detail}", self.name, w.as_secs())));
+                            return Err(PortError::Transient(format!(
+                                "LLM endpoint `{}` asked to wait {} s: {detail}",
+                                self.name,
+                                w.as_secs()
+                            )));
                         }
                         Some(w) => w,
-                        None => gymforge_actors::seed::backoff(attempt, Duration::from_millis(500), Duration::from_secs(8), &[&request.unit, request.stage.as_str()]),
+                        None => gymforge_actors::seed::backoff(
+                            attempt,
+                            Duration::from_millis(500),
+                            Duration::from_secs(8),
+                            &[&request.unit, request.stage.as_str()],
+                        ),
                     };
                     (detail, delay)
                 }
@@ -521,7 +541,9 @@ impl Endpoint {
         self.stats.latency_ms_total.fetch_add(latency.as_millis() as u64, Ordering::Relaxed);
         if let Some(recorder) = &self.recorder {
             let (status, response, error) = match &exchange {
-                Ok((status, _, text)) => (Some(*status), Some(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))), None),
+                Ok((status, _, text)) => {
+                    (Some(*status), Some(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))), None)
+                }
                 Err(e) => (None, None, Some(e.clone())),
             };
             recorder.append(&Exchange {
@@ -569,8 +591,10 @@ impl Endpoint {
         let content = choice.message.content.unwrap_or_default();
         let refusal = choice.message.refusal.filter(|r| !r.trim().is_empty());
         let finish = Finish::from_reason(choice.finish_reason.as_deref());
-        let (input_tokens, output_tokens) =
-            parsed.usage.map(|u| (u.prompt_tokens, u.completion_tokens)).unwrap_or_else(|| (prompt_tokens, (content.len() as u64).div_ceil(4)));
+        let (input_tokens, output_tokens) = parsed
+            .usage
+            .map(|u| (u.prompt_tokens, u.completion_tokens))
+            .unwrap_or_else(|| (prompt_tokens, (content.len() as u64).div_ceil(4)));
         Ok(ChatReply {
             model: parsed.model.unwrap_or_else(|| self.model.clone()),
             endpoint: self.name.clone(),
@@ -702,7 +726,15 @@ mod tests {
     use super::*;
 
     fn reply(content: &str) -> ChatReply {
-        ChatReply { content: content.into(), model: "m".into(), endpoint: "e".into(), input_tokens: 10, output_tokens: 3, cost_usd: 0.5, ..ChatReply::default() }
+        ChatReply {
+            content: content.into(),
+            model: "m".into(),
+            endpoint: "e".into(),
+            input_tokens: 10,
+            output_tokens: 3,
+            cost_usd: 0.5,
+            ..ChatReply::default()
+        }
     }
 
     #[test]
@@ -724,7 +756,9 @@ mod tests {
     #[test]
     fn only_a_refusal_about_the_answer_s_length_teaches_a_cap() {
         let config = crate::config::Config::embedded();
-        let endpoint = Endpoint::new("e", &config.llm.endpoints["sim"], "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None).unwrap();
+        let endpoint =
+            Endpoint::new("e", &config.llm.endpoints["sim"], "http://127.0.0.1:9/v1".into(), None, Policy::from_config(&config.llm), None)
+                .unwrap();
         let request = ChatRequest {
             unit: "t1".into(),
             messages: vec![gymforge_actors::ports::ChatMessage::new("user", "hi")],
@@ -755,5 +789,4 @@ mod tests {
         assert_eq!(number_after("n_ctx: 2048", &["n_ctx"]), Some(2048));
         assert_eq!(number_after("no numbers here", &["at most"]), None);
     }
-
 }

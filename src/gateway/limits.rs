@@ -189,7 +189,13 @@ pub struct CircuitStillOpen {
 
 impl Circuit {
     pub fn new(failure_budget: Duration, probe_interval: Duration, max_wait: Duration) -> Self {
-        Circuit { failure_budget, probe_interval, max_wait, state: Mutex::new(CircuitState::Closed { failing_since: None }), changed: Notify::new() }
+        Circuit {
+            failure_budget,
+            probe_interval,
+            max_wait,
+            state: Mutex::new(CircuitState::Closed { failing_since: None }),
+            changed: Notify::new(),
+        }
     }
 
     /// Waits until the circuit lets this caller through.
@@ -241,9 +247,18 @@ impl Circuit {
             CircuitState::Closed { failing_since } => {
                 let since = *failing_since.get_or_insert(now);
                 if now.duration_since(since) >= self.failure_budget {
-                    tracing::warn!(failing_secs = now.duration_since(since).as_secs(), reason,
-                        "LLM endpoint circuit opened: its stages pause, probing every {} s", self.probe_interval.as_secs());
-                    *s = CircuitState::Open { since: now, reason: reason.to_string(), next_probe: now + self.probe_interval, probing: false };
+                    tracing::warn!(
+                        failing_secs = now.duration_since(since).as_secs(),
+                        reason,
+                        "LLM endpoint circuit opened: its stages pause, probing every {} s",
+                        self.probe_interval.as_secs()
+                    );
+                    *s = CircuitState::Open {
+                        since: now,
+                        reason: reason.to_string(),
+                        next_probe: now + self.probe_interval,
+                        probing: false,
+                    };
                     return true;
                 }
             }
@@ -274,7 +289,9 @@ impl Circuit {
 
     pub fn snapshot(&self) -> CircuitSnapshot {
         match &*lock(&self.state) {
-            CircuitState::Closed { failing_since } => CircuitSnapshot::Closed { failing_for_secs: failing_since.map(|s| s.elapsed().as_secs_f64()) },
+            CircuitState::Closed { failing_since } => {
+                CircuitSnapshot::Closed { failing_for_secs: failing_since.map(|s| s.elapsed().as_secs_f64()) }
+            }
             CircuitState::Open { since, reason, next_probe, probing } => CircuitSnapshot::Open {
                 reason: reason.clone(),
                 open_for_secs: since.elapsed().as_secs_f64(),

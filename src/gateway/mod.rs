@@ -24,8 +24,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use gymforge_actors::{DropReason, Stage};
 use gymforge_actors::ports::{ChatMessage, ChatReply, ChatRequest, Llm, ModelLimits, PortError};
+use gymforge_actors::{DropReason, Stage};
 use tracing::Instrument;
 
 use crate::config::LlmConfig;
@@ -135,10 +135,10 @@ impl Gateway {
             routes: self.routes.iter().map(|(s, e)| (*s, e.name.clone())).collect(),
             run_budget_usd: self.budget.limit_usd,
             spent_usd: *lock(&self.budget.spent_usd),
-            replay: self.replay.as_ref().map(|r| ReplaySnapshot {
-                answered: r.answered.load(Ordering::Relaxed),
-                mismatches: r.mismatches.load(Ordering::Relaxed),
-            }),
+            replay: self
+                .replay
+                .as_ref()
+                .map(|r| ReplaySnapshot { answered: r.answered.load(Ordering::Relaxed), mismatches: r.mismatches.load(Ordering::Relaxed) }),
         }
     }
 
@@ -255,9 +255,18 @@ fn finish_llm_span(span: &tracing::Span, endpoint: &Endpoint, result: &Result<Ch
             span.record("gen_ai.usage.output_tokens", reply.output_tokens as i64);
             span.record("gymforge.cost_usd", reply.cost_usd);
             if crate::telemetry::record_prompts() {
-                span.record("gen_ai.output.messages", serde_json::to_string(&[ChatMessage::new("assistant", reply.content.as_str())]).unwrap_or_default());
+                span.record(
+                    "gen_ai.output.messages",
+                    serde_json::to_string(&[ChatMessage::new("assistant", reply.content.as_str())]).unwrap_or_default(),
+                );
             }
-            metrics.llm_call(&endpoint.model, &endpoint.name, elapsed, Some((reply.input_tokens, reply.output_tokens, reply.cost_usd)), None);
+            metrics.llm_call(
+                &endpoint.model,
+                &endpoint.name,
+                elapsed,
+                Some((reply.input_tokens, reply.output_tokens, reply.cost_usd)),
+                None,
+            );
         }
         Err(e) => {
             let kind = match e {

@@ -95,8 +95,8 @@ impl Replayer {
             if line.trim().is_empty() {
                 continue;
             }
-            let x: Exchange = serde_json::from_str(&line)
-                .with_context(|| format!("{} line {}: not a recorded exchange", path.display(), n + 1))?;
+            let x: Exchange =
+                serde_json::from_str(&line).with_context(|| format!("{} line {}: not a recorded exchange", path.display(), n + 1))?;
             if let (Some(200..=299), Some(body)) = (x.status, x.response) {
                 let text = match body {
                     Value::String(s) => s,

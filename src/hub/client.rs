@@ -58,18 +58,12 @@ pub fn mirror_client(base: &str, max_bytes: u64, timeout: Duration) -> anyhow::R
 
 /// Why verification stopped: a verdict on the dataset, or a failure of the port itself.
 enum Fail {
-    Reject {
-        reason: Rejection,
-        detail: String,
-    },
+    Reject { reason: Rejection, detail: String },
     Port(PortError),
 }
 
 fn reject(reason: Rejection, detail: impl Into<String>) -> Fail {
-    Fail::Reject {
-        reason,
-        detail: detail.into(),
-    }
+    Fail::Reject { reason, detail: detail.into() }
 }
 
 fn transient(detail: impl Into<String>) -> Fail {
@@ -96,9 +90,7 @@ impl HubClient {
     ) -> anyhow::Result<HubClient> {
         let api_base = normalise_base(&api_base, "Hub API")?;
         let viewer_base = normalise_base(&viewer_base, "dataset viewer")?;
-        let token = token
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
+        let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         if let Some(t) = &token
             && reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).is_err()
         {
@@ -110,13 +102,7 @@ impl HubClient {
             .user_agent(concat!("gymforge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| anyhow::anyhow!("cannot create the Hub HTTP client: {e}"))?;
-        Ok(HubClient {
-            http,
-            api_base,
-            viewer_base,
-            token,
-            max_bytes,
-        })
+        Ok(HubClient { http, api_base, viewer_base, token, max_bytes })
     }
 
     /// The Hub API's base URL.
@@ -186,51 +172,25 @@ impl HubClient {
         let Ok(url) = Url::parse(url) else {
             return false;
         };
-        [&self.api_base, &self.viewer_base]
-            .iter()
-            .any(|base| Url::parse(base).is_ok_and(|b| b.origin() == url.origin()))
+        [&self.api_base, &self.viewer_base].iter().any(|base| Url::parse(base).is_ok_and(|b| b.origin() == url.origin()))
     }
 
-    async fn get_json<T: DeserializeOwned>(
-        &self,
-        service: Service,
-        url: &str,
-        query: &[(&str, &str)],
-        what: &str,
-    ) -> Result<T, Fail> {
+    async fn get_json<T: DeserializeOwned>(&self, service: Service, url: &str, query: &[(&str, &str)], what: &str) -> Result<T, Fail> {
         tracing::debug!(url, ?query, "hub request");
         let mut request = self.http.get(url);
         if !query.is_empty() {
             request = request.query(query);
         }
-        let response = self
-            .authorize(request, url)
-            .send()
-            .await
-            .map_err(|e| transient(format!("{what}: {}", describe_reqwest(&e))))?;
+        let response = self.authorize(request, url).send().await.map_err(|e| transient(format!("{what}: {}", describe_reqwest(&e))))?;
         let status = response.status();
         let error_code = header_str(&response, "x-error-code");
         let retry_after = header_str(&response, "retry-after");
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transient(format!("{what}: {}", describe_reqwest(&e))))?;
+        let body = response.bytes().await.map_err(|e| transient(format!("{what}: {}", describe_reqwest(&e))))?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
-                reject(
-                    Rejection::HubError,
-                    format!("{what}: unexpected response shape: {e}"),
-                )
-            });
+            return serde_json::from_slice(&body)
+                .map_err(|e| reject(Rejection::HubError, format!("{what}: unexpected response shape: {e}")));
         }
-        Err(self.classify(
-            service,
-            status,
-            error_code.as_deref(),
-            retry_after.as_deref(),
-            &body,
-            what,
-        ))
+        Err(self.classify(service, status, error_code.as_deref(), retry_after.as_deref(), &body, what))
     }
 
     /// Turns an error status into a verdict or a port error.
@@ -245,52 +205,26 @@ impl HubClient {
     ) -> Fail {
         let message = error_text(body);
         let with_message = |prefix: String| {
-            if message.is_empty() {
-                prefix
-            } else {
-                format!("{prefix}: {message}")
-            }
+            if message.is_empty() { prefix } else { format!("{prefix}: {message}") }
         };
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let wait = retry_after
-                .map(|r| format!(" (Retry-After: {r})"))
-                .unwrap_or_default();
-            return transient(with_message(format!(
-                "{what}: rate limited, HTTP 429{wait}"
-            )));
+            let wait = retry_after.map(|r| format!(" (Retry-After: {r})")).unwrap_or_default();
+            return transient(with_message(format!("{what}: rate limited, HTTP 429{wait}")));
         }
-        if status == StatusCode::REQUEST_TIMEOUT
-            || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
-        {
+        if status == StatusCode::REQUEST_TIMEOUT || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED) {
             return transient(with_message(format!("{what}: HTTP {}", status.as_u16())));
         }
         let auth = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
         match service {
-            Service::Api
-                if status == StatusCode::NOT_FOUND
-                    || (auth && error_code == Some("RepoNotFound")) =>
-            {
-                reject(
-                    Rejection::NotFound,
-                    with_message(format!("{what}: the dataset does not exist")),
-                )
+            Service::Api if status == StatusCode::NOT_FOUND || (auth && error_code == Some("RepoNotFound")) => {
+                reject(Rejection::NotFound, with_message(format!("{what}: the dataset does not exist")))
             }
             _ if auth => reject(Rejection::Gated, self.gated_detail(what, &message)),
-            Service::Viewer
-                if status == StatusCode::NOT_FOUND || status == StatusCode::NOT_IMPLEMENTED =>
-            {
-                reject(
-                    Rejection::ViewerInvalid,
-                    with_message(format!(
-                        "{what}: the dataset viewer has no data for it (HTTP {})",
-                        status.as_u16()
-                    )),
-                )
-            }
-            _ => reject(
-                Rejection::HubError,
-                with_message(format!("{what}: HTTP {}", status.as_u16())),
+            Service::Viewer if status == StatusCode::NOT_FOUND || status == StatusCode::NOT_IMPLEMENTED => reject(
+                Rejection::ViewerInvalid,
+                with_message(format!("{what}: the dataset viewer has no data for it (HTTP {})", status.as_u16())),
             ),
+            _ => reject(Rejection::HubError, with_message(format!("{what}: HTTP {}", status.as_u16()))),
         }
     }
 
@@ -301,11 +235,7 @@ impl HubClient {
             "the dataset is gated or private and a Hub access token with access to it is needed \
              (set the environment variable named by hub.token_env)"
         };
-        if message.is_empty() {
-            format!("{what}: {advice}")
-        } else {
-            format!("{what}: {advice} ({message})")
-        }
+        if message.is_empty() { format!("{what}: {advice}") } else { format!("{what}: {advice} ({message})") }
     }
 
     /// Resolves the pinned `rev` of `id`; it must be the `current` revision, the only one the
@@ -335,14 +265,9 @@ impl HubClient {
         }
     }
 
-    async fn viewer<T: DeserializeOwned>(
-        &self,
-        endpoint: &str,
-        query: &[(&str, &str)],
-    ) -> Result<T, Fail> {
+    async fn viewer<T: DeserializeOwned>(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<T, Fail> {
         let url = format!("{}/{endpoint}", self.viewer_base);
-        self.get_json(Service::Viewer, &url, query, &format!("viewer /{endpoint}"))
-            .await
+        self.get_json(Service::Viewer, &url, query, &format!("viewer /{endpoint}")).await
     }
 
     /// Verifies `owner/name`, or `owner/name@revision` pinned to that revision. The dataset
@@ -353,24 +278,11 @@ impl HubClient {
             None => (dataset_ref, None),
         };
         if !valid_dataset_id(requested) {
-            return Err(reject(
-                Rejection::InvalidId,
-                format!("`{requested}` is not a Hub dataset id (expected `owner/name`)"),
-            ));
+            return Err(reject(Rejection::InvalidId, format!("`{requested}` is not a Hub dataset id (expected `owner/name`)")));
         }
-        let api: ApiDataset = self
-            .get_json(
-                Service::Api,
-                &format!("{}/api/datasets/{requested}", self.api_base),
-                &[],
-                "Hub API",
-            )
-            .await?;
+        let api: ApiDataset = self.get_json(Service::Api, &format!("{}/api/datasets/{requested}", self.api_base), &[], "Hub API").await?;
         if api.disabled == Some(true) {
-            return Err(reject(
-                Rejection::Disabled,
-                format!("{requested} has been disabled on the Hub"),
-            ));
+            return Err(reject(Rejection::Disabled, format!("{requested} has been disabled on the Hub")));
         }
         if let Some(mode) = gated_mode(&api.gated)
             && self.token.is_none()
@@ -384,24 +296,15 @@ impl HubClient {
             ));
         }
         // The canonical id (the Hub redirects legacy ids without an owner).
-        let id = api
-            .id
-            .filter(|i| valid_dataset_id(i))
-            .unwrap_or_else(|| requested.to_string());
-        let revision = api
-            .sha
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "main".to_string());
+        let id = api.id.filter(|i| valid_dataset_id(i)).unwrap_or_else(|| requested.to_string());
+        let revision = api.sha.filter(|s| !s.is_empty()).unwrap_or_else(|| "main".to_string());
         if let Some(rev) = pinned.filter(|rev| *rev != "main" && *rev != revision) {
             self.check_pin(&id, rev, &revision).await?;
         }
 
         let valid: IsValid = self.viewer("is-valid", &[("dataset", &id)]).await?;
         if !(valid.preview.unwrap_or(false) || valid.viewer.unwrap_or(false)) {
-            return Err(reject(
-                Rejection::ViewerInvalid,
-                format!("the dataset viewer cannot load {id} (is-valid: no preview, no viewer)"),
-            ));
+            return Err(reject(Rejection::ViewerInvalid, format!("the dataset viewer cannot load {id} (is-valid: no preview, no viewer)")));
         }
 
         let splits: SplitsResponse = self.viewer("splits", &[("dataset", &id)]).await?;
@@ -410,15 +313,10 @@ impl HubClient {
             None => match splits.splits.first() {
                 Some(s) => s.config.clone(),
                 None if !splits.pending.is_empty() => {
-                    return Err(transient(format!(
-                        "viewer /splits: {id} is still being processed"
-                    )));
+                    return Err(transient(format!("viewer /splits: {id} is still being processed")));
                 }
                 None => {
-                    return Err(reject(
-                        Rejection::ViewerInvalid,
-                        format!("viewer /splits: {id} has no splits"),
-                    ));
+                    return Err(reject(Rejection::ViewerInvalid, format!("viewer /splits: {id} has no splits")));
                 }
             },
         };
@@ -429,25 +327,11 @@ impl HubClient {
             }
         }
 
-        let info: InfoResponse = self
-            .viewer("info", &[("dataset", &id), ("config", &config)])
-            .await?;
-        let features: Vec<Feature> = info
-            .dataset_info
-            .features
-            .0
-            .iter()
-            .map(|(name, spec)| to_feature(name, spec))
-            .collect();
+        let info: InfoResponse = self.viewer("info", &[("dataset", &id), ("config", &config)]).await?;
+        let features: Vec<Feature> = info.dataset_info.features.0.iter().map(|(name, spec)| to_feature(name, spec)).collect();
         let mut num_rows = BTreeMap::new();
         for split in &split_names {
-            if let Some(n) = info
-                .dataset_info
-                .splits
-                .as_ref()
-                .and_then(|s| s.get(split))
-                .and_then(|s| s.num_examples)
-            {
+            if let Some(n) = info.dataset_info.splits.as_ref().and_then(|s| s.get(split)).and_then(|s| s.num_examples) {
                 num_rows.insert(split.clone(), n);
             }
         }
@@ -467,21 +351,11 @@ impl HubClient {
             .find(|c| c.config == config)
             .and_then(|c| c.num_bytes_parquet_files)
             .or_else(|| {
-                let per_split: Vec<u64> = size
-                    .size
-                    .splits
-                    .iter()
-                    .filter(|s| s.config == config)
-                    .filter_map(|s| s.num_bytes_parquet_files)
-                    .collect();
+                let per_split: Vec<u64> =
+                    size.size.splits.iter().filter(|s| s.config == config).filter_map(|s| s.num_bytes_parquet_files).collect();
                 (!per_split.is_empty()).then(|| per_split.iter().sum())
             })
-            .or_else(|| {
-                size.size
-                    .dataset
-                    .as_ref()
-                    .and_then(|d| d.num_bytes_parquet_files)
-            });
+            .or_else(|| size.size.dataset.as_ref().and_then(|d| d.num_bytes_parquet_files));
         if size.partial {
             return Err(reject(
                 Rejection::TooLarge,
@@ -497,54 +371,30 @@ impl HubClient {
         {
             return Err(reject(
                 Rejection::TooLarge,
-                format!(
-                    "{id} (config {config}) has {bytes} bytes of parquet, over the limit of {} bytes",
-                    self.max_bytes
-                ),
+                format!("{id} (config {config}) has {bytes} bytes of parquet, over the limit of {} bytes", self.max_bytes),
             ));
         }
 
         let parquet: ParquetResponse = self.viewer("parquet", &[("dataset", &id)]).await?;
         let mut files = Vec::new();
-        for f in parquet
-            .parquet_files
-            .into_iter()
-            .filter(|f| f.config == config)
-        {
-            let scheme_ok =
-                Url::parse(&f.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        for f in parquet.parquet_files.into_iter().filter(|f| f.config == config) {
+            let scheme_ok = Url::parse(&f.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !scheme_ok {
-                return Err(reject(
-                    Rejection::HubError,
-                    format!("viewer /parquet: bad file url `{}`", f.url),
-                ));
+                return Err(reject(Rejection::HubError, format!("viewer /parquet: bad file url `{}`", f.url)));
             }
-            files.push(ParquetFile {
-                split: f.split,
-                url: f.url,
-                filename: f.filename,
-                size: f.size,
-            });
+            files.push(ParquetFile { split: f.split, url: f.url, filename: f.filename, size: f.size });
         }
         if files.is_empty() {
             if !parquet.pending.is_empty() {
-                return Err(transient(format!(
-                    "viewer /parquet: the conversion of {id} is pending"
-                )));
+                return Err(transient(format!("viewer /parquet: the conversion of {id} is pending")));
             }
-            return Err(reject(
-                Rejection::NoParquet,
-                format!("the dataset viewer lists no parquet files for {id} (config {config})"),
-            ));
+            return Err(reject(Rejection::NoParquet, format!("the dataset viewer lists no parquet files for {id} (config {config})")));
         }
         let listed: u64 = files.iter().map(|f| f.size).sum();
         if listed > self.max_bytes {
             return Err(reject(
                 Rejection::TooLarge,
-                format!(
-                    "{id} (config {config}) has {listed} bytes of parquet files, over the limit of {} bytes",
-                    self.max_bytes
-                ),
+                format!("{id} (config {config}) has {listed} bytes of parquet files, over the limit of {} bytes", self.max_bytes),
             ));
         }
 
@@ -569,16 +419,9 @@ impl HubClient {
         })
     }
 
-    async fn download_inner(
-        &self,
-        meta: &DatasetMeta,
-        dest: &Path,
-    ) -> Result<Vec<StagedFile>, PortError> {
+    async fn download_inner(&self, meta: &DatasetMeta, dest: &Path) -> Result<Vec<StagedFile>, PortError> {
         if meta.parquet_files.is_empty() {
-            return Err(PortError::Permanent(format!(
-                "no_parquet: {} lists no parquet files",
-                meta.id
-            )));
+            return Err(PortError::Permanent(format!("no_parquet: {} lists no parquet files", meta.id)));
         }
         let mut seen = HashSet::new();
         for f in &meta.parquet_files {
@@ -589,10 +432,7 @@ impl HubClient {
                 )));
             }
             if !seen.insert((f.split.as_str(), f.filename.as_str())) {
-                return Err(PortError::Permanent(format!(
-                    "{} lists `{}/{}` twice",
-                    meta.id, f.split, f.filename
-                )));
+                return Err(PortError::Permanent(format!("{} lists `{}/{}` twice", meta.id, f.split, f.filename)));
             }
         }
         let listed: u64 = meta.parquet_files.iter().map(|f| f.size).sum();
@@ -606,9 +446,7 @@ impl HubClient {
         let mut staged = Vec::new();
         for f in &meta.parquet_files {
             let dir = dest.join(&f.split);
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                PortError::Permanent(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| PortError::Permanent(format!("cannot create {}: {e}", dir.display())))?;
             let target = dir.join(&f.filename);
             let part = dir.join(format!(".{}.part-{}", f.filename, std::process::id()));
             let fetched = self.fetch_file(&meta.id, &f.url, &part, &mut total).await;
@@ -621,32 +459,19 @@ impl HubClient {
             };
             if let Err(e) = tokio::fs::rename(&part, &target).await {
                 let _ = tokio::fs::remove_file(&part).await;
-                return Err(PortError::Permanent(format!(
-                    "cannot move the download into {}: {e}",
-                    target.display()
-                )));
+                return Err(PortError::Permanent(format!("cannot move the download into {}: {e}", target.display())));
             }
             if bytes != f.size {
                 tracing::warn!(dataset = %meta.id, file = %f.filename, listed = f.size, bytes,
                     "downloaded size differs from the listed size");
             }
-            staged.push(StagedFile {
-                path: format!("{}/{}", f.split, f.filename),
-                sha256,
-                bytes,
-            });
+            staged.push(StagedFile { path: format!("{}/{}", f.split, f.filename), sha256, bytes });
         }
         Ok(staged)
     }
 
     /// Streams `url` into `part`, counting towards `total`; returns (sha256, bytes).
-    async fn fetch_file(
-        &self,
-        id: &str,
-        url: &str,
-        part: &Path,
-        total: &mut u64,
-    ) -> Result<(String, u64), PortError> {
+    async fn fetch_file(&self, id: &str, url: &str, part: &Path, total: &mut u64) -> Result<(String, u64), PortError> {
         let what = format!("download of {url}");
         tracing::debug!(url, "hub download");
         let mut response = self
@@ -661,9 +486,7 @@ impl HubClient {
             let message = error_text(&body);
             let code = status.as_u16();
             return Err(if status == StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after
-                    .map(|r| format!(" (Retry-After: {r})"))
-                    .unwrap_or_default();
+                let wait = retry_after.map(|r| format!(" (Retry-After: {r})")).unwrap_or_default();
                 PortError::Transient(format!("{what}: rate limited, HTTP 429{wait}"))
             } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
                 PortError::Transient(format!("{what}: HTTP {code}: {message}"))
@@ -674,39 +497,27 @@ impl HubClient {
             });
         }
         let too_large = |n: u64| {
-            PortError::Permanent(format!(
-                "too_large: downloading {id} exceeded the limit of {} bytes (at least {n} bytes)",
-                self.max_bytes
-            ))
+            PortError::Permanent(format!("too_large: downloading {id} exceeded the limit of {} bytes (at least {n} bytes)", self.max_bytes))
         };
         if let Some(len) = response.content_length()
             && total.saturating_add(len) > self.max_bytes
         {
             return Err(too_large(total.saturating_add(len)));
         }
-        let mut file = tokio::fs::File::create(part)
-            .await
-            .map_err(|e| PortError::Permanent(format!("cannot create {}: {e}", part.display())))?;
+        let mut file =
+            tokio::fs::File::create(part).await.map_err(|e| PortError::Permanent(format!("cannot create {}: {e}", part.display())))?;
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| PortError::Transient(format!("{what}: {}", describe_reqwest(&e))))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| PortError::Transient(format!("{what}: {}", describe_reqwest(&e))))? {
             bytes += chunk.len() as u64;
             *total += chunk.len() as u64;
             if *total > self.max_bytes {
                 return Err(too_large(*total));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| {
-                PortError::Permanent(format!("cannot write {}: {e}", part.display()))
-            })?;
+            file.write_all(&chunk).await.map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
         }
-        file.sync_all()
-            .await
-            .map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
+        file.sync_all().await.map_err(|e| PortError::Permanent(format!("cannot write {}: {e}", part.display())))?;
         let digest = gymforge_actors::digest::hex(&hasher.finalize());
         Ok((digest, bytes))
     }
@@ -724,23 +535,14 @@ impl Hub for HubClient {
             }
             Err(Fail::Reject { reason, detail }) => {
                 tracing::debug!(dataset = id, %reason, "dataset rejected");
-                Ok(DatasetCheck::Rejected {
-                    reason,
-                    detail: self.scrub(detail),
-                })
+                Ok(DatasetCheck::Rejected { reason, detail: self.scrub(detail) })
             }
             Err(Fail::Port(e)) => Err(self.scrub_port(e)),
         }
     }
 
-    async fn download(
-        &self,
-        meta: &DatasetMeta,
-        dest: &Path,
-    ) -> Result<Vec<StagedFile>, PortError> {
-        self.download_inner(meta, dest)
-            .await
-            .map_err(|e| self.scrub_port(e))
+    async fn download(&self, meta: &DatasetMeta, dest: &Path) -> Result<Vec<StagedFile>, PortError> {
+        self.download_inner(meta, dest).await.map_err(|e| self.scrub_port(e))
     }
 }
 
@@ -749,8 +551,7 @@ impl Hub for HubClient {
 
 fn normalise_base(base: &str, what: &str) -> anyhow::Result<String> {
     let trimmed = base.trim().trim_end_matches('/').to_string();
-    let url = Url::parse(&trimmed)
-        .map_err(|e| anyhow::anyhow!("the {what} base URL `{trimmed}` is not a URL: {e}"))?;
+    let url = Url::parse(&trimmed).map_err(|e| anyhow::anyhow!("the {what} base URL `{trimmed}` is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         anyhow::bail!("the {what} base URL `{trimmed}` must be http or https");
     }
@@ -767,8 +568,7 @@ pub fn valid_dataset_id(id: &str) -> bool {
     parts.iter().all(|p| {
         !p.is_empty()
             && p.len() <= MAX_ID_PART
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && !p.starts_with(['-', '.'])
             && !p.ends_with(['-', '.'])
             && !p.contains("--")
@@ -778,12 +578,7 @@ pub fn valid_dataset_id(id: &str) -> bool {
 
 /// A single, harmless path component.
 fn safe_component(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && !s.starts_with('.')
-        && s.len() <= 255
-        && !s.contains(['/', '\\', '\0'])
+    !s.is_empty() && s != "." && s != ".." && !s.starts_with('.') && s.len() <= 255 && !s.contains(['/', '\\', '\0'])
 }
 
 /// `Some(mode)` when the Hub's `gated` field says the dataset is gated.
@@ -796,11 +591,7 @@ fn gated_mode(gated: &Value) -> Option<String> {
 }
 
 fn header_str(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.to_string())
+    response.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.to_string())
 }
 
 /// The `error` field of a JSON error body, or the start of the body's text.
@@ -827,11 +618,7 @@ fn error_text(body: &[u8]) -> String {
 
 /// A reqwest error with its causes (reqwest's own message hides them).
 fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        format!("timed out: {e}")
-    } else {
-        e.to_string()
-    };
+    let mut text = if e.is_timeout() { format!("timed out: {e}") } else { e.to_string() };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let s_text = s.to_string();
@@ -848,29 +635,11 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 fn to_feature(name: &str, spec: &Value) -> Feature {
     let (dtype, class_names) = match spec {
         Value::Object(o) => match o.get("_type").and_then(Value::as_str) {
-            Some("Value") => (
-                o.get("dtype")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string(),
-                None,
-            ),
+            Some("Value") => (o.get("dtype").and_then(Value::as_str).unwrap_or("unknown").to_string(), None),
             Some("ClassLabel") => {
                 let names = match o.get("names").and_then(Value::as_array) {
-                    Some(names) => Some(
-                        names
-                            .iter()
-                            .map(|n| {
-                                n.as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| n.to_string())
-                            })
-                            .collect(),
-                    ),
-                    None => o
-                        .get("num_classes")
-                        .and_then(Value::as_u64)
-                        .map(|n| (0..n).map(|i| i.to_string()).collect()),
+                    Some(names) => Some(names.iter().map(|n| n.as_str().map(str::to_string).unwrap_or_else(|| n.to_string())).collect()),
+                    None => o.get("num_classes").and_then(Value::as_u64).map(|n| (0..n).map(|i| i.to_string()).collect()),
                 };
                 ("int64".to_string(), names)
             }
@@ -880,11 +649,7 @@ fn to_feature(name: &str, spec: &Value) -> Feature {
         Value::Array(_) => ("list".to_string(), None),
         _ => ("unknown".to_string(), None),
     };
-    Feature {
-        name: name.to_string(),
-        dtype,
-        class_names,
-    }
+    Feature { name: name.to_string(), dtype, class_names }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1041,29 +806,10 @@ mod tests {
 
     #[test]
     fn dataset_ids() {
-        for ok in [
-            "sklearn/iris",
-            "ibm/duorc",
-            "imdb",
-            "HuggingFaceFW/fineweb-edu",
-            "a/b.c_d-e",
-        ] {
+        for ok in ["sklearn/iris", "ibm/duorc", "imdb", "HuggingFaceFW/fineweb-edu", "a/b.c_d-e"] {
             assert!(valid_dataset_id(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "/",
-            "a/",
-            "/b",
-            "a/b/c",
-            "a b/c",
-            "../x",
-            "a/..",
-            "https://x/y",
-            "a/-b",
-            "a/b.",
-            "a--b/c",
-        ] {
+        for bad in ["", "/", "a/", "/b", "a/b/c", "a b/c", "../x", "a/..", "https://x/y", "a/-b", "a/b.", "a--b/c"] {
             assert!(!valid_dataset_id(bad), "{bad}");
         }
     }
@@ -1085,31 +831,18 @@ mod tests {
                 "tokens": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"}}}"#,
         )
         .unwrap();
-        let f: Vec<Feature> = info
-            .features
-            .0
-            .iter()
-            .map(|(n, s)| to_feature(n, s))
-            .collect();
+        let f: Vec<Feature> = info.features.0.iter().map(|(n, s)| to_feature(n, s)).collect();
         assert_eq!(f[0].name, "zeta");
         assert_eq!(f[1].dtype, "int64");
-        assert_eq!(
-            f[1].class_names.as_deref(),
-            Some(&["neg".to_string(), "pos".to_string()][..])
-        );
+        assert_eq!(f[1].class_names.as_deref(), Some(&["neg".to_string(), "pos".to_string()][..]));
         assert_eq!(f[2].dtype, "list");
     }
 
     #[test]
     fn debug_hides_token() {
-        let c = HubClient::new(
-            "http://127.0.0.1:1".into(),
-            "http://127.0.0.1:1".into(),
-            Some("hf_secret".into()),
-            10,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let c =
+            HubClient::new("http://127.0.0.1:1".into(), "http://127.0.0.1:1".into(), Some("hf_secret".into()), 10, Duration::from_secs(1))
+                .unwrap();
         assert!(!format!("{c:?}").contains("hf_secret"));
     }
 }

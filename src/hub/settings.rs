@@ -102,7 +102,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn hub(endpoint: &str, viewer: &str, token_env: &str, in_file: bool) -> HubConfig {
-        HubConfig { endpoint: endpoint.into(), endpoint_in_file: in_file, viewer_endpoint: viewer.into(), token_env: token_env.into(), max_dataset_bytes: 1, timeout_secs: 1 }
+        HubConfig {
+            endpoint: endpoint.into(),
+            endpoint_in_file: in_file,
+            viewer_endpoint: viewer.into(),
+            token_env: token_env.into(),
+            max_dataset_bytes: 1,
+            timeout_secs: 1,
+        }
     }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

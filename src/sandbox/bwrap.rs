@@ -52,8 +52,7 @@ const PROBE_INSIDE: &str = "/home/agent/workspace";
 const MIB: u64 = 1024 * 1024;
 
 /// Host directories under /etc that are made visible (read-only) when they exist.
-const ETC_BINDS: [&str; 4] =
-    ["/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"];
+const ETC_BINDS: [&str; 4] = ["/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"];
 /// Top-level directories that are symlinks into /usr on merged-/usr systems.
 const USR_LINKS: [&str; 4] = ["lib", "lib64", "bin", "sbin"];
 /// Sandbox paths that a job's work directory or mounts may not cover.
@@ -95,13 +94,12 @@ impl BwrapSandbox {
     pub fn new(cfg: &SandboxConfig, env: PythonEnv) -> anyhow::Result<BwrapSandbox> {
         let bwrap = find_bwrap(&cfg.bwrap).ok_or_else(|| match cfg.bwrap.as_str() {
             "" => anyhow!(BWRAP_MISSING),
-            path => anyhow!("bubblewrap is not at {path} (`sandbox.bwrap`): point it at the bwrap program or leave it empty to search PATH"),
+            path => {
+                anyhow!("bubblewrap is not at {path} (`sandbox.bwrap`): point it at the bwrap program or leave it empty to search PATH")
+            }
         })?;
         if !env.python().exists() {
-            bail!(
-                "the sandbox's Python environment {} has no interpreter: provision it first",
-                env.dir.display()
-            );
+            bail!("the sandbox's Python environment {} has no interpreter: provision it first", env.dir.display());
         }
         let as_root = rustix::process::geteuid().is_root();
         let staging = if as_root {
@@ -193,14 +191,9 @@ impl BwrapSandbox {
             } else {
                 String::new()
             };
-            bail!(
-                "the sandbox started but the probe job failed ({}) in {}: {said}{hint}",
-                out.status_line(),
-                root.display()
-            );
+            bail!("the sandbox started but the probe job failed ({}) in {}: {said}{hint}", out.status_line(), root.display());
         }
-        let caps =
-            out.stdout.lines().find_map(|l| l.strip_prefix("CapEff ")).unwrap_or("unknown").trim();
+        let caps = out.stdout.lines().find_map(|l| l.strip_prefix("CapEff ")).unwrap_or("unknown").trim();
         if caps.is_empty() || caps.chars().any(|c| c != '0') {
             bail!(
                 "the sandbox keeps capabilities (CapEff {caps}), so it is not safe to run \
@@ -235,9 +228,8 @@ impl BwrapSandbox {
             let host = Path::new("/").join(name);
             match std::fs::symlink_metadata(&host) {
                 Ok(meta) if meta.file_type().is_symlink() => {
-                    let target = std::fs::read_link(&host)
-                        .map(|t| t.to_string_lossy().into_owned())
-                        .unwrap_or_else(|_| format!("usr/{name}"));
+                    let target =
+                        std::fs::read_link(&host).map(|t| t.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("usr/{name}"));
                     a.push(&["--symlink", &target, &path_str(&host)]);
                 }
                 Ok(_) => a.push(&["--ro-bind", &path_str(&host), &path_str(&host)]),
@@ -316,7 +308,10 @@ impl BwrapSandbox {
         let limits = self.limits;
         let drop_to_nobody = self.as_root;
         let group = match &self.cgroups {
-            Some(c) => Some(c.job(limits.address_space, limits.processes).map_err(|e| PortError::Transient(format!("cannot create the job's control group: {e}")))?),
+            Some(c) => Some(
+                c.job(limits.address_space, limits.processes)
+                    .map_err(|e| PortError::Transient(format!("cannot create the job's control group: {e}")))?,
+            ),
             None => None,
         };
         let procs: Vec<std::ffi::CString> = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
@@ -375,8 +370,7 @@ impl BwrapSandbox {
             }
             ended
         };
-        let status = status
-            .map_err(|e| PortError::Transient(format!("cannot wait for the sandbox: {e}")))?;
+        let status = status.map_err(|e| PortError::Transient(format!("cannot wait for the sandbox: {e}")))?;
         let elapsed = start.elapsed().as_secs_f64();
 
         let ready = strip_marker(&mut err);
@@ -404,7 +398,16 @@ impl Sandbox for BwrapSandbox {
             let result = self.run_job(job).await;
             let metrics = crate::telemetry::metrics::metrics();
             match &result {
-                Ok(out) => metrics.sandbox_job(out.elapsed_secs, if out.timed_out { "timeout" } else if out.exit_code == Some(0) { "ok" } else { "failed" }),
+                Ok(out) => metrics.sandbox_job(
+                    out.elapsed_secs,
+                    if out.timed_out {
+                        "timeout"
+                    } else if out.exit_code == Some(0) {
+                        "ok"
+                    } else {
+                        "failed"
+                    },
+                ),
                 Err(_) => metrics.sandbox_job(0.0, "not_started"),
             }
             match &result {
@@ -439,29 +442,24 @@ fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool, staged: bool) -> Res
     // bwrap runs in `/`: a relative host path would name something else there.
     for host in std::iter::once(&job.workdir).chain(job.mounts.iter().map(|m| &m.host)) {
         if !host.is_absolute() {
-            return Err(perm(format!("sandbox job `{}`: host path {} is relative; paths are made absolute when gymforge starts", job.label, host.display())));
+            return Err(perm(format!(
+                "sandbox job `{}`: host path {} is relative; paths are made absolute when gymforge starts",
+                job.label,
+                host.display()
+            )));
         }
     }
     check_inside(&job.workdir_inside, env_dir).map_err(perm)?;
     for m in &job.mounts {
         check_inside(&m.inside, env_dir).map_err(perm)?;
         if Path::new(&m.inside) == Path::new(&job.workdir_inside) {
-            return Err(perm(format!(
-                "mount {} would hide the work directory {}",
-                m.host.display(),
-                job.workdir_inside
-            )));
+            return Err(perm(format!("mount {} would hide the work directory {}", m.host.display(), job.workdir_inside)));
         }
         if !m.host.exists() {
-            return Err(perm(format!(
-                "cannot mount {} into the sandbox: it does not exist",
-                m.host.display()
-            )));
+            return Err(perm(format!("cannot mount {} into the sandbox: it does not exist", m.host.display())));
         }
     }
-    std::fs::create_dir_all(&job.workdir).map_err(|e| {
-        perm(format!("cannot create the work directory {}: {e}", job.workdir.display()))
-    })?;
+    std::fs::create_dir_all(&job.workdir).map_err(|e| perm(format!("cannot create the work directory {}: {e}", job.workdir.display())))?;
     for m in &job.mounts {
         if let Ok(rel) = Path::new(&m.inside).strip_prefix(&job.workdir_inside) {
             make_mountpoint(&job.workdir, rel, m.host.is_dir()).map_err(perm)?;
@@ -480,8 +478,7 @@ fn prepare(job: &SandboxJob, env_dir: &Path, as_root: bool, staged: bool) -> Res
     Ok(())
 }
 
-const BWRAP_MISSING: &str =
-    "bubblewrap (bwrap) is not installed: run `apt-get install -y bubblewrap`";
+const BWRAP_MISSING: &str = "bubblewrap (bwrap) is not installed: run `apt-get install -y bubblewrap`";
 
 /// The configured `bwrap` (`sandbox.bwrap`), or else the first on PATH or in the usual places.
 fn find_bwrap(configured: &str) -> Option<PathBuf> {
@@ -489,8 +486,7 @@ fn find_bwrap(configured: &str) -> Option<PathBuf> {
     if !configured.is_empty() {
         return Some(PathBuf::from(configured)).filter(executable);
     }
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/local/bin", "/bin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join("bwrap")).find(executable)
 }
@@ -529,9 +525,7 @@ pub(super) fn spawn_error(e: std::io::Error) -> PortError {
     use std::io::ErrorKind::*;
     match e.kind() {
         NotFound => unavailable(BWRAP_MISSING.to_string()),
-        WouldBlock | OutOfMemory | Interrupted => {
-            PortError::Transient(format!("cannot start the sandbox: {e}"))
-        }
+        WouldBlock | OutOfMemory | Interrupted => PortError::Transient(format!("cannot start the sandbox: {e}")),
         _ if matches!(Errno::from_io_error(&e), Some(Errno::AGAIN | Errno::NOMEM)) => {
             PortError::Transient(format!("cannot start the sandbox: {e}"))
         }
@@ -564,12 +558,7 @@ fn unavailable(detail: String) -> PortError {
 }
 
 /// Reads `r` to the end, keeping the first `cap` bytes in `buf` and discarding the rest.
-async fn read_capped<R: AsyncRead + Unpin>(
-    mut r: R,
-    cap: usize,
-    buf: &mut Vec<u8>,
-    truncated: &mut bool,
-) {
+async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize, buf: &mut Vec<u8>, truncated: &mut bool) {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         match r.read(&mut chunk).await {
@@ -607,11 +596,8 @@ fn check_inside(inside: &str, env_dir: &Path) -> Result<(), String> {
     if p.components().count() < 2 {
         return Err("sandbox path `/` cannot be used as a work directory or mount".to_string());
     }
-    if RESERVED.iter().any(|r| p.starts_with(r)) || p.starts_with(env_dir) || env_dir.starts_with(p)
-    {
-        return Err(format!(
-            "sandbox path `{inside}` overlaps a system directory or the Python environment"
-        ));
+    if RESERVED.iter().any(|r| p.starts_with(r)) || p.starts_with(env_dir) || env_dir.starts_with(p) {
+        return Err(format!("sandbox path `{inside}` overlaps a system directory or the Python environment"));
     }
     Ok(())
 }
@@ -628,8 +614,7 @@ fn make_mountpoint(workdir: &Path, rel: &Path, dir: bool) -> Result<(), String> 
         cur.push(name);
         let last = i + 1 == comps.len();
         let want_dir = !last || dir;
-        let fail =
-            |e: std::io::Error| format!("cannot create the mountpoint {}: {e}", cur.display());
+        let fail = |e: std::io::Error| format!("cannot create the mountpoint {}: {e}", cur.display());
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&cur).map_err(fail)?,
             Ok(m) if m.is_dir() == want_dir => continue,
@@ -655,13 +640,10 @@ fn make_mountpoint(workdir: &Path, rel: &Path, dir: bool) -> Result<(), String> 
 /// left, so it is walked through directory descriptors (`openat` with `O_NOFOLLOW`): a
 /// directory swapped for a symlink midway cannot redirect the walk outside the tree.
 fn chown_tree(root: &Path) -> Result<(), String> {
-    let fail = |path: &Path, e: std::io::Error| {
-        format!("cannot hand {} to the sandbox user: {e}", path.display())
-    };
+    let fail = |path: &Path, e: std::io::Error| format!("cannot hand {} to the sandbox user: {e}", path.display());
     let meta = std::fs::symlink_metadata(root).map_err(|e| fail(root, e))?;
     if !meta.is_dir() {
-        return std::os::unix::fs::lchown(root, Some(SANDBOX_UID), Some(SANDBOX_UID))
-            .map_err(|e| fail(root, e));
+        return std::os::unix::fs::lchown(root, Some(SANDBOX_UID), Some(SANDBOX_UID)).map_err(|e| fail(root, e));
     }
     let fail_errno = |path: &Path, e: Errno| fail(path, e.into());
     let sandbox_user = (Some(Uid::from_raw(SANDBOX_UID)), Some(Gid::from_raw(SANDBOX_UID)));
@@ -676,8 +658,7 @@ fn chown_tree(root: &Path) -> Result<(), String> {
             Some(d) => d,
             None => {
                 let Some((parent, name, shown)) = pending.pop() else { break };
-                let fd = rustix::fs::openat(&*parent, &name, dir_flags, Mode::empty())
-                    .map_err(|e| fail_errno(&shown, e))?;
+                let fd = rustix::fs::openat(&*parent, &name, dir_flags, Mode::empty()).map_err(|e| fail_errno(&shown, e))?;
                 (Rc::new(fd), shown)
             }
         };
@@ -725,11 +706,9 @@ fn list_dir(dir: &OwnedFd) -> rustix::io::Result<Vec<CString>> {
 /// handed over by `chown_tree`) and, unless the child stages it (`ancestors` false), every
 /// ancestor of `path` searchable by others.
 fn reachable_by_sandbox_user(path: &Path, writable: bool, ancestors: bool) -> Result<(), String> {
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
     for ancestor in real.ancestors().skip(1).filter(|_| ancestors) {
-        let meta = std::fs::metadata(ancestor)
-            .map_err(|e| format!("cannot stat {}: {e}", ancestor.display()))?;
+        let meta = std::fs::metadata(ancestor).map_err(|e| format!("cannot stat {}: {e}", ancestor.display()))?;
         if meta.mode() & 0o001 == 0 && meta.uid() != SANDBOX_UID {
             return Err(format!(
                 "the sandbox user (uid {SANDBOX_UID}) cannot reach {}: {} is not searchable by \
@@ -741,8 +720,7 @@ fn reachable_by_sandbox_user(path: &Path, writable: bool, ancestors: bool) -> Re
         }
     }
     if !writable {
-        let meta =
-            std::fs::metadata(&real).map_err(|e| format!("cannot stat {}: {e}", real.display()))?;
+        let meta = std::fs::metadata(&real).map_err(|e| format!("cannot stat {}: {e}", real.display()))?;
         let need = if meta.is_dir() { 0o005 } else { 0o004 };
         if meta.mode() & need != need && meta.uid() != SANDBOX_UID {
             return Err(format!(
@@ -757,12 +735,7 @@ fn reachable_by_sandbox_user(path: &Path, writable: bool, ancestors: bool) -> Re
 
 /// The proper ancestors of an absolute sandbox path, outermost first, without `/`.
 fn parents(inside: &str) -> Vec<String> {
-    let mut out: Vec<String> = Path::new(inside)
-        .ancestors()
-        .skip(1)
-        .filter(|p| p.components().count() > 1)
-        .map(path_str)
-        .collect();
+    let mut out: Vec<String> = Path::new(inside).ancestors().skip(1).filter(|p| p.components().count() > 1).map(path_str).collect();
     out.reverse();
     out
 }
@@ -821,7 +794,10 @@ mod tests {
     #[test]
     fn namespace_refusal_is_explained() {
         let e = setup_failure("bwrap: No permissions to creating new namespace, likely because");
-        assert!(matches!(&e, PortError::Refused { reason, detail } if *reason == DropReason::SandboxUnavailable && detail.contains("user namespaces")), "{e}");
+        assert!(
+            matches!(&e, PortError::Refused { reason, detail } if *reason == DropReason::SandboxUnavailable && detail.contains("user namespaces")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl Cgroups {
             groups.remove_stale();
             return Ok(groups);
         }
-        let controllers = std::fs::read_to_string(base.join("cgroup.controllers")).map_err(|_| "no cgroup v1 memory and pids hierarchies and no cgroup v2 mount".to_string())?;
+        let controllers = std::fs::read_to_string(base.join("cgroup.controllers"))
+            .map_err(|_| "no cgroup v1 memory and pids hierarchies and no cgroup v2 mount".to_string())?;
         if !(controllers.contains("memory") && controllers.contains("pids")) {
             return Err("cgroup v2 lacks the memory or pids controller".into());
         }

@@ -13,5 +13,5 @@ mod shell;
 mod staging;
 
 pub use bwrap::BwrapSandbox;
-pub use shell::BwrapShell;
 pub use pyenv::PythonEnv;
+pub use shell::BwrapShell;

@@ -40,37 +40,24 @@ impl PythonEnv {
     /// Returns the environment at `cfg.python_env_dir()`, creating it first when it is missing or
     /// was built from other requirements or another base interpreter. Blocks (minutes on first
     /// use); every line pip prints is passed to `progress`.
-    pub fn ensure(
-        cfg: &SandboxConfig,
-        requirements: &str,
-        progress: &dyn Fn(&str),
-    ) -> anyhow::Result<PythonEnv> {
+    pub fn ensure(cfg: &SandboxConfig, requirements: &str, progress: &dyn Fn(&str)) -> anyhow::Result<PythonEnv> {
         let dir = absolute(&cfg.python_env_dir())?;
         let base = PathBuf::from(&cfg.base_python);
         let version = base_version(&base)?;
         let fingerprint = fingerprint(requirements, &version);
         let env = PythonEnv { dir: dir.clone() };
 
-        let parent = dir.parent().ok_or_else(|| {
-            anyhow!("the Python environment directory {} has no parent", dir.display())
-        })?;
-        fs::create_dir_all(parent).map_err(|e| {
-            anyhow!("cannot create {} for the sandbox's Python environment: {e}", parent.display())
-        })?;
+        let parent = dir.parent().ok_or_else(|| anyhow!("the Python environment directory {} has no parent", dir.display()))?;
+        fs::create_dir_all(parent).map_err(|e| anyhow!("cannot create {} for the sandbox's Python environment: {e}", parent.display()))?;
 
         let _lock = EnvLock::acquire(&lock_path(&dir), progress)?;
         if env.is_current(&fingerprint) {
             return Ok(env);
         }
 
-        progress(&format!(
-            "provisioning the sandbox's Python environment at {} (this takes a few minutes once)",
-            dir.display()
-        ));
+        progress(&format!("provisioning the sandbox's Python environment at {} (this takes a few minutes once)", dir.display()));
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| {
-                anyhow!("cannot remove the outdated Python environment {}: {e}", dir.display())
-            })?;
+            fs::remove_dir_all(&dir).map_err(|e| anyhow!("cannot remove the outdated Python environment {}: {e}", dir.display()))?;
         }
         create_venv(&base, &dir, progress)?;
         pip_install(&env, requirements, progress)?;
@@ -88,8 +75,7 @@ impl PythonEnv {
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(path)
-        .map_err(|e| anyhow!("invalid Python environment directory {}: {e}", path.display()))
+    std::path::absolute(path).map_err(|e| anyhow!("invalid Python environment directory {}: {e}", path.display()))
 }
 
 fn lock_path(dir: &Path) -> PathBuf {
@@ -100,30 +86,17 @@ fn lock_path(dir: &Path) -> PathBuf {
 
 /// The base interpreter's full version string (`sys.version`).
 fn base_version(base: &Path) -> anyhow::Result<String> {
-    let missing = || {
-        anyhow!(
-            "Python 3 was not found at {}: install it with `apt-get install -y python3 python3-venv`",
-            base.display()
-        )
-    };
+    let missing = || anyhow!("Python 3 was not found at {}: install it with `apt-get install -y python3 python3-venv`", base.display());
     if !base.exists() {
         return Err(missing());
     }
-    let out = python_command(base)
-        .args(["-c", "import sys; print(sys.version)"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| match e.kind() {
+    let out =
+        python_command(base).args(["-c", "import sys; print(sys.version)"]).stdin(Stdio::null()).output().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => missing(),
             _ => anyhow!("cannot run the base Python {}: {e}", base.display()),
         })?;
     if !out.status.success() {
-        bail!(
-            "the base Python {} does not run ({}): {}",
-            base.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("the base Python {} does not run ({}): {}", base.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !version.starts_with('3') {
@@ -207,8 +180,7 @@ fn create_venv(base: &Path, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Resu
     if out.status.success() && dir.join("bin/python").exists() && dir.join("bin/pip").exists() {
         return Ok(());
     }
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     // A half-made venv must not be mistaken for a usable one.
     let _ = fs::remove_dir_all(dir);
     if text.contains("ensurepip") || text.contains("No module named venv") {
@@ -218,30 +190,14 @@ fn create_venv(base: &Path, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Resu
             base.display()
         );
     }
-    bail!(
-        "`{} -m venv {}` failed ({}): {}",
-        base.display(),
-        dir.display(),
-        out.status,
-        last_lines(&text, TAIL_LINES)
-    );
+    bail!("`{} -m venv {}` failed ({}): {}", base.display(), dir.display(), out.status, last_lines(&text, TAIL_LINES));
 }
 
 fn pip_install(env: &PythonEnv, requirements: &str, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
     let req = TempRequirements::write(requirements)?;
     progress("installing the Python requirements with pip");
     let mut child = python_command(&env.python())
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-            "--compile",
-            "-r",
-        ])
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off", "--compile", "-r"])
         .arg(&req.path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -252,12 +208,10 @@ fn pip_install(env: &PythonEnv, requirements: &str, progress: &dyn Fn(&str)) -> 
     // Both streams are read on their own threads; `progress` is called on this one.
     let (tx, rx) = mpsc::channel::<String>();
     let mut readers = Vec::new();
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
+    for stream in
+        [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
+            .into_iter()
+            .flatten()
     {
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || {
@@ -312,14 +266,9 @@ struct TempRequirements {
 
 impl TempRequirements {
     fn write(text: &str) -> anyhow::Result<TempRequirements> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir()
-            .join(format!("gymforge-requirements-{}-{nanos}.txt", std::process::id()));
-        fs::write(&path, text)
-            .map_err(|e| anyhow!("cannot write the requirements file {}: {e}", path.display()))?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("gymforge-requirements-{}-{nanos}.txt", std::process::id()));
+        fs::write(&path, text).map_err(|e| anyhow!("cannot write the requirements file {}: {e}", path.display()))?;
         Ok(TempRequirements { path })
     }
 }
@@ -335,8 +284,7 @@ impl Drop for TempRequirements {
 fn make_world_readable(dir: &Path) -> anyhow::Result<()> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path)
-            .map_err(|e| anyhow!("cannot stat {}: {e}", path.display()))?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| anyhow!("cannot stat {}: {e}", path.display()))?;
         if meta.file_type().is_symlink() {
             continue;
         }
@@ -346,13 +294,10 @@ fn make_world_readable(dir: &Path) -> anyhow::Result<()> {
             wanted |= 0o111;
         }
         if wanted != mode {
-            fs::set_permissions(&path, fs::Permissions::from_mode(wanted))
-                .map_err(|e| anyhow!("cannot chmod {}: {e}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(wanted)).map_err(|e| anyhow!("cannot chmod {}: {e}", path.display()))?;
         }
         if meta.is_dir() {
-            for entry in
-                fs::read_dir(&path).map_err(|e| anyhow!("cannot list {}: {e}", path.display()))?
-            {
+            for entry in fs::read_dir(&path).map_err(|e| anyhow!("cannot list {}: {e}", path.display()))? {
                 stack.push(entry?.path());
             }
         }
@@ -363,12 +308,9 @@ fn make_world_readable(dir: &Path) -> anyhow::Result<()> {
 /// Writes the marker atomically (temporary file + rename), as the very last step.
 fn write_marker(dir: &Path, fingerprint: &str) -> anyhow::Result<()> {
     let tmp = dir.join(format!("{MARKER}.tmp"));
-    fs::write(&tmp, format!("{fingerprint}\n"))
-        .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
-        .map_err(|e| anyhow!("cannot chmod {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, dir.join(MARKER))
-        .map_err(|e| anyhow!("cannot write the marker in {}: {e}", dir.display()))?;
+    fs::write(&tmp, format!("{fingerprint}\n")).map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(|e| anyhow!("cannot chmod {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(MARKER)).map_err(|e| anyhow!("cannot write the marker in {}: {e}", dir.display()))?;
     Ok(())
 }
 
@@ -393,10 +335,7 @@ mod tests {
 
     #[test]
     fn lock_file_is_a_sibling() {
-        assert_eq!(
-            lock_path(Path::new("/opt/gymforge/pyenv")),
-            Path::new("/opt/gymforge/pyenv.lock")
-        );
+        assert_eq!(lock_path(Path::new("/opt/gymforge/pyenv")), Path::new("/opt/gymforge/pyenv.lock"));
     }
 
     #[test]

@@ -157,7 +157,10 @@ impl BwrapShell {
                 Err(_) => {
                     // The shell did not come back: it is the stuck one.
                     self.kill();
-                    let mut done = ended("the shell was stuck and has been restarted: its working directory and variables are reset", start.elapsed().as_secs_f64());
+                    let mut done = ended(
+                        "the shell was stuck and has been restarted: its working directory and variables are reset",
+                        start.elapsed().as_secs_f64(),
+                    );
                     done.timed_out = true;
                     done.stdout = format!("{}\n{}", String::from_utf8_lossy(&out).trim_end(), done.stdout);
                     return Ok(done);

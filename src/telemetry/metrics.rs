@@ -29,14 +29,40 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| {
         let meter = opentelemetry::global::meter("gymforge");
         Metrics {
-            stage_results: meter.u64_counter("gymforge.stage.results").with_description("Stage runs by outcome (advanced, done, dropped, retry)").build(),
+            stage_results: meter
+                .u64_counter("gymforge.stage.results")
+                .with_description("Stage runs by outcome (advanced, done, dropped, retry)")
+                .build(),
             units_dropped: meter.u64_counter("gymforge.units.dropped").with_description("Units dropped, by stage and reason").build(),
-            stage_duration: meter.f64_histogram("gymforge.stage.duration").with_unit("s").with_description("Time one stage took on one unit").build(),
-            worker_restarts: meter.u64_counter("gymforge.worker.restarts").with_description("Stage workers that crashed and were replaced").build(),
-            llm_duration: meter.f64_histogram("gen_ai.client.operation.duration").with_unit("s").with_description("LLM call time, retries included").build(),
-            llm_tokens: meter.u64_histogram("gen_ai.client.token.usage").with_unit("{token}").with_description("Tokens per LLM call").build(),
-            llm_cost: meter.f64_counter("gymforge.llm.cost").with_unit("USD").with_description("LLM spending at the configured prices").build(),
-            sandbox_duration: meter.f64_histogram("gymforge.sandbox.duration").with_unit("s").with_description("Time of one sandboxed job").build(),
+            stage_duration: meter
+                .f64_histogram("gymforge.stage.duration")
+                .with_unit("s")
+                .with_description("Time one stage took on one unit")
+                .build(),
+            worker_restarts: meter
+                .u64_counter("gymforge.worker.restarts")
+                .with_description("Stage workers that crashed and were replaced")
+                .build(),
+            llm_duration: meter
+                .f64_histogram("gen_ai.client.operation.duration")
+                .with_unit("s")
+                .with_description("LLM call time, retries included")
+                .build(),
+            llm_tokens: meter
+                .u64_histogram("gen_ai.client.token.usage")
+                .with_unit("{token}")
+                .with_description("Tokens per LLM call")
+                .build(),
+            llm_cost: meter
+                .f64_counter("gymforge.llm.cost")
+                .with_unit("USD")
+                .with_description("LLM spending at the configured prices")
+                .build(),
+            sandbox_duration: meter
+                .f64_histogram("gymforge.sandbox.duration")
+                .with_unit("s")
+                .with_description("Time of one sandboxed job")
+                .build(),
         }
     })
 }

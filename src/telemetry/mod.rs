@@ -60,7 +60,9 @@ fn destinations(config: Option<&TelemetryConfig>, env: &dyn Fn(&str) -> Option<S
     }
     for var in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"] {
         if let Some(p) = env(var).filter(|p| p.trim() != "http/protobuf" && !p.trim().is_empty()) {
-            bail!("{var}={p}: gymforge exports OTLP over http/protobuf only (collectors usually listen for it on port 4318); unset it or set it to http/protobuf");
+            bail!(
+                "{var}={p}: gymforge exports OTLP over http/protobuf only (collectors usually listen for it on port 4318); unset it or set it to http/protobuf"
+            );
         }
     }
     if let Some(base) = config.map(|c| c.otlp_endpoint.trim().trim_end_matches('/')).filter(|b| !b.is_empty()) {
@@ -88,7 +90,8 @@ pub fn init_with_level(config: Option<&TelemetryConfig>, default_level: &str) ->
     let to = destinations(config, &|name| std::env::var(name).ok())?;
     RECORD_PROMPTS.set(config.is_some_and(|c| c.record_prompts)).ok();
     let resource = {
-        let mut builder = opentelemetry_sdk::Resource::builder().with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+        let mut builder = opentelemetry_sdk::Resource::builder()
+            .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             builder = builder.with_service_name("gymforge");
         }
@@ -206,7 +209,8 @@ mod tests {
 
     #[test]
     fn other_protocols_are_refused_with_a_reason() {
-        let e = destinations(None, &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).unwrap_err();
+        let e = destinations(None, &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]))
+            .unwrap_err();
         assert!(e.to_string().contains("http/protobuf only"), "{e}");
     }
 }

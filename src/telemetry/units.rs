@@ -55,7 +55,8 @@ impl UnitTraces {
             UnitKind::Task => "task",
             UnitKind::Rollout => "rollout",
         };
-        let mut attributes = vec![KeyValue::new("unit", unit.id.clone()), KeyValue::new("unit.kind", kind), KeyValue::new("unit.status", status)];
+        let mut attributes =
+            vec![KeyValue::new("unit", unit.id.clone()), KeyValue::new("unit.kind", kind), KeyValue::new("unit.status", status)];
         if let Some(reason) = reason {
             attributes.push(KeyValue::new("unit.drop_reason", reason.as_str()));
         }

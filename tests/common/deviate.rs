@@ -200,15 +200,19 @@ impl Deviant {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
             runtime.block_on(async move {
                 let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-                let (sim_addr, sim_task, _) = gymforge_sim::teacher::serve_counted(setup.sim.clone(), loopback).await.expect("the simulated teacher starts");
+                let (sim_addr, sim_task, _) =
+                    gymforge_sim::teacher::serve_counted(setup.sim.clone(), loopback).await.expect("the simulated teacher starts");
                 let listener = tokio::net::TcpListener::bind(loopback).await.expect("the proxy binds");
                 let addr = listener.local_addr().expect("an address");
-                let proxy = Arc::new(Proxy { setup, sim_base: format!("http://{sim_addr}/v1"), http: reqwest::Client::new(), log: Mutex::default() });
+                let proxy = Arc::new(Proxy {
+                    setup,
+                    sim_base: format!("http://{sim_addr}/v1"),
+                    http: reqwest::Client::new(),
+                    log: Mutex::default(),
+                });
                 ready_tx.send((addr, proxy.clone())).expect("the test waits");
-                let app = Router::new()
-                    .route("/v1/chat/completions", post(chat_completions))
-                    .route("/v1/models", get(models))
-                    .with_state(proxy);
+                let app =
+                    Router::new().route("/v1/chat/completions", post(chat_completions)).route("/v1/models", get(models)).with_state(proxy);
                 tokio::select! {
                     served = axum::serve(listener, app) => served.expect("the proxy serves"),
                     _ = stop_rx => {}
@@ -279,7 +283,8 @@ impl Drop for Deviant {
 // HTTP
 
 fn openai_error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": { "message": message, "type": "BadRequestError", "param": null, "code": status.as_u16() } }))).into_response()
+    (status, axum::Json(json!({ "error": { "message": message, "type": "BadRequestError", "param": null, "code": status.as_u16() } })))
+        .into_response()
 }
 
 async fn models(State(proxy): State<Arc<Proxy>>) -> Response {
@@ -317,7 +322,9 @@ fn stage_of(request: &Value, messages: &[(String, String)]) -> Option<Stage> {
 fn messages_of(request: &Value) -> Vec<(String, String)> {
     request["messages"]
         .as_array()
-        .map(|m| m.iter().map(|m| (m["role"].as_str().unwrap_or("").to_string(), m["content"].as_str().unwrap_or("").to_string())).collect())
+        .map(|m| {
+            m.iter().map(|m| (m["role"].as_str().unwrap_or("").to_string(), m["content"].as_str().unwrap_or("").to_string())).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -475,7 +482,9 @@ fn deviate(case: &Case, stage: Stage, answer: &str, seen: u32, turn: usize) -> O
         Case::Refusal => Some(Deviation { content: None, refusal: Some(REFUSAL.into()), finish: "stop" }),
         Case::Empty => Deviation::says(String::new()),
         Case::ContentFilter => Some(Deviation { content: Some(head(answer, 1, 3)), refusal: None, finish: "content_filter" }),
-        Case::Truncation { times } => (seen < *times).then(|| Deviation { content: Some(head(answer, 1, 2)), refusal: None, finish: "length" }),
+        Case::Truncation { times } => {
+            (seen < *times).then(|| Deviation { content: Some(head(answer, 1, 2)), refusal: None, finish: "length" })
+        }
         _ if stage == Stage::Rollout => agent_turn(case, answer, seen, turn),
         _ => {
             let v: Value = serde_json::from_str(answer).ok()?;
@@ -643,7 +652,9 @@ fn agent_turn(case: &Case, answer: &str, seen: u32, turn: usize) -> Option<Devia
     let content = match case {
         Case::NoCodeBlock if seen == 0 => format!("{}\n{after}", before.trim_end()),
         Case::NoCodeBlock => return None,
-        Case::TwoCodeBlocks => format!("{before}\nFor example, a command looks like this:\n{EXAMPLE_BLOCK}\nThe command for this step:\n```\n{command}\n```\n{after}"),
+        Case::TwoCodeBlocks => format!(
+            "{before}\nFor example, a command looks like this:\n{EXAMPLE_BLOCK}\nThe command for this step:\n```\n{command}\n```\n{after}"
+        ),
         Case::BashTag => {
             let wrapped = match turn % 3 {
                 0 => format!("<bash>\n{command}\n</bash>"),
@@ -657,4 +668,3 @@ fn agent_turn(case: &Case, answer: &str, seen: u32, turn: usize) -> Option<Devia
     };
     Deviation::says(content)
 }
-

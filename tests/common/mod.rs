@@ -41,7 +41,8 @@ pub fn actions(out: &Path) -> BTreeMap<String, Vec<String>> {
         .into_iter()
         .map(|path| {
             let traj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let mut steps: Vec<String> = traj["trajectory"].as_array().unwrap().iter().map(|s| s["action"].as_str().unwrap().to_string()).collect();
+            let mut steps: Vec<String> =
+                traj["trajectory"].as_array().unwrap().iter().map(|s| s["action"].as_str().unwrap().to_string()).collect();
             steps.push(traj["info"]["score"].to_string());
             let run = path.parent().unwrap().file_name().unwrap().to_string_lossy();
             (format!("{run}/{}", path.file_name().unwrap().to_string_lossy()), steps)

@@ -17,8 +17,8 @@ use gymforge_actors::model::{
 };
 use gymforge_actors::pipeline::{AgentSettings, Faults, StageLogic};
 use gymforge_actors::ports::{
-    ChatReply, ChatRequest, DatasetCheck, FinalInputs, Hub, JobOutput, Llm, Outputs, PortError, Sandbox, SandboxJob, Shell,
-    Store, Telemetry,
+    ChatReply, ChatRequest, DatasetCheck, FinalInputs, Hub, JobOutput, Llm, Outputs, PortError, Sandbox, SandboxJob, Shell, Store,
+    Telemetry,
 };
 use gymforge_actors::{Outcome, Pipeline, Progress, Prompts, Settings, Stage, Taxonomy, Unit, UnitKind, UnitStatus};
 
@@ -255,7 +255,14 @@ pub fn settings(tasks: u32, rollouts: u32) -> Settings {
         max_topics: 50,
         max_attempts: 3,
         max_restarts: 20,
-        workers: vec![(Stage::Topic, 2), (Stage::Dataset, 1), (Stage::Codegen, 1), (Stage::Debug, 1), (Stage::Export, 1), (Stage::Rollout, 3)],
+        workers: vec![
+            (Stage::Topic, 2),
+            (Stage::Dataset, 1),
+            (Stage::Codegen, 1),
+            (Stage::Debug, 1),
+            (Stage::Export, 1),
+            (Stage::Rollout, 3),
+        ],
         debug_rounds: 2,
         prepare_timeout: Duration::from_secs(60),
         baseline_headroom: 0.0,
@@ -320,5 +327,3 @@ impl Run {
         self.units().await.iter().filter(|u| u.kind == kind && u.status == status).count()
     }
 }
-
-

@@ -30,19 +30,13 @@ const EXIT_MISSING_MODULE: i32 = 3;
 
 /// Builds the mirror's data into `cache_dir` unless an up-to-date build is already there (see
 /// [`HubMirror::ensure_built`](super::HubMirror::ensure_built)), and returns the directory.
-pub(super) async fn ensure_built(
-    cache_dir: &Path,
-    python: &Path,
-    progress: &dyn Fn(&str),
-) -> anyhow::Result<PathBuf> {
+pub(super) async fn ensure_built(cache_dir: &Path, python: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<PathBuf> {
     let digest = script_digest();
     let root = cache_dir.join(MIRROR_DIR);
     if is_current(&root, &digest) {
         return Ok(root);
     }
-    tokio::fs::create_dir_all(cache_dir)
-        .await
-        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+    tokio::fs::create_dir_all(cache_dir).await.with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
     let _lock = lock_exclusive(cache_dir.join(LOCK_FILE)).await?;
     if is_current(&root, &digest) {
         return Ok(root);
@@ -51,28 +45,22 @@ pub(super) async fn ensure_built(
 
     let work = cache_dir.join(format!("{BUILD_PREFIX}{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());
-    std::fs::create_dir_all(&work)
-        .with_context(|| format!("cannot create build directory {}", work.display()))?;
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create build directory {}", work.display()))?;
     let script = work.join("build_mirror.py");
-    std::fs::write(&script, BUILD_SCRIPT)
-        .with_context(|| format!("cannot write {}", script.display()))?;
+    std::fs::write(&script, BUILD_SCRIPT).with_context(|| format!("cannot write {}", script.display()))?;
     let out = work.join("out");
 
     progress("building the embedded Hub mirror from scikit-learn's bundled datasets");
     run_build(python, &script, &out, &work, progress).await?;
     if !out.join("catalog.json").is_file() {
-        bail!(
-            "building the Hub mirror: the build script finished without writing catalog.json"
-        );
+        bail!("building the Hub mirror: the build script finished without writing catalog.json");
     }
     std::fs::write(out.join(MARKER), &digest).context("cannot write the mirror's marker")?;
     if root.exists() {
-        std::fs::rename(&root, work.join("previous")).with_context(|| {
-            format!("cannot move the outdated mirror {} aside", root.display())
-        })?;
+        std::fs::rename(&root, work.join("previous"))
+            .with_context(|| format!("cannot move the outdated mirror {} aside", root.display()))?;
     }
-    std::fs::rename(&out, &root)
-        .with_context(|| format!("cannot move the built mirror to {}", root.display()))?;
+    std::fs::rename(&out, &root).with_context(|| format!("cannot move the built mirror to {}", root.display()))?;
     progress(&format!("Hub mirror ready in {}", root.display()));
     Ok(root)
 }
@@ -82,8 +70,7 @@ fn script_digest() -> String {
 }
 
 fn is_current(root: &Path, digest: &str) -> bool {
-    std::fs::read_to_string(root.join(MARKER)).is_ok_and(|m| m.trim() == digest)
-        && root.join("catalog.json").is_file()
+    std::fs::read_to_string(root.join(MARKER)).is_ok_and(|m| m.trim() == digest) && root.join("catalog.json").is_file()
 }
 
 /// An exclusive `flock`, released when the file is closed.
@@ -111,11 +98,7 @@ fn remove_stale_builds(cache_dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(BUILD_PREFIX)
-        {
+        if entry.file_name().to_string_lossy().starts_with(BUILD_PREFIX) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -129,13 +112,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-async fn run_build(
-    python: &Path,
-    script: &Path,
-    out: &Path,
-    work: &Path,
-    progress: &dyn Fn(&str),
-) -> anyhow::Result<()> {
+async fn run_build(python: &Path, script: &Path, out: &Path, work: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
     let mut child = tokio::process::Command::new(python)
         .arg(script)
         .arg(out)
@@ -147,12 +124,7 @@ async fn run_build(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| {
-            format!(
-                "cannot run Python at {} to build the Hub mirror",
-                python.display()
-            )
-        })?;
+        .with_context(|| format!("cannot run Python at {} to build the Hub mirror", python.display()))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let stderr_task = tokio::spawn(async move {
@@ -169,10 +141,7 @@ async fn run_build(
     };
     let status = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
         Ok(status) => status.context("waiting for the Hub mirror build")?,
-        Err(_) => bail!(
-            "building the Hub mirror took longer than {} s and was stopped",
-            BUILD_TIMEOUT.as_secs()
-        ),
+        Err(_) => bail!("building the Hub mirror took longer than {} s and was stopped", BUILD_TIMEOUT.as_secs()),
     };
     let stderr = stderr_task.await.unwrap_or_default();
     if status.success() {
@@ -250,9 +219,7 @@ pub(super) struct ManifestParquet {
 }
 
 pub(super) fn load_datasets(root: &Path) -> anyhow::Result<(BTreeMap<String, Served>, String)> {
-    let read = |p: PathBuf| -> anyhow::Result<Vec<u8>> {
-        std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))
-    };
+    let read = |p: PathBuf| -> anyhow::Result<Vec<u8>> { std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())) };
     let catalog: Catalog = serde_json::from_slice(&read(root.join("catalog.json"))?)
         .with_context(|| format!("{}/catalog.json is not a valid catalog", root.display()))?;
     let mut datasets = BTreeMap::new();
@@ -261,30 +228,14 @@ pub(super) fn load_datasets(root: &Path) -> anyhow::Result<(BTreeMap<String, Ser
         let m: Manifest = serde_json::from_slice(&read(dir.join("manifest.json"))?)
             .with_context(|| format!("{}/manifest.json is not valid", dir.display()))?;
         if m.id != entry.id {
-            bail!(
-                "{}: manifest id {} does not match the catalog's {}",
-                dir.display(),
-                m.id,
-                entry.id
-            );
+            bail!("{}: manifest id {} does not match the catalog's {}", dir.display(), m.id, entry.id);
         }
         let parquet = read(dir.join(&m.parquet.path))?;
         if gymforge_actors::digest::sha256_hex(&parquet) != m.sha256 {
-            bail!(
-                "{}: the parquet file does not match its manifest's sha256; delete {} to rebuild",
-                dir.display(),
-                root.display()
-            );
+            bail!("{}: the parquet file does not match its manifest's sha256; delete {} to rebuild", dir.display(), root.display());
         }
         let first_rows = read(dir.join("first_rows.json"))?;
-        datasets.insert(
-            m.id.clone(),
-            Served {
-                m,
-                first_rows: Bytes::from(first_rows),
-                parquet: Bytes::from(parquet),
-            },
-        );
+        datasets.insert(m.id.clone(), Served { m, first_rows: Bytes::from(first_rows), parquet: Bytes::from(parquet) });
     }
     Ok((datasets, catalog.built_at))
 }

@@ -17,34 +17,17 @@ use super::{Fixture, MirrorState, Repo, Served};
 /// Branch of the parquet conversion, as on the real Hub.
 const PARQUET_REF: &str = "refs/convert/parquet";
 
-pub(super) fn error_response(
-    status: StatusCode,
-    code: Option<&'static str>,
-    message: &str,
-) -> Response {
+pub(super) fn error_response(status: StatusCode, code: Option<&'static str>, message: &str) -> Response {
     let mut response = (status, Json(json!({ "error": message }))).into_response();
     if let Some(code) = code {
-        response
-            .headers_mut()
-            .insert("x-error-code", HeaderValue::from_static(code));
-        response
-            .headers_mut()
-            .insert("x-error-message", header_text(message));
+        response.headers_mut().insert("x-error-code", HeaderValue::from_static(code));
+        response.headers_mut().insert("x-error-message", header_text(message));
     }
     response
 }
 
 fn header_text(text: &str) -> HeaderValue {
-    let clean: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
+    let clean: String = text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' }).collect();
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
 }
 
@@ -68,11 +51,7 @@ fn gated_response(id: &str) -> Response {
 }
 
 fn repo_not_found() -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        Some("RepoNotFound"),
-        "Repository not found",
-    )
+    error_response(StatusCode::NOT_FOUND, Some("RepoNotFound"), "Repository not found")
 }
 
 /// A stable 24-hex-digit object id, like the Hub's `_id`.
@@ -100,13 +79,7 @@ pub(super) async fn api_dataset_revision(
     api_info(&s, &owner, &name, Some(&rev), &headers)
 }
 
-fn api_info(
-    s: &MirrorState,
-    owner: &str,
-    name: &str,
-    rev: Option<&str>,
-    headers: &HeaderMap,
-) -> Response {
+fn api_info(s: &MirrorState, owner: &str, name: &str, rev: Option<&str>, headers: &HeaderMap) -> Response {
     let id = format!("{owner}/{name}");
     let Some(repo) = s.repo(&id) else {
         return repo_not_found();
@@ -122,11 +95,7 @@ fn api_info(
         && rev != "main"
         && rev != sha
     {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            Some("RevisionNotFound"),
-            &format!("Invalid rev id: {rev}"),
-        );
+        return error_response(StatusCode::NOT_FOUND, Some("RevisionNotFound"), &format!("Invalid rev id: {rev}"));
     }
     let body = match repo {
         Repo::Data(d) => dataset_json(s, d),
@@ -142,11 +111,8 @@ fn card_data(d: &Served) -> Value {
         .iter()
         .map(|f| match &f.class_names {
             Some(names) => {
-                let names: serde_json::Map<String, Value> = names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| (i.to_string(), Value::String(n.clone())))
-                    .collect();
+                let names: serde_json::Map<String, Value> =
+                    names.iter().enumerate().map(|(i, n)| (i.to_string(), Value::String(n.clone()))).collect();
                 json!({"name": f.name, "dtype": {"class_label": {"names": names}}})
             }
             None => json!({"name": f.name, "dtype": f.dtype}),
@@ -247,10 +213,7 @@ fn fixture_json(s: &MirrorState, id: &str, f: Fixture) -> Value {
 
 fn readme(d: &Served) -> String {
     let yaml = serde_norway::to_string(&card_data(d)).unwrap_or_default();
-    format!(
-        "---\n{yaml}---\n\n# {}\n\n{}\n\n> {}\n\nSource: {}.\n",
-        d.m.title, d.m.description, d.m.mirror_note, d.m.source
-    )
+    format!("---\n{yaml}---\n\n# {}\n\n{}\n\n> {}\n\nSource: {}.\n", d.m.title, d.m.description, d.m.mirror_note, d.m.source)
 }
 
 pub(super) async fn resolve_file(
@@ -265,11 +228,7 @@ pub(super) async fn resolve_file(
             return gated_response(&id);
         }
         Some(Repo::Fixture(_)) => {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                Some("EntryNotFound"),
-                &format!("{path} does not exist on \"{rev}\""),
-            );
+            return error_response(StatusCode::NOT_FOUND, Some("EntryNotFound"), &format!("{path} does not exist on \"{rev}\""));
         }
         Some(Repo::Data(d)) => d,
     };
@@ -285,18 +244,10 @@ pub(super) async fn resolve_file(
             None
         }
     } else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            Some("RevisionNotFound"),
-            &format!("Invalid rev id: {rev}"),
-        );
+        return error_response(StatusCode::NOT_FOUND, Some("RevisionNotFound"), &format!("Invalid rev id: {rev}"));
     };
     let Some((content_type, bytes)) = file else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            Some("EntryNotFound"),
-            &format!("{path} does not exist on \"{rev}\""),
-        );
+        return error_response(StatusCode::NOT_FOUND, Some("EntryNotFound"), &format!("{path} does not exist on \"{rev}\""));
     };
     let etag = format!("\"{}\"", gymforge_actors::digest::sha256_hex(&bytes));
     let mut response = (StatusCode::OK, bytes).into_response();

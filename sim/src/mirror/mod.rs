@@ -61,34 +61,18 @@ impl HubMirror {
     /// on `cache_dir/hub-mirror.lock` (so concurrent processes build it once), written to a
     /// temporary directory and moved into place with a rename. `python` must have numpy,
     /// pandas, scikit-learn and pyarrow; it runs our own script directly, not in the sandbox.
-    pub async fn ensure_built(
-        cache_dir: &Path,
-        python: &Path,
-        progress: &dyn Fn(&str),
-    ) -> anyhow::Result<PathBuf> {
+    pub async fn ensure_built(cache_dir: &Path, python: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<PathBuf> {
         build::ensure_built(cache_dir, python, progress).await
     }
 
     /// Serves a built mirror directory on `addr` (use port 0 for any free port). Returns the
     /// address actually bound and the server task.
-    pub async fn serve(
-        root: PathBuf,
-        addr: SocketAddr,
-    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let loaded = tokio::task::spawn_blocking(move || build::load_datasets(&root))
-            .await
-            .context("loading the Hub mirror panicked")??;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind the Hub mirror to {addr}"))?;
-        let local = listener
-            .local_addr()
-            .context("cannot read the Hub mirror's address")?;
-        let state = Arc::new(MirrorState {
-            datasets: loaded.0,
-            built_at: loaded.1,
-            local,
-        });
+    pub async fn serve(root: PathBuf, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let loaded =
+            tokio::task::spawn_blocking(move || build::load_datasets(&root)).await.context("loading the Hub mirror panicked")??;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind the Hub mirror to {addr}"))?;
+        let local = listener.local_addr().context("cannot read the Hub mirror's address")?;
+        let state = Arc::new(MirrorState { datasets: loaded.0, built_at: loaded.1, local });
         let app = router(state);
         let handle = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -101,11 +85,7 @@ impl HubMirror {
 
     /// Builds (if needed) and serves the mirror on a free loopback port; returns its base URL,
     /// for both the Hub API and the dataset viewer, and the server task.
-    pub async fn start(
-        cache_dir: &Path,
-        python: &Path,
-        progress: &dyn Fn(&str),
-    ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    pub async fn start(cache_dir: &Path, python: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
         let root = HubMirror::ensure_built(cache_dir, python, progress).await?;
         let (addr, handle) = HubMirror::serve(root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         Ok((format!("http://{addr}"), handle))
@@ -129,11 +109,7 @@ impl Served {
     }
 
     fn full_description(&self) -> String {
-        if self.m.description.is_empty() {
-            self.m.mirror_note.clone()
-        } else {
-            format!("{}\n\n{}", self.m.description, self.m.mirror_note)
-        }
+        if self.m.description.is_empty() { self.m.mirror_note.clone() } else { format!("{}\n\n{}", self.m.description, self.m.mirror_note) }
     }
 
     fn hub_task_category(&self) -> String {
@@ -172,11 +148,7 @@ impl MirrorState {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .filter(|h| {
-                !h.is_empty()
-                    && h.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
-            });
+            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)));
         match host {
             Some(h) => format!("http://{h}"),
             None => format!("http://{}", self.local),
@@ -187,14 +159,8 @@ impl MirrorState {
 fn router(state: Arc<MirrorState>) -> Router {
     Router::new()
         .route("/api/datasets/{owner}/{name}", get(hub_api::api_dataset))
-        .route(
-            "/api/datasets/{owner}/{name}/revision/{rev}",
-            get(hub_api::api_dataset_revision),
-        )
-        .route(
-            "/datasets/{owner}/{name}/resolve/{rev}/{*path}",
-            get(hub_api::resolve_file),
-        )
+        .route("/api/datasets/{owner}/{name}/revision/{rev}", get(hub_api::api_dataset_revision))
+        .route("/datasets/{owner}/{name}/resolve/{rev}/{*path}", get(hub_api::resolve_file))
         .route("/is-valid", get(viewer::viewer_is_valid))
         .route("/splits", get(viewer::viewer_splits))
         .route("/info", get(viewer::viewer_info))
@@ -207,16 +173,10 @@ fn router(state: Arc<MirrorState>) -> Router {
 }
 
 async fn label_response(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(MIRROR_HEADER, HeaderValue::from_static("embedded"));
+    response.headers_mut().insert(MIRROR_HEADER, HeaderValue::from_static("embedded"));
     response
 }
 
 async fn not_found_page() -> Response {
-    hub_api::error_response(
-        StatusCode::NOT_FOUND,
-        None,
-        "Sorry, we can't find the page you are looking for.",
-    )
+    hub_api::error_response(StatusCode::NOT_FOUND, None, "Sorry, we can't find the page you are looking for.")
 }

@@ -34,10 +34,7 @@ impl IntoResponse for ViewerError {
 fn param<'a>(q: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, ViewerError> {
     match q.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
         Some(v) => Ok(v),
-        None => Err(ViewerError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: format!("Parameter '{key}' is required"),
-        }),
+        None => Err(ViewerError { status: StatusCode::UNPROCESSABLE_ENTITY, message: format!("Parameter '{key}' is required") }),
     }
 }
 
@@ -52,10 +49,7 @@ fn viewer_not_found() -> ViewerError {
 }
 
 /// The served dataset named by `?dataset=`, or the error response to send.
-fn viewer_dataset<'a>(
-    s: &'a MirrorState,
-    q: &BTreeMap<String, String>,
-) -> Result<&'a Served, ViewerError> {
+fn viewer_dataset<'a>(s: &'a MirrorState, q: &BTreeMap<String, String>) -> Result<&'a Served, ViewerError> {
     let id = param(q, "dataset")?;
     match s.repo(id) {
         Some(Repo::Data(d)) => Ok(d),
@@ -64,30 +58,17 @@ fn viewer_dataset<'a>(
 }
 
 /// Checks `?config=` (and `?split=` when `need_split`) against the dataset.
-fn check_config_split(
-    d: &Served,
-    q: &BTreeMap<String, String>,
-    need_split: bool,
-) -> Result<(), ViewerError> {
+fn check_config_split(d: &Served, q: &BTreeMap<String, String>, need_split: bool) -> Result<(), ViewerError> {
     if param(q, "config")? != d.m.config {
-        return Err(ViewerError {
-            status: StatusCode::NOT_FOUND,
-            message: "The config does not exist.".to_string(),
-        });
+        return Err(ViewerError { status: StatusCode::NOT_FOUND, message: "The config does not exist.".to_string() });
     }
     if need_split && param(q, "split")? != d.m.split {
-        return Err(ViewerError {
-            status: StatusCode::NOT_FOUND,
-            message: "The split does not exist.".to_string(),
-        });
+        return Err(ViewerError { status: StatusCode::NOT_FOUND, message: "The split does not exist.".to_string() });
     }
     Ok(())
 }
 
-pub(super) async fn viewer_is_valid(
-    State(s): State<Arc<MirrorState>>,
-    Query(q): Params,
-) -> Result<Response, ViewerError> {
+pub(super) async fn viewer_is_valid(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Result<Response, ViewerError> {
     let id = param(&q, "dataset")?;
     let ok = match s.repo(id) {
         None => return Err(viewer_not_found()),
@@ -105,10 +86,7 @@ pub(super) async fn viewer_is_valid(
     .into_response())
 }
 
-pub(super) async fn viewer_splits(
-    State(s): State<Arc<MirrorState>>,
-    Query(q): Params,
-) -> Result<Response, ViewerError> {
+pub(super) async fn viewer_splits(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Result<Response, ViewerError> {
     let d = viewer_dataset(&s, &q)?;
     Ok(Json(json!({
         "splits": [{"dataset": d.m.id, "config": d.m.config, "split": d.m.split}],
@@ -126,12 +104,8 @@ impl Serialize for FeaturesJson<'_> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for f in self.0 {
             match &f.class_names {
-                Some(names) => {
-                    map.serialize_entry(&f.name, &json!({"names": names, "_type": "ClassLabel"}))?
-                }
-                None => {
-                    map.serialize_entry(&f.name, &json!({"dtype": f.dtype, "_type": "Value"}))?
-                }
+                Some(names) => map.serialize_entry(&f.name, &json!({"names": names, "_type": "ClassLabel"}))?,
+                None => map.serialize_entry(&f.name, &json!({"dtype": f.dtype, "_type": "Value"}))?,
             }
         }
         map.end()
@@ -180,10 +154,7 @@ fn dataset_info(d: &Served) -> DatasetInfoJson<'_> {
     }
 }
 
-pub(super) async fn viewer_info(
-    State(s): State<Arc<MirrorState>>,
-    Query(q): Params,
-) -> Result<Response, ViewerError> {
+pub(super) async fn viewer_info(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Result<Response, ViewerError> {
     #[derive(Serialize)]
     struct One<'a> {
         dataset_info: DatasetInfoJson<'a>,
@@ -198,40 +169,22 @@ pub(super) async fn viewer_info(
     }
     let d = viewer_dataset(&s, &q)?;
     if !q.contains_key("config") {
-        let all = All {
-            dataset_info: BTreeMap::from([(d.m.config.as_str(), dataset_info(d))]),
-            pending: [],
-            failed: [],
-            partial: false,
-        };
+        let all = All { dataset_info: BTreeMap::from([(d.m.config.as_str(), dataset_info(d))]), pending: [], failed: [], partial: false };
         return Ok(Json(all).into_response());
     }
     check_config_split(d, &q, false)?;
-    Ok(Json(One {
-        dataset_info: dataset_info(d),
-        partial: false,
-    })
-    .into_response())
+    Ok(Json(One { dataset_info: dataset_info(d), partial: false }).into_response())
 }
 
-pub(super) async fn viewer_first_rows(
-    State(s): State<Arc<MirrorState>>,
-    Query(q): Params,
-) -> Result<Response, ViewerError> {
+pub(super) async fn viewer_first_rows(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Result<Response, ViewerError> {
     let d = viewer_dataset(&s, &q)?;
     check_config_split(d, &q, true)?;
     let mut response = (StatusCode::OK, d.first_rows.clone()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
 }
 
-pub(super) async fn viewer_size(
-    State(s): State<Arc<MirrorState>>,
-    Query(q): Params,
-) -> Result<Response, ViewerError> {
+pub(super) async fn viewer_size(State(s): State<Arc<MirrorState>>, Query(q): Params) -> Result<Response, ViewerError> {
     let d = viewer_dataset(&s, &q)?;
     let m = &d.m;
     Ok(Json(json!({

@@ -274,7 +274,9 @@ fn model_of(draw: &mut Draw, task: &Task, family: &str) -> Model {
             let features = if task.regression { *draw.pick(&["1.0", "0.7"]) } else { "\"sqrt\"" };
             Model {
                 class: if task.regression { "ExtraTreesRegressor" } else { "ExtraTreesClassifier" },
-                args: format!("n_estimators={trees}, min_samples_leaf={leaf}, max_features={features}{balanced}, random_state={seed}, n_jobs=1"),
+                args: format!(
+                    "n_estimators={trees}, min_samples_leaf={leaf}, max_features={features}{balanced}, random_state={seed}, n_jobs=1"
+                ),
                 label: format!("extra-trees ensemble of {trees} trees"),
             }
         }
@@ -296,7 +298,9 @@ fn model_of(draw: &mut Draw, task: &Task, family: &str) -> Model {
             let l2 = *draw.pick(&["0.0", "1.0"]);
             Model {
                 class: if task.regression { "HistGradientBoostingRegressor" } else { "HistGradientBoostingClassifier" },
-                args: format!("max_iter={iterations}, learning_rate={rate}, max_leaf_nodes={leaves}, l2_regularization={l2}{balanced}, random_state={seed}"),
+                args: format!(
+                    "max_iter={iterations}, learning_rate={rate}, max_leaf_nodes={leaves}, l2_regularization={l2}{balanced}, random_state={seed}"
+                ),
                 label: format!("histogram gradient boosting model ({iterations} iterations, learning rate {rate})"),
             }
         }
@@ -306,7 +310,9 @@ fn model_of(draw: &mut Draw, task: &Task, family: &str) -> Model {
             let features = if task.regression { *draw.pick(&["1.0", "0.5", "\"sqrt\""]) } else { "\"sqrt\"" };
             Model {
                 class: if task.regression { "RandomForestRegressor" } else { "RandomForestClassifier" },
-                args: format!("n_estimators={trees}, min_samples_leaf={leaf}, max_features={features}{balanced}, random_state={seed}, n_jobs=1"),
+                args: format!(
+                    "n_estimators={trees}, min_samples_leaf={leaf}, max_features={features}{balanced}, random_state={seed}, n_jobs=1"
+                ),
                 label: format!("random forest of {trees} trees"),
             }
         }
@@ -544,7 +550,9 @@ impl Policy<'_> {
                 let wrote = !self.writes().is_empty();
                 let script = if wrote && !self.did("python train.py") { "train.py" } else { "baseline.py" };
                 return mv(
-                    format!("Only {remaining} steps remain and no submission.csv has been produced yet, so I'll run {script} now to have a valid submission."),
+                    format!(
+                        "Only {remaining} steps remain and no submission.csv has been produced yet, so I'll run {script} now to have a valid submission."
+                    ),
                     format!("python {script}"),
                 );
             }
@@ -570,8 +578,14 @@ impl Policy<'_> {
         }
         if !self.did("cat baseline.py") {
             let files = self.listed_files();
-            let seen = if files.is_empty() { "The workspace is listed".to_string() } else { format!("The workspace holds {}", files.join(", ")) };
-            return mv(format!("{seen}. I'll read baseline.py first to see how it loads the data, which model it trains and how it writes submission.csv."), "cat baseline.py");
+            let seen =
+                if files.is_empty() { "The workspace is listed".to_string() } else { format!("The workspace holds {}", files.join(", ")) };
+            return mv(
+                format!(
+                    "{seen}. I'll read baseline.py first to see how it loads the data, which model it trains and how it writes submission.csv."
+                ),
+                "cat baseline.py",
+            );
         }
         if self.writes().is_empty() {
             let mut options: Vec<&str> = Vec::new();
@@ -599,7 +613,9 @@ impl Policy<'_> {
                 .and_then(|l| l.split_once(':'))
                 .map(|(what, value)| (what.trim().to_string(), value.trim().to_string()));
             let text = match reported {
-                Some((what, value)) => format!("The script reports a {what} of {value}. Let me validate the submission to get its score on the test set."),
+                Some((what, value)) => {
+                    format!("The script reports a {what} of {value}. Let me validate the submission to get its score on the test set.")
+                }
                 None => "The script finished and wrote submission.csv. Let me validate it to get its score on the test set.".to_string(),
             };
             return mv(text, "validate");
@@ -625,11 +641,16 @@ impl Policy<'_> {
         if command.starts_with("open \"evaluate") {
             let model = self.baseline_model().map(|m| format!("fits `{m}`")).unwrap_or_else(|| "trains a simple model".into());
             mv(
-                format!("The baseline {model} on data/train.csv and writes `id` and `{target}` to submission.csv. Before changing it I'll check how evaluate.py scores a submission and which checks it applies."),
+                format!(
+                    "The baseline {model} on data/train.csv and writes `id` and `{target}` to submission.csv. Before changing it I'll check how evaluate.py scores a submission and which checks it applies."
+                ),
                 command,
             )
         } else {
-            mv(format!("Let me look at the first rows of data/train.csv to check the feature scales and how `{target}` is encoded."), command)
+            mv(
+                format!("Let me look at the first rows of data/train.csv to check the feature scales and how `{target}` is encoded."),
+                command,
+            )
         }
     }
 
@@ -682,11 +703,7 @@ impl Policy<'_> {
         let remaining = self.state.remaining.unwrap_or(u32::MAX);
         let writes = self.writes().len();
         let (_, last_class, last_score) = validated.last().cloned().expect("scored");
-        let best = validated
-            .iter()
-            .cloned()
-            .reduce(|a, b| if self.task().better(b.2, a.2) { b } else { a })
-            .expect("scored");
+        let best = validated.iter().cloned().reduce(|a, b| if self.task().better(b.2, a.2) { b } else { a }).expect("scored");
 
         let minimize = self.task().minimize;
         let beats_baseline = move |x: f64| baseline.is_none_or(|b| if minimize { x < b } else { x > b });
@@ -696,14 +713,23 @@ impl Policy<'_> {
         if writes == 1 && remaining > 6 && (!last_beats || self.draw.chance(0.6)) {
             let first_family = model_in(self.writes()[0].action())
                 .map(|(c, _)| c)
-                .and_then(|c| ["HistGradientBoosting", "GradientBoosting", "RandomForest", "ExtraTrees"].into_iter().find(|f| c.starts_with(f)))
+                .and_then(|c| {
+                    ["HistGradientBoosting", "GradientBoosting", "RandomForest", "ExtraTrees"].into_iter().find(|f| c.starts_with(f))
+                })
                 .unwrap_or("");
             let task = &self.state.task;
             let model = choose_model(&mut self.draw, task, &[first_family]);
             let script = train_script(self.baseline_source().as_deref(), task, &model);
             let against = match baseline {
-                Some(b) if last_beats => format!("The {} scores {metric} {} against the baseline's {}.", readable(&last_class), score(last_score), score(b)),
-                Some(b) => format!("The {} scores {metric} {}, which does not beat the baseline's {}.", readable(&last_class), score(last_score), score(b)),
+                Some(b) if last_beats => {
+                    format!("The {} scores {metric} {} against the baseline's {}.", readable(&last_class), score(last_score), score(b))
+                }
+                Some(b) => format!(
+                    "The {} scores {metric} {}, which does not beat the baseline's {}.",
+                    readable(&last_class),
+                    score(last_score),
+                    score(b)
+                ),
                 None => format!("The {} scores {metric} {}.", readable(&last_class), score(last_score)),
             };
             let reason = match model.family() {
@@ -751,13 +777,8 @@ impl Policy<'_> {
     }
 
     fn repair(&mut self, observation: String, action: String) -> Move {
-        let error = observation
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.starts_with(' '))
-            .unwrap_or("an error")
-            .trim()
-            .to_string();
+        let error =
+            observation.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with(' ')).unwrap_or("an error").trim().to_string();
         let crashes = self.turns().iter().filter(|t| t.runs_python() && t.crashed()).count();
         let timed_out = observation.contains(TIMED_OUT);
         if action.starts_with("python train.py") && crashes <= MAX_REPAIRS {
@@ -765,23 +786,36 @@ impl Policy<'_> {
                 let task = &self.state.task;
                 let mut model = model_of(&mut self.draw, task, "RandomForest");
                 if timed_out {
-                    model.args = model.args.replace("n_estimators=500", "n_estimators=100").replace("n_estimators=400", "n_estimators=100").replace("n_estimators=300", "n_estimators=100").replace("n_estimators=200", "n_estimators=100");
+                    model.args = model
+                        .args
+                        .replace("n_estimators=500", "n_estimators=100")
+                        .replace("n_estimators=400", "n_estimators=100")
+                        .replace("n_estimators=300", "n_estimators=100")
+                        .replace("n_estimators=200", "n_estimators=100");
                     model.label = "random forest of 100 trees".into();
                 }
                 let script = train_script(self.baseline_source().as_deref(), task, &model);
                 let what = if timed_out { "ran out of time".to_string() } else { format!("failed with `{error}`") };
                 return mv(
-                    format!("train.py {what}. I'll rewrite it from the baseline with {}, which takes the same inputs and is quick to train.", with_article(&model.label)),
+                    format!(
+                        "train.py {what}. I'll rewrite it from the baseline with {}, which takes the same inputs and is quick to train.",
+                        with_article(&model.label)
+                    ),
                     heredoc(&script),
                 );
             }
             return mv(
-                format!("train.py failed again (`{error}`). I'll fall back to the baseline script itself so that a valid submission exists."),
+                format!(
+                    "train.py failed again (`{error}`). I'll fall back to the baseline script itself so that a valid submission exists."
+                ),
                 "cp baseline.py train.py",
             );
         }
         if !self.did("python baseline.py") {
-            return mv(format!("The run failed with `{error}`. I'll run the baseline to make sure a valid submission.csv exists."), "python baseline.py");
+            return mv(
+                format!("The run failed with `{error}`. I'll run the baseline to make sure a valid submission.csv exists."),
+                "python baseline.py",
+            );
         }
         self.submit(None)
     }
@@ -865,13 +899,15 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn start(description: &str, max_steps: u32) -> Vec<(String, String)> {
-        let system = render_template("agent_system", &[("command_docs", &gymforge_actors::agent::command_docs()), ("training_timeout", "600")]);
+        let system =
+            render_template("agent_system", &[("command_docs", &gymforge_actors::agent::command_docs()), ("training_timeout", "600")]);
         let task = render_template("agent_task", &[("description", description), ("footer", &footer(0, max_steps))]);
         msgs(&[("system", system), ("user", task)])
     }
 
     pub(crate) fn push_observation(conversation: &mut Vec<(String, String)>, observation: &str, step: u32, max: u32) {
-        let body = if observation.trim().is_empty() { "Your command ran successfully and did not produce any output." } else { observation };
+        let body =
+            if observation.trim().is_empty() { "Your command ran successfully and did not produce any output." } else { observation };
         let next = render_template("agent_next", &[("observation", body), ("footer", &footer(step, max))]);
         conversation.push(("user".into(), next));
     }
@@ -885,7 +921,10 @@ pub(crate) mod tests {
             "cat baseline.py" => BASELINE.into(),
             a if a.starts_with("cat << 'EOF'") => String::new(),
             a if a.starts_with("python") => "validation accuracy: 0.9333\nwrote submission.csv with 30 rows".into(),
-            "validate" => format!("Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {}, 'f1_macro': 0.9}}", 0.9 + f64::from(step % 3) / 100.0),
+            "validate" => format!(
+                "Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {}, 'f1_macro': 0.9}}",
+                0.9 + f64::from(step % 3) / 100.0
+            ),
             _ => "some output".into(),
         }
     }
@@ -996,7 +1035,9 @@ pub(crate) mod tests {
                 let baseline_ran = actions.iter().any(|a| a == "python baseline.py");
                 let obs = if action == "validate" {
                     let score = if baseline_ran { 0.9 } else { 0.8 };
-                    format!("Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {score}, 'f1_macro': 0.8}}")
+                    format!(
+                        "Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {score}, 'f1_macro': 0.8}}"
+                    )
                 } else {
                     observe(&action, step)
                 };
@@ -1071,7 +1112,10 @@ pub(crate) mod tests {
         assert!(script.contains("n_jobs=1"));
         assert!(script.contains("import pandas as pd\nfrom sklearn.ensemble import RandomForestClassifier\n\nTARGET"), "{script}");
         // The baseline's model imports are no longer used, so they go.
-        assert!(!script.contains("LogisticRegression") && !script.contains("StandardScaler") && !script.contains("import numpy"), "{script}");
+        assert!(
+            !script.contains("LogisticRegression") && !script.contains("StandardScaler") && !script.contains("import numpy"),
+            "{script}"
+        );
         assert!(script.starts_with("\"\"\"RandomForestClassifier version of baseline.py"));
         assert!(script.contains("\n    model.fit(train, train)\n"));
         assert_eq!(with_article("extra-trees ensemble"), "an extra-trees ensemble");

@@ -41,13 +41,8 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
-        Bug::MisspelledColumn,
-        Bug::MissingNumpyImport,
-        Bug::ExtraEvaluateOutput,
-        Bug::TargetInTestFile,
-        Bug::WrongAnswersPath,
-    ];
+    pub const ALL: [Bug; 5] =
+        [Bug::MisspelledColumn, Bug::MissingNumpyImport, Bug::ExtraEvaluateOutput, Bug::TargetInTestFile, Bug::WrongAnswersPath];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,7 +186,11 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "iris species",
         about: "Fisher's iris data: flowers of three iris species, each described by the length and width of its sepals and petals in centimetres.",
         goal: "predict the species of an iris flower from four measurements of its sepals and petals",
-        numeric_target: Some(NumericTarget { column: "petal_width_cm", subject: "iris petal width", goal: "predict the petal width of an iris flower from its sepal measurements and petal length" }),
+        numeric_target: Some(NumericTarget {
+            column: "petal_width_cm",
+            subject: "iris petal width",
+            goal: "predict the petal width of an iris flower from its sepal measurements and petal length",
+        }),
         relevant_class: 1,
     },
     KnownDataset {
@@ -200,7 +199,11 @@ const KNOWN: [KnownDataset; 5] = [
         subject: "wine cultivar",
         about: "Results of a chemical analysis of wines grown in the same region of Italy by three different cultivators: thirteen constituents per wine, such as alcohol, malic acid, flavanoids and colour intensity.",
         goal: "predict which of three cultivators produced a wine from its chemical analysis",
-        numeric_target: Some(NumericTarget { column: "alcohol", subject: "wine alcohol content", goal: "predict the alcohol content of a wine from the rest of its chemical analysis" }),
+        numeric_target: Some(NumericTarget {
+            column: "alcohol",
+            subject: "wine alcohol content",
+            goal: "predict the alcohol content of a wine from the rest of its chemical analysis",
+        }),
         relevant_class: 1,
     },
     KnownDataset {
@@ -324,7 +327,9 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
     let known_numeric = known.and_then(|k| k.numeric_target.as_ref()).and_then(|t| facts.features.iter().find(|f| f.name == t.column));
     let target_feature = match (kind, &label.class_names) {
         (Kind::Regression, Some(_)) => known_numeric
-            .or_else(|| facts.features.iter().rev().find(|f| f.name != label.name && f.name != "id" && f.dtype.to_lowercase().starts_with("float")))
+            .or_else(|| {
+                facts.features.iter().rev().find(|f| f.name != label.name && f.name != "id" && f.dtype.to_lowercase().starts_with("float"))
+            })
             .unwrap_or(label),
         (Kind::Ranking, Some(_)) => known_numeric.unwrap_or(label),
         _ => label,
@@ -406,7 +411,8 @@ pub(crate) fn parse(seed: u64, user: &str) -> Result<(String, Spec), String> {
     let rows: Option<u64> = if facts.num_rows.is_empty() { None } else { Some(facts.num_rows.values().sum()) };
     // A small dataset gets a larger test split, so that one test row is not worth several points
     // of the score; the shifted split keeps its top fifth.
-    let test_percent = if twist != Twist::DistributionShift && rows.is_some_and(|r| r < SMALL_DATASET_ROWS) { SMALL_TEST_PERCENT } else { TEST_PERCENT };
+    let test_percent =
+        if twist != Twist::DistributionShift && rows.is_some_and(|r| r < SMALL_DATASET_ROWS) { SMALL_TEST_PERCENT } else { TEST_PERCENT };
     let mut draw = Draw::new(seed, &["split-seed", &normalise(&challenge.title)]);
     let spec = Spec {
         title,
@@ -504,7 +510,11 @@ fn twist_paragraph(spec: &Spec) -> Option<&'static str> {
 
 fn description(spec: &Spec) -> String {
     let (metric, direction, secondary) = match spec.kind {
-        Kind::Ranking => ("the normalised discounted cumulative gain of the top ten rows (`ndcg_at_10`)", "higher is better", "the NDCG of the whole ranking (`ndcg`)"),
+        Kind::Ranking => (
+            "the normalised discounted cumulative gain of the top ten rows (`ndcg_at_10`)",
+            "higher is better",
+            "the NDCG of the whole ranking (`ndcg`)",
+        ),
         _ if spec.numeric_target => ("root mean squared error (`rmse`)", "lower is better", "the mean absolute error (`mae`)"),
         _ => ("accuracy (`accuracy`)", "higher is better", "the macro-averaged F1 score (`f1_macro`)"),
     };
@@ -554,11 +564,17 @@ fn dataset_description(spec: &Spec) -> String {
     let origin = match spec.rows {
         Some(rows) => format!(
             "Source: Hugging Face dataset {} (config {}, split {}, {rows} rows), shuffled with a fixed seed and split {} into the files below.",
-            spec.dataset_id, spec.config, spec.split, spec.split_shares()
+            spec.dataset_id,
+            spec.config,
+            spec.split,
+            spec.split_shares()
         ),
         None => format!(
             "Source: Hugging Face dataset {} (config {}, split {}), shuffled with a fixed seed and split {} into the files below.",
-            spec.dataset_id, spec.config, spec.split, spec.split_shares()
+            spec.dataset_id,
+            spec.config,
+            spec.split,
+            spec.split_shares()
         ),
     };
     out.push_str(&format!("{}\n{origin}\n\nFILES (in data/):\n", spec.about));
@@ -570,17 +586,26 @@ fn dataset_description(spec: &Spec) -> String {
     let train_note = match (spec.twist, spec.numeric_target) {
         (Twist::FewLabels, _) => format!(" Only about a quarter of the rows are labelled; `{}` is empty for the others.", spec.target),
         (Twist::ClassImbalance, false) => " Every class but the most frequent one is down-sampled, so the file has fewer rows.".to_string(),
-        (Twist::ClassImbalance, true) => " Most rows with a target in the top quartile are removed, so the file has fewer rows.".to_string(),
+        (Twist::ClassImbalance, true) => {
+            " Most rows with a target in the top quartile are removed, so the file has fewer rows.".to_string()
+        }
         (Twist::NoisyLabels, false) => " About a tenth of the labels are wrong.".to_string(),
         (Twist::NoisyLabels, true) => " About a tenth of the targets carry heavy noise.".to_string(),
         (Twist::DistributionShift, _) => " The rows come from the lower four fifths of the shift feature's range.".to_string(),
         _ => String::new(),
     };
     let train_rows = if matches!(spec.twist, Twist::ClassImbalance) { format!("up to {train}") } else { train };
-    out.push_str(&format!("- train.csv: {train_rows}training rows with `id`, the {n} feature columns and `{}`.{train_note}\n", spec.target));
+    out.push_str(&format!(
+        "- train.csv: {train_rows}training rows with `id`, the {n} feature columns and `{}`.{train_note}\n",
+        spec.target
+    ));
     out.push_str(&format!("- validation.csv: {validation}labelled rows with the same columns, for model selection.\n"));
-    let test_note = if spec.twist == Twist::DistributionShift { " They are the rows with the highest values of the shift feature." } else { "" };
-    out.push_str(&format!("- test.csv: {test}rows with `id` and the feature columns but no `{}`: the rows to predict.{test_note}\n", spec.target));
+    let test_note =
+        if spec.twist == Twist::DistributionShift { " They are the rows with the highest values of the shift feature." } else { "" };
+    out.push_str(&format!(
+        "- test.csv: {test}rows with `id` and the feature columns but no `{}`: the rows to predict.{test_note}\n",
+        spec.target
+    ));
     out.push_str("\nCOLUMNS:\n- `id` (int64): row identifier, unique across the three files.\n");
     if n <= 16 {
         for (name, dtype) in &spec.features {
@@ -589,11 +614,7 @@ fn dataset_description(spec: &Spec) -> String {
     } else {
         let dtypes: std::collections::BTreeSet<&str> = spec.features.iter().map(|(_, d)| d.as_str()).collect();
         let names: Vec<String> = spec.features.iter().map(|(name, _)| format!("`{name}`")).collect();
-        out.push_str(&format!(
-            "- {n} feature columns ({}): {}.\n",
-            dtypes.into_iter().collect::<Vec<_>>().join(", "),
-            names.join(", ")
-        ));
+        out.push_str(&format!("- {n} feature columns ({}): {}.\n", dtypes.into_iter().collect::<Vec<_>>().join(", "), names.join(", ")));
     }
     out.push_str(&format!("- `{}` ({}): the target, {}.\n", spec.target, spec.target_dtype, target_meaning(spec)));
     without_braces(&out)
@@ -707,7 +728,12 @@ pub(crate) mod tests {
     pub(crate) fn prompt(dataset: &str, task_type: &str, twist: &str, title: &str) -> String {
         let (features, target): (Vec<(&str, &str)>, serde_json::Value) = match dataset {
             "sklearn/iris" => (
-                vec![("sepal_length_cm", "float64"), ("sepal_width_cm", "float64"), ("petal_length_cm", "float64"), ("petal_width_cm", "float64")],
+                vec![
+                    ("sepal_length_cm", "float64"),
+                    ("sepal_width_cm", "float64"),
+                    ("petal_length_cm", "float64"),
+                    ("petal_width_cm", "float64"),
+                ],
                 serde_json::json!({"name": "target", "dtype": "int64", "class_names": ["setosa", "versicolor", "virginica"]}),
             ),
             "sklearn/diabetes" => (

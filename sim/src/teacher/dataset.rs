@@ -50,7 +50,21 @@ const KNOWN: [(&str, &[&str], &[&str]); 5] = [
     ),
     (
         "sklearn/diabetes",
-        &["diabetes", "progression", "patient", "clinical", "disease", "biomarker", "health", "risk", "blood", "medic", "hospital", "treatment", "stay"],
+        &[
+            "diabetes",
+            "progression",
+            "patient",
+            "clinical",
+            "disease",
+            "biomarker",
+            "health",
+            "risk",
+            "blood",
+            "medic",
+            "hospital",
+            "treatment",
+            "stay",
+        ],
         &["clinical-tabular/diabetes-progression", "uci/diabetes-130-us-hospitals"],
     ),
 ];
@@ -86,7 +100,8 @@ fn dataset_id(item: &str) -> Option<String> {
 /// How many of the word stems of what `dataset` is about start a word of the challenge text
 /// ("vision" is not in "supervision", "digit " is not in "digitised").
 fn fit(dataset: &str, text: &str) -> usize {
-    let starts_a_word = |stem: &str| text.match_indices(stem).any(|(at, _)| !text[..at].chars().next_back().is_some_and(char::is_alphanumeric));
+    let starts_a_word =
+        |stem: &str| text.match_indices(stem).any(|(at, _)| !text[..at].chars().next_back().is_some_and(char::is_alphanumeric));
     KNOWN.iter().find(|(id, _, _)| *id == dataset).map_or(0, |(_, stems, _)| stems.iter().filter(|stem| starts_a_word(stem)).count())
 }
 

@@ -13,14 +13,8 @@ use serde_json::Value;
 use super::text::{block_after, bullet_items, closest, json_block_after, quoted};
 
 /// Files the task contract names, as candidates for a misspelled path.
-const CONTRACT_FILES: [&str; 6] = [
-    "data/train.csv",
-    "data/validation.csv",
-    "data/test.csv",
-    "data/answers.csv",
-    "sample_submission.csv",
-    "submission.csv",
-];
+const CONTRACT_FILES: [&str; 6] =
+    ["data/train.csv", "data/validation.csv", "data/test.csv", "data/answers.csv", "sample_submission.csv", "submission.csv"];
 
 /// Imports for names a script may use without importing them.
 const KNOWN_IMPORTS: [(&str, &str); 12] = [
@@ -161,8 +155,20 @@ fn replace_literal(source: &str, old: &str, new: &str) -> Option<String> {
 
 /// Standard-library modules, for placing an import in its group.
 const STDLIB: [&str; 14] = [
-    "argparse", "collections", "functools", "itertools", "json", "math", "os", "pathlib", "random", "re", "sys", "time",
-    "typing", "warnings",
+    "argparse",
+    "collections",
+    "functools",
+    "itertools",
+    "json",
+    "math",
+    "os",
+    "pathlib",
+    "random",
+    "re",
+    "sys",
+    "time",
+    "typing",
+    "warnings",
 ];
 
 /// The top-level module an import line imports from.
@@ -250,8 +256,7 @@ fn fix_missing_file(r: &mut Request) -> Option<String> {
     let basename = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     for file in r.file_names() {
         let Some(source) = r.file(&file) else { continue };
-        let fixed = replace_literal(source, &missing, &right)
-            .or_else(|| replace_literal(source, &basename(&missing), &basename(&right)));
+        let fixed = replace_literal(source, &missing, &right).or_else(|| replace_literal(source, &basename(&missing), &basename(&right)));
         if let Some(fixed) = fixed {
             r.set_file(&file, fixed);
             return Some(format!("path `{missing}` -> `{right}` in {file}"));
@@ -268,11 +273,7 @@ fn fix_leak(r: &mut Request) -> Option<String> {
     }
     let target = r.bundle["target_column"].as_str()?.to_string();
     let source = r.file("prepare.py")?;
-    let columns = if source.lines().any(|l| l.starts_with("TARGET =")) {
-        "TARGET".to_string()
-    } else {
-        super::python::py_str(&target)
-    };
+    let columns = if source.lines().any(|l| l.starts_with("TARGET =")) { "TARGET".to_string() } else { super::python::py_str(&target) };
     let mut changed = false;
     let lines: Vec<String> = source
         .lines()

@@ -145,10 +145,8 @@ impl Counters {
     }
 
     pub fn snapshot(&self) -> serde_json::Value {
-        let faults: serde_json::Map<String, serde_json::Value> = ALL
-            .iter()
-            .map(|f| (f.as_str().to_string(), json!(self.faults[*f as usize].load(Ordering::Relaxed))))
-            .collect();
+        let faults: serde_json::Map<String, serde_json::Value> =
+            ALL.iter().map(|f| (f.as_str().to_string(), json!(self.faults[*f as usize].load(Ordering::Relaxed)))).collect();
         json!({
             "requests": self.requests.load(Ordering::Relaxed),
             "answered": self.answered.load(Ordering::Relaxed),

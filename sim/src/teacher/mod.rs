@@ -107,21 +107,16 @@ pub fn recognise(messages: &[(String, String)]) -> Option<SimStage> {
 /// the conversation is not one the simulator can answer.
 pub fn answer(cfg: &SimConfig, messages: &[(String, String)]) -> Result<String, String> {
     let stage = recognise(messages).ok_or_else(|| "no gymforge stage prompt found in the messages".to_string())?;
-    let first_user = messages
-        .iter()
-        .find(|(role, _)| role == "user")
-        .map(|(_, c)| c.as_str())
-        .ok_or("the conversation has no user message")?;
+    let first_user =
+        messages.iter().find(|(role, _)| role == "user").map(|(_, c)| c.as_str()).ok_or("the conversation has no user message")?;
     match stage {
         SimStage::Topic => topic::answer(cfg, first_user),
         SimStage::Dataset => dataset::answer(cfg, first_user),
         SimStage::Codegen => codegen::answer(cfg, first_user),
         SimStage::Debug => {
             let request = last_with(messages, "user", DEBUG_USER).expect("recognised as debug");
-            let codegen_prompt = messages
-                .iter()
-                .find(|(role, content)| role == "user" && content.contains(CODEGEN_USER))
-                .map(|(_, c)| c.as_str());
+            let codegen_prompt =
+                messages.iter().find(|(role, content)| role == "user" && content.contains(CODEGEN_USER)).map(|(_, c)| c.as_str());
             debug::answer(request, codegen_prompt)
         }
         SimStage::Agent => agent::answer(cfg, messages),
@@ -186,7 +181,19 @@ mod tests {
 
     #[test]
     fn recognises_user_prompts_without_a_system_message() {
-        let topic = msgs(&[("user", render("topic_user", &[("domain", "botany"), ("task_type", "classification"), ("modality", "tabular"), ("twist", "none"), ("taken", "(none yet)")]))]);
+        let topic = msgs(&[(
+            "user",
+            render(
+                "topic_user",
+                &[
+                    ("domain", "botany"),
+                    ("task_type", "classification"),
+                    ("modality", "tabular"),
+                    ("twist", "none"),
+                    ("taken", "(none yet)"),
+                ],
+            ),
+        )]);
         assert_eq!(recognise(&topic), Some(SimStage::Topic));
     }
 }

@@ -141,11 +141,14 @@ pub(crate) fn prepare(spec: &Spec) -> String {
             ("TARGET", &py_str(&spec.target)),
             ("TWIST_CONSTANTS", constants),
             ("TWIST_FUNCTION", function),
-            ("NAIVE", match spec.kind {
-                Kind::Ranking => NAIVE_RANKING,
-                _ if spec.numeric_target => NAIVE_REGRESSION,
-                _ => NAIVE_CLASSIFICATION,
-            }),
+            (
+                "NAIVE",
+                match spec.kind {
+                    Kind::Ranking => NAIVE_RANKING,
+                    _ if spec.numeric_target => NAIVE_REGRESSION,
+                    _ => NAIVE_CLASSIFICATION,
+                },
+            ),
             ("SPLIT", if spec.twist == Twist::DistributionShift { "shifted_split" } else { "split" }),
             ("TWIST_CALL", call),
         ],
@@ -165,8 +168,13 @@ const BASELINE_RANKING: &str = include_str!("python/baseline_ranking.py");
 /// How a ranking task's relevance is computed from the true target (Python, `truth` in scope).
 fn ranking_relevance(spec: &Spec) -> (&'static str, String) {
     match spec.relevant_class {
-        Some(class) => ("(truth == RELEVANT_CLASS).astype(np.float64)", format!("RELEVANT_CLASS = {class}
-")),
+        Some(class) => (
+            "(truth == RELEVANT_CLASS).astype(np.float64)",
+            format!(
+                "RELEVANT_CLASS = {class}
+"
+            ),
+        ),
         None => ("truth - truth.min()", String::new()),
     }
 }
@@ -189,7 +197,11 @@ fn ranking_baseline(spec: &Spec, train_rows: &str, labelled: &str) -> String {
             ("RELEVANCE", relevance),
             (
                 "SCORES",
-                if by_class { "model.predict_proba(inputs)[:, list(model.classes_).index(RELEVANT_CLASS)]" } else { "model.predict(inputs)" },
+                if by_class {
+                    "model.predict_proba(inputs)[:, list(model.classes_).index(RELEVANT_CLASS)]"
+                } else {
+                    "model.predict(inputs)"
+                },
             ),
             ("LABELLED", labelled),
             ("MODEL", if by_class { "LogisticRegression(max_iter=1000)" } else { "Ridge(alpha=1.0)" }),
@@ -243,7 +255,9 @@ pub(crate) fn evaluate(spec: &Spec) -> String {
     let ranking = SCORING_RANKING.replace("@@RELEVANCE@@", relevance);
     let (imports, doc, scoring, constants) = match spec.kind {
         Kind::Ranking => ("ndcg_score", "ndcg_at_10 and ndcg, both higher is better", ranking.as_str(), constant.as_str()),
-        _ if spec.numeric_target => ("mean_absolute_error, mean_squared_error", "rmse and mae, both lower is better", SCORING_REGRESSION, ""),
+        _ if spec.numeric_target => {
+            ("mean_absolute_error, mean_squared_error", "rmse and mae, both lower is better", SCORING_REGRESSION, "")
+        }
         _ => ("accuracy_score, f1_score", "accuracy and f1_macro, both higher is better", SCORING_CLASSIFICATION, ""),
     };
     fill(

@@ -35,9 +35,7 @@ pub async fn serve(cfg: SimConfig, addr: SocketAddr) -> anyhow::Result<(SocketAd
 
 /// [`serve`], also returning the counters of what the server saw and injected.
 pub async fn serve_counted(cfg: SimConfig, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<Counters>)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("the simulated teacher cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("the simulated teacher cannot listen on {addr}"))?;
     let bound = listener.local_addr().context("the simulated teacher's socket has no address")?;
     let counters = Arc::new(Counters::default());
     let app = router(Sim { cfg, counters: counters.clone() });
@@ -95,13 +93,9 @@ fn content_text(content: &Value) -> Option<String> {
     match content {
         Value::String(s) => Some(s.clone()),
         Value::Null => Some(String::new()),
-        Value::Array(parts) => Some(
-            parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
-                .collect::<Vec<_>>()
-                .join(""),
-        ),
+        Value::Array(parts) => {
+            Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str())).collect::<Vec<_>>().join(""))
+        }
         _ => None,
     }
 }

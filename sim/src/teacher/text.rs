@@ -42,10 +42,7 @@ impl Draw {
 
 /// The value of the first line of `text` that starts with `label` (e.g. `"Domain:"`), trimmed.
 pub(crate) fn labelled_line(text: &str, label: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .find_map(|line| line.strip_prefix(label))
-        .map(|rest| rest.trim().to_string())
+    text.lines().map(str::trim).find_map(|line| line.strip_prefix(label)).map(|rest| rest.trim().to_string())
 }
 
 /// Everything after the line that holds the first occurrence of `header`.
@@ -207,16 +204,7 @@ pub(crate) fn camel_case(text: &str) -> String {
 /// (also at the start, since the phrase follows other words).
 pub(crate) fn title_case(text: &str) -> String {
     const SMALL: [&str; 11] = ["a", "an", "and", "at", "for", "from", "in", "of", "on", "the", "with"];
-    text.split(' ')
-        .map(|word| {
-            if SMALL.contains(&word) {
-                word.to_string()
-            } else {
-                capitalise(word)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    text.split(' ').map(|word| if SMALL.contains(&word) { word.to_string() } else { capitalise(word) }).collect::<Vec<_>>().join(" ")
 }
 
 /// The text with its first character upper-cased.
@@ -230,20 +218,12 @@ pub(crate) fn capitalise(text: &str) -> String {
 
 /// Lower-cased words, for comparing titles loosely.
 pub(crate) fn normalise(text: &str) -> String {
-    text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    text.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// A number as a person writes a score: four decimals for small values, fewer for large ones.
 pub(crate) fn score(x: f64) -> String {
-    if x.abs() >= 100.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.4}")
-    }
+    if x.abs() >= 100.0 { format!("{x:.2}") } else { format!("{x:.4}") }
 }
 
 /// Removes characters that must not appear in a task description (braces are reserved for the

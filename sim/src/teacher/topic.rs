@@ -187,7 +187,6 @@ fn parse(user: &str) -> Result<Request, String> {
     })
 }
 
-
 /// Title endings for the twist. A regression (or a ranking by a quantity) has no classes: its
 /// imbalance is a thinly sampled upper range of the target and its noise is in the measured
 /// values.
@@ -325,7 +324,9 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
     let problem = match *s.pick(&[0, 1, 2, 3, 4]) {
         _ if kind == Kind::Ranking => match *s.pick(&[0, 1, 2]) {
             0 => format!("For {context}, the task is to rank {unit}s by their {subject_lc}, using {measurement}."),
-            1 => format!("Build a model that orders {unit}s by {subject_lc} from {measurement}, so that {context} can look at the most relevant ones first."),
+            1 => format!(
+                "Build a model that orders {unit}s by {subject_lc} from {measurement}, so that {context} can look at the most relevant ones first."
+            ),
             _ => format!("The challenge is to prioritise {unit}s by {subject_lc} using {measurement}; the intended user is {context}."),
         },
         0 => format!("For {context}, the task is to {verb} the {subject_lc} of each {unit} from {measurement}."),
@@ -439,7 +440,11 @@ mod tests {
         let mut taken: Vec<String> = Vec::new();
         let mut ideas: Vec<String> = Vec::new();
         for _ in 0..n {
-            let list = if taken.is_empty() { "(none yet)".to_string() } else { taken.iter().map(|t| format!("- {t}")).collect::<Vec<_>>().join("\n") };
+            let list = if taken.is_empty() {
+                "(none yet)".to_string()
+            } else {
+                taken.iter().map(|t| format!("- {t}")).collect::<Vec<_>>().join("\n")
+            };
             let (title, idea) = parsed(&answer(&cfg(seed), &user(domain, task, twist, &list)).unwrap());
             assert!(!taken.iter().any(|t| normalise(t) == normalise(&title)), "{title} repeated");
             let text = format!("{title} {idea}");
@@ -457,7 +462,8 @@ mod tests {
 
     #[test]
     fn never_repeats_a_taken_title_and_rarely_nearly_duplicates_an_idea() {
-        let combos = [("botany", "classification", "none"), ("medicine", "regression", "few labels"), ("vision", "classification", "noisy labels")];
+        let combos =
+            [("botany", "classification", "none"), ("medicine", "regression", "few labels"), ("vision", "classification", "noisy labels")];
         let mut failed = Vec::new();
         for seed in 0..40 {
             for (domain, task, twist) in combos {

@@ -1,8 +1,34 @@
 #!/usr/bin/env bash
 # Runs gymforge's whole test suite on a fresh machine: installs the system packages it needs,
-# then builds and runs every test (unit, integration, sandbox containment, end to end). The
-# sandbox's Python environment is provisioned from PyPI by the first test that needs it.
+# then builds and runs every test (unit, integration, sandbox containment, end to end), then
+# checks the formatting (rustfmt.toml) and the lints (the workspace's [lints] table, clippy
+# warnings as errors). The sandbox's Python environment is provisioned from PyPI by the first
+# test that needs it. Exits non-zero when any of the three fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-cargo test --workspace --all-targets --locked --no-fail-fast
+
+# rustfmt and clippy are toolchain components; rustup installs them when they are missing.
+for component in rustfmt clippy; do
+    tool=$([ "$component" = rustfmt ] && echo fmt || echo clippy)
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            rustup component add "$component"
+        else
+            echo "scripts/test.sh: cargo $tool is missing and there is no rustup to install it; install the toolchain's $component component" >&2
+            exit 1
+        fi
+    fi
+done
+
+status=0
+cargo test --workspace --all-targets --locked --no-fail-fast || status=1
+if ! cargo fmt --all -- --check; then
+    echo "scripts/test.sh: the tree is not formatted; run cargo fmt --all" >&2
+    status=1
+fi
+if ! cargo clippy --workspace --all-targets --locked -- -D warnings; then
+    echo "scripts/test.sh: clippy found warnings (see above)" >&2
+    status=1
+fi
+exit "$status"

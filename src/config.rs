@@ -446,7 +446,7 @@ const NAMED_TABLES: &[&str] = &["llm.endpoints"];
 /// Endpoint keys that have no default (the default file shows them commented out).
 const OPTIONAL_ENDPOINT_KEYS: [&str; 2] = ["context_tokens", "max_output_tokens"];
 
-fn unknown_key(user: &toml::de::DeTable, default: &toml::Table, prefix: &str) -> Option<(String, usize, Vec<String>)> {
+fn unknown_key(user: &toml::de::DeTable<'_>, default: &toml::Table, prefix: &str) -> Option<(String, usize, Vec<String>)> {
     let mut entries: Vec<_> = user.iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
     for (key, value) in entries {
@@ -466,10 +466,10 @@ fn unknown_key(user: &toml::de::DeTable, default: &toml::Table, prefix: &str) ->
             },
             None => return Some((path, key.span().start, default.keys().cloned().collect())),
         };
-        if let toml::de::DeValue::Table(inner) = value.get_ref() {
-            if let Some(found) = unknown_key(inner, expected, &path) {
-                return Some(found);
-            }
+        if let toml::de::DeValue::Table(inner) = value.get_ref()
+            && let Some(found) = unknown_key(inner, expected, &path)
+        {
+            return Some(found);
         }
     }
     None

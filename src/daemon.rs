@@ -47,7 +47,7 @@ impl Service {
 
 /// The batch of `config` into `out`, live, with its status in a [`DaemonState`] and its progress
 /// messages in the log. The batch runs when the returned future is polled.
-pub fn start(config: Config, out: std::path::PathBuf) -> (Service, impl std::future::Future<Output = anyhow::Result<BatchEnd>>) {
+pub fn start(config: Config, out: std::path::PathBuf) -> (Service, impl Future<Output = anyhow::Result<BatchEnd>>) {
     fn log_status(message: &str) {
         tracing::info!("{message}");
     }

@@ -63,7 +63,7 @@ enum Command {
         batch: BatchArgs,
         /// Address of the status server (overrides daemon.listen).
         #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
+        listen: Option<SocketAddr>,
     },
     /// Audit task bundles.
     Check {

@@ -216,7 +216,7 @@ pub fn settings(config: &Config, work_root: PathBuf) -> Settings {
             n => n * config.run.max_topics_per_task,
         },
         max_attempts: config.run.max_attempts,
-        export_every: std::time::Duration::from_secs(config.daemon.export_every_secs),
+        export_every: Duration::from_secs(config.daemon.export_every_secs),
         // Without a target, crashes are bounded per unit (max_attempts) rather than per run.
         max_restarts: match config.run.tasks {
             0 => u32::MAX,

@@ -1028,7 +1028,7 @@ mod tests {
     #[test]
     fn concurrent_completions_record_each_stage_once() {
         let (_dir, store) = fresh();
-        let store = std::sync::Arc::new(store);
+        let store = Arc::new(store);
         store.insert_unit(&task("t0001", 1)).unwrap();
         let handles: Vec<_> = (0..8)
             .map(|i| {

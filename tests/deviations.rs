@@ -100,7 +100,7 @@ struct Extra<'a> {
 
 /// Runs `gymforge run --tasks 1 --rollouts 1` against `deviant`, one topic per task and
 /// [`MAX_STEPS`] agent steps, with `extra` settings.
-fn run_with(deviant: &Deviant, extra: Extra) -> Finished {
+fn run_with(deviant: &Deviant, extra: Extra<'_>) -> Finished {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "{}\n[run]\nmax_topics_per_task = 1\n\n[agent]\nmax_steps = {MAX_STEPS}\n{}",

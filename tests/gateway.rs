@@ -344,7 +344,7 @@ async fn unparseable_json_is_asked_again_with_the_error_then_the_unit_fails() {
         title: String,
     }
     let replies = Mutex::new(0);
-    let on_reply = |_: &gymforge_actors::ports::ChatReply| {
+    let on_reply = |_: &ChatReply| {
         *replies.lock().unwrap() += 1;
         Ok(())
     };

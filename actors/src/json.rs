@@ -86,12 +86,12 @@ fn objects(text: &str) -> Vec<Value> {
             from = start + stream.byte_offset();
             continue;
         }
-        if let Some(end) = matching_brace(&text[start..]) {
-            if let Ok(value @ Value::Object(_)) = serde_json::from_str::<Value>(&repair(&text[start..start + end])) {
-                found.push(value);
-                from = start + end;
-                continue;
-            }
+        if let Some(end) = matching_brace(&text[start..])
+            && let Ok(value @ Value::Object(_)) = serde_json::from_str::<Value>(&repair(&text[start..start + end]))
+        {
+            found.push(value);
+            from = start + end;
+            continue;
         }
         from = start + 1;
     }

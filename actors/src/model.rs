@@ -493,6 +493,7 @@ macro_rules! stage_results {
         /// One stage's result, typed. The store keeps it as the JSON of the inner value, keyed
         /// by stage ([`StageResult::to_json`], [`StageResult::from_json`]).
         #[derive(Clone, Debug, PartialEq)]
+        #[allow(clippy::large_enum_variant, reason = "one result per stage message; boxing the bundle saves nothing worth an allocation")]
         pub enum StageResult {
             $($variant($ty),)*
         }
@@ -548,6 +549,7 @@ stage_results!(
 
 /// A stage's verdict on a unit.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one outcome per stage message; boxing the result saves nothing worth an allocation")]
 pub enum Outcome {
     /// The stage finished; its result is stored and the unit moves on.
     Advance(StageResult),

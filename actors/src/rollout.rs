@@ -104,7 +104,7 @@ impl Run<'_> {
         let p = self.p;
         let s = &p.settings.agent;
         let model = p.llm.model_for(Stage::Rollout);
-        let training_timeout = std::time::Duration::from_secs(self.task.bundle.training_timeout);
+        let training_timeout = Duration::from_secs(self.task.bundle.training_timeout);
         let system = render(
             &p.prompts.agent_system,
             &[("command_docs", &agent::command_docs()), ("training_timeout", &self.task.bundle.training_timeout.to_string())],
@@ -156,7 +156,7 @@ impl Run<'_> {
                     seed: Some(seed.wrapping_add(u64::from(step))),
                 };
                 let reply = match crate::llm::chat(p, Stage::Rollout, request).instrument(step_span.clone()).await {
-                    Err(PortError::Refused { reason, .. }) if reason == DropReason::LlmContextLength => {
+                    Err(PortError::Refused { reason: DropReason::LlmContextLength, .. }) => {
                         exit_status = Some("exit_context".into());
                         break 'steps;
                     }
@@ -363,7 +363,7 @@ impl Run<'_> {
             &self.prepared,
             &submission,
             &dir,
-            std::time::Duration::from_secs(self.task.bundle.training_timeout),
+            Duration::from_secs(self.task.bundle.training_timeout),
             &format!("{} evaluate", self.unit.id),
         )
         .await?;

@@ -82,7 +82,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Copies a regular file atomically.
-
 pub(super) fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
     let mut src = File::open(from)?;
     let mut file = AtomicFile::create(to)?;

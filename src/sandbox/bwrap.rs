@@ -314,7 +314,7 @@ impl BwrapSandbox {
             ),
             None => None,
         };
-        let procs: Vec<std::ffi::CString> = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
+        let procs: Vec<CString> = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
         // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
         unsafe {
             cmd.pre_exec(move || {
@@ -605,7 +605,7 @@ fn check_inside(inside: &str, env_dir: &Path) -> Result<(), String> {
 /// Creates the mountpoint `workdir/rel` on the host (a directory or an empty file), replacing
 /// symlinks the previous job may have left so nothing outside the work directory is touched.
 fn make_mountpoint(workdir: &Path, rel: &Path, dir: bool) -> Result<(), String> {
-    let comps: Vec<Component> = rel.components().collect();
+    let comps: Vec<Component<'_>> = rel.components().collect();
     let mut cur = workdir.to_path_buf();
     for (i, c) in comps.iter().enumerate() {
         let Component::Normal(name) = c else {

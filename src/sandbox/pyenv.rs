@@ -159,11 +159,11 @@ impl EnvLock {
             .map_err(|e| anyhow!("cannot open the lock file {}: {e}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+            Err(fs::TryLockError::WouldBlock) => {
                 progress("waiting for another process that is provisioning the Python environment");
                 file.lock().map_err(|e| anyhow!("cannot lock {}: {e}", path.display()))?;
             }
-            Err(std::fs::TryLockError::Error(e)) => bail!("cannot lock {}: {e}", path.display()),
+            Err(fs::TryLockError::Error(e)) => bail!("cannot lock {}: {e}", path.display()),
         }
         Ok(EnvLock { _file: file })
     }

@@ -339,11 +339,7 @@ fn conversation_key(stage: Stage, messages: &[(String, String)], truncated: &BTr
             let format_error = gymforge_actors::agent::format_error("");
             let prefix = &format_error[..format_error.find(':').unwrap_or(format_error.len())];
             let mut end = messages.len();
-            loop {
-                let (role, content) = match end.checked_sub(1).map(|i| &messages[i]) {
-                    Some(m) => (m.0.as_str(), m.1.as_str()),
-                    None => break,
-                };
+            while let Some((role, content)) = end.checked_sub(1).map(|i| (messages[i].0.as_str(), messages[i].1.as_str())) {
                 let before = end.checked_sub(2).map(|i| (messages[i].0.as_str(), messages[i].1.as_str()));
                 match (role, before) {
                     ("assistant", _) => end -= 1,

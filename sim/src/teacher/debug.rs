@@ -213,7 +213,7 @@ pub(crate) fn add_import(source: &str, import: &str) -> Option<String> {
 }
 
 /// `NameError: name 'np' is not defined` -> the missing import.
-fn fix_name_error(r: &mut Request) -> Option<String> {
+fn fix_name_error(r: &mut Request<'_>) -> Option<String> {
     let line = r.evidence.lines().find(|l| l.contains("NameError: name '"))?;
     let name = quoted(line.split("NameError:").nth(1)?, '\'').into_iter().next()?.to_string();
     let import = KNOWN_IMPORTS.iter().find(|(n, _)| *n == name).map(|(_, i)| *i)?;
@@ -224,7 +224,7 @@ fn fix_name_error(r: &mut Request) -> Option<String> {
 }
 
 /// `KeyError: "['sepal_lenght_cm'] not in index"` -> the closest real column name.
-fn fix_key_error(r: &mut Request) -> Option<String> {
+fn fix_key_error(r: &mut Request<'_>) -> Option<String> {
     let line = r.evidence.lines().rev().find(|l| l.contains("KeyError"))?;
     let detail = line.split("KeyError").nth(1).unwrap_or(line);
     let mut names: Vec<String> = quoted(detail, '\'').into_iter().map(str::to_string).collect();
@@ -247,7 +247,7 @@ fn fix_key_error(r: &mut Request) -> Option<String> {
 }
 
 /// `No such file or directory: 'data/answer.csv'` -> the closest path the task really has.
-fn fix_missing_file(r: &mut Request) -> Option<String> {
+fn fix_missing_file(r: &mut Request<'_>) -> Option<String> {
     let line = r.evidence.lines().rev().find(|l| l.contains("No such file or directory"))?;
     let missing = quoted(line.split("No such file or directory").nth(1)?, '\'').into_iter().next()?.to_string();
     let missing = missing.trim_start_matches("./").to_string();
@@ -266,7 +266,7 @@ fn fix_missing_file(r: &mut Request) -> Option<String> {
 }
 
 /// The target column in data/test.csv -> drop it before writing the file.
-fn fix_leak(r: &mut Request) -> Option<String> {
+fn fix_leak(r: &mut Request<'_>) -> Option<String> {
     let text = r.evidence.to_lowercase();
     if !(text.contains("contains the target column") || text.contains("leak")) {
         return None;
@@ -298,7 +298,7 @@ fn fix_leak(r: &mut Request) -> Option<String> {
 }
 
 /// Extra text around evaluate.py's JSON -> remove its stray prints to stdout.
-fn fix_stray_output(r: &mut Request) -> Option<String> {
+fn fix_stray_output(r: &mut Request<'_>) -> Option<String> {
     let text = r.evidence.to_lowercase();
     if !(text.contains("json") && (text.contains("print") || text.contains("format") || text.contains("stdout"))) {
         return None;
@@ -321,7 +321,7 @@ fn fix_stray_output(r: &mut Request) -> Option<String> {
 
 pub(crate) fn answer(request: &str, codegen_prompt: Option<&str>) -> Result<String, String> {
     let mut r = parse(request, codegen_prompt)?;
-    let fixes: [fn(&mut Request) -> Option<String>; 5] = [fix_name_error, fix_key_error, fix_missing_file, fix_leak, fix_stray_output];
+    let fixes: [fn(&mut Request<'_>) -> Option<String>; 5] = [fix_name_error, fix_key_error, fix_missing_file, fix_leak, fix_stray_output];
     let fixed = fixes.iter().find_map(|fix| fix(&mut r));
     tracing::debug!(step = %r.step, fix = fixed.as_deref().unwrap_or("none"), "simulated debug answer");
     Ok(serde_json::to_string_pretty(&r.bundle).expect("serialisable"))

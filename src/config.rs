@@ -604,8 +604,9 @@ mod tests {
     #[test]
     fn a_second_endpoint_merges_beside_the_default_one() {
         let text = "[llm.routes]\ntopic = \"cheap\"\n[llm.endpoints.cheap]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"small\"\n\
-                    api_key_env = \"CHEAP_KEY\"\nrequests_per_minute = 60\ninput_tokens_per_minute = 1000\noutput_tokens_per_minute = 1000\n\
-                    max_concurrency = 2\ntimeout_secs = 5\ninput_price_per_mtok = 0.1\noutput_price_per_mtok = 0.2\nstructured_output = \"json_object\"\n";
+                    api_key_env = \"CHEAP_KEY\"\nrequests_per_minute = 60\n\
+                    input_tokens_per_minute = 1000\noutput_tokens_per_minute = 1000\nmax_concurrency = 2\ntimeout_secs = 5\n\
+                    input_price_per_mtok = 0.1\noutput_price_per_mtok = 0.2\nstructured_output = \"json_object\"\n";
         let c = Config::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(c.llm.routes.topic, "cheap");
         assert_eq!(c.llm.endpoints.len(), 2);

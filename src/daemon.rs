@@ -78,7 +78,8 @@ pub async fn run(config: Config, out: std::path::PathBuf) -> anyhow::Result<()> 
         result = &mut batch => {
             let end = result?;
             service.state.set_phase("finished");
-            tracing::info!("batch finished, {} of {} tasks accepted; serving status until stopped", end.tally.accepted_tasks, end.tally.target_tasks);
+            let (accepted, target) = (end.tally.accepted_tasks, end.tally.target_tasks);
+            tracing::info!("batch finished, {accepted} of {target} tasks accepted; serving status until stopped");
             stop_signal().await;
         }
         _ = stop_signal() => {

@@ -25,7 +25,12 @@ const EXIT_CODES: &str = "Exit status:
 const EXIT_SHORT: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "gymforge", version, about = "Manufactures MLGym-compatible ML research tasks and teacher trajectories", after_help = EXIT_CODES)]
+#[command(
+    name = "gymforge",
+    version,
+    about = "Manufactures MLGym-compatible ML research tasks and teacher trajectories",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -392,7 +397,8 @@ async fn run(config: Config, out: PathBuf, llm_source: gymforge::gateway::Source
     if end.already_complete {
         let t = &end.tally;
         print_line(&format!(
-            "already complete: {} tasks x {} rollouts were made earlier (the summary above is theirs); ask for more with --tasks or --rollouts",
+            "already complete: {} tasks x {} rollouts were made earlier (the summary above is theirs); \
+             ask for more with --tasks or --rollouts",
             t.accepted_tasks, t.rollouts_per_task
         ))?;
         return Ok(ExitCode::SUCCESS);

@@ -357,12 +357,9 @@ impl Tally {
         let more_rollouts = self.most_rollouts > self.rollouts_per_task;
         (more_tasks || more_rollouts).then(|| {
             format!(
-                "the output directory already holds {} accepted tasks with up to {} rollouts each, more than the {} tasks x {} rollouts asked for; \
-                 nothing is removed, and its outputs keep all of them",
-                self.accepted_tasks,
-                self.most_rollouts,
-                self.target_tasks,
-                self.rollouts_per_task
+                "the output directory already holds {} accepted tasks with up to {} rollouts each, \
+                 more than the {} tasks x {} rollouts asked for; nothing is removed, and its outputs keep all of them",
+                self.accepted_tasks, self.most_rollouts, self.target_tasks, self.rollouts_per_task
             )
         })
     }
@@ -458,7 +455,8 @@ impl StateLock {
             let mut holder = String::new();
             file.read_to_string(&mut holder).ok();
             anyhow::bail!(
-                "another gymforge process (pid {}) is working on {}; stop it first (the batch resumes where it stopped) or choose another --out",
+                "another gymforge process (pid {}) is working on {}; \
+                 stop it first (the batch resumes where it stopped) or choose another --out",
                 holder.trim(),
                 state.parent().unwrap_or(state).display()
             );

@@ -285,7 +285,10 @@ mod tests {
                 "environment": "mlgym_main",
                 "trajectory": [],
                 "history": history,
-                "info": {"model_stats": {"total_cost": 0.0, "task_cost": 0.0, "tokens_sent": 0, "tokens_received": 0, "api_calls": 0}, "exit_status": "submitted", "submission": null, "score": [{"accuracy": 0.9}], "summarizer": {}},
+                "info": {
+                    "model_stats": {"total_cost": 0.0, "task_cost": 0.0, "tokens_sent": 0, "tokens_received": 0, "api_calls": 0},
+                    "exit_status": "submitted", "submission": null, "score": [{"accuracy": 0.9}], "summarizer": {}
+                },
             },
         }))
         .unwrap();
@@ -309,7 +312,8 @@ mod tests {
         };
         assert_eq!(
             s.describe(),
-            "kept 2 of 6 trajectories (1 beat the baseline); left out: 1 without a scored submission, 1 not better than the baseline, 1 over the token budget, 1 duplicates; 1 shortened by eliding old observations"
+            "kept 2 of 6 trajectories (1 beat the baseline); left out: 1 without a scored submission, 1 not better than the baseline, \
+             1 over the token budget, 1 duplicates; 1 shortened by eliding old observations"
         );
         let none = SftSummary { trajectories: 1, unscored: 1, ..SftSummary::default() };
         assert_eq!(none.describe(), "kept 0 of 1 trajectories; left out: 1 without a scored submission");

@@ -54,7 +54,9 @@ pub const COMMANDS: &[CommandDoc] = &[
     CommandDoc {
         name: "edit",
         signature: "edit <start_line>:<end_line>\n<replacement_text>\nend_of_edit",
-        docstring: "replaces lines start_line to end_line (inclusive) of the open file with the replacement text, which ends at a line holding only end_of_edit. Mind the indentation. An edit that leaves a Python file unable to compile is not applied, and the error is shown",
+        docstring: "replaces lines start_line to end_line (inclusive) of the open file with the replacement text, which ends at a line \
+                    holding only end_of_edit. Mind the indentation. An edit that leaves a Python file unable to compile is not applied, \
+                    and the error is shown",
         arguments: &[
             ("start_line", "integer", true, "the first line to replace"),
             ("end_line", "integer", true, "the last line to replace (start_line - 1 inserts before start_line)"),
@@ -64,7 +66,8 @@ pub const COMMANDS: &[CommandDoc] = &[
     CommandDoc {
         name: "insert",
         signature: "insert <line_number>\n<text_to_add>\nend_of_insert",
-        docstring: "inserts the text after the given line of the open file (0: at the top); the text ends at a line holding only end_of_insert. Same compile check as edit",
+        docstring: "inserts the text after the given line of the open file (0: at the top); the text ends at a line holding only \
+                    end_of_insert. Same compile check as edit",
         arguments: &[("line_number", "integer", true, "the line after which to insert"), ("text_to_add", "string", true, "the new lines")],
     },
     CommandDoc {

@@ -431,21 +431,32 @@ mod tests {
         assert_eq!(b.name, "it's \"quoted\"");
         assert!(b.strict);
         assert_eq!(b.tags, ["a", "b"]);
-        let raw = "{\r\n  \"name\": \"line one\r\nline two\tdone\",\r\n  \"timeout\": 5, \"ratio\": 1, \"strict\": false,\r\n  \"direction\": \"minimize\", \"tags\": []\r\n}";
+        let raw = concat!(
+            "{\r\n  \"name\": \"line one\r\nline two\tdone\",\r\n  \"timeout\": 5, \"ratio\": 1, \"strict\": false,\r\n",
+            "  \"direction\": \"minimize\", \"tags\": []\r\n}"
+        );
         assert_eq!(bundle(raw).unwrap().name, "line one\r\nline two\tdone");
         assert_eq!(extract::<Value>("{'x': None}", None).unwrap(), json!({"x": null}));
     }
 
     #[test]
     fn non_ascii_text_is_kept() {
-        let b = bundle("{\"name\": \"données über 数据 — ok\", \"timeout\": 1, \"ratio\": 1, \"strict\": true, \"direction\": \"maximize\", \"tags\": [\"é\"]}").unwrap();
+        let b = bundle(concat!(
+            "{\"name\": \"données über 数据 — ok\", \"timeout\": 1, \"ratio\": 1, ",
+            "\"strict\": true, \"direction\": \"maximize\", \"tags\": [\"é\"]}"
+        ))
+        .unwrap();
         assert_eq!(b.name, "données über 数据 — ok");
         assert_eq!(b.tags, ["é"]);
     }
 
     #[test]
     fn unambiguous_values_are_coerced_to_the_schema() {
-        let b = bundle("{\"name\": 7, \"timeout\": \"600\", \"ratio\": \"0.25\", \"strict\": \"True\", \"direction\": \"Maximize\", \"tags\": \"solo\"}").unwrap();
+        let b = bundle(concat!(
+            "{\"name\": 7, \"timeout\": \"600\", \"ratio\": \"0.25\", ",
+            "\"strict\": \"True\", \"direction\": \"Maximize\", \"tags\": \"solo\"}"
+        ))
+        .unwrap();
         assert_eq!(
             b,
             Bundle { name: "7".into(), timeout: 600, ratio: 0.25, strict: true, direction: "maximize".into(), tags: vec!["solo".into()] }

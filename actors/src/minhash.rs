@@ -187,8 +187,9 @@ mod tests {
 
     #[test]
     fn near_duplicates_score_high_and_different_ideas_low() {
-        let a = "Predict wine cultivar from chemical analysis with few labels. Only a quarter of the training rows are labelled, so self-training pays off.";
-        let b = "Predict the wine cultivar from chemical analysis with few labels. Only a quarter of the training rows are labelled, so self-training pays off.";
+        let rest = "from chemical analysis with few labels. Only a quarter of the training rows are labelled, so self-training pays off.";
+        let (a, b) = (format!("Predict wine cultivar {rest}"), format!("Predict the wine cultivar {rest}"));
+        let (a, b) = (a.as_str(), b.as_str());
         let c = "Forecast disease progression from patient vitals under a compute budget, scored by RMSE on a held-out split.";
         let (sa, sb, sc) = (Signature::of(a), Signature::of(b), Signature::of(c));
         assert!(sa.jaccard(&sb) >= 0.6, "{}", sa.jaccard(&sb));

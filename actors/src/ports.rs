@@ -438,5 +438,11 @@ pub trait Telemetry: Send + Sync {
 
 /// The span a stage runs in: named after the stage, with the unit and the attempt.
 pub fn stage_span(unit: &Unit, stage: Stage) -> tracing::Span {
-    tracing::info_span!("stage", otel.name = %format!("stage {stage}"), stage = %stage, unit = %unit.id, attempt = i64::from(unit.attempts) + 1)
+    tracing::info_span!(
+        "stage",
+        otel.name = %format!("stage {stage}"),
+        stage = %stage,
+        unit = %unit.id,
+        attempt = i64::from(unit.attempts) + 1
+    )
 }

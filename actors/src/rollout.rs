@@ -140,7 +140,12 @@ impl Run<'_> {
             }
             let state = serde_json::json!({ "open_file": self.open_file, "working_dir": self.cwd }).to_string();
             // The step's LLM calls and its command run in this span.
-            let step_span = tracing::info_span!("rollout_step", otel.name = %format!("rollout step {step}"), step = i64::from(step), command = tracing::field::Empty);
+            let step_span = tracing::info_span!(
+                "rollout_step",
+                otel.name = %format!("rollout step {step}"),
+                step = i64::from(step),
+                command = tracing::field::Empty
+            );
             // Ask for the next command; a malformed answer is re-asked with the error, bounded.
             let mut messages = model_input(&history, s.keep_observations);
             let mut format_errors = 0;
@@ -338,7 +343,8 @@ impl Run<'_> {
         Ok(match self.evaluate().await? {
             Evaluation::Scored(scores) => {
                 let text = format!(
-                    "Your code produced a valid submission artefact at {WORKSPACE}/submission.csv.\nBaseline Score: {}\nEvaluation Score: {}",
+                    "Your code produced a valid submission artefact at {WORKSPACE}/submission.csv.\n\
+                     Baseline Score: {}\nEvaluation Score: {}",
                     format_scores(&self.task.baseline_scores),
                     format_scores(&scores)
                 );
@@ -452,7 +458,8 @@ fn signal(n: i32, status: Option<i32>) -> String {
 }
 
 fn not_found_text() -> &'static str {
-    "Submission artefact not found. You have to produce a valid submission artefact as described in the task description to validate your results."
+    "Submission artefact not found. You have to produce a valid submission artefact as described in the task description \
+     to validate your results."
 }
 
 /// The model input: the system prompt, the task, every answer, and the last `keep` observations;

@@ -370,7 +370,8 @@ impl State {
         for (stage, pool) in &self.pools {
             let deadline = self.p.settings.stage_deadline(*stage);
             for held in pool.busy.values().filter(|h| now.duration_since(h.since) > deadline) {
-                tracing::error!(%stage, unit = %held.unit, secs = now.duration_since(held.since).as_secs(), "stage stuck past its deadline; killing its worker");
+                let secs = now.duration_since(held.since).as_secs();
+                tracing::error!(%stage, unit = %held.unit, secs, "stage stuck past its deadline; killing its worker");
                 held.worker.kill();
             }
         }
@@ -528,7 +529,8 @@ impl State {
         }
         if self.p.settings.forever() && self.dropped_in_a_row >= self.p.settings.max_topics {
             let msg = format!(
-                "the last {} task units were all dropped: the pipeline is producing nothing (see report.json's funnel for the reasons); stopping",
+                "the last {} task units were all dropped: the pipeline is producing nothing \
+                 (see report.json's funnel for the reasons); stopping",
                 self.dropped_in_a_row
             );
             self.fail(myself, msg);

@@ -549,7 +549,8 @@ pub fn saturation(metric: &str, direction: Direction, base: f64, trivial: f64, m
         let limit = bound.best + margin * trivial;
         return (base <= limit).then(|| {
             format!(
-                "baseline {metric} {base:.4} leaves no headroom: the best possible is {:.1} (margin {margin} of the naive submission's {trivial:.4} = {:.4})",
+                "baseline {metric} {base:.4} leaves no headroom: the best possible is {:.1} \
+                 (margin {margin} of the naive submission's {trivial:.4} = {:.4})",
                 bound.best,
                 margin * trivial
             )

@@ -195,16 +195,23 @@ pub async fn run(b: BenchPipeline, status: &(dyn Fn(&str) + Sync)) -> anyhow::Re
         "bound_per_hour": bound,
         "binding": if llm_bound <= slot_bound { "llm" } else { "slots" },
         "ratio": ratio,
-        "rss_kib": {"before_pipeline": rss_idle, "minute_1": rss_minute_one, "end": rss_end, "mean": rss_mean, "peak": peak, "by_minute": rss_by_minute},
+        "rss_kib": {
+            "before_pipeline": rss_idle, "minute_1": rss_minute_one, "end": rss_end,
+            "mean": rss_mean, "peak": peak, "by_minute": rss_by_minute
+        },
         "rss_growth": growth,
         "rss_kib_per_inflight_rollout": per_rollout_kib,
         "targets": super::targets_json(&targets),
         "targets_met": targets_met,
     });
     let mut table = format!(
-        "gymforge bench pipeline (against the SIMULATED teacher on loopback): {window:.0} s window, {} rpm limit, {} rollout slots, LLM latency median {} ms / p99 {} ms\n\
-         {completed} trajectories = {achieved:.1}/h; bound {bound:.1}/h ({} binds; LLM {llm_bound:.1}/h at {calls_per_trajectory:.1} calls each, slots {slot_bound:.1}/h at {sandbox_secs_per_trajectory:.1} s sandbox + {:.0} ms per call)\n\
-         RSS: {rss_idle} KiB before the pipeline, {rss_minute_one} KiB at minute 1, {rss_end} KiB at the end, peak {peak} KiB, {per_rollout_kib:.0} KiB per rollout in flight\n",
+        "gymforge bench pipeline (against the SIMULATED teacher on loopback): {window:.0} s window, {} rpm limit, \
+         {} rollout slots, LLM latency median {} ms / p99 {} ms\n\
+         {completed} trajectories = {achieved:.1}/h; bound {bound:.1}/h ({} binds; \
+         LLM {llm_bound:.1}/h at {calls_per_trajectory:.1} calls each, \
+         slots {slot_bound:.1}/h at {sandbox_secs_per_trajectory:.1} s sandbox + {:.0} ms per call)\n\
+         RSS: {rss_idle} KiB before the pipeline, {rss_minute_one} KiB at minute 1, {rss_end} KiB at the end, \
+         peak {peak} KiB, {per_rollout_kib:.0} KiB per rollout in flight\n",
         b.rpm,
         b.slots,
         b.latency_ms,

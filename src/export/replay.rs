@@ -68,7 +68,15 @@ mod tests {
         assert!(units.len() > inputs.tasks.len(), "some task has several rollouts, told apart by unit");
         // As MLGym reads it, where Python is installed.
         if let Ok(python) = std::process::Command::new("python3")
-            .args(["-c", "import json, sys\nfor x in open(sys.argv[1]).read().splitlines(keepends=True):\n    t = list(json.loads(x).values())[0]\n    assert all(isinstance(s, str) for s in t) and t, t\nprint('ok')", out.replay_path().to_str().unwrap()])
+            .arg("-c")
+            .arg(concat!(
+                "import json, sys\n",
+                "for x in open(sys.argv[1]).read().splitlines(keepends=True):\n",
+                "    t = list(json.loads(x).values())[0]\n",
+                "    assert all(isinstance(s, str) for s in t) and t, t\n",
+                "print('ok')"
+            ))
+            .arg(out.replay_path())
             .output()
         {
             assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&python.stderr));

@@ -433,7 +433,10 @@ mod tests {
         assert_eq!(report["tasks"]["by_dataset"], json!({"sklearn/wine": 2}));
         assert_eq!(
             report["rollouts"],
-            json!({"total": 4, "scored": 3, "kept": 2, "kept_beat_baseline": 2, "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0})
+            json!({
+                "total": 4, "scored": 3, "kept": 2, "kept_beat_baseline": 2,
+                "duplicates": 1, "malformed": 0, "over_token_budget": 0, "shortened": 0
+            })
         );
         assert_eq!(report["llm"]["total"]["calls"], 29);
         assert_eq!(report["llm"]["total"]["input_tokens"], 23600);
@@ -466,7 +469,10 @@ mod tests {
         // loopback URL, dead once the run is over, is not kept.
         assert_eq!(
             first["provenance"]["parquet_files"][0],
-            json!({"split": "train", "filename": "0000.parquet", "size": 10_000, "revision": "refs/convert/parquet", "path": "default/train/0000.parquet"})
+            json!({
+                "split": "train", "filename": "0000.parquet", "size": 10_000,
+                "revision": "refs/convert/parquet", "path": "default/train/0000.parquet"
+            })
         );
         assert_eq!(first["topic"]["sample"]["domain"], "chemistry");
         assert_eq!(first["debug_rounds"], 2);
@@ -536,7 +542,10 @@ mod tests {
     /// the teacher was simulated from them.
     #[test]
     fn labels_without_stages_say_it_for_the_whole_llm() {
-        let v1 = json!({"llm": {"kind": "simulated teacher", "simulated": true, "model": "m"}, "hub": {"kind": "k", "simulated": true, "endpoint": "e"}});
+        let v1 = json!({
+            "llm": {"kind": "simulated teacher", "simulated": true, "model": "m"},
+            "hub": {"kind": "k", "simulated": true, "endpoint": "e"}
+        });
         let labels: ServiceLabels = serde_json::from_value(v1).unwrap();
         assert!(labels.teacher_simulated() && labels.any_simulated());
     }
@@ -611,7 +620,10 @@ mod tests {
         );
         assert_eq!(
             rollout_stage["drop_reasons"],
-            json!({"rollout_failed": 1, "submission_not_found (submit)": 1, "submission_not_found (exit_format)": 1, "trajectory_unreadable": 1})
+            json!({
+                "rollout_failed": 1, "submission_not_found (submit)": 1,
+                "submission_not_found (exit_format)": 1, "trajectory_unreadable": 1
+            })
         );
         assert_eq!(
             rollout_stage["drop_details"]["submission_not_found (exit_format)"],

@@ -274,7 +274,8 @@ impl Endpoint {
                 return Err(PortError::Refused {
                     reason: DropReason::LlmContextLength,
                     detail: format!(
-                        "endpoint `{}`: the prompt (about {prompt_tokens} tokens) leaves no room for an answer in the model's context of {context} tokens",
+                        "endpoint `{}`: the prompt (about {prompt_tokens} tokens) leaves no room for an answer \
+                         in the model's context of {context} tokens",
                         self.name
                     ),
                 });
@@ -319,7 +320,12 @@ impl Endpoint {
             }
             _ => self.fit(request.asked_max_tokens, request.prompt_tokens).ok(),
         }?;
-        tracing::info!(endpoint = %self.name, ?limits, max_tokens = fitted, "fitted max_tokens to the limits a refusal named; sending again");
+        tracing::info!(
+            endpoint = %self.name,
+            ?limits,
+            max_tokens = fitted,
+            "fitted max_tokens to the limits a refusal named; sending again"
+        );
         (u64::from(fitted) < sent).then_some(fitted)
     }
 
@@ -368,7 +374,8 @@ impl Endpoint {
             status @ (401 | 403) => match self.missing_key() {
                 Some(missing) => anyhow::bail!("the LLM endpoint `{}` at {} answered HTTP {status}: {missing}", self.name, self.base_url),
                 None => anyhow::bail!(
-                    "the LLM endpoint `{}` at {} refused the API key (HTTP {status}); check the variable named by `llm.endpoints.{}.api_key_env`",
+                    "the LLM endpoint `{}` at {} refused the API key (HTTP {status}); \
+                     check the variable named by `llm.endpoints.{}.api_key_env`",
                     self.name,
                     self.base_url,
                     self.name
@@ -392,7 +399,13 @@ impl Endpoint {
         let published = models.into_iter().flat_map(|m| m.data).find(|m| m.id == self.model).and_then(|m| m.max_model_len);
         if let Some(context) = published.filter(|n| *n > 0) {
             self.context_tokens.store(context, Ordering::Relaxed);
-            tracing::info!(endpoint = %self.name, model = %self.model, context_tokens = context, status, "the server publishes the model's context window");
+            tracing::info!(
+                endpoint = %self.name,
+                model = %self.model,
+                context_tokens = context,
+                status,
+                "the server publishes the model's context window"
+            );
         }
     }
 
@@ -440,7 +453,14 @@ impl Endpoint {
                     {
                         detail = format!("{detail}; {missing}");
                     }
-                    tracing::warn!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, %reason, %detail, "LLM call refused");
+                    tracing::warn!(
+                        endpoint = %self.name,
+                        stage = %request.stage,
+                        unit = %request.unit,
+                        %reason,
+                        %detail,
+                        "LLM call refused"
+                    );
                     return Err(PortError::Refused { reason, detail: format!("endpoint `{}`: {detail}", self.name) });
                 }
                 Failure::RateLimited { wait } => {
@@ -497,7 +517,15 @@ impl Endpoint {
                 return Err(PortError::Transient(format!("LLM endpoint `{}` failed {attempt} times; last: {error}", self.name)));
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(endpoint = %self.name, stage = %request.stage, unit = %request.unit, attempt, delay_ms = delay.as_millis() as u64, %error, "retrying LLM call");
+            tracing::info!(
+                endpoint = %self.name,
+                stage = %request.stage,
+                unit = %request.unit,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                %error,
+                "retrying LLM call"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -774,14 +802,16 @@ mod tests {
         assert_eq!(endpoint.limits().max_output_tokens, Some(256));
         // Limits already known, but the server counts more prompt than the estimate did: its
         // count decides the room (500 - 300 - 1).
-        let vllm = "this model's maximum context length is 500 tokens. however, you requested 556 tokens (300 in the messages, 256 in the completion).";
+        let vllm = "this model's maximum context length is 500 tokens. \
+                    however, you requested 556 tokens (300 in the messages, 256 in the completion).";
         assert_eq!(endpoint.learn_limits(vllm, &prepared), Some(199));
         assert_eq!(endpoint.learn_limits(vllm, &prepared), Some(199), "nothing new learnt, the count still refits");
     }
 
     #[test]
     fn limits_are_read_from_every_server_s_wording() {
-        let vllm = "this model's maximum context length is 4,096 tokens. however, you requested 5000 tokens (1000 in the messages, 4000 in the completion).";
+        let vllm = "this model's maximum context length is 4,096 tokens. \
+                    however, you requested 5000 tokens (1000 in the messages, 4000 in the completion).";
         assert_eq!(number_after(vllm, &["maximum context length is"]), Some(4096));
         assert_eq!(number_after(vllm, &["tokens (", "your request has"]), Some(1000));
         let openai = "max_tokens is too large: 5000. this model supports at most 4096 completion tokens, whereas you provided 5000.";

@@ -146,9 +146,18 @@ impl Gateway {
     pub fn log_summary(&self) {
         for (name, e) in &self.endpoints {
             let s = e.snapshot();
-            tracing::info!(endpoint = %name, requests = s.requests_sent, answered = s.answered, succeeded = s.succeeded, rate_limited = s.rate_limited,
-                retries = s.retries, input_tokens = s.input_tokens, output_tokens = s.output_tokens, cost_usd = s.cost_usd,
-                "LLM endpoint usage");
+            tracing::info!(
+                endpoint = %name,
+                requests = s.requests_sent,
+                answered = s.answered,
+                succeeded = s.succeeded,
+                rate_limited = s.rate_limited,
+                retries = s.retries,
+                input_tokens = s.input_tokens,
+                output_tokens = s.output_tokens,
+                cost_usd = s.cost_usd,
+                "LLM endpoint usage"
+            );
         }
     }
 

@@ -106,7 +106,11 @@ impl BwrapSandbox {
             match Staging::detect() {
                 Ok(s) => Some(s),
                 Err(why) => {
-                    tracing::warn!(%why, "the sandbox cannot stage its files in a private mount namespace; every path it mounts must be reachable by uid 65534");
+                    tracing::warn!(
+                        %why,
+                        "the sandbox cannot stage its files in a private mount namespace; \
+                         every path it mounts must be reachable by uid 65534"
+                    );
                     reachable_by_sandbox_user(&env.dir, false, true).map_err(|e| anyhow!(e))?;
                     None
                 }
@@ -795,7 +799,7 @@ mod tests {
     fn namespace_refusal_is_explained() {
         let e = setup_failure("bwrap: No permissions to creating new namespace, likely because");
         assert!(
-            matches!(&e, PortError::Refused { reason, detail } if *reason == DropReason::SandboxUnavailable && detail.contains("user namespaces")),
+            matches!(&e, PortError::Refused { reason: DropReason::SandboxUnavailable, detail } if detail.contains("user namespaces")),
             "{e}"
         );
     }

@@ -61,7 +61,8 @@ fn destinations(config: Option<&TelemetryConfig>, env: &dyn Fn(&str) -> Option<S
     for var in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"] {
         if let Some(p) = env(var).filter(|p| p.trim() != "http/protobuf" && !p.trim().is_empty()) {
             bail!(
-                "{var}={p}: gymforge exports OTLP over http/protobuf only (collectors usually listen for it on port 4318); unset it or set it to http/protobuf"
+                "{var}={p}: gymforge exports OTLP over http/protobuf only (collectors usually listen for it on port 4318); \
+                 unset it or set it to http/protobuf"
             );
         }
     }

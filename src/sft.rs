@@ -15,9 +15,37 @@
 use std::collections::{BTreeMap, HashSet};
 
 use gymforge_actors::model::{AcceptedTask, RolloutRecord};
+use gymforge_actors::ports::ChatMessage;
 use serde::Serialize;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::export::{SftExample, SftMeta};
+
+/// One line of an SFT file, in the layout asked for.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum SftLine {
+    /// `{"messages": [{"role", "content"}], "meta"}`, as TRL's `SFTTrainer` reads it.
+    Chat(SftExample),
+    /// `{"conversations": [{"from", "value"}], "meta"}`, ShareGPT's layout.
+    ShareGpt { conversations: Vec<ShareGptTurn>, meta: SftMeta },
+}
+
+impl SftLine {
+    pub fn meta(&self) -> &SftMeta {
+        match self {
+            SftLine::Chat(example) => &example.meta,
+            SftLine::ShareGpt { meta, .. } => meta,
+        }
+    }
+}
+
+/// One turn in ShareGPT's layout.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ShareGptTurn {
+    pub from: &'static str,
+    pub value: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct SftOptions {
@@ -108,7 +136,7 @@ impl SftSummary {
 }
 
 /// The SFT lines of `rollouts`, in order, and what was left out.
-pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOptions) -> (Vec<Value>, SftSummary) {
+pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOptions) -> (Vec<SftLine>, SftSummary) {
     let tasks: BTreeMap<&str, &AcceptedTask> = tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
     let mut summary = SftSummary { trajectories: rollouts.len() as u64, ..SftSummary::default() };
     let mut seen = HashSet::new();
@@ -118,18 +146,18 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
             summary.unscored += 1;
             continue;
         }
-        let Some(mut line) = crate::export::sft_line(rollout, tasks.get(rollout.task_id.as_str()).copied(), options.keep_observations)
-        else {
+        let task = tasks.get(rollout.task_id.as_str()).copied();
+        let Some(mut example) = crate::export::sft_line(rollout, task, options.keep_observations, options.simulated) else {
             summary.malformed += 1;
             continue;
         };
-        if options.beats_baseline_only && line["meta"]["beats_baseline"] != json!(true) {
+        let beats = example.meta.beats_baseline == Some(true);
+        if options.beats_baseline_only && !beats {
             summary.not_better += 1;
             continue;
         }
-        let messages = line["messages"].as_array_mut().expect("sft_line builds a message list");
-        cut_observations(messages, options.max_observation_chars);
-        match fit(messages, options.token_budget) {
+        cut_observations(&mut example.messages, options.max_observation_chars);
+        match fit(&mut example.messages, options.token_budget) {
             Fit::Fits => {}
             Fit::Shortened => summary.shortened += 1,
             Fit::TooLong => {
@@ -137,18 +165,13 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
                 continue;
             }
         }
-        let digest = Sha256::digest(line["messages"].to_string().as_bytes());
+        let digest = Sha256::digest(serde_json::to_vec(&example.messages).expect("messages serialise"));
         if !seen.insert(digest) {
             summary.duplicates += 1;
             continue;
         }
-        let beats = line["meta"]["beats_baseline"] == json!(true);
-        line["meta"]["simulated"] = json!(options.simulated);
-        line["meta"]["tokens"] = json!(tokens(line["messages"].as_array().expect("messages")));
-        if options.sharegpt {
-            line = sharegpt(line);
-        }
-        lines.push(line);
+        example.meta.tokens = tokens(&example.messages);
+        lines.push(if options.sharegpt { sharegpt(example) } else { SftLine::Chat(example) });
         summary.kept += 1;
         summary.beat_baseline += u64::from(beats);
     }
@@ -156,14 +179,13 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
 }
 
 /// Observations are the user turns after the task statement (the first user turn).
-fn observation_indices(messages: &[Value]) -> Vec<usize> {
-    messages.iter().enumerate().filter(|(_, m)| m["role"] == "user").map(|(i, _)| i).skip(1).collect()
+fn observation_indices(messages: &[ChatMessage]) -> Vec<usize> {
+    messages.iter().enumerate().filter(|(_, m)| m.role == "user").map(|(i, _)| i).skip(1).collect()
 }
 
-fn cut_observations(messages: &mut [Value], max_chars: usize) {
+fn cut_observations(messages: &mut [ChatMessage], max_chars: usize) {
     for i in observation_indices(messages) {
-        let text = messages[i]["content"].as_str().unwrap_or("").to_string();
-        messages[i]["content"] = json!(gymforge_actors::validate::head_tail(&text, max_chars));
+        messages[i].content = gymforge_actors::validate::head_tail(&messages[i].content, max_chars);
     }
 }
 
@@ -174,16 +196,15 @@ enum Fit {
 }
 
 /// Elides the oldest observations until the messages fit `budget` tokens.
-fn fit(messages: &mut [Value], budget: u64) -> Fit {
+fn fit(messages: &mut [ChatMessage], budget: u64) -> Fit {
     let mut total = tokens(messages);
     if total <= budget {
         return Fit::Fits;
     }
     for i in observation_indices(messages) {
-        let text = messages[i]["content"].as_str().unwrap_or("").to_string();
-        let note = gymforge_actors::rollout::elided(&text);
-        total = total - crate::gateway::tokens::text_tokens(&text) + crate::gateway::tokens::text_tokens(&note);
-        messages[i]["content"] = json!(note);
+        let note = gymforge_actors::rollout::elided(&messages[i].content);
+        total = total - crate::gateway::tokens::text_tokens(&messages[i].content) + crate::gateway::tokens::text_tokens(&note);
+        messages[i].content = note;
         if total <= budget {
             return Fit::Shortened;
         }
@@ -191,43 +212,61 @@ fn fit(messages: &mut [Value], budget: u64) -> Fit {
     Fit::TooLong
 }
 
-fn tokens(messages: &[Value]) -> u64 {
-    messages
-        .iter()
-        .map(|m| crate::gateway::tokens::text_tokens(m["content"].as_str().unwrap_or("")) + crate::gateway::tokens::PER_MESSAGE)
-        .sum()
+fn tokens(messages: &[ChatMessage]) -> u64 {
+    messages.iter().map(|m| crate::gateway::tokens::text_tokens(&m.content) + crate::gateway::tokens::PER_MESSAGE).sum()
 }
 
 /// The same example in ShareGPT's layout.
-fn sharegpt(line: Value) -> Value {
-    let conversations: Vec<Value> = line["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
+fn sharegpt(example: SftExample) -> SftLine {
+    let conversations = example
+        .messages
+        .into_iter()
         .map(|m| {
-            let from = match m["role"].as_str() {
-                Some("system") => "system",
-                Some("assistant") => "gpt",
+            let from = match m.role.as_str() {
+                "system" => "system",
+                "assistant" => "gpt",
                 _ => "human",
             };
-            json!({ "from": from, "value": m["content"] })
+            ShareGptTurn { from, value: m.content }
         })
         .collect();
-    json!({ "conversations": conversations, "meta": line["meta"] })
+    SftLine::ShareGpt { conversations, meta: example.meta }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn messages(observation: &str, n: usize) -> Vec<Value> {
-        let mut m = vec![json!({"role": "system", "content": "sys"}), json!({"role": "user", "content": "the task"})];
+    fn messages(observation: &str, n: usize) -> Vec<ChatMessage> {
+        let mut m = vec![ChatMessage::new("system", "sys"), ChatMessage::new("user", "the task")];
         for i in 0..n {
-            m.push(json!({"role": "assistant", "content": format!("answer {i}\n```\nls\n```")}));
-            m.push(json!({"role": "user", "content": observation}));
+            m.push(ChatMessage::new("assistant", format!("answer {i}\n```\nls\n```")));
+            m.push(ChatMessage::new("user", observation));
         }
-        m.push(json!({"role": "assistant", "content": "done\n```\nsubmit\n```"}));
+        m.push(ChatMessage::new("assistant", "done\n```\nsubmit\n```"));
         m
+    }
+
+    /// A scored rollout whose history is `messages(observation, n)`.
+    fn scored_rollout(observation: &str, n: usize) -> RolloutRecord {
+        let history: Vec<serde_json::Value> = messages(observation, n)
+            .into_iter()
+            .map(|m| json!({"role": m.role, "content": m.content, "agent": "primary_0"}))
+            .collect();
+        serde_json::from_value(json!({
+            "unit": "t0001.r0", "task_id": "t", "run_index": 0, "run_name": "r", "model": "m", "baseline_scores": {},
+            "trajectory": {
+                "environment": "mlgym_main",
+                "trajectory": [],
+                "history": history,
+                "info": {
+                    "model_stats": {"total_cost": 0.0, "task_cost": 0.0, "tokens_sent": 0, "tokens_received": 0, "api_calls": 0},
+                    "exit_status": "submitted", "submission": null, "score": [{"accuracy": 0.9}], "summarizer": {}
+                },
+            },
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -239,9 +278,9 @@ mod tests {
         let budget = before - 3000;
         assert!(matches!(fit(&mut m, budget), Fit::Shortened));
         assert!(tokens(&m) <= budget);
-        assert!(m[3]["content"].as_str().unwrap().starts_with("Old output omitted"), "the oldest goes first");
-        assert_eq!(m[9]["content"], json!(long), "the newest stays");
-        assert_eq!(m[1]["content"], "the task", "the task is never elided");
+        assert!(m[3].content.starts_with("Old output omitted"), "the oldest goes first");
+        assert_eq!(m[9].content, long, "the newest stays");
+        assert_eq!(m[1].content, "the task", "the task is never elided");
         let mut m = messages("short", 2);
         assert!(matches!(fit(&mut m, 5), Fit::TooLong));
     }
@@ -250,16 +289,19 @@ mod tests {
     fn long_observations_are_cut_to_head_and_tail() {
         let mut m = messages(&"x".repeat(50_000), 1);
         cut_observations(&mut m, 1000);
-        assert!(m[3]["content"].as_str().unwrap().len() < 1200);
-        assert_eq!(m[1]["content"], "the task");
+        assert!(m[3].content.len() < 1200);
+        assert_eq!(m[1].content, "the task");
     }
 
     #[test]
     fn sharegpt_maps_roles() {
-        let line = sharegpt(json!({"messages": messages("obs", 1), "meta": {"task_id": "t"}}));
+        let (lines, _) = build(&[scored_rollout("obs", 1)], &[], &SftOptions { sharegpt: true, simulated: true, ..SftOptions::default() });
+        let line = serde_json::to_value(&lines[0]).unwrap();
         let froms: Vec<&str> = line["conversations"].as_array().unwrap().iter().map(|c| c["from"].as_str().unwrap()).collect();
         assert_eq!(froms, ["system", "human", "gpt", "human", "gpt"]);
-        assert_eq!(line["meta"]["task_id"], "t");
+        assert_eq!(line["conversations"][1]["value"], "the task");
+        assert_eq!((&line["meta"]["task_id"], &line["meta"]["simulated"]), (&json!("t"), &json!(true)));
+        assert!(line["meta"]["tokens"].as_u64().unwrap() > 0);
     }
 
     #[test]
@@ -275,23 +317,7 @@ mod tests {
 
     #[test]
     fn every_trajectory_over_a_tiny_budget_is_left_out() {
-        let mut history = messages("obs", 2);
-        for item in &mut history {
-            item["agent"] = json!("primary_0");
-        }
-        let rollout: RolloutRecord = serde_json::from_value(json!({
-            "unit": "t0001.r0", "task_id": "t", "run_index": 0, "run_name": "r", "model": "m", "baseline_scores": {},
-            "trajectory": {
-                "environment": "mlgym_main",
-                "trajectory": [],
-                "history": history,
-                "info": {
-                    "model_stats": {"total_cost": 0.0, "task_cost": 0.0, "tokens_sent": 0, "tokens_received": 0, "api_calls": 0},
-                    "exit_status": "submitted", "submission": null, "score": [{"accuracy": 0.9}], "summarizer": {}
-                },
-            },
-        }))
-        .unwrap();
+        let rollout = scored_rollout("obs", 2);
         let (lines, summary) = build(&[rollout], &[], &SftOptions { token_budget: 5, ..SftOptions::default() });
         assert!(lines.is_empty());
         assert_eq!(summary.nothing_kept().as_deref(), Some("the 1 trajectory was left out: 1 over the token budget"));

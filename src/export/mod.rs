@@ -57,6 +57,6 @@ pub use report::{
     UsageRowReport, build_report,
 };
 pub use services::{EndpointLabel, HubLabel, LlmLabel, ServiceLabels, StageLabel};
-pub use sft_line::{best_score, sft_line};
+pub use sft_line::{SftExample, SftMeta, best_score, sft_line};
 pub use summary::{frequent_drop_details, summary_table};
 pub use tasks_json::{repo_file, tasks_index};

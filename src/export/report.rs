@@ -654,8 +654,8 @@ mod tests {
         turns[2].1 = "DISCUSSION\nsame\n\n```\nwc -l data/train.csv\n```";
         inputs.rollouts.push(rollout("wineT1", 9, vec![scores(&[("accuracy", 0.75)])], &turns));
         let (lines, summary) = crate::sft::build(&inputs.rollouts, &inputs.tasks, &SftOptions::default());
-        let beats: Vec<&Value> = lines.iter().map(|l| &l["meta"]["beats_baseline"]).collect();
-        assert_eq!(beats, [&json!(true), &json!(true), &json!(false), &json!(true), &json!(false)]);
+        let beats: Vec<Option<bool>> = lines.iter().map(|l| l.meta().beats_baseline).collect();
+        assert_eq!(beats, [Some(true), Some(true), Some(false), Some(true), Some(false)]);
         assert_eq!((summary.kept, summary.beat_baseline), (5, 3));
         let report = build_report(&inputs, &summary);
         assert_eq!((report.rollouts.kept, report.rollouts.kept_beat_baseline), (5, 3));

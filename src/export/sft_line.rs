@@ -3,7 +3,38 @@
 //! `crate::sft`'s choice.
 
 use gymforge_actors::model::{AcceptedTask, Direction, RolloutRecord, Scores};
-use serde_json::{Value, json};
+use gymforge_actors::ports::ChatMessage;
+use serde::Serialize;
+
+/// One supervised example in the chat layout (`{"messages": [...], "meta": {...}}`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SftExample {
+    pub messages: Vec<ChatMessage>,
+    pub meta: SftMeta,
+}
+
+/// What is known about an example: where it comes from and how well its rollout did.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SftMeta {
+    pub task_id: String,
+    pub run_name: String,
+    pub run_index: u32,
+    pub model: String,
+    pub exit_status: String,
+    /// The scores of the last submission.
+    pub score: Option<Scores>,
+    /// The best value of the task's priority metric over the rollout's submissions.
+    pub best_score: Option<f64>,
+    pub priority_metric: Option<String>,
+    pub direction: Option<Direction>,
+    pub baseline: Scores,
+    pub beats_baseline: Option<bool>,
+    pub steps: usize,
+    /// Whether the teacher that wrote it was the simulated one.
+    pub simulated: bool,
+    /// The messages' token count, as the SFT budget counts it.
+    pub tokens: u64,
+}
 
 /// Best value of `metric` over `scores` in `direction`, ignoring entries without a finite value.
 pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Option<f64> {
@@ -16,8 +47,9 @@ pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Opti
 /// One SFT line for a rollout: the messages the model saw at its last step (the history up to
 /// the last answer, observations older than the last `keep_observations` elided as in the
 /// rollout), roles and contents only, plus metadata. `None` when the rollout has no scored
-/// submission or its history is not a usable conversation.
-pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>, keep_observations: usize) -> Option<Value> {
+/// submission or its history is not a usable conversation. `meta.tokens` is left at 0 for the
+/// caller, which counts the messages once it has fitted them to its budget.
+pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>, keep_observations: usize, simulated: bool) -> Option<SftExample> {
     if !rollout.has_scored_submission() {
         return None;
     }
@@ -26,10 +58,7 @@ pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>, keep_obser
     if history.first()?.role != "system" {
         return None;
     }
-    let messages: Vec<Value> = gymforge_actors::rollout::model_input(&history[..=last_assistant], keep_observations)
-        .into_iter()
-        .map(|m| json!({"role": m.role, "content": m.content}))
-        .collect();
+    let messages = gymforge_actors::rollout::model_input(&history[..=last_assistant], keep_observations);
 
     let info = &rollout.trajectory.info;
     let (best, beats_baseline, metric, direction) = match task {
@@ -43,33 +72,37 @@ pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>, keep_obser
                 }),
                 _ => None,
             };
-            (best, beats, Some(metric), Some(t.bundle.direction))
+            (best, beats, Some(metric.to_string()), Some(t.bundle.direction))
         }
         None => (None, None, None, None),
     };
-    Some(json!({
-        "messages": messages,
-        "meta": {
-            "task_id": rollout.task_id,
-            "run_name": rollout.run_name,
-            "run_index": rollout.run_index,
-            "model": rollout.model,
-            "exit_status": info.exit_status,
-            "score": info.score.last(),
-            "best_score": best,
-            "priority_metric": metric,
-            "direction": direction,
-            "baseline": rollout.baseline_scores,
-            "beats_baseline": beats_baseline,
-            "steps": rollout.trajectory.trajectory.len(),
+    Some(SftExample {
+        messages,
+        meta: SftMeta {
+            task_id: rollout.task_id.clone(),
+            run_name: rollout.run_name.clone(),
+            run_index: rollout.run_index,
+            model: rollout.model.clone(),
+            exit_status: info.exit_status.clone(),
+            score: info.score.last().cloned(),
+            best_score: best,
+            priority_metric: metric,
+            direction,
+            baseline: rollout.baseline_scores.clone(),
+            beats_baseline,
+            steps: rollout.trajectory.trajectory.len(),
+            simulated,
+            tokens: 0,
         },
-    }))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+
+    use serde_json::{Value, json};
 
     use gymforge_actors::ports::Outputs;
 
@@ -112,8 +145,8 @@ mod tests {
 
         // Histories that cannot be training examples are left out.
         let no_system = rollout("wineT1", 5, vec![scores(&[("accuracy", 0.8)])], &TURNS[1..]);
-        assert!(sft_line(&no_system, None, 5).is_none());
+        assert!(sft_line(&no_system, None, 5, false).is_none());
         let no_assistant = rollout("wineT1", 6, vec![scores(&[("accuracy", 0.8)])], &TURNS[..2]);
-        assert!(sft_line(&no_assistant, None, 5).is_none());
+        assert!(sft_line(&no_assistant, None, 5, false).is_none());
     }
 }

@@ -182,8 +182,9 @@ fn a_batch_whose_endpoint_refuses_the_key_stops_at_once_with_the_reason() {
     let (port, server) = answer_401();
     let config = format!(
         "[llm.routes]\ntopic = \"locked\"\ndataset = \"locked\"\ncodegen = \"locked\"\ndebug = \"locked\"\nrollout = \"locked\"\n\n\
-         [llm.endpoints.locked]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"m\"\napi_key_env = \"GYMFORGE_TEST_KEY_THAT_IS_SET\"\n\
-         requests_per_minute = 60\ninput_tokens_per_minute = 100000\noutput_tokens_per_minute = 100000\nmax_concurrency = 4\ntimeout_secs = 10\n\
+         [llm.endpoints.locked]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"m\"\n\
+         api_key_env = \"GYMFORGE_TEST_KEY_THAT_IS_SET\"\nrequests_per_minute = 60\n\
+         input_tokens_per_minute = 100000\noutput_tokens_per_minute = 100000\nmax_concurrency = 4\ntimeout_secs = 10\n\
          input_price_per_mtok = 0.0\noutput_price_per_mtok = 0.0\nstructured_output = \"none\"\n"
     );
     let (out, out_dir, _dir) = run_with(&config, &[], &[("GYMFORGE_TEST_KEY_THAT_IS_SET", "sk-wrong")]);
@@ -217,7 +218,8 @@ fn answer_401() -> (u16, std::thread::JoinHandle<()>) {
                     let body = r#"{"error":{"message":"Incorrect API key provided"}}"#;
                     let _ = write!(
                         conn,
-                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                 }

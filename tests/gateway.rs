@@ -433,7 +433,16 @@ async fn requests_fit_the_published_context_and_a_refusal_naming_the_maximum_is_
     let (base, script) = serve(vec![
         (400, vec![], r#"{"error":{"message":"max_tokens must be at most 200","type":"BadRequestError"}}"#.into()),
         (200, vec![], ok_body("fine")),
-        (400, vec![], r#"{"object":"error","message":"This model's maximum context length is 500 tokens. However, you requested 690 tokens (490 in the messages, 200 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","code":400}"#.into()),
+        (
+            400,
+            vec![],
+            concat!(
+                r#"{"object":"error","message":"This model's maximum context length is 500 tokens. "#,
+                r#"However, you requested 690 tokens (490 in the messages, 200 in the completion). "#,
+                r#"Please reduce the length of the messages or completion.","type":"BadRequestError","code":400}"#
+            )
+            .into(),
+        ),
         (200, vec![], ok_body("fine")),
     ])
     .await;

@@ -131,7 +131,8 @@ async fn no_network() {
         &sb,
         python(
             work.path(),
-            "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=5)\n    print('CONNECTED')\nexcept OSError as e:\n    print('unreachable', e)",
+            "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=5)\n    print('CONNECTED')\n\
+             except OSError as e:\n    print('unreachable', e)",
         ),
     )
     .await;

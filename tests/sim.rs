@@ -430,11 +430,24 @@ fn every_model_the_agent_writes_is_valid_scikit_learn() {
         }
     }
     assert!(cases.iter().any(|c| c.contains("Regressor")) && cases.iter().any(|c| c.contains("class_weight")), "{cases:?}");
-    let script = format!(
-        "import numpy as np\nfrom sklearn.ensemble import *\nrng = np.random.default_rng(0)\nX = rng.normal(size=(80, 4))\ny_class = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5).astype(int)\ny_value = 2 * X[:, 0] + rng.normal(size=80)\nfor expr, regression in [{}]:\n    model = eval(expr)\n    params = model.get_params()\n    model.set_params(**{{k: 5 for k in ('n_estimators', 'max_iter') if k in params}})\n    model.fit(X, y_value if regression else y_class)\n    assert len(model.predict(X)) == 80, expr\nprint('fitted', {})\n",
-        cases.join(", "),
-        cases.len()
-    );
+    let script = [
+        "import numpy as np",
+        "from sklearn.ensemble import *",
+        "rng = np.random.default_rng(0)",
+        "X = rng.normal(size=(80, 4))",
+        "y_class = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5).astype(int)",
+        "y_value = 2 * X[:, 0] + rng.normal(size=80)",
+        "for expr, regression in [CASES]:",
+        "    model = eval(expr)",
+        "    params = model.get_params()",
+        "    model.set_params(**{k: 5 for k in ('n_estimators', 'max_iter') if k in params})",
+        "    model.fit(X, y_value if regression else y_class)",
+        "    assert len(model.predict(X)) == 80, expr",
+        "print('fitted', COUNT)",
+    ]
+    .join("\n")
+    .replace("CASES", &cases.join(", "))
+    .replace("COUNT", &cases.len().to_string());
     let out = std::process::Command::new(python_env().python()).arg("-c").arg(&script).env("OMP_NUM_THREADS", "1").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("fitted {}", cases.len())));
@@ -583,7 +596,8 @@ async fn rollout(
                 match parse_scores(&out) {
                     Ok(s) => {
                         let text = format!(
-                            "Your code produced a valid submission artefact at {WORKSPACE}/submission.csv.\nBaseline Score: {}\nEvaluation Score: {}",
+                            "Your code produced a valid submission artefact at {WORKSPACE}/submission.csv.\n\
+                             Baseline Score: {}\nEvaluation Score: {}",
                             format_scores(&task.baseline_scores),
                             format_scores(&s)
                         );

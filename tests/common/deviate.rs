@@ -257,7 +257,8 @@ impl Deviant {
             )
         };
         format!(
-            "[llm.routes]\ntopic = \"deviant\"\ndataset = \"deviant\"\ncodegen = \"deviant\"\ndebug = \"deviant\"\nrollout = \"deviant_agent\"\n\n{}\n{}",
+            "[llm.routes]\ntopic = \"deviant\"\ndataset = \"deviant\"\ncodegen = \"deviant\"\ndebug = \"deviant\"\n\
+             rollout = \"deviant_agent\"\n\n{}\n{}",
             endpoint("deviant", json_keys),
             endpoint("deviant_agent", agent_keys)
         )
@@ -384,7 +385,8 @@ async fn chat_completions(State(proxy): State<Arc<Proxy>>, body: Bytes) -> Respo
     {
         proxy.lock().by_stage.entry(stage).or_default().push(exchange(400, None, "", false));
         let message = format!(
-            "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {asked} in the completion). Please reduce the length of the messages or completion.",
+            "This model's maximum context length is {limit} tokens. However, you requested {} tokens \
+             ({prompt_tokens} in the messages, {asked} in the completion). Please reduce the length of the messages or completion.",
             prompt_tokens + asked
         );
         return openai_error(StatusCode::BAD_REQUEST, &message);

@@ -250,10 +250,8 @@ mod tests {
 
     /// A scored rollout whose history is `messages(observation, n)`.
     fn scored_rollout(observation: &str, n: usize) -> RolloutRecord {
-        let history: Vec<serde_json::Value> = messages(observation, n)
-            .into_iter()
-            .map(|m| json!({"role": m.role, "content": m.content, "agent": "primary_0"}))
-            .collect();
+        let history: Vec<serde_json::Value> =
+            messages(observation, n).into_iter().map(|m| json!({"role": m.role, "content": m.content, "agent": "primary_0"})).collect();
         serde_json::from_value(json!({
             "unit": "t0001.r0", "task_id": "t", "run_index": 0, "run_name": "r", "model": "m", "baseline_scores": {},
             "trajectory": {

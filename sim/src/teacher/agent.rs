@@ -299,7 +299,8 @@ fn model_of(draw: &mut Draw, task: &Task, family: &str) -> Model {
             Model {
                 class: if task.regression { "HistGradientBoostingRegressor" } else { "HistGradientBoostingClassifier" },
                 args: format!(
-                    "max_iter={iterations}, learning_rate={rate}, max_leaf_nodes={leaves}, l2_regularization={l2}{balanced}, random_state={seed}"
+                    "max_iter={iterations}, learning_rate={rate}, max_leaf_nodes={leaves}, l2_regularization={l2}{balanced}, \
+                     random_state={seed}"
                 ),
                 label: format!("histogram gradient boosting model ({iterations} iterations, learning rate {rate})"),
             }
@@ -551,7 +552,8 @@ impl Policy<'_> {
                 let script = if wrote && !self.did("python train.py") { "train.py" } else { "baseline.py" };
                 return mv(
                     format!(
-                        "Only {remaining} steps remain and no submission.csv has been produced yet, so I'll run {script} now to have a valid submission."
+                        "Only {remaining} steps remain and no submission.csv has been produced yet, so I'll run {script} now to have a \
+                         valid submission."
                     ),
                     format!("python {script}"),
                 );
@@ -568,7 +570,8 @@ impl Policy<'_> {
             let t = self.task();
             return mv(
                 format!(
-                    "The task is to predict `{}` and submissions are ranked by {} ({}). First I'll list the workspace to see the starter files and how the data is laid out.",
+                    "The task is to predict `{}` and submissions are ranked by {} ({}). First I'll list the workspace to see the starter \
+                     files and how the data is laid out.",
                     t.target,
                     task_metric,
                     t.direction()
@@ -582,7 +585,8 @@ impl Policy<'_> {
                 if files.is_empty() { "The workspace is listed".to_string() } else { format!("The workspace holds {}", files.join(", ")) };
             return mv(
                 format!(
-                    "{seen}. I'll read baseline.py first to see how it loads the data, which model it trains and how it writes submission.csv."
+                    "{seen}. I'll read baseline.py first to see how it loads the data, which model it trains and how it writes \
+                     submission.csv."
                 ),
                 "cat baseline.py",
             );
@@ -642,7 +646,8 @@ impl Policy<'_> {
             let model = self.baseline_model().map(|m| format!("fits `{m}`")).unwrap_or_else(|| "trains a simple model".into());
             mv(
                 format!(
-                    "The baseline {model} on data/train.csv and writes `id` and `{target}` to submission.csv. Before changing it I'll check how evaluate.py scores a submission and which checks it applies."
+                    "The baseline {model} on data/train.csv and writes `id` and `{target}` to submission.csv. Before changing it I'll \
+                     check how evaluate.py scores a submission and which checks it applies."
                 ),
                 command,
             )
@@ -691,7 +696,8 @@ impl Policy<'_> {
         if last.scores().is_none() {
             if !self.did("python baseline.py") {
                 return mv(
-                    "Validation did not produce a score for this submission. I'll run the baseline to make sure a valid submission.csv exists.",
+                    "Validation did not produce a score for this submission. I'll run the baseline to make sure a valid submission.csv \
+                     exists.",
                     "python baseline.py",
                 );
             }
@@ -745,7 +751,8 @@ impl Policy<'_> {
             let b = baseline.map(score).unwrap_or_default();
             return mv(
                 format!(
-                    "None of the models I tried beats the baseline's {metric} of {b} (the best, the {}, scores {}). On this data the linear baseline is hard to beat, so I'll regenerate its submission and submit that instead of a worse one.",
+                    "None of the models I tried beats the baseline's {metric} of {b} (the best, the {}, scores {}). On this data the \
+                     linear baseline is hard to beat, so I'll regenerate its submission and submit that instead of a worse one.",
                     readable(&best.1),
                     score(best.2)
                 ),
@@ -891,8 +898,15 @@ pub(crate) mod tests {
     use super::super::testing::{cfg, msgs, prompt, render as render_template};
     use super::*;
 
-    pub(crate) const CLASSIFICATION: &str = "Iris species classification.\n\nThe goal is to predict the species.\n\nSKLEARN/IRIS:\nFiles...\n\nThe column to predict is `target`: a class index. Submissions are ranked by accuracy (`accuracy`) on the hidden test labels, where higher is better; the macro-averaged F1 score (`f1_macro`) is reported as well.\n\nSUBMISSION FORMAT:\nWrite ... columns: `id` and `target`.";
-    pub(crate) const REGRESSION: &str = "Diabetes progression regression.\n\nThe column to predict is `target`: a real number. Submissions are ranked by root mean squared error (`rmse`) on the hidden test labels, where lower is better; the mean absolute error (`mae`) is reported as well.\n\nSUBMISSION FORMAT:\nWrite ... `id` and `target`.";
+    pub(crate) const CLASSIFICATION: &str = "Iris species classification.\n\nThe goal is to predict the \
+                                             species.\n\nSKLEARN/IRIS:\nFiles...\n\nThe column to predict is `target`: a class index. \
+                                             Submissions are ranked by accuracy (`accuracy`) on the hidden test labels, where higher is \
+                                             better; the macro-averaged F1 score (`f1_macro`) is reported as well.\n\nSUBMISSION \
+                                             FORMAT:\nWrite ... columns: `id` and `target`.";
+    pub(crate) const REGRESSION: &str = "Diabetes progression regression.\n\nThe column to predict is `target`: a real number. Submissions \
+                                         are ranked by root mean squared error (`rmse`) on the hidden test labels, where lower is better; \
+                                         the mean absolute error (`mae`) is reported as well.\n\nSUBMISSION FORMAT:\nWrite ... `id` and \
+                                         `target`.";
 
     pub(crate) fn footer(step: u32, max: u32) -> String {
         gymforge_actors::agent::footer(step, max, "n/a", "/home/agent/workspace")
@@ -912,7 +926,11 @@ pub(crate) mod tests {
         conversation.push(("user".into(), next));
     }
 
-    const BASELINE: &str = "\"\"\"Baseline for the T task: logistic regression on standardised features.\n\nTrains.\n\"\"\"\n\nimport numpy as np\nimport pandas as pd\nfrom sklearn.linear_model import LogisticRegression\nfrom sklearn.pipeline import make_pipeline\nfrom sklearn.preprocessing import StandardScaler\n\nTARGET = \"target\"\n\n\ndef main():\n    train = pd.read_csv(\"data/train.csv\")\n    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))\n    model.fit(train, train)\n\n\nif __name__ == \"__main__\":\n    main()";
+    const BASELINE: &str = "\"\"\"Baseline for the T task: logistic regression on standardised features.\n\nTrains.\n\"\"\"\n\nimport \
+                            numpy as np\nimport pandas as pd\nfrom sklearn.linear_model import LogisticRegression\nfrom sklearn.pipeline \
+                            import make_pipeline\nfrom sklearn.preprocessing import StandardScaler\n\nTARGET = \"target\"\n\n\ndef \
+                            main():\n    train = pd.read_csv(\"data/train.csv\")\n    model = make_pipeline(StandardScaler(), \
+                            LogisticRegression(max_iter=1000))\n    model.fit(train, train)\n\n\nif __name__ == \"__main__\":\n    main()";
 
     /// Fake observations for a scripted environment.
     fn observe(action: &str, step: u32) -> String {
@@ -922,7 +940,8 @@ pub(crate) mod tests {
             a if a.starts_with("cat << 'EOF'") => String::new(),
             a if a.starts_with("python") => "validation accuracy: 0.9333\nwrote submission.csv with 30 rows".into(),
             "validate" => format!(
-                "Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {}, 'f1_macro': 0.9}}",
+                "Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': \
+                 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {}, 'f1_macro': 0.9}}",
                 0.9 + f64::from(step % 3) / 100.0
             ),
             _ => "some output".into(),
@@ -1036,7 +1055,8 @@ pub(crate) mod tests {
                 let obs = if action == "validate" {
                     let score = if baseline_ran { 0.9 } else { 0.8 };
                     format!(
-                        "Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {score}, 'f1_macro': 0.8}}"
+                        "Your code produced a valid submission artefact at /home/agent/workspace/submission.csv.\nBaseline Score: \
+                         {{'accuracy': 0.9, 'f1_macro': 0.89}}\nEvaluation Score: {{'accuracy': {score}, 'f1_macro': 0.8}}"
                     )
                 } else {
                     observe(&action, step)

@@ -184,7 +184,8 @@ const KNOWN: [KnownDataset; 5] = [
         id: "sklearn/iris",
         stem: "irisSpecies",
         subject: "iris species",
-        about: "Fisher's iris data: flowers of three iris species, each described by the length and width of its sepals and petals in centimetres.",
+        about: "Fisher's iris data: flowers of three iris species, each described by the length and width of its sepals and petals in \
+                centimetres.",
         goal: "predict the species of an iris flower from four measurements of its sepals and petals",
         numeric_target: Some(NumericTarget {
             column: "petal_width_cm",
@@ -197,7 +198,8 @@ const KNOWN: [KnownDataset; 5] = [
         id: "sklearn/wine",
         stem: "wineCultivar",
         subject: "wine cultivar",
-        about: "Results of a chemical analysis of wines grown in the same region of Italy by three different cultivators: thirteen constituents per wine, such as alcohol, malic acid, flavanoids and colour intensity.",
+        about: "Results of a chemical analysis of wines grown in the same region of Italy by three different cultivators: thirteen \
+                constituents per wine, such as alcohol, malic acid, flavanoids and colour intensity.",
         goal: "predict which of three cultivators produced a wine from its chemical analysis",
         numeric_target: Some(NumericTarget {
             column: "alcohol",
@@ -210,7 +212,8 @@ const KNOWN: [KnownDataset; 5] = [
         id: "sklearn/breast_cancer",
         stem: "breastTumourDiagnosis",
         subject: "breast tumour diagnosis",
-        about: "Breast Cancer Wisconsin (Diagnostic): thirty features computed from a digitised image of a fine needle aspirate of a breast mass (mean, standard error and worst value of ten properties of the cell nuclei).",
+        about: "Breast Cancer Wisconsin (Diagnostic): thirty features computed from a digitised image of a fine needle aspirate of a \
+                breast mass (mean, standard error and worst value of ten properties of the cell nuclei).",
         goal: "predict whether a breast mass is malignant or benign from features of its cell nuclei",
         numeric_target: None,
         relevant_class: 0,
@@ -219,7 +222,8 @@ const KNOWN: [KnownDataset; 5] = [
         id: "sklearn/digits",
         stem: "handwrittenDigit",
         subject: "handwritten digit",
-        about: "Optical recognition of handwritten digits: 8x8 images with pixel intensities from 0 to 16, flattened into 64 columns named pixel_<row>_<column>.",
+        about: "Optical recognition of handwritten digits: 8x8 images with pixel intensities from 0 to 16, flattened into 64 columns named \
+                pixel_<row>_<column>.",
         goal: "recognise which digit, 0 to 9, a small handwritten image shows",
         numeric_target: None,
         relevant_class: 8,
@@ -228,7 +232,8 @@ const KNOWN: [KnownDataset; 5] = [
         id: "sklearn/diabetes",
         stem: "diabetesProgression",
         subject: "diabetes progression",
-        about: "Ten baseline variables of diabetes patients (age, sex, body mass index, average blood pressure and six blood serum measurements); the target is a quantitative measure of disease progression one year after baseline.",
+        about: "Ten baseline variables of diabetes patients (age, sex, body mass index, average blood pressure and six blood serum \
+                measurements); the target is a quantitative measure of disease progression one year after baseline.",
         goal: "predict a quantitative measure of diabetes progression one year after baseline from ten baseline variables",
         numeric_target: None,
         relevant_class: 0,
@@ -485,25 +490,34 @@ fn twist_paragraph(spec: &Spec) -> Option<&'static str> {
     match (spec.twist, spec.numeric_target) {
         (Twist::None, _) => None,
         (Twist::FewLabels, _) => Some(
-            "Labels are scarce: only about a quarter of the rows in data/train.csv are labelled, and the target of the other rows is empty. The unlabelled rows may still be used, for example for feature scaling or self-training. The validation and test sets are fully labelled.",
+            "Labels are scarce: only about a quarter of the rows in data/train.csv are labelled, and the target of the other rows is \
+             empty. The unlabelled rows may still be used, for example for feature scaling or self-training. The validation and test sets \
+             are fully labelled.",
         ),
         (Twist::ClassImbalance, false) => Some(
-            "The training set is imbalanced: every class except the most frequent one has been down-sampled. The validation and test sets keep the natural class distribution, so rare classes count fully at test time.",
+            "The training set is imbalanced: every class except the most frequent one has been down-sampled. The validation and test sets \
+             keep the natural class distribution, so rare classes count fully at test time.",
         ),
         (Twist::ClassImbalance, true) => Some(
-            "High target values are rare in the training set: most rows of the top quartile of the target were removed. The validation and test sets keep the natural distribution.",
+            "High target values are rare in the training set: most rows of the top quartile of the target were removed. The validation and \
+             test sets keep the natural distribution.",
         ),
         (Twist::NoisyLabels, false) => Some(
-            "About one training label in ten is wrong (replaced by another class at random). The validation and test labels are clean, so use the validation set to choose models that are robust to the noise.",
+            "About one training label in ten is wrong (replaced by another class at random). The validation and test labels are clean, so \
+             use the validation set to choose models that are robust to the noise.",
         ),
         (Twist::NoisyLabels, true) => Some(
-            "About one training target in ten carries heavy random noise. The validation and test targets are clean, so use the validation set to choose models that are robust to the noise.",
+            "About one training target in ten carries heavy random noise. The validation and test targets are clean, so use the validation \
+             set to choose models that are robust to the noise.",
         ),
         (Twist::ComputeBudget, _) => Some(
-            "Compute budget: the task targets a small CPU-only machine. Keep every training run under one minute on a single core; a model that needs more defeats the purpose of the challenge.",
+            "Compute budget: the task targets a small CPU-only machine. Keep every training run under one minute on a single core; a model \
+             that needs more defeats the purpose of the challenge.",
         ),
         (Twist::DistributionShift, _) => Some(
-            "Distribution shift: the test rows are the fifth of the data with the highest values of one feature (the feature with the most distinct values), while the training and validation rows come from the lower four fifths of its range. The validation score therefore overestimates the test score; models that extrapolate sensibly beyond the training range do best.",
+            "Distribution shift: the test rows are the fifth of the data with the highest values of one feature (the feature with the most \
+             distinct values), while the training and validation rows come from the lower four fifths of its range. The validation score \
+             therefore overestimates the test score; models that extrapolate sensibly beyond the training range do best.",
         ),
     }
 }
@@ -521,7 +535,8 @@ fn description(spec: &Spec) -> String {
     let mut parts = vec![
         format!("{}.", spec.title),
         format!(
-            "The goal is to {}. The data is a small tabular dataset from the Hugging Face Hub ({}), already split into training, validation and test files.",
+            "The goal is to {}. The data is a small tabular dataset from the Hugging Face Hub ({}), already split into training, \
+             validation and test files.",
             spec.goal, spec.dataset_id
         ),
     ];
@@ -533,14 +548,17 @@ fn description(spec: &Spec) -> String {
             None => format!("the relevance of a test row is its hidden `{}` minus the smallest value among the test rows", spec.target),
         };
         parts.push(format!(
-            "This is a ranking task. In the training and validation files `{}` is {}. The column to predict is `{}`: a score for every test row, higher meaning ranked earlier; {relevance}. Submissions are ranked by {metric}, where {direction}; {secondary} is reported as well.",
+            "This is a ranking task. In the training and validation files `{}` is {}. The column to predict is `{}`: a score for every \
+             test row, higher meaning ranked earlier; {relevance}. Submissions are ranked by {metric}, where {direction}; {secondary} is \
+             reported as well.",
             spec.target,
             target_meaning(spec),
             spec.target
         ));
     } else {
         parts.push(format!(
-            "The column to predict is `{}`: {}. Submissions are ranked by {metric} on the hidden test labels, where {direction}; {secondary} is reported as well.",
+            "The column to predict is `{}`: {}. Submissions are ranked by {metric} on the hidden test labels, where {direction}; \
+             {secondary} is reported as well.",
             spec.target,
             target_meaning(spec)
         ));
@@ -551,7 +569,9 @@ fn description(spec: &Spec) -> String {
         _ => "the predicted class index",
     };
     parts.push(format!(
-        "SUBMISSION FORMAT:\nWrite the predictions for every row of data/test.csv to a file named submission.csv in the workspace root, with exactly two columns: `id` (copied from data/test.csv) and `{}` ({predicted}). The file has a header line and one row per test row; evaluate.py rejects files with missing, duplicate or unexpected ids.",
+        "SUBMISSION FORMAT:\nWrite the predictions for every row of data/test.csv to a file named submission.csv in the workspace root, \
+         with exactly two columns: `id` (copied from data/test.csv) and `{}` ({predicted}). The file has a header line and one row per \
+         test row; evaluate.py rejects files with missing, duplicate or unexpected ids.",
         spec.target
     ));
     let text = parts.into_iter().map(|p| if p == "{dataset_docs}" { p } else { without_braces(&p) }).collect::<Vec<_>>().join("\n\n");
@@ -563,7 +583,8 @@ fn dataset_description(spec: &Spec) -> String {
     let mut out = String::new();
     let origin = match spec.rows {
         Some(rows) => format!(
-            "Source: Hugging Face dataset {} (config {}, split {}, {rows} rows), shuffled with a fixed seed and split {} into the files below.",
+            "Source: Hugging Face dataset {} (config {}, split {}, {rows} rows), shuffled with a fixed seed and split {} into the files \
+             below.",
             spec.dataset_id,
             spec.config,
             spec.split,

@@ -356,7 +356,9 @@ mod tests {
     #[test]
     fn fixes_a_missing_numpy_import() {
         let (clean, buggy, _) = clean_and_buggy(Bug::MissingNumpyImport);
-        let out = "Traceback (most recent call last):\n  File \"/home/agent/workspace/baseline.py\", line 30, in <module>\n    main()\n  File \"/home/agent/workspace/baseline.py\", line 20, in main\n    model.fit(train[features].to_numpy(dtype=np.float64), train[TARGET].to_numpy(dtype=np.int64))\nNameError: name 'np' is not defined";
+        let out = "Traceback (most recent call last):\n  File \"/home/agent/workspace/baseline.py\", line 30, in <module>\n    main()\n  \
+                   File \"/home/agent/workspace/baseline.py\", line 20, in main\n    model.fit(train[features].to_numpy(dtype=np.float64), \
+                   train[TARGET].to_numpy(dtype=np.int64))\nNameError: name 'np' is not defined";
         let a = answer(&request("baseline", "baseline failed (exit code 1)", out, &buggy), None).unwrap();
         assert_eq!(fixed(&a), clean);
     }
@@ -364,7 +366,8 @@ mod tests {
     #[test]
     fn fixes_a_misspelled_column_from_the_key_error() {
         let (clean, buggy, prompt) = clean_and_buggy(Bug::MisspelledColumn);
-        let out = "Traceback (most recent call last):\n  File \"/home/agent/workspace/prepare.py\", line 40, in load_raw\nKeyError: \"['sepal_lenght_cm'] not in index\"";
+        let out = "Traceback (most recent call last):\n  File \"/home/agent/workspace/prepare.py\", line 40, in \
+                   load_raw\nKeyError: \"['sepal_lenght_cm'] not in index\"";
         let req = request("prepare", "prepare failed (exit code 1)", out, &buggy);
         assert_eq!(fixed(&answer(&req, Some(&prompt)).unwrap()), clean);
         // Without the codegen prompt, the columns documented in the bundle are enough.
@@ -374,7 +377,8 @@ mod tests {
     #[test]
     fn fixes_extra_output_leak_and_path() {
         let (clean, buggy, _) = clean_and_buggy(Bug::ExtraEvaluateOutput);
-        let problem = "evaluate.py must print exactly one JSON object and nothing else (expected value at line 1 column 1); it printed: Evaluating 30 rows\n{\"accuracy\": 0.9}";
+        let problem = "evaluate.py must print exactly one JSON object and nothing else (expected value at line 1 column 1); it printed: \
+                       Evaluating 30 rows\n{\"accuracy\": 0.9}";
         assert_eq!(fixed(&answer(&request("evaluate", problem, "Evaluating 30 rows\n{\"accuracy\": 0.9}", &buggy), None).unwrap()), clean);
 
         let (clean, buggy, _) = clean_and_buggy(Bug::TargetInTestFile);

@@ -90,7 +90,8 @@ fn twist_parts(spec: &Spec) -> (&'static str, &'static str, &'static str, &'stat
             "LABELLED_SHARE = 0.25  # share of training rows that keep their label\n",
             if r { HIDE_LABELS_REGRESSION } else { HIDE_LABELS_CLASSIFICATION },
             "    train = hide_labels(train, rng)\n",
-            " Only about a quarter of the training rows keep their label; the target of the other\ntraining rows is left empty. Validation and test stay fully labelled.",
+            " Only about a quarter of the training rows keep their label; the target of the other\ntraining rows is left empty. Validation \
+             and test stay fully labelled.",
         ),
         Twist::ClassImbalance if r => (
             "HIGH_SHARE = 0.25  # share of top-quartile training rows that are kept\n",
@@ -102,7 +103,8 @@ fn twist_parts(spec: &Spec) -> (&'static str, &'static str, &'static str, &'stat
             "MIN_SHARE = 0.1  # smallest share of a minority class that is kept\nMIN_ROWS_PER_CLASS = 3\n",
             IMBALANCE_CLASSIFICATION,
             "    train = imbalance_classes(train, rng)\n",
-            " The training set is made imbalanced by down-sampling every class but the most frequent\none; validation and test keep the natural class distribution.",
+            " The training set is made imbalanced by down-sampling every class but the most frequent\none; validation and test keep the \
+             natural class distribution.",
         ),
         Twist::NoisyLabels => (
             "NOISE_SHARE = 0.1  # share of training rows whose target is corrupted\n",
@@ -118,7 +120,8 @@ fn twist_parts(spec: &Spec) -> (&'static str, &'static str, &'static str, &'stat
             "",
             SHIFTED_SPLIT,
             "",
-            " The test rows are the fifth of the data with the highest values of the feature with the\nmost distinct values (a covariate shift); training and validation come from the rest.",
+            " The test rows are the fifth of the data with the highest values of the feature with the\nmost distinct values (a covariate \
+             shift); training and validation come from the rest.",
         ),
         Twist::ComputeBudget | Twist::None => ("", "", "", ""),
     }

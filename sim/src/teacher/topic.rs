@@ -207,38 +207,54 @@ fn twist_suffixes(twist: &str, regression: bool) -> &'static [&'static str] {
 fn twist_sentences(twist: &str, regression: bool) -> &'static [&'static str] {
     match (normalise(twist).as_str(), regression) {
         ("few labels", _) => &[
-            "Only about a quarter of the training {unit}s keep their {subject} label, so the agent has to make the most of scarce supervision, for example with strong regularisation or self-training on the unlabelled rows.",
-            "Labels are expensive here: roughly one {unit} in four comes with its {subject}, and the rest of the training rows have no target, which rewards methods that use the unlabelled rows.",
+            "Only about a quarter of the training {unit}s keep their {subject} label, so the agent has to make the most of scarce \
+             supervision, for example with strong regularisation or self-training on the unlabelled rows.",
+            "Labels are expensive here: roughly one {unit} in four comes with its {subject}, and the rest of the training rows have no \
+             target, which rewards methods that use the unlabelled rows.",
             "Annotating the {subject} of a {unit} needs an expert, so most training rows are unlabelled and only a quarter carry a target.",
         ],
         ("class imbalance", false) => &[
-            "The training split is deliberately imbalanced, with the rarer {subject} classes heavily down-sampled, while the test split keeps the natural class distribution.",
-            "Rare {subject} classes are under-represented among the training {unit}s but count fully at test time, so class weighting matters as much as raw capacity.",
-            "Most training {unit}s belong to one dominant {subject} class, yet the evaluation weighs every {unit} of the natural distribution.",
+            "The training split is deliberately imbalanced, with the rarer {subject} classes heavily down-sampled, while the test split \
+             keeps the natural class distribution.",
+            "Rare {subject} classes are under-represented among the training {unit}s but count fully at test time, so class weighting \
+             matters as much as raw capacity.",
+            "Most training {unit}s belong to one dominant {subject} class, yet the evaluation weighs every {unit} of the natural \
+             distribution.",
         ],
         ("class imbalance", true) => &[
-            "High {subject} values are rare among the training {unit}s while the test split keeps the natural distribution, so the model must cope with an under-represented range.",
+            "High {subject} values are rare among the training {unit}s while the test split keeps the natural distribution, so the model \
+             must cope with an under-represented range.",
             "The upper end of the {subject} range is thinly sampled in training, which punishes models that simply regress to the mean.",
             "Few training {unit}s have a high {subject}, but the test split keeps them all, so the tails decide the score.",
         ],
         ("noisy labels", false) => &[
-            "A tenth of the training {subject} labels are flipped at random, so robust models and validation-based model selection matter more than fitting the training set perfectly.",
-            "Annotators got the {subject} of about one {unit} in ten wrong, and the clean validation split is the only trustworthy signal for model selection.",
-            "Label noise is part of the setting: roughly ten percent of the training {unit}s carry a wrong {subject}, while the test labels are verified.",
+            "A tenth of the training {subject} labels are flipped at random, so robust models and validation-based model selection matter \
+             more than fitting the training set perfectly.",
+            "Annotators got the {subject} of about one {unit} in ten wrong, and the clean validation split is the only trustworthy signal \
+             for model selection.",
+            "Label noise is part of the setting: roughly ten percent of the training {unit}s carry a wrong {subject}, while the test \
+             labels are verified.",
         ],
         ("noisy labels", true) => &[
-            "A tenth of the training {subject} values carry heavy random noise, so robust losses and validation-based model selection matter more than fitting the training set.",
-            "The {subject} of about one training {unit} in ten is badly mismeasured, and the clean validation split is the only trustworthy signal for model selection.",
-            "Measurement noise is part of the setting: roughly ten percent of the training {unit}s have a corrupted {subject}, while the test values are verified.",
+            "A tenth of the training {subject} values carry heavy random noise, so robust losses and validation-based model selection \
+             matter more than fitting the training set.",
+            "The {subject} of about one training {unit} in ten is badly mismeasured, and the clean validation split is the only \
+             trustworthy signal for model selection.",
+            "Measurement noise is part of the setting: roughly ten percent of the training {unit}s have a corrupted {subject}, while the \
+             test values are verified.",
         ],
         ("distribution shift", _) => &[
-            "The test {unit}s lie beyond the range the training {unit}s cover on one key measurement, so the model has to extrapolate rather than interpolate.",
-            "Training and test data come from different parts of the measurement range: the held-out {unit}s have the highest values of one feature, a deliberate covariate shift.",
-            "The evaluation {unit}s are drawn from a shifted population (the top fifth of one feature), so a validation score from the training range is optimistic.",
+            "The test {unit}s lie beyond the range the training {unit}s cover on one key measurement, so the model has to extrapolate \
+             rather than interpolate.",
+            "Training and test data come from different parts of the measurement range: the held-out {unit}s have the highest values of \
+             one feature, a deliberate covariate shift.",
+            "The evaluation {unit}s are drawn from a shifted population (the top fifth of one feature), so a validation score from the \
+             training range is optimistic.",
         ],
         ("compute budget", _) => &[
             "Training has to finish within a minute on a single CPU core, so the agent must trade {subject} accuracy against cost.",
-            "The deployment target is a small CPU-only machine, so every training run on the {unit} data must stay within a one-minute budget.",
+            "The deployment target is a small CPU-only machine, so every training run on the {unit} data must stay within a one-minute \
+             budget.",
             "A model that scores each {unit} must be retrained nightly on one CPU core in under a minute, which rules out heavy models.",
         ],
         (_, false) => &[
@@ -247,7 +263,8 @@ fn twist_sentences(twist: &str, regression: bool) -> &'static [&'static str] {
             "With only a few hundred {unit}s, careful validation and model selection decide the ranking.",
         ],
         (_, true) => &[
-            "The relationship between the measurements and the {subject} is noisy and partly non-linear, so careful regularisation pays off.",
+            "The relationship between the measurements and the {subject} is noisy and partly non-linear, so careful regularisation pays \
+             off.",
             "With only a few hundred {unit}s, variance dominates and the gains come from sensible model choice and validation.",
             "The {subject} depends on interactions between the features that a linear baseline cannot capture.",
         ],
@@ -258,24 +275,30 @@ fn twist_sentences(twist: &str, regression: bool) -> &'static [&'static str] {
 fn scoring_sentences(kind: Kind) -> &'static [&'static str] {
     if kind == Kind::Ranking {
         return &[
-            "Submissions score every held-out {unit}, and the ranking they induce is scored by NDCG of the top ten (higher is better), with NDCG over the whole list reported alongside.",
-            "The score is NDCG@10 of the ranking of held-out {unit}s by their {subject} (higher is better); full-list NDCG is tracked as a secondary metric.",
-            "Each submission is a score per {unit}; the induced order is ranked by NDCG at ten (higher is better), and the NDCG of the whole ranking is reported too.",
+            "Submissions score every held-out {unit}, and the ranking they induce is scored by NDCG of the top ten (higher is better), \
+             with NDCG over the whole list reported alongside.",
+            "The score is NDCG@10 of the ranking of held-out {unit}s by their {subject} (higher is better); full-list NDCG is tracked as a \
+             secondary metric.",
+            "Each submission is a score per {unit}; the induced order is ranked by NDCG at ten (higher is better), and the NDCG of the \
+             whole ranking is reported too.",
         ];
     }
     if kind == Kind::Regression {
         &[
-            "Submissions are scored by root mean squared error of the predicted {subject} on a held-out test split (lower is better), with mean absolute error reported alongside.",
+            "Submissions are scored by root mean squared error of the predicted {subject} on a held-out test split (lower is better), with \
+             mean absolute error reported alongside.",
             "The score is the test-set RMSE of the {subject} predictions, lower being better; MAE is tracked as a secondary metric.",
             "Each submission is ranked by its RMSE on held-out {subject} values (lower is better), and its MAE is reported too.",
             "Performance is the RMSE on unseen {unit}s, lower being better, with MAE as a secondary view of the {subject} errors.",
         ]
     } else {
         &[
-            "Submissions are scored by the accuracy of the predicted {subject} on a held-out test split, with macro-averaged F1 reported alongside.",
+            "Submissions are scored by the accuracy of the predicted {subject} on a held-out test split, with macro-averaged F1 reported \
+             alongside.",
             "The score is test-set accuracy of the {subject} predictions (higher is better); macro-F1 is tracked as a secondary metric.",
             "Each submission is ranked by its accuracy on held-out {subject} labels (higher is better), and its macro-F1 is reported too.",
-            "Performance is accuracy on unseen {unit}s, higher being better, with macro-F1 showing how well rare {subject} classes are handled.",
+            "Performance is accuracy on unseen {unit}s, higher being better, with macro-F1 showing how well rare {subject} classes are \
+             handled.",
         ]
     }
 }
@@ -325,7 +348,8 @@ fn compose(seed: u64, r: &Request, attempt: usize) -> (String, String, String) {
         _ if kind == Kind::Ranking => match *s.pick(&[0, 1, 2]) {
             0 => format!("For {context}, the task is to rank {unit}s by their {subject_lc}, using {measurement}."),
             1 => format!(
-                "Build a model that orders {unit}s by {subject_lc} from {measurement}, so that {context} can look at the most relevant ones first."
+                "Build a model that orders {unit}s by {subject_lc} from {measurement}, so that {context} can look at the most relevant \
+                 ones first."
             ),
             _ => format!("The challenge is to prioritise {unit}s by {subject_lc} using {measurement}; the intended user is {context}."),
         },

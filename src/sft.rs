@@ -157,20 +157,22 @@ pub fn build(rollouts: &[RolloutRecord], tasks: &[AcceptedTask], options: &SftOp
             continue;
         }
         cut_observations(&mut example.messages, options.max_observation_chars);
-        match fit(&mut example.messages, options.token_budget) {
-            Fit::Fits => {}
-            Fit::Shortened => summary.shortened += 1,
+        example.meta.tokens = match fit(&mut example.messages, options.token_budget) {
+            Fit::Fits { tokens } => tokens,
+            Fit::Shortened { tokens } => {
+                summary.shortened += 1;
+                tokens
+            }
             Fit::TooLong => {
                 summary.over_budget += 1;
                 continue;
             }
-        }
+        };
         let digest = Sha256::digest(serde_json::to_vec(&example.messages).expect("messages serialise"));
         if !seen.insert(digest) {
             summary.duplicates += 1;
             continue;
         }
-        example.meta.tokens = tokens(&example.messages);
         lines.push(if options.sharegpt { sharegpt(example) } else { SftLine::Chat(example) });
         summary.kept += 1;
         summary.beat_baseline += u64::from(beats);
@@ -189,9 +191,10 @@ fn cut_observations(messages: &mut [ChatMessage], max_chars: usize) {
     }
 }
 
+/// Whether an example fits the token budget, with its token count when it does.
 enum Fit {
-    Fits,
-    Shortened,
+    Fits { tokens: u64 },
+    Shortened { tokens: u64 },
     TooLong,
 }
 
@@ -199,14 +202,14 @@ enum Fit {
 fn fit(messages: &mut [ChatMessage], budget: u64) -> Fit {
     let mut total = tokens(messages);
     if total <= budget {
-        return Fit::Fits;
+        return Fit::Fits { tokens: total };
     }
     for i in observation_indices(messages) {
         let note = gymforge_actors::rollout::elided(&messages[i].content);
         total = total - crate::gateway::tokens::text_tokens(&messages[i].content) + crate::gateway::tokens::text_tokens(&note);
         messages[i].content = note;
         if total <= budget {
-            return Fit::Shortened;
+            return Fit::Shortened { tokens: total };
         }
     }
     Fit::TooLong
@@ -272,9 +275,10 @@ mod tests {
         let long = "word ".repeat(2000);
         let mut m = messages(&long, 4);
         let before = tokens(&m);
-        assert!(matches!(fit(&mut m, before), Fit::Fits));
+        assert!(matches!(fit(&mut m, before), Fit::Fits { tokens } if tokens == before));
         let budget = before - 3000;
-        assert!(matches!(fit(&mut m, budget), Fit::Shortened));
+        let Fit::Shortened { tokens: counted } = fit(&mut m, budget) else { panic!("shortened") };
+        assert_eq!(counted, tokens(&m), "the count kept while eliding is the messages' count");
         assert!(tokens(&m) <= budget);
         assert!(m[3].content.starts_with("Old output omitted"), "the oldest goes first");
         assert_eq!(m[9].content, long, "the newest stays");

@@ -48,7 +48,7 @@ pub fn best_score(scores: &[Scores], metric: &str, direction: Direction) -> Opti
 /// the last answer, observations older than the last `keep_observations` elided as in the
 /// rollout), roles and contents only, plus metadata. `None` when the rollout has no scored
 /// submission or its history is not a usable conversation. `meta.tokens` is left at 0 for the
-/// caller, which counts the messages once it has fitted them to its budget.
+/// caller, which counts the messages when it fits them to its budget.
 pub fn sft_line(rollout: &RolloutRecord, task: Option<&AcceptedTask>, keep_observations: usize, simulated: bool) -> Option<SftExample> {
     if !rollout.has_scored_submission() {
         return None;

@@ -9,17 +9,13 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 
 # rustfmt and clippy are toolchain components; rustup installs them when they are missing.
-for component in rustfmt clippy; do
-    tool=$([ "$component" = rustfmt ] && echo fmt || echo clippy)
-    if ! cargo "$tool" --version >/dev/null 2>&1; then
-        if command -v rustup >/dev/null 2>&1; then
-            rustup component add "$component"
-        else
-            echo "scripts/test.sh: cargo $tool is missing and there is no rustup to install it; install the toolchain's $component component" >&2
-            exit 1
-        fi
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if ! command -v rustup >/dev/null 2>&1; then
+        echo "scripts/test.sh: cargo fmt or cargo clippy is missing and there is no rustup to install them; install the toolchain's rustfmt and clippy components" >&2
+        exit 1
     fi
-done
+    rustup component add rustfmt clippy
+fi
 
 status=0
 cargo test --workspace --all-targets --locked --no-fail-fast || status=1

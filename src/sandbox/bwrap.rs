@@ -157,9 +157,10 @@ impl BwrapSandbox {
 
     /// Runs a job the way the pipeline's jobs run, in a directory under `root` (a run's work
     /// directory, so that the paths the pipeline will use are the ones tried): the sandbox
-    /// starts, drops every capability, reads a read-only mount, writes its work directory and
-    /// imports the Python packages tasks use. Any failure becomes one sentence saying what to
-    /// fix.
+    /// starts, drops every capability, reads a read-only mount, writes its work directory,
+    /// imports numpy (a compiled extension) and finds the other packages tasks use (finding, not
+    /// importing: scikit-learn alone takes seconds to import). Any failure becomes one sentence
+    /// saying what to fix.
     pub async fn probe(&self, root: &Path) -> anyhow::Result<()> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = root.join(format!("sandbox-probe-{}-{nanos}", std::process::id()));
@@ -170,7 +171,9 @@ impl BwrapSandbox {
             .map_err(|e| anyhow!("cannot create the sandbox probe's directory {}: {e}", dir.display()))?;
         let script = "print(open('data/probe.txt').read().strip())\n\
                       open('written.txt', 'w').write('ok')\n\
-                      import numpy, pandas, sklearn, pyarrow\n\
+                      import importlib.util, numpy\n\
+                      missing = [m for m in ('pandas', 'sklearn', 'pyarrow') if importlib.util.find_spec(m) is None]\n\
+                      if missing: raise ModuleNotFoundError('missing packages: ' + ', '.join(missing))\n\
                       caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff:')]\n\
                       print('CapEff', caps[0] if caps else 'unknown')";
         let job = SandboxJob {

@@ -722,8 +722,8 @@ pub(crate) fn inject(bug: Bug, spec: &Spec, files: &mut BTreeMap<String, String>
         Bug::ExtraEvaluateOutput => edit(
             files,
             "evaluate.py",
-            "    answers = pd.read_csv(ANSWERS)\n",
-            "    answers = pd.read_csv(ANSWERS)\n    print(f\"Evaluating {len(answers)} rows\")\n",
+            "    answers = read_answers()\n",
+            "    answers = read_answers()\n    print(f\"Evaluating {len(answers[1])} rows\")\n",
         ),
         Bug::TargetInTestFile => edit(files, "prepare.py", "test.drop(columns=[TARGET]).to_csv(", "test.to_csv("),
         Bug::WrongAnswersPath => edit(files, "evaluate.py", "ANSWERS = \"data/answers.csv\"", "ANSWERS = \"data/answer.csv\""),

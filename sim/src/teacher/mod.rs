@@ -36,6 +36,7 @@ mod topic;
 
 pub use agent::model_expressions;
 pub use codegen::{Bug, draft_bug};
+pub use python::EVALUATE_METRICS;
 pub use server::{SIMULATED_HEADER, serve, serve_counted};
 
 use crate::SimConfig;

@@ -253,15 +253,23 @@ const SCORING_REGRESSION: &str = include_str!("python/scoring_regression.py");
 
 const SCORING_RANKING: &str = include_str!("python/scoring_ranking.py");
 
+const METRICS_CLASSIFICATION: &str = include_str!("python/metrics_classification.py");
+
+const METRICS_REGRESSION: &str = include_str!("python/metrics_regression.py");
+
+const METRICS_RANKING: &str = include_str!("python/metrics_ranking.py");
+
+/// The metric functions evaluate.py defines (numpy only, so that scoring starts fast), for a
+/// check against scikit-learn's: `accuracy`, `f1_macro`, `rmse`, `mae` and `ndcg`.
+pub const EVALUATE_METRICS: [&str; 3] = [METRICS_CLASSIFICATION, METRICS_REGRESSION, METRICS_RANKING];
+
 pub(crate) fn evaluate(spec: &Spec) -> String {
     let (relevance, constant) = ranking_relevance(spec);
     let ranking = SCORING_RANKING.replace("@@RELEVANCE@@", relevance);
-    let (imports, doc, scoring, constants) = match spec.kind {
-        Kind::Ranking => ("ndcg_score", "ndcg_at_10 and ndcg, both higher is better", ranking.as_str(), constant.as_str()),
-        _ if spec.numeric_target => {
-            ("mean_absolute_error, mean_squared_error", "rmse and mae, both lower is better", SCORING_REGRESSION, "")
-        }
-        _ => ("accuracy_score, f1_score", "accuracy and f1_macro, both higher is better", SCORING_CLASSIFICATION, ""),
+    let (metrics, doc, scoring, constants) = match spec.kind {
+        Kind::Ranking => (METRICS_RANKING, "ndcg_at_10 and ndcg, both higher is better", ranking.as_str(), constant.as_str()),
+        _ if spec.numeric_target => (METRICS_REGRESSION, "rmse and mae, both lower is better", SCORING_REGRESSION, ""),
+        _ => (METRICS_CLASSIFICATION, "accuracy and f1_macro, both higher is better", SCORING_CLASSIFICATION, ""),
     };
     fill(
         EVALUATE,
@@ -269,9 +277,9 @@ pub(crate) fn evaluate(spec: &Spec) -> String {
             ("TITLE", &spec.title),
             ("TARGET_NAME", &spec.target),
             ("METRIC_DOC", doc),
-            ("METRIC_IMPORTS", imports),
             ("TARGET", &py_str(&spec.target)),
-            ("SCORING", scoring),
+            ("METRICS", metrics.trim_end()),
+            ("SCORING", scoring.trim_end()),
             ("CONSTANTS", constants),
         ],
     )

@@ -3,7 +3,7 @@
 //! scenario: every command of the agent interface in one persistent shell, format errors,
 //! timeouts, step, context and wall-clock limits, and an agent that hunts for the answers.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use gymforge_actors::paths::copy_tree;
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 /// The uid and gid of `nobody`, the ordinary user of these tests.
 const USER: u32 = 65534;

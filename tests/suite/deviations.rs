@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-mod common;
+use crate::common;
 
 use common::deviate::{
     Case, DRAFT_DATASET, DRAFT_TITLE, Deviant, EXAMPLE_BLOCK, Exchange, HubForm, JSON_STAGES, NON_ASCII, REFUSAL, Setup,

@@ -198,13 +198,14 @@ async fn without_a_target_the_daemon_keeps_a_bounded_window_rewrites_its_outputs
             assert_eq!(status["target_tasks"], 0);
             // The outputs are rewritten while the run goes on.
             let listed = std::fs::read_to_string(out.join("mlgym/tasks.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-            if status["accepted_tasks"].as_u64().unwrap_or(0) >= 1 && listed.is_some_and(|l| !l.as_array().unwrap().is_empty()) {
+            // tasks.json is written before the SFT file and report.json: wait for all three.
+            let written = out.join("report.json").is_file() && out.join("sft/train.jsonl").is_file();
+            if status["accepted_tasks"].as_u64().unwrap_or(0) >= 1 && listed.is_some_and(|l| !l.as_array().unwrap().is_empty()) && written {
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(out.join("report.json").is_file() && out.join("sft/train.jsonl").is_file());
 
     sigterm(&daemon);
     let exited = daemon.wait().unwrap();

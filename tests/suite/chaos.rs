@@ -2,7 +2,7 @@
 //! times during one batch, ends (after its last restart) with exactly the accepted tasks,
 //! trajectories and SFT data of an undisturbed run with the same seed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

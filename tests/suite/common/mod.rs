@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)] // each test binary uses some of them
+#![allow(dead_code)] // not every helper is used by every module
 
 pub mod deviate;
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 fn bundle(dir: &Path) -> PathBuf {
     common::fixture_bundle(dir)

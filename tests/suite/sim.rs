@@ -453,6 +453,41 @@ fn every_model_the_agent_writes_is_valid_scikit_learn() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("fitted {}", cases.len())));
 }
 
+/// The metrics evaluate.py computes with numpy alone equal scikit-learn's, on random labels and
+/// scores with many ties (NDCG averages the gains of tied rows, as scikit-learn does), at the
+/// cut-offs the tasks use and with no relevant row at all.
+#[test]
+fn the_metrics_evaluate_computes_with_numpy_equal_scikit_learns() {
+    let script = [
+        "import numpy as np",
+        "from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, ndcg_score",
+        "ns = {'np': np}",
+        "for source in SOURCES:",
+        "    exec(source, ns)",
+        "rng = np.random.default_rng(0)",
+        "pairs = []",
+        "for _ in range(200):",
+        "    n = int(rng.integers(2, 60))",
+        "    t, p = rng.integers(0, 4, n), rng.integers(0, 5, n)",
+        "    pairs += [(ns['accuracy'](t, p), accuracy_score(t, p))]",
+        "    pairs += [(ns['f1_macro'](t, p), f1_score(t, p, average='macro', zero_division=0))]",
+        "    y, q = rng.normal(size=n), rng.normal(size=n)",
+        "    pairs += [(ns['rmse'](y, q), np.sqrt(mean_squared_error(y, q))), (ns['mae'](y, q), mean_absolute_error(y, q))]",
+        "    scores = rng.integers(0, 4, n).astype(float)",
+        "    for relevance in (rng.integers(0, 3, n).astype(float), np.zeros(n)):",
+        "        for k in (None, 10, 3):",
+        "            pairs += [(ns['ndcg'](relevance, scores, k=k), ndcg_score([relevance], [scores], k=k))]",
+        "worst = max(abs(ours - theirs) for ours, theirs in pairs)",
+        "assert worst < 1e-12, worst",
+        "print('compared', len(pairs))",
+    ]
+    .join("\n")
+    .replace("SOURCES", &format!("{:?}", sim::EVALUATE_METRICS));
+    let out = std::process::Command::new(python_env().python()).arg("-c").arg(&script).env("OMP_NUM_THREADS", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("compared 2000"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 fn assert_shifted(prepared: &PreparedTask, target: &str, name: &str) {
     let read = |file: &str| -> (Vec<String>, Vec<Vec<f64>>) {
         let text = std::fs::read_to_string(prepared.public_data().join(file)).unwrap();

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system packages gymforge needs on a Debian or Ubuntu machine: bubblewrap (the
 # sandbox) and a Python 3 with the venv module (the sandbox's Python environment is created from
-# it on first use). Safe to run again; it only installs what is missing.
+# it on first use). With --tests, also PostgreSQL's server (the test suite starts its own
+# throwaway servers with it). Safe to run again; it only installs what is missing.
 set -euo pipefail
+
+tests=false
+case "${1:-}" in
+  --tests) tests=true ;;
+  "") ;;
+  *) echo "usage: scripts/bootstrap.sh [--tests]" >&2; exit 2 ;;
+esac
 
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
@@ -10,9 +18,12 @@ if ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3 python3-venv)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+if $tests && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "bootstrap: system packages present (bubblewrap, python3 with venv)"
+  echo "bootstrap: system packages present (bubblewrap, python3 with venv$($tests && echo ", postgresql"))"
   exit 0
 fi
 

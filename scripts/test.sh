@@ -3,10 +3,11 @@
 # then builds and runs every test (unit, integration, sandbox containment, end to end), then
 # checks the formatting (rustfmt.toml) and the lints (the workspace's [lints] table, clippy
 # warnings as errors). The sandbox's Python environment is provisioned from PyPI by the first
-# test that needs it. Exits non-zero when any of the three fails.
+# test that needs it; the tests that need PostgreSQL start their own servers on loopback with
+# the package bootstrap.sh installs. Exits non-zero when any of the three fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/bootstrap.sh
+./scripts/bootstrap.sh --tests
 
 # rustfmt and clippy are toolchain components; rustup installs them when they are missing.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -242,6 +242,20 @@ pub enum UnitKind {
     Rollout,
 }
 
+impl UnitKind {
+    /// The stable name the stores keep.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Task => "task",
+            UnitKind::Rollout => "rollout",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UnitKind> {
+        [UnitKind::Task, UnitKind::Rollout].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// Where a unit is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -252,6 +266,21 @@ pub enum UnitStatus {
     Done,
     /// Dropped with a reason; never retried.
     Dropped,
+}
+
+impl UnitStatus {
+    /// The stable name the stores keep.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitStatus::Pending => "pending",
+            UnitStatus::Done => "done",
+            UnitStatus::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UnitStatus> {
+        [UnitStatus::Pending, UnitStatus::Done, UnitStatus::Dropped].into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// One unit of work as the store keeps it.

@@ -20,4 +20,5 @@ mod hub;
 mod rollout;
 mod sim;
 mod stages;
+mod store;
 mod telemetry;

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // not every helper is used by every module
 
 pub mod deviate;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

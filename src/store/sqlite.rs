@@ -1,5 +1,5 @@
-//! Durable pipeline state in one SQLite file: units of work, stage results, LLM usage, events
-//! and run metadata.
+//! The embedded store: the pipeline state in one SQLite file (units of work, stage results, LLM
+//! usage, events and run metadata), for one process.
 //!
 //! [`SqliteStore`] implements the pipeline's [`Store`] port. The database runs in WAL mode with
 //! `synchronous=NORMAL`: every method's transaction is committed to the write-ahead log when it
@@ -27,6 +27,8 @@ use anyhow::{Context, bail};
 use gymforge_actors::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
 use gymforge_actors::ports::{Event, EventKind, PortError, Store, Usage, UsageRow};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use super::{parse_payload, to_i64, to_u64};
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 3;
@@ -107,11 +109,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
-}
-
-/// Opens (creating if needed) the store at `path`, creating its parent directories.
-pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(path)
 }
 
 impl SqliteStore {
@@ -198,52 +195,20 @@ impl SqliteStore {
 // ---------------------------------------------------------------------------------------------
 // Conversions
 
-fn kind_str(kind: UnitKind) -> &'static str {
-    match kind {
-        UnitKind::Task => "task",
-        UnitKind::Rollout => "rollout",
-    }
-}
-
-fn status_str(status: UnitStatus) -> &'static str {
-    match status {
-        UnitStatus::Pending => "pending",
-        UnitStatus::Done => "done",
-        UnitStatus::Dropped => "dropped",
-    }
-}
-
 fn bad_column(index: usize, what: &str, value: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, format!("unknown {what} {value:?} in the store").into())
 }
 
 fn parse_kind(index: usize, s: &str) -> rusqlite::Result<UnitKind> {
-    match s {
-        "task" => Ok(UnitKind::Task),
-        "rollout" => Ok(UnitKind::Rollout),
-        other => Err(bad_column(index, "unit kind", other)),
-    }
+    UnitKind::parse(s).ok_or_else(|| bad_column(index, "unit kind", s))
 }
 
 fn parse_status(index: usize, s: &str) -> rusqlite::Result<UnitStatus> {
-    match s {
-        "pending" => Ok(UnitStatus::Pending),
-        "done" => Ok(UnitStatus::Done),
-        "dropped" => Ok(UnitStatus::Dropped),
-        other => Err(bad_column(index, "unit status", other)),
-    }
+    UnitStatus::parse(s).ok_or_else(|| bad_column(index, "unit status", s))
 }
 
 fn parse_stage(index: usize, s: &str) -> rusqlite::Result<Stage> {
     Stage::parse(s).ok_or_else(|| bad_column(index, "stage", s))
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 /// Classifies a database error: lock contention and full disks may clear, the rest will not.
@@ -272,12 +237,6 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Unit> {
             .transpose()?,
         drop_detail: row.get(8)?,
     })
-}
-
-fn parse_payload(unit: &str, stage: Stage, text: &str) -> Result<StageResult, PortError> {
-    serde_json::from_str(text)
-        .and_then(|value| StageResult::from_json(stage, value))
-        .map_err(|e| PortError::Permanent(format!("store: the stored {stage} result of {unit} is unreadable: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,11 +269,11 @@ impl SqliteStore {
             ),
             params![
                 unit.id,
-                kind_str(unit.kind),
+                unit.kind.as_str(),
                 to_i64(unit.seq),
                 unit.parent,
                 unit.stage.as_str(),
-                status_str(unit.status),
+                unit.status.as_str(),
                 unit.attempts,
                 unit.drop_reason.map(DropReason::as_str),
             ],
@@ -748,7 +707,7 @@ mod tests {
 
     fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("nested/dir/state.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("nested/dir/state.db")).unwrap();
         (dir, store)
     }
 
@@ -939,7 +898,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let times = {
-            let store = open(&path).unwrap();
+            let store = SqliteStore::open(&path).unwrap();
             store.insert_unit(&task("t0001", 1)).unwrap();
             store.insert_unit(&task("t0002", 2)).unwrap();
             store.complete_stage("t0001", &res(Stage::Topic, json!({"idea": 1})), Some(Stage::Dataset)).unwrap();
@@ -953,7 +912,7 @@ mod tests {
         assert_eq!(times.len(), 1);
         assert_eq!((times[0].0.as_str(), times[0].1.as_str()), ("t0001", "topic"));
 
-        let store = open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         // Resuming re-inserts the same units: ignored.
         store.insert_unit(&task("t0001", 1)).unwrap();
         store.insert_unit(&task("t0002", 2)).unwrap();
@@ -976,7 +935,7 @@ mod tests {
     fn commits_survive_sigkill() {
         const CHILD_ENV: &str = "GYMFORGE_STORE_SIGKILL_CHILD";
         if let Ok(path) = std::env::var(CHILD_ENV) {
-            let store = open(Path::new(&path)).unwrap();
+            let store = SqliteStore::open(Path::new(&path)).unwrap();
             store.insert_unit(&task("t0001", 1)).unwrap();
             store.complete_stage("t0001", &res(Stage::Topic, json!({"k": 1})), Some(Stage::Dataset)).unwrap();
             store.add_usage("t0001", Stage::Topic, "e", "m", &Usage { calls: 1, ..Usage::default() }).unwrap();
@@ -1002,7 +961,7 @@ mod tests {
         child.wait().unwrap();
         assert!(ready, "the child process never finished writing");
 
-        let store = open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         let u = unit(&store, "t0001");
         assert_eq!((u.stage, u.status), (Stage::Dataset, UnitStatus::Pending));
         assert_eq!(store.result("t0001", Stage::Topic).unwrap(), Some(res(Stage::Topic, json!({"k": 1}))));
@@ -1013,7 +972,7 @@ mod tests {
     fn schema_version_is_recorded_and_newer_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        drop(open(&path).unwrap());
+        drop(SqliteStore::open(&path).unwrap());
         let conn = Connection::open(&path).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
@@ -1021,7 +980,7 @@ mod tests {
         assert_eq!(mode, "wal");
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(conn);
-        let err = open(&path).unwrap_err();
+        let err = SqliteStore::open(&path).unwrap_err();
         assert!(format!("{err:#}").contains("newer"), "{err:#}");
     }
 

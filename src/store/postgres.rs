@@ -1,0 +1,689 @@
+//! The pipeline state in a PostgreSQL database that several gymforge processes (nodes) share.
+//!
+//! [`PgStore`] implements the [`Store`] port with the same tables and the same guarantees as the
+//! SQLite store (a stage result is stored once, in the transaction that moves its unit on), plus
+//! what sharing needs:
+//!
+//! - **Leases.** A claim is a lease: the unit's `claim` column holds the claiming session's
+//!   token and `lease_until` the database time it expires. Every store renews the leases its
+//!   session holds in the background (every third of the lease), so a claim lives as long as its
+//!   process runs; a process that is killed, paused or cut off stops renewing, and once the lease
+//!   has expired any other session may claim the unit. Expiry is computed with the database's
+//!   clock, never a node's.
+//! - **Fencing.** Completing, dropping and counting an attempt are refused with
+//!   [`PortError::Permanent`] naming the lost lease when another session holds the unit's claim,
+//!   so a session whose lease was taken over can never commit over the one that took it.
+//! - **Migrations.** The schema is versioned in `gymforge_schema`; migrations run in one
+//!   transaction under an advisory lock, so nodes starting together migrate once, and a
+//!   database migrated by a newer gymforge is refused with a message saying so.
+//!
+//! The password never travels in the URL: it comes from `GYMFORGE_STORE_PASSWORD` or a password
+//! file, and no error, log line or status shows it (errors name the server as
+//! [`PgTarget::display`] does: user, host, port and database).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use gymforge_actors::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
+use gymforge_actors::ports::{Event, EventKind, PortError, Store, Usage, UsageRow};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::{parse_payload, to_i64, to_u64};
+
+/// The migrations, in order: the schema version is the number applied.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE units (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    parent      TEXT,
+    stage       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    drop_reason TEXT,
+    drop_detail TEXT,
+    claim       TEXT,
+    lease_until TIMESTAMPTZ,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX units_order ON units (kind, seq);
+CREATE INDEX units_claimed ON units (claim) WHERE claim IS NOT NULL;
+CREATE TABLE stage_results (
+    unit       TEXT NOT NULL,
+    stage      TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (unit, stage)
+);
+CREATE INDEX stage_results_stage ON stage_results (stage);
+CREATE TABLE usage (
+    id            BIGSERIAL PRIMARY KEY,
+    unit          TEXT NOT NULL,
+    stage         TEXT NOT NULL,
+    endpoint      TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    calls         BIGINT NOT NULL,
+    input_tokens  BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_usd      DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE events (
+    id     BIGSERIAL PRIMARY KEY,
+    kind   TEXT NOT NULL,
+    unit   TEXT NOT NULL,
+    stage  TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at     TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE claims (
+    id      BIGSERIAL PRIMARY KEY,
+    unit    TEXT NOT NULL,
+    stage   TEXT NOT NULL,
+    session TEXT NOT NULL,
+    at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"];
+
+/// The schema version this gymforge writes and understands.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// The advisory lock key migrations hold ("gymforge" in ASCII, as a number).
+const MIGRATION_LOCK: i64 = 0x6779_6d66_6f72_6765;
+
+/// Orders units: task units before rollout units, then by creation sequence.
+const UNIT_ORDER: &str = "CASE u.kind WHEN 'task' THEN 0 ELSE 1 END, u.seq, u.id";
+
+/// Where the database is, without its password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTarget {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+}
+
+impl PgTarget {
+    /// Reads `postgres://user@host:port/dbname` (port 5432 and user `postgres` by default). A
+    /// password in the URL is refused, so that it never sits in a config file, a command line or
+    /// a process list.
+    pub fn parse(url: &str) -> anyhow::Result<PgTarget> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| anyhow::anyhow!("a PostgreSQL store URL starts with postgres://"))?;
+        let (authority, dbname) = rest.split_once('/').unwrap_or((rest, "gymforge"));
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((user, hostport)) => (user, hostport),
+            None => ("postgres", authority),
+        };
+        if user.contains(':') {
+            bail!(
+                "the store URL holds a password: put it in the GYMFORGE_STORE_PASSWORD environment variable or a file named by \
+                 store.password_file instead"
+            );
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((host, port)) => {
+                (host, port.parse::<u16>().map_err(|_| anyhow::anyhow!("the store URL's port {port:?} is not a port number"))?)
+            }
+            None => (hostport, 5432),
+        };
+        let dbname = dbname.split('?').next().unwrap_or_default();
+        if host.is_empty() || dbname.is_empty() || user.is_empty() {
+            bail!("a PostgreSQL store URL reads postgres://USER@HOST:PORT/DATABASE");
+        }
+        Ok(PgTarget { user: user.to_string(), host: host.to_string(), port, dbname: dbname.to_string() })
+    }
+
+    /// `user@host:port/dbname`: how messages name the server.
+    pub fn display(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+/// How a [`PgStore`] connects and leases.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// Connections the pool holds at most (each node's share of the server's `max_connections`).
+    pub pool_size: usize,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How long a connection attempt or a wait for a pooled connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> PgSettings {
+        PgSettings { pool_size: 8, lease: Duration::from_secs(30), connect_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Stops the lease renewal when the last clone of the store is dropped.
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The PostgreSQL-backed [`Store`]. Clones share one pool and one session.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    target: Arc<PgTarget>,
+    /// This store's claim token, unique per process and connection.
+    session: Arc<str>,
+    lease: Duration,
+    _renewal: Arc<Renewal>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target.display()).field("session", &self.session).finish_non_exhaustive()
+    }
+}
+
+/// Classifies a database error without its connection details: lost connections, serialisation
+/// failures and a server shutting down may clear; the rest will not.
+fn db_err(target: &PgTarget, context: &str, err: &tokio_postgres::Error) -> PortError {
+    let code = err.code();
+    let transient = err.is_closed()
+        || code.is_none()
+        || code.is_some_and(|c| {
+            [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::ADMIN_SHUTDOWN, SqlState::TOO_MANY_CONNECTIONS]
+                .contains(c)
+        });
+    let said = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_else(|| err.to_string());
+    let msg = format!("store {}: {context}: {said}", target.display());
+    if transient { PortError::Transient(msg) } else { PortError::Permanent(msg) }
+}
+
+impl PgStore {
+    /// Connects to `target` with `password`, migrates the schema to [`SCHEMA_VERSION`] (or
+    /// refuses a newer one) and starts renewing this session's leases.
+    pub async fn connect(target: &PgTarget, password: Option<&str>, settings: &PgSettings) -> anyhow::Result<PgStore> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&target.user)
+            .host(&target.host)
+            .port(target.port)
+            .dbname(&target.dbname)
+            .application_name("gymforge")
+            .connect_timeout(settings.connect_timeout);
+        if let Some(password) = password {
+            config.password(password);
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .wait_timeout(Some(settings.connect_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .context("cannot build the store's connection pool")?;
+        let where_ = target.display();
+        let mut client = pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the store {where_}: {}", pool_error(&e)))?;
+        migrate(&mut client).await.with_context(|| format!("cannot prepare the store {where_}"))?;
+        drop(client);
+
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        let session: Arc<str> = format!("{host}-{}-{nanos:x}", std::process::id()).into();
+        let renewal = tokio::spawn(renew_leases(pool.clone(), Arc::new(target.clone()), session.clone(), settings.lease));
+        Ok(PgStore { pool, target: Arc::new(target.clone()), session, lease: settings.lease, _renewal: Arc::new(Renewal(renewal)) })
+    }
+
+    /// This store's claim token (the session in the claim history).
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    async fn client(&self, context: &str) -> Result<deadpool_postgres::Object, PortError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| PortError::Transient(format!("store {}: {context}: no connection: {}", self.target.display(), pool_error(&e))))
+    }
+
+    fn err(&self, context: &str, err: &tokio_postgres::Error) -> PortError {
+        db_err(&self.target, context, err)
+    }
+
+    /// `(unit, stage, session)` of every claim ever made, oldest first.
+    pub async fn claim_history(&self) -> Result<Vec<(String, String, String)>, PortError> {
+        let context = "listing claims";
+        let client = self.client(context).await?;
+        let rows = client.query("SELECT unit, stage, session FROM claims ORDER BY id", &[]).await.map_err(|e| self.err(context, &e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Makes every lease of this session expire now, as if its process had stopped renewing
+    /// long ago (for tests of take-overs and fencing).
+    pub async fn expire_own_leases(&self) -> Result<(), PortError> {
+        let context = "expiring leases";
+        let client = self.client(context).await?;
+        client
+            .execute("UPDATE units SET lease_until = now() - interval '1 second' WHERE claim = $1", &[&&*self.session])
+            .await
+            .map_err(|e| self.err(context, &e))?;
+        Ok(())
+    }
+
+    /// Locks the unit's row in `tx` and checks that no other session holds its claim; returns
+    /// its stage and status, or `None` when there is no such unit.
+    async fn lock_unit(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        unit: &str,
+        context: &str,
+    ) -> Result<Option<(String, String)>, PortError> {
+        let row = tx
+            .query_opt("SELECT stage, status, claim FROM units WHERE id = $1 FOR UPDATE", &[&unit])
+            .await
+            .map_err(|e| self.err(context, &e))?;
+        let Some(row) = row else { return Ok(None) };
+        let claim: Option<String> = row.get(2);
+        if let Some(holder) = claim.filter(|c| **c != *self.session) {
+            return Err(PortError::Permanent(format!(
+                "store {}: {context}: the lease was lost: session {holder} took the unit over",
+                self.target.display()
+            )));
+        }
+        Ok(Some((row.get(0), row.get(1))))
+    }
+}
+
+fn pool_error(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction under the migration lock.
+async fn migrate(client: &mut deadpool_postgres::Object) -> anyhow::Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS gymforge_schema (version INTEGER NOT NULL)").await?;
+    let version: i32 = match tx.query_opt("SELECT version FROM gymforge_schema", &[]).await? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO gymforge_schema (version) VALUES (0)", &[]).await?;
+            0
+        }
+    };
+    if version > SCHEMA_VERSION {
+        bail!(
+            "the database has gymforge schema version {version}, newer than this gymforge understands ({SCHEMA_VERSION}); \
+             upgrade gymforge on this node"
+        );
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        tx.batch_execute(migration).await.with_context(|| format!("migration {} failed", index + 1))?;
+    }
+    tx.execute("UPDATE gymforge_schema SET version = $1", &[&SCHEMA_VERSION]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Extends this session's leases every third of the lease, for as long as the store lives.
+async fn renew_leases(pool: Pool, target: Arc<PgTarget>, session: Arc<str>, lease: Duration) {
+    let seconds = lease.as_secs_f64();
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let renewed = match pool.get().await {
+            Ok(client) => client
+                .execute(
+                    "UPDATE units SET lease_until = now() + make_interval(secs => $2) WHERE claim = $1 AND status = 'pending'",
+                    &[&&*session, &seconds],
+                )
+                .await
+                .map_err(|e| db_err(&target, "renewing leases", &e).to_string()),
+            Err(e) => Err(pool_error(&e)),
+        };
+        if let Err(e) = renewed {
+            tracing::warn!(error = %e, "could not renew this node's leases; they expire unless a later renewal succeeds");
+        }
+    }
+}
+
+fn unit_from_row(row: &tokio_postgres::Row) -> Result<Unit, String> {
+    let kind: String = row.get(1);
+    let stage: String = row.get(4);
+    let status: String = row.get(5);
+    let attempts: i32 = row.get(6);
+    let drop_reason: Option<String> = row.get(7);
+    Ok(Unit {
+        id: row.get(0),
+        kind: UnitKind::parse(&kind).ok_or_else(|| format!("unknown unit kind {kind:?}"))?,
+        seq: to_u64(row.get(2)),
+        parent: row.get(3),
+        stage: Stage::parse(&stage).ok_or_else(|| format!("unknown stage {stage:?}"))?,
+        status: UnitStatus::parse(&status).ok_or_else(|| format!("unknown unit status {status:?}"))?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        drop_reason: drop_reason.map(|r| DropReason::parse(&r).ok_or_else(|| format!("unknown drop reason {r:?}"))).transpose()?,
+        drop_detail: row.get(8),
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn units(&self) -> Result<Vec<Unit>, PortError> {
+        let context = "listing units";
+        let client = self.client(context).await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT u.id, u.kind, u.seq, u.parent, u.stage, u.status, u.attempts, u.drop_reason, u.drop_detail \
+                     FROM units u ORDER BY {UNIT_ORDER}"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(context, &e))?;
+        rows.iter().map(|r| unit_from_row(r).map_err(|e| PortError::Permanent(format!("store: {context}: {e}")))).collect()
+    }
+
+    async fn insert_unit(&self, unit: &Unit) -> Result<(), PortError> {
+        let context = format!("inserting unit {}", unit.id);
+        let client = self.client(&context).await?;
+        let attempts = i32::try_from(unit.attempts).unwrap_or(i32::MAX);
+        client
+            .execute(
+                "INSERT INTO units (id, kind, seq, parent, stage, status, attempts, drop_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &unit.id,
+                    &unit.kind.as_str(),
+                    &to_i64(unit.seq),
+                    &unit.parent,
+                    &unit.stage.as_str(),
+                    &unit.status.as_str(),
+                    &attempts,
+                    &unit.drop_reason.map(DropReason::as_str),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        Ok(())
+    }
+
+    async fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError> {
+        let context = format!("reading the {stage} result of {unit}");
+        let client = self.client(&context).await?;
+        let row = client
+            .query_opt("SELECT payload FROM stage_results WHERE unit = $1 AND stage = $2", &[&unit, &stage.as_str()])
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        row.map(|r| parse_payload(unit, stage, r.get(0))).transpose()
+    }
+
+    async fn results(&self, stage: Stage) -> Result<Vec<(UnitId, StageResult)>, PortError> {
+        let context = format!("listing {stage} results");
+        let client = self.client(&context).await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT r.unit, r.payload FROM stage_results r LEFT JOIN units u ON u.id = r.unit \
+                     WHERE r.stage = $1 ORDER BY {UNIT_ORDER}, r.unit"
+                ),
+                &[&stage.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        rows.iter()
+            .map(|r| {
+                let unit: String = r.get(0);
+                let value = parse_payload(&unit, stage, r.get(1))?;
+                Ok((unit, value))
+            })
+            .collect()
+    }
+
+    async fn complete_stage(&self, unit: &str, result: &StageResult, next: Option<Stage>) -> Result<(), PortError> {
+        let stage = result.stage();
+        let context = format!("completing {stage} of {unit}");
+        let payload = result.to_json().to_string();
+        let mut client = self.client(&context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        match self.lock_unit(&tx, unit, &context).await? {
+            None => return Err(PortError::Permanent(format!("store: {context}: no such unit"))),
+            Some((at, status)) if at != stage.as_str() || status != "pending" => {
+                return Err(PortError::Permanent(format!("store: {context}: the unit is {status} at stage {at}, not pending at {stage}")));
+            }
+            Some(_) => {}
+        }
+        tx.execute(
+            "INSERT INTO stage_results (unit, stage, payload) VALUES ($1, $2, $3) \
+             ON CONFLICT (unit, stage) DO UPDATE SET payload = excluded.payload, created_at = now()",
+            &[&unit, &stage.as_str(), &payload],
+        )
+        .await
+        .map_err(|e| self.err(&context, &e))?;
+        // The unit moves to `next`, or stays at its stage and is done.
+        let (stage_after, status_after) = match next {
+            Some(next) => (next.as_str(), "pending"),
+            None => (stage.as_str(), "done"),
+        };
+        tx.execute(
+            "UPDATE units SET stage = $2, status = $3, attempts = 0, claim = NULL, lease_until = NULL, updated_at = now() \
+             WHERE id = $1",
+            &[&unit, &stage_after, &status_after],
+        )
+        .await
+        .map_err(|e| self.err(&context, &e))?;
+        tx.commit().await.map_err(|e| self.err(&context, &e))
+    }
+
+    async fn drop_unit(&self, unit: &str, reason: DropReason, detail: &str) -> Result<(), PortError> {
+        let context = format!("dropping {unit}");
+        let mut client = self.client(&context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        match self.lock_unit(&tx, unit, &context).await?.map(|(_, status)| status) {
+            None => return Err(PortError::Permanent(format!("store: {context}: no such unit"))),
+            Some(status) if status == "dropped" => return Ok(()),
+            Some(status) if status == "done" => {
+                tracing::warn!(unit, %reason, "not dropping a unit that already finished");
+                return Ok(());
+            }
+            Some(_) => {}
+        }
+        tx.execute(
+            "UPDATE units SET status = 'dropped', drop_reason = $2, drop_detail = $3, claim = NULL, lease_until = NULL, \
+             updated_at = now() WHERE id = $1",
+            &[&unit, &reason.as_str(), &detail],
+        )
+        .await
+        .map_err(|e| self.err(&context, &e))?;
+        tx.commit().await.map_err(|e| self.err(&context, &e))
+    }
+
+    async fn record_attempt(&self, unit: &str) -> Result<u32, PortError> {
+        let context = format!("counting an attempt of {unit}");
+        let mut client = self.client(&context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        if self.lock_unit(&tx, unit, &context).await?.is_none() {
+            return Err(PortError::Permanent(format!("store: {context}: no such unit")));
+        }
+        let row = tx
+            .query_one(
+                "UPDATE units SET attempts = attempts + 1, claim = NULL, lease_until = NULL, updated_at = now() \
+                 WHERE id = $1 RETURNING attempts",
+                &[&unit],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        tx.commit().await.map_err(|e| self.err(&context, &e))?;
+        Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+    }
+
+    async fn claim(&self, unit: &str, stage: Stage) -> Result<bool, PortError> {
+        let context = format!("claiming {unit} at {stage}");
+        let mut client = self.client(&context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        let claimed = tx
+            .execute(
+                "UPDATE units SET claim = $3, lease_until = now() + make_interval(secs => $4), updated_at = now() \
+                 WHERE id = $1 AND stage = $2 AND status = 'pending' AND (claim IS NULL OR lease_until < now())",
+                &[&unit, &stage.as_str(), &&*self.session, &self.lease.as_secs_f64()],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        if claimed == 1 {
+            tx.execute("INSERT INTO claims (unit, stage, session) VALUES ($1, $2, $3)", &[&unit, &stage.as_str(), &&*self.session])
+                .await
+                .map_err(|e| self.err(&context, &e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(&context, &e))?;
+        Ok(claimed == 1)
+    }
+
+    async fn release(&self, unit: &str) -> Result<(), PortError> {
+        let context = format!("releasing {unit}");
+        let client = self.client(&context).await?;
+        client
+            .execute("UPDATE units SET claim = NULL, lease_until = NULL WHERE id = $1 AND claim = $2", &[&unit, &&*self.session])
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        Ok(())
+    }
+
+    async fn add_usage(&self, unit: &str, stage: Stage, endpoint: &str, model: &str, usage: &Usage) -> Result<(), PortError> {
+        let context = format!("recording usage of {unit}");
+        let client = self.client(&context).await?;
+        client
+            .execute(
+                "INSERT INTO usage (unit, stage, endpoint, model, calls, input_tokens, output_tokens, cost_usd) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &unit,
+                    &stage.as_str(),
+                    &endpoint,
+                    &model,
+                    &to_i64(usage.calls),
+                    &to_i64(usage.input_tokens),
+                    &to_i64(usage.output_tokens),
+                    &usage.cost_usd,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        Ok(())
+    }
+
+    async fn usage(&self) -> Result<Vec<UsageRow>, PortError> {
+        let context = "summing usage";
+        let client = self.client(context).await?;
+        let rows = client
+            .query(
+                "SELECT unit, stage, endpoint, model, SUM(calls)::BIGINT, SUM(input_tokens)::BIGINT, SUM(output_tokens)::BIGINT, \
+                 SUM(cost_usd) FROM usage GROUP BY unit, stage, endpoint, model",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(context, &e))?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let stage: String = r.get(1);
+                Ok(UsageRow {
+                    unit: r.get(0),
+                    stage: Stage::parse(&stage)
+                        .ok_or_else(|| PortError::Permanent(format!("store: {context}: unknown stage {stage:?}")))?,
+                    endpoint: r.get(2),
+                    model: r.get(3),
+                    usage: Usage {
+                        calls: to_u64(r.get(4)),
+                        input_tokens: to_u64(r.get(5)),
+                        output_tokens: to_u64(r.get(6)),
+                        cost_usd: r.get(7),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, PortError>>()?;
+        out.sort_by(|a, b| (&a.unit, a.stage, &a.endpoint, &a.model).cmp(&(&b.unit, b.stage, &b.endpoint, &b.model)));
+        Ok(out)
+    }
+
+    async fn add_event(&self, event: &Event) -> Result<(), PortError> {
+        let context = format!("recording a {} event", event.kind);
+        let client = self.client(&context).await?;
+        client
+            .execute(
+                "INSERT INTO events (kind, unit, stage, detail) VALUES ($1, $2, $3, $4)",
+                &[&event.kind.as_str(), &event.unit, &event.stage.as_str(), &event.detail],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        Ok(())
+    }
+
+    async fn events(&self) -> Result<Vec<Event>, PortError> {
+        let context = "listing events";
+        let client = self.client(context).await?;
+        let rows =
+            client.query("SELECT kind, unit, stage, detail FROM events ORDER BY id", &[]).await.map_err(|e| self.err(context, &e))?;
+        rows.iter()
+            .map(|r| {
+                let (kind, stage): (String, String) = (r.get(0), r.get(2));
+                Ok(Event {
+                    kind: EventKind::parse(&kind)
+                        .ok_or_else(|| PortError::Permanent(format!("store: {context}: unknown kind {kind:?}")))?,
+                    unit: r.get(1),
+                    stage: Stage::parse(&stage)
+                        .ok_or_else(|| PortError::Permanent(format!("store: {context}: unknown stage {stage:?}")))?,
+                    detail: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, PortError> {
+        let context = format!("reading meta {key}");
+        let client = self.client(&context).await?;
+        let row = client.query_opt("SELECT value FROM meta WHERE key = $1", &[&key]).await.map_err(|e| self.err(&context, &e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError> {
+        let context = format!("writing meta {key}");
+        let client = self.client(&context).await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_user_host_port_and_database_and_refuse_a_password() {
+        let t = PgTarget::parse("postgres://gf@db.internal:6543/batch").unwrap();
+        assert_eq!(t, PgTarget { user: "gf".into(), host: "db.internal".into(), port: 6543, dbname: "batch".into() });
+        assert_eq!(t.display(), "gf@db.internal:6543/batch");
+        let t = PgTarget::parse("postgresql://127.0.0.1").unwrap();
+        assert_eq!((t.user.as_str(), t.port, t.dbname.as_str()), ("postgres", 5432, "gymforge"));
+        let err = PgTarget::parse("postgres://gf:hunter2@db/batch").unwrap_err().to_string();
+        assert!(err.contains("GYMFORGE_STORE_PASSWORD") && !err.contains("hunter2"), "{err}");
+        assert!(PgTarget::parse("mysql://db").is_err());
+        assert!(PgTarget::parse("postgres://db:port/x").unwrap_err().to_string().contains("port"));
+    }
+}

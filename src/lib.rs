@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod gateway;
+pub mod http;
 pub mod hub;
 pub mod output;
 pub mod progress;

@@ -199,7 +199,7 @@ impl Endpoint {
         policy: Policy,
         recorder: Option<std::sync::Arc<Recorder>>,
     ) -> anyhow::Result<Endpoint> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(Duration::from_secs(cfg.timeout_secs))
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(cfg.max_concurrency as usize)

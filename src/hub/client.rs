@@ -96,7 +96,7 @@ impl HubClient {
         {
             anyhow::bail!("the Hub token contains characters that cannot be sent in a header");
         }
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(15)))
             .user_agent(concat!("gymforge/", env!("CARGO_PKG_VERSION")))

@@ -98,6 +98,7 @@ pub fn init_with_level(config: Option<&TelemetryConfig>, default_level: &str) ->
         }
         builder.build()
     };
+    crate::http::install_tls();
     let traces = match to.traces {
         Some(endpoint) => {
             let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();

@@ -259,7 +259,7 @@ async fn download_over_the_cap_is_refused() {
 #[tokio::test]
 async fn mirror_speaks_the_hub_and_viewer_shapes() {
     let base = &mirror().base;
-    let http = reqwest::Client::new();
+    let http = gymforge::http::client_builder().build().unwrap();
 
     let r = http.get(format!("{base}/api/datasets/sklearn/iris")).send().await.unwrap();
     assert_eq!(r.status(), 200);

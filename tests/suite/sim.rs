@@ -706,7 +706,7 @@ async fn the_agent_solves_real_tasks() {
 async fn the_server_speaks_openai() {
     let cfg = SimConfig { seed: 3, latency_ms: 5, latency_p99_ms: 20, buggy_draft_rate: 0.5, ..SimConfig::default() };
     let (addr, handle) = sim::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = gymforge::http::client_builder().build().unwrap();
     let base = format!("http://{addr}/v1");
     let topic_user = render(
         &prompt("topic_user"),

@@ -207,7 +207,7 @@ impl Deviant {
                 let proxy = Arc::new(Proxy {
                     setup,
                     sim_base: format!("http://{sim_addr}/v1"),
-                    http: reqwest::Client::new(),
+                    http: gymforge::http::client_builder().build().unwrap(),
                     log: Mutex::default(),
                 });
                 ready_tx.send((addr, proxy.clone())).expect("the test waits");

@@ -34,6 +34,38 @@ pub struct Config {
     pub faults: FaultsConfig,
     pub daemon: DaemonConfig,
     pub telemetry: TelemetryConfig,
+    pub store: StoreConfig,
+}
+
+/// Where the pipeline state lives (see `src/store/`).
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Empty: the embedded SQLite file in the output directory. `postgres://USER@HOST:PORT/DB`:
+    /// a PostgreSQL database, shared by every node working on the batch. `GYMFORGE_STORE_URL`
+    /// and `--store` override it.
+    pub url: String,
+    /// A file holding the database password (one line), when `GYMFORGE_STORE_PASSWORD` is unset.
+    pub password_file: String,
+    /// How long a claim on a unit lasts without renewal; nodes renew every third of it.
+    pub lease_secs: u64,
+    /// Connections this node keeps to the database at most.
+    pub pool_size: u32,
+}
+
+impl StoreConfig {
+    /// The database password: `GYMFORGE_STORE_PASSWORD`, else the first line of `password_file`.
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        if let Some(password) = read_secret("GYMFORGE_STORE_PASSWORD") {
+            return Ok(Some(password));
+        }
+        if self.password_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.password_file)
+            .with_context(|| format!("cannot read store.password_file {}", self.password_file))?;
+        Ok(text.lines().next().map(str::to_string).filter(|p| !p.is_empty()))
+    }
 }
 
 /// OpenTelemetry export (see `src/telemetry/`).
@@ -293,6 +325,13 @@ impl Config {
         }
         positive("run.rollouts", self.run.rollouts.into())?;
         positive("daemon.export_every_secs", self.daemon.export_every_secs)?;
+        positive("store.pool_size", self.store.pool_size.into())?;
+        if self.store.lease_secs < 3 {
+            bail!("key `store.lease_secs` must be at least 3 (nodes renew every third of it)");
+        }
+        if !self.store.url.is_empty() {
+            crate::store::PgTarget::parse(&self.store.url).map_err(|e| anyhow::anyhow!("key `store.url`: {e}"))?;
+        }
         positive("run.max_topics_per_task", self.run.max_topics_per_task.into())?;
         positive("run.max_attempts", self.run.max_attempts.into())?;
         positive("hub.timeout_secs", self.hub.timeout_secs)?;
@@ -528,6 +567,24 @@ mod tests {
         assert!(!Config::parse("[hub]\ntoken_env = \"MY_TOKEN\"\n", Path::new("a.toml")).unwrap().hub.endpoint_in_file);
         let c = Config::parse("[hub]\nendpoint = \"mirror\"\n", Path::new("b.toml")).unwrap();
         assert!(c.hub.endpoint_in_file && c.hub.is_mirror());
+    }
+
+    #[test]
+    fn the_store_url_is_checked_and_its_password_comes_from_elsewhere() {
+        assert!(Config::embedded().store.url.is_empty(), "the embedded default is the SQLite file");
+        let c = Config::parse("[store]\nurl = \"postgres://gf@db:5433/batch\"\n", Path::new("s.toml")).unwrap();
+        assert_eq!(c.store.url, "postgres://gf@db:5433/batch");
+        let err = Config::parse("[store]\nurl = \"postgres://gf:secret-1@db/batch\"\n", Path::new("s.toml")).unwrap_err().to_string();
+        assert!(err.contains("store.url") && err.contains("GYMFORGE_STORE_PASSWORD") && !err.contains("secret-1"), "{err}");
+        let err = Config::parse("[store]\nlease_secs = 1\n", Path::new("s.toml")).unwrap_err().to_string();
+        assert!(err.contains("store.lease_secs"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let store = StoreConfig { password_file: file.to_string_lossy().into_owned(), ..StoreConfig::default() };
+        if std::env::var_os("GYMFORGE_STORE_PASSWORD").is_none() {
+            assert_eq!(store.password().unwrap().as_deref(), Some("from-the-file"));
+        }
     }
 
     #[test]

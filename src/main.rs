@@ -141,6 +141,10 @@ struct BatchArgs {
     /// Seed of everything random in the run (overrides seed and sim.seed).
     #[arg(long)]
     seed: Option<u64>,
+    /// A PostgreSQL store, postgres://USER@HOST:PORT/DATABASE (overrides GYMFORGE_STORE_URL and
+    /// store.url; the password comes from GYMFORGE_STORE_PASSWORD or store.password_file).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -436,6 +440,12 @@ fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
     if let Some(s) = args.seed {
         config.seed = s;
         config.sim.seed = s;
+    }
+    let from_env = || std::env::var("GYMFORGE_STORE_URL").ok().filter(|v| !v.trim().is_empty());
+    if let Some((url, origin)) = args.store.clone().map(|u| (u, "--store")).or_else(|| from_env().map(|u| (u, "GYMFORGE_STORE_URL"))) {
+        // The error never repeats the URL: it may hold a password.
+        gymforge::store::PgTarget::parse(&url).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        config.store.url = url;
     }
     Ok(config)
 }

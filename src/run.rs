@@ -15,7 +15,7 @@ use crate::export::{EndpointLabel, HubLabel, LlmLabel, OutputDir, Report, Servic
 use crate::gateway::{Gateway, Source};
 use crate::hub::{CachedHub, HubClient, HubSettings};
 use crate::sandbox::{BwrapSandbox, PythonEnv};
-use crate::store::SqliteStore;
+use gymforge_actors::ports::Store;
 use gymforge_sim::mirror::HubMirror;
 
 /// What `gymforge run` (or `gymforge daemon`) was asked to do.
@@ -375,8 +375,8 @@ pub struct BatchEnd {
 }
 
 /// Counts the batch's units in the store.
-fn tally(store: &SqliteStore, config: &Config) -> anyhow::Result<Tally> {
-    let units = store.units().map_err(anyhow::Error::msg)?;
+async fn tally(store: &dyn Store, config: &Config) -> anyhow::Result<Tally> {
+    let units = store.units().await.map_err(anyhow::Error::msg)?;
     Ok(Tally::of(&units, config.run.tasks, config.run.rollouts))
 }
 
@@ -390,18 +390,21 @@ pub async fn run_batch(
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let state = state_dir(&out);
     let _lock = StateLock::acquire(&state)?;
-    let store = SqliteStore::open(&state.join("state.db"))?;
-    check_resumable(&store, &config, &out)?;
-    let before = tally(&store, &config)?;
+    if !config.store.url.is_empty() {
+        status("connecting to the store");
+    }
+    let store = crate::store::open(&config.store, &state).await?;
+    tracing::info!(store = %store.location(), "store open");
+    check_resumable(&*store, &config, &out).await?;
+    let before = tally(&*store, &config).await?;
     if let Some(note) = before.more_than_asked() {
         tracing::warn!("{note}");
     }
     if before.complete() && out.join("report.json").is_file() {
         return Ok(BatchEnd { tally: before, already_complete: true });
     }
-    let spent_usd: f64 = { store.usage().map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum() };
-    let run_id = run_id(&store)?;
-    let store = Arc::new(store);
+    let spent_usd: f64 = { store.usage().await.map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum() };
+    let run_id = run_id(&*store).await?;
     let services = services(&config, llm_source, spent_usd, &state, status).await?;
     let sft = crate::sft::SftOptions { keep_observations: config.agent.keep_observations as usize, ..Default::default() };
     let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone()).with_sft(sft);
@@ -409,7 +412,7 @@ pub async fn run_batch(
         llm: services.llm.clone(),
         hub: services.hub.clone(),
         sandbox: services.sandbox.clone(),
-        store: store.clone(),
+        store: store.clone() as Arc<dyn Store>,
         outputs: Arc::new(outputs),
         telemetry: Arc::new(crate::telemetry::units::UnitTraces::new(run_id, store.clone())),
         logic: Arc::new(gymforge_actors::PipelineStages),
@@ -427,7 +430,7 @@ pub async fn run_batch(
     let outcome = gymforge_actors::supervisor::run_pipeline_until(pipeline, drain).await;
     services.llm.log_summary();
     outcome.map_err(anyhow::Error::msg)?;
-    Ok(BatchEnd { tally: tally(&store, &config)?, already_complete: false })
+    Ok(BatchEnd { tally: tally(&*store, &config).await?, already_complete: false })
 }
 
 /// One process at a time per output directory: an exclusive `flock` on `.gymforge/lock`, held
@@ -470,26 +473,26 @@ impl StateLock {
 
 /// A directory holding an earlier run resumes it only with the same seed: a different seed
 /// would mix two runs' tasks.
-fn check_resumable(store: &SqliteStore, config: &Config, out: &Path) -> anyhow::Result<()> {
+async fn check_resumable(store: &dyn Store, config: &Config, out: &Path) -> anyhow::Result<()> {
     let seed = config.seed.to_string();
-    match store.meta("seed").map_err(anyhow::Error::msg)? {
+    match store.meta("seed").await.map_err(anyhow::Error::msg)? {
         Some(previous) if previous != seed => {
             anyhow::bail!("{} holds a run with seed {previous}; resume it with --seed {previous} or choose another --out", out.display())
         }
         Some(_) => {}
-        None => store.set_meta("seed", &seed).map_err(anyhow::Error::msg)?,
+        None => store.set_meta("seed", &seed).await.map_err(anyhow::Error::msg)?,
     }
     Ok(())
 }
 
 /// The run's identity, made at its first start and kept across resumes; trace ids derive from it.
-fn run_id(store: &SqliteStore) -> anyhow::Result<String> {
-    if let Some(id) = store.meta("run_id").map_err(anyhow::Error::msg)? {
+async fn run_id(store: &dyn Store) -> anyhow::Result<String> {
+    if let Some(id) = store.meta("run_id").await.map_err(anyhow::Error::msg)? {
         return Ok(id);
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let id = format!("{:x}-{:x}", now.as_nanos(), std::process::id());
-    store.set_meta("run_id", &id).map_err(anyhow::Error::msg)?;
+    store.set_meta("run_id", &id).await.map_err(anyhow::Error::msg)?;
     Ok(id)
 }
 

@@ -13,6 +13,45 @@ mod sqlite;
 pub use postgres::{PgSettings, PgStore, PgTarget, SCHEMA_VERSION as PG_SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gymforge_actors::ports::Store;
+
+use crate::config::StoreConfig;
+
+/// What a batch needs of its store beyond the pipeline's port.
+pub trait BatchStore: Store {
+    /// When a unit was created, in milliseconds since the Unix epoch (the start of its trace).
+    /// Called from synchronous telemetry code; `None` when it cannot be known there.
+    fn created_unix_ms(&self, unit: &str) -> Option<u64>;
+    /// Where the state is, for messages (no password).
+    fn location(&self) -> String;
+}
+
+impl BatchStore for SqliteStore {
+    fn created_unix_ms(&self, unit: &str) -> Option<u64> {
+        self.unit_created_unix_ms(unit).ok().flatten()
+    }
+
+    fn location(&self) -> String {
+        "the embedded SQLite file".to_string()
+    }
+}
+
+/// Opens the batch's store: `config.url`'s PostgreSQL database, or else the SQLite file
+/// `state.db` in the run's state directory.
+pub async fn open(config: &StoreConfig, state: &Path) -> anyhow::Result<Arc<dyn BatchStore>> {
+    if config.url.is_empty() {
+        return Ok(Arc::new(SqliteStore::open(&state.join("state.db"))?));
+    }
+    let target = PgTarget::parse(&config.url)?;
+    let settings =
+        PgSettings { pool_size: config.pool_size.max(1) as usize, lease: Duration::from_secs(config.lease_secs), ..PgSettings::default() };
+    Ok(Arc::new(PgStore::connect(&target, config.password()?.as_deref(), &settings).await?))
+}
+
 use gymforge_actors::model::{Stage, StageResult};
 use gymforge_actors::ports::PortError;
 

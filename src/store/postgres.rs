@@ -302,6 +302,30 @@ impl PgStore {
     }
 }
 
+impl super::BatchStore for PgStore {
+    fn created_unix_ms(&self, unit: &str) -> Option<u64> {
+        // A blocking read is possible only on a runtime with other threads to carry on.
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let client = self.pool.get().await.ok()?;
+                let row = client
+                    .query_opt("SELECT (extract(epoch FROM created_at) * 1000)::BIGINT FROM units WHERE id = $1", &[&unit])
+                    .await
+                    .ok()??;
+                u64::try_from(row.get::<_, i64>(0)).ok()
+            })
+        })
+    }
+
+    fn location(&self) -> String {
+        format!("the PostgreSQL database {}", self.target.display())
+    }
+}
+
 fn pool_error(err: &deadpool_postgres::PoolError) -> String {
     match err {
         deadpool_postgres::PoolError::Backend(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),

@@ -19,17 +19,17 @@ use sha2::{Digest, Sha256};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::metrics;
-use crate::store::SqliteStore;
+use crate::store::BatchStore;
 
 /// The [`Telemetry`] port over OpenTelemetry: stage spans in unit traces, unit roots, metrics.
 pub struct UnitTraces {
     run_id: String,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn BatchStore>,
 }
 
 impl UnitTraces {
     /// `run_id` names the run (it survives resumes), so trace ids differ between runs.
-    pub fn new(run_id: String, store: Arc<SqliteStore>) -> UnitTraces {
+    pub fn new(run_id: String, store: Arc<dyn BatchStore>) -> UnitTraces {
         UnitTraces { run_id, store }
     }
 
@@ -49,7 +49,7 @@ impl UnitTraces {
     /// Sends the unit's root span, from its creation to now.
     fn end_unit(&self, unit: &Unit, status: &'static str, reason: Option<DropReason>) {
         let Some(tracer) = super::tracer() else { return };
-        let created = self.store.unit_created_unix_ms(&unit.id).ok().flatten();
+        let created = self.store.created_unix_ms(&unit.id);
         let start = created.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)).unwrap_or_else(SystemTime::now);
         let kind = match unit.kind {
             UnitKind::Task => "task",

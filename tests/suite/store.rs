@@ -207,3 +207,49 @@ async fn the_postgres_store_keeps_the_contract_leases_fences_and_migrates() {
     assert!(err.contains(&target.display()) && err.contains("password"), "{err}");
     assert!(!err.contains(wrong) && !err.contains(PASSWORD), "{err}");
 }
+
+/// `gymforge run --store postgres://...` makes its batch in the database: the units, their
+/// results and claims are there, not in a SQLite file; a second run on the same store finds
+/// the batch complete; the password reaches neither the output nor any file written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_on_a_postgres_store_and_resumes_from_it() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start).await.unwrap();
+    server.create_database("batch");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let url = server.url("batch");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gymforge"))
+            .args(["run", "--tasks", "1", "--rollouts", "1", "--store", &url, "--out"])
+            .arg(&out)
+            .env("GYMFORGE_STORE_PASSWORD", PASSWORD)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let first = tokio::task::block_in_place(run);
+    let said = format!("{}{}", String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert!(first.status.success(), "{said}");
+    assert!(said.contains("the PostgreSQL database postgres@127.0.0.1"), "the run names its store: {said}");
+    assert!(!said.contains(PASSWORD), "the password is not printed");
+    assert!(!out.join(".gymforge/state.db").exists(), "no SQLite file beside a PostgreSQL store");
+    assert_eq!(crate::common::accepted_tasks(&out).as_array().unwrap().len(), 1);
+    assert_eq!(crate::common::traj_files(&out).len(), 1);
+
+    assert_eq!(server.psql("batch", "SELECT count(*) FROM units WHERE status = 'done'"), "2", "the task and its rollout");
+    let stages = server.psql("batch", "SELECT string_agg(stage, ',' ORDER BY stage) FROM stage_results WHERE unit NOT LIKE '%.r%'");
+    assert_eq!(stages, "codegen,dataset,debug,export,topic");
+    let claims: u32 = server.psql("batch", "SELECT count(*) FROM claims").parse().unwrap();
+    assert!(claims >= 6, "each stage of each unit was claimed: {claims}");
+    assert_eq!(server.psql("batch", "SELECT count(*) FROM units WHERE claim IS NOT NULL"), "0", "no claim outlives the batch");
+
+    let second = tokio::task::block_in_place(run);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(server.psql("batch", "SELECT count(*) FROM claims"), claims.to_string(), "the complete batch ran nothing again");
+
+    for file in crate::common::files_under(&out) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "{} holds the password", file.display());
+    }
+}

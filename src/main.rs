@@ -108,6 +108,28 @@ enum Command {
         #[command(subcommand)]
         what: ServeCommand,
     },
+    /// A batch shared through a PostgreSQL store.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The nodes (alive or not), units queued and in flight per stage, and leases taken over,
+    /// read from the store without joining the batch.
+    Status {
+        /// postgres://USER@HOST:PORT/DATABASE (default: GYMFORGE_STORE_URL, then store.url).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Config file (for store.url, store.password_file and store.lease_secs).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,6 +379,17 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             print_line(&gymforge::aup::run_aup(input, json, svg.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cluster { what: ClusterCommand::Status { store, config, json } } => {
+            let config = load_config(config.as_deref())?;
+            let url = store_url(store.as_deref(), &config.store.url)?.ok_or_else(|| {
+                anyhow::anyhow!("name the store: --store postgres://USER@HOST:PORT/DATABASE (or GYMFORGE_STORE_URL, or store.url)")
+            })?;
+            let target = gymforge::store::PgTarget::parse(&url)?;
+            let lease = std::time::Duration::from_secs(config.store.lease_secs);
+            let view = gymforge::store::observe(&target, config.store.password()?.as_deref(), lease).await?;
+            print_line(&if json { serde_json::to_string_pretty(&view)? } else { view.table(&target.display()) })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sim { what: ServeCommand::Serve { port, config } } => {
             let config = load_config(config.as_deref())?;
             let (addr, handle) = gymforge_sim::teacher::serve(config.sim.clone(), loopback(port)).await?;
@@ -441,13 +474,22 @@ fn batch_config(args: &BatchArgs) -> anyhow::Result<Config> {
         config.seed = s;
         config.sim.seed = s;
     }
-    let from_env = || std::env::var("GYMFORGE_STORE_URL").ok().filter(|v| !v.trim().is_empty());
-    if let Some((url, origin)) = args.store.clone().map(|u| (u, "--store")).or_else(|| from_env().map(|u| (u, "GYMFORGE_STORE_URL"))) {
-        // The error never repeats the URL: it may hold a password.
-        gymforge::store::PgTarget::parse(&url).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    if let Some(url) = store_url(args.store.as_deref(), &config.store.url)? {
         config.store.url = url;
     }
     Ok(config)
+}
+
+/// The store URL: `--store`, else `GYMFORGE_STORE_URL`, else the config's (checked when loaded);
+/// `None` for the embedded SQLite store.
+fn store_url(flag: Option<&str>, configured: &str) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var("GYMFORGE_STORE_URL").ok().filter(|v| !v.trim().is_empty());
+    let Some((url, origin)) = flag.map(|u| (u.to_string(), "--store")).or(from_env.map(|u| (u, "GYMFORGE_STORE_URL"))) else {
+        return Ok((!configured.is_empty()).then(|| configured.to_string()));
+    };
+    // The error never repeats the URL: it may hold a password.
+    gymforge::store::PgTarget::parse(&url).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    Ok(Some(url))
 }
 
 /// The value of a count option such as `--tasks`: a whole number of at least `min`; `note` says
@@ -503,6 +545,7 @@ fn resolve_paths(command: &mut Command) -> anyhow::Result<()> {
             maybe(config)
         }
         Command::Bench { .. } => Ok(()),
+        Command::Cluster { what: ClusterCommand::Status { config, .. } } => maybe(config),
     }
 }
 

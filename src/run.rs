@@ -393,7 +393,7 @@ pub async fn run_batch(
     if !config.store.url.is_empty() {
         status("connecting to the store");
     }
-    let store = crate::store::open(&config.store, &state).await?;
+    let store = crate::store::open(&config.store, &state, config.pipeline.rollout_workers).await?;
     tracing::info!(store = %store.location(), "store open");
     check_resumable(&*store, &config, &out).await?;
     let before = tally(&*store, &config).await?;

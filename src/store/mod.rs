@@ -10,14 +10,15 @@
 mod postgres;
 mod sqlite;
 
-pub use postgres::{PgSettings, PgStore, PgTarget, SCHEMA_VERSION as PG_SCHEMA_VERSION};
+pub use postgres::{ClusterView, NodeView, PgSettings, PgStore, PgTarget, SCHEMA_VERSION as PG_SCHEMA_VERSION, observe};
 pub use sqlite::SqliteStore;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gymforge_actors::ports::Store;
+use gymforge_actors::model::{Stage, StageResult};
+use gymforge_actors::ports::{PortError, Store};
 
 use crate::config::StoreConfig;
 
@@ -40,20 +41,21 @@ impl BatchStore for SqliteStore {
     }
 }
 
-/// Opens the batch's store: `config.url`'s PostgreSQL database, or else the SQLite file
-/// `state.db` in the run's state directory.
-pub async fn open(config: &StoreConfig, state: &Path) -> anyhow::Result<Arc<dyn BatchStore>> {
+/// Opens the batch's store: `config.url`'s PostgreSQL database (registering this node with its
+/// `rollout_slots`), or else the SQLite file `state.db` in the run's state directory.
+pub async fn open(config: &StoreConfig, state: &Path, rollout_slots: u32) -> anyhow::Result<Arc<dyn BatchStore>> {
     if config.url.is_empty() {
         return Ok(Arc::new(SqliteStore::open(&state.join("state.db"))?));
     }
     let target = PgTarget::parse(&config.url)?;
-    let settings =
-        PgSettings { pool_size: config.pool_size.max(1) as usize, lease: Duration::from_secs(config.lease_secs), ..PgSettings::default() };
+    let settings = PgSettings {
+        pool_size: config.pool_size.max(1) as usize,
+        lease: Duration::from_secs(config.lease_secs),
+        slots: rollout_slots,
+        ..PgSettings::default()
+    };
     Ok(Arc::new(PgStore::connect(&target, config.password()?.as_deref(), &settings).await?))
 }
-
-use gymforge_actors::model::{Stage, StageResult};
-use gymforge_actors::ports::PortError;
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)

@@ -21,6 +21,7 @@
 //! file, and no error, log line or status shows it (errors name the server as
 //! [`PgTarget::display`] does: user, host, port and database).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +29,15 @@ use anyhow::{Context, bail};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use gymforge_actors::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
 use gymforge_actors::ports::{Event, EventKind, PortError, Store, Usage, UsageRow};
+use serde::Serialize;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use super::{parse_payload, to_i64, to_u64};
 
 /// The migrations, in order: the schema version is the number applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE units (
     id          TEXT PRIMARY KEY,
     kind        TEXT NOT NULL,
@@ -90,7 +93,20 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE nodes (
+    session      TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    version      TEXT NOT NULL,
+    slots        INTEGER NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+ALTER TABLE claims ADD COLUMN took_over_from TEXT;
+",
+];
 
 /// The schema version this gymforge writes and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -158,11 +174,13 @@ pub struct PgSettings {
     pub lease: Duration,
     /// How long a connection attempt or a wait for a pooled connection may take.
     pub connect_timeout: Duration,
+    /// Rollout slots this node offers, as the node registry shows them.
+    pub slots: u32,
 }
 
 impl Default for PgSettings {
     fn default() -> PgSettings {
-        PgSettings { pool_size: 8, lease: Duration::from_secs(30), connect_timeout: Duration::from_secs(10) }
+        PgSettings { pool_size: 8, lease: Duration::from_secs(30), connect_timeout: Duration::from_secs(10), slots: 0 }
     }
 }
 
@@ -238,6 +256,21 @@ impl PgStore {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
         let session: Arc<str> = format!("{host}-{}-{nanos:x}", std::process::id()).into();
+        let client = pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the store {where_}: {}", pool_error(&e)))?;
+        client
+            .execute(
+                "INSERT INTO nodes (session, host, pid, version, slots) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &&*session,
+                    &host,
+                    &i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+                    &env!("CARGO_PKG_VERSION"),
+                    &i32::try_from(settings.slots).unwrap_or(i32::MAX),
+                ],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", db_err(target, "registering this node", &e)))?;
+        drop(client);
         let renewal = tokio::spawn(renew_leases(pool.clone(), Arc::new(target.clone()), session.clone(), settings.lease));
         Ok(PgStore { pool, target: Arc::new(target.clone()), session, lease: settings.lease, _renewal: Arc::new(Renewal(renewal)) })
     }
@@ -326,6 +359,145 @@ impl super::BatchStore for PgStore {
     }
 }
 
+/// One node as the registry shows it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct NodeView {
+    pub session: String,
+    pub host: String,
+    pub pid: i32,
+    pub version: String,
+    pub slots: i32,
+    /// Its heartbeat is younger than a lease.
+    pub alive: bool,
+    pub heartbeat_age_secs: f64,
+    /// Units it holds an unexpired lease on.
+    pub units_in_flight: i64,
+}
+
+/// Where a shared batch stands: the nodes, the work waiting and in flight per stage, and how
+/// often a unit passed from a node whose lease expired to another.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeView>,
+    /// Pending units no live lease holds, per stage.
+    pub queued: BTreeMap<String, i64>,
+    /// Pending units under an unexpired lease, per stage.
+    pub in_flight: BTreeMap<String, i64>,
+    pub done: i64,
+    pub dropped: i64,
+    pub leases_taken_over: i64,
+}
+
+impl ClusterView {
+    /// The view as text for people, headed by the server it was read from.
+    pub fn table(&self, server: &str) -> String {
+        use std::fmt::Write;
+        let mut out = format!("store {server}\n");
+        let alive = self.nodes.iter().filter(|n| n.alive).count();
+        let _ = writeln!(out, "nodes {alive} alive of {} registered", self.nodes.len());
+        let _ =
+            writeln!(out, "  {:<40} {:>7} {:>8} {:>5} {:>9} {:>10}  state", "node", "pid", "version", "slots", "in flight", "heartbeat");
+        for n in &self.nodes {
+            let state = if n.alive { "alive" } else { "gone" };
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>7} {:>8} {:>5} {:>9} {:>9.1}s  {state}",
+                n.session, n.pid, n.version, n.slots, n.units_in_flight, n.heartbeat_age_secs
+            );
+        }
+        let _ = writeln!(out, "stage      queued  in flight");
+        for (stage, queued) in &self.queued {
+            let _ = writeln!(out, "  {stage:<8} {queued:>6} {:>10}", self.in_flight.get(stage).copied().unwrap_or(0));
+        }
+        let _ = write!(out, "units done {}, dropped {}; leases taken over {}", self.done, self.dropped, self.leases_taken_over);
+        out
+    }
+}
+
+/// Reads the [`ClusterView`]; a node is alive when its heartbeat is younger than `lease`.
+async fn cluster_view(client: &tokio_postgres::Client, lease: Duration) -> Result<ClusterView, tokio_postgres::Error> {
+    let nodes = client
+        .query(
+            "SELECT n.session, n.host, n.pid, n.version, n.slots, extract(epoch FROM now() - n.heartbeat_at)::FLOAT8, \
+             (SELECT count(*) FROM units u WHERE u.claim = n.session AND u.status = 'pending' AND u.lease_until >= now()) \
+             FROM nodes n ORDER BY n.started_at, n.session",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let age: f64 = r.get(5);
+            NodeView {
+                session: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                version: r.get(3),
+                slots: r.get(4),
+                alive: age < lease.as_secs_f64(),
+                heartbeat_age_secs: age,
+                units_in_flight: r.get(6),
+            }
+        })
+        .collect();
+    let (mut queued, mut in_flight) = (BTreeMap::new(), BTreeMap::new());
+    for r in client
+        .query(
+            "SELECT stage, count(*) FILTER (WHERE claim IS NULL OR lease_until < now()), \
+             count(*) FILTER (WHERE claim IS NOT NULL AND lease_until >= now()) FROM units WHERE status = 'pending' GROUP BY stage",
+            &[],
+        )
+        .await?
+    {
+        queued.insert(r.get::<_, String>(0), r.get(1));
+        in_flight.insert(r.get::<_, String>(0), r.get(2));
+    }
+    let totals = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'dropped'), \
+             (SELECT count(*) FROM claims WHERE took_over_from IS NOT NULL) FROM units",
+            &[],
+        )
+        .await?;
+    Ok(ClusterView { nodes, queued, in_flight, done: totals.get(0), dropped: totals.get(1), leases_taken_over: totals.get(2) })
+}
+
+impl PgStore {
+    /// Where the shared batch stands (for `/status`).
+    pub async fn cluster(&self) -> Result<ClusterView, PortError> {
+        let context = "reading the cluster's state";
+        let client = self.client(context).await?;
+        cluster_view(&client, self.lease).await.map_err(|e| self.err(context, &e))
+    }
+}
+
+/// Reads where a shared batch stands without joining it (`gymforge cluster status`): one
+/// connection, no registration, no migration (a schema other than this gymforge's is refused).
+pub async fn observe(target: &PgTarget, password: Option<&str>, lease: Duration) -> anyhow::Result<ClusterView> {
+    let mut config = tokio_postgres::Config::new();
+    config.user(&target.user).host(&target.host).port(target.port).dbname(&target.dbname).connect_timeout(Duration::from_secs(10));
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let where_ = target.display();
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| anyhow::anyhow!("{}", db_err(target, "connecting", &e)))?;
+    let driver = tokio::spawn(connection);
+    let version: Option<i32> = client
+        .query_opt("SELECT version FROM gymforge_schema", &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("{where_} holds no gymforge batch ({})", db_err(target, "reading the schema version", &e)))?
+        .map(|r| r.get(0));
+    if version != Some(SCHEMA_VERSION) {
+        bail!(
+            "{where_} has gymforge schema version {}, this gymforge reads {SCHEMA_VERSION}: use the gymforge its nodes run",
+            version.map_or("none".to_string(), |v| v.to_string())
+        );
+    }
+    let view = cluster_view(&client, lease).await.map_err(|e| anyhow::anyhow!("{}", db_err(target, "reading the cluster's state", &e)));
+    drop(client);
+    driver.abort();
+    view
+}
+
 fn pool_error(err: &deadpool_postgres::PoolError) -> String {
     match err {
         deadpool_postgres::PoolError::Backend(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
@@ -359,7 +531,8 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Extends this session's leases every third of the lease, for as long as the store lives.
+/// Extends this session's leases and beats its node's heart every third of the lease, for as
+/// long as the store lives.
 async fn renew_leases(pool: Pool, target: Arc<PgTarget>, session: Arc<str>, lease: Duration) {
     let seconds = lease.as_secs_f64();
     let mut tick = tokio::time::interval(lease / 3);
@@ -367,13 +540,16 @@ async fn renew_leases(pool: Pool, target: Arc<PgTarget>, session: Arc<str>, leas
     loop {
         tick.tick().await;
         let renewed = match pool.get().await {
-            Ok(client) => client
-                .execute(
-                    "UPDATE units SET lease_until = now() + make_interval(secs => $2) WHERE claim = $1 AND status = 'pending'",
-                    &[&&*session, &seconds],
-                )
-                .await
-                .map_err(|e| db_err(&target, "renewing leases", &e).to_string()),
+            Ok(client) => {
+                let leases = client
+                    .execute(
+                        "UPDATE units SET lease_until = now() + make_interval(secs => $2) WHERE claim = $1 AND status = 'pending'",
+                        &[&&*session, &seconds],
+                    )
+                    .await;
+                let heartbeat = client.execute("UPDATE nodes SET heartbeat_at = now() WHERE session = $1", &[&&*session]).await;
+                leases.and(heartbeat).map(|_| ()).map_err(|e| db_err(&target, "renewing leases", &e).to_string())
+            }
             Err(e) => Err(pool_error(&e)),
         };
         if let Err(e) = renewed {
@@ -556,21 +732,28 @@ impl Store for PgStore {
         let context = format!("claiming {unit} at {stage}");
         let mut client = self.client(&context).await?;
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        // The old claim comes back when an expired lease is taken over.
         let claimed = tx
-            .execute(
-                "UPDATE units SET claim = $3, lease_until = now() + make_interval(secs => $4), updated_at = now() \
-                 WHERE id = $1 AND stage = $2 AND status = 'pending' AND (claim IS NULL OR lease_until < now())",
+            .query_opt(
+                "WITH old AS (SELECT id, claim FROM units WHERE id = $1 FOR UPDATE) \
+                 UPDATE units u SET claim = $3, lease_until = now() + make_interval(secs => $4), updated_at = now() FROM old \
+                 WHERE u.id = old.id AND u.stage = $2 AND u.status = 'pending' AND (u.claim IS NULL OR u.lease_until < now()) \
+                 RETURNING old.claim",
                 &[&unit, &stage.as_str(), &&*self.session, &self.lease.as_secs_f64()],
             )
             .await
             .map_err(|e| self.err(&context, &e))?;
-        if claimed == 1 {
-            tx.execute("INSERT INTO claims (unit, stage, session) VALUES ($1, $2, $3)", &[&unit, &stage.as_str(), &&*self.session])
-                .await
-                .map_err(|e| self.err(&context, &e))?;
+        if let Some(row) = &claimed {
+            let took_over_from: Option<String> = row.get(0);
+            tx.execute(
+                "INSERT INTO claims (unit, stage, session, took_over_from) VALUES ($1, $2, $3, $4)",
+                &[&unit, &stage.as_str(), &&*self.session, &took_over_from],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
         }
         tx.commit().await.map_err(|e| self.err(&context, &e))?;
-        Ok(claimed == 1)
+        Ok(claimed.is_some())
     }
 
     async fn release(&self, unit: &str) -> Result<(), PortError> {

@@ -181,6 +181,12 @@ async fn the_postgres_store_keeps_the_contract_leases_fences_and_migrates() {
     // An expired lease passes to another node, and the old holder's commits are fenced off.
     a.expire_own_leases().await.unwrap();
     assert!(b.claim("t1", Stage::Topic).await.unwrap(), "an expired lease is taken over");
+    let view = b.cluster().await.unwrap();
+    assert_eq!(view.nodes.len(), 4, "every node registered itself: {view:?}");
+    assert!(view.nodes.iter().all(|n| n.alive && n.version == env!("CARGO_PKG_VERSION")), "{view:?}");
+    let held: Vec<(bool, i64)> = view.nodes.iter().map(|n| (n.session == b.session(), n.units_in_flight)).filter(|h| h.1 > 0).collect();
+    assert_eq!(held, [(true, 1)], "b holds the unit, no other node any: {view:?}");
+    assert_eq!((view.in_flight.get("topic"), view.leases_taken_over), (Some(&1), 1), "{view:?}");
     for refused in [
         a.complete_stage("t1", &topic("late"), Some(Stage::Dataset)).await.unwrap_err(),
         a.drop_unit("t1", DropReason::LlmRefused, "late").await.unwrap_err(),
@@ -247,6 +253,24 @@ async fn a_batch_runs_on_a_postgres_store_and_resumes_from_it() {
     let second = tokio::task::block_in_place(run);
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(server.psql("batch", "SELECT count(*) FROM claims"), claims.to_string(), "the complete batch ran nothing again");
+
+    // The cluster's state, read from outside the batch.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gymforge"))
+        .args(["cluster", "status", "--json", "--store", &url])
+        .env("GYMFORGE_STORE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let view: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!((view["nodes"].as_array().unwrap().len(), view["done"].as_i64()), (2, Some(2)), "{view}");
+    assert_eq!(view["nodes"][0]["slots"], 2, "{view}");
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_gymforge"))
+        .args(["cluster", "status", "--store", &url])
+        .env("GYMFORGE_STORE_PASSWORD", "wrong-password-1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&table.stderr);
+    assert!(!table.status.success() && said.contains("password") && !said.contains("wrong-password-1"), "{said}");
 
     for file in crate::common::files_under(&out) {
         let bytes = std::fs::read(&file).unwrap();

@@ -63,6 +63,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(common::Reaped)
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(600);
         while stored_results(&killed) <= before {

@@ -228,6 +228,7 @@ async fn sigkill_mid_run_then_resume_completes_without_redoing_or_duplicating() 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(common::Reaped)
         .unwrap();
     // Wait until some tasks are accepted but the batch is not over, then kill without warning.
     let db = out.path().join(".gymforge/state.db");

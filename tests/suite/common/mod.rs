@@ -99,3 +99,29 @@ pub fn fixture_bundle_with(dir: &Path, noise: f64, gap: f64) -> PathBuf {
     std::fs::write(out.join("raw/points.csv"), csv).unwrap();
     out
 }
+
+/// A child process that is killed (SIGKILL) and reaped when the test lets go of it, also when
+/// the test fails: a daemon left behind would run on and take the machine from the tests after.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}

@@ -103,13 +103,21 @@ pub struct DaemonState {
     pub progress: tokio::sync::watch::Receiver<Progress>,
     /// Set once the batch's services are up.
     pub gateway: OnceLock<Arc<Gateway>>,
+    /// Set once the batch's store is open.
+    pub store: OnceLock<Arc<dyn crate::store::BatchStore>>,
     pub started: Instant,
     pub phase: std::sync::Mutex<&'static str>,
 }
 
 impl DaemonState {
     pub fn new(progress: tokio::sync::watch::Receiver<Progress>) -> Arc<DaemonState> {
-        Arc::new(DaemonState { progress, gateway: OnceLock::new(), started: Instant::now(), phase: std::sync::Mutex::new("starting") })
+        Arc::new(DaemonState {
+            progress,
+            gateway: OnceLock::new(),
+            store: OnceLock::new(),
+            started: Instant::now(),
+            phase: std::sync::Mutex::new("starting"),
+        })
     }
 
     pub fn set_phase(&self, phase: &'static str) {
@@ -126,6 +134,7 @@ impl DaemonState {
         let uptime = self.started.elapsed().as_secs_f64();
         let per_hour = |n: u32| f64::from(n) / uptime.max(1.0) * 3600.0;
         Status {
+            node: crate::node::id(),
             phase: self.phase(),
             uptime_secs: uptime,
             stages: progress.stages.iter().copied().collect(),
@@ -138,13 +147,32 @@ impl DaemonState {
                 recorded_trajectories_per_hour: per_hour(progress.rollouts_done),
             },
             llm: self.gateway.get().map(|g| g.snapshot()),
+            cluster: None,
         }
+    }
+
+    /// The `/status` document with the cluster's state read from a shared store.
+    pub async fn status_with_cluster(&self) -> Status {
+        let mut status = self.status();
+        if let Some(store) = self.store.get() {
+            status.cluster = match store.cluster_view().await {
+                Some(Ok(view)) => Some(view),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "/status without the cluster's state");
+                    None
+                }
+                None => None,
+            };
+        }
+        status
     }
 }
 
 /// What `/status` answers (and `/metrics` renders).
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct Status {
+    /// This process's node id (see `src/node.rs`).
+    pub node: &'static str,
     pub phase: &'static str,
     pub uptime_secs: f64,
     pub stages: BTreeMap<Stage, StageCounts>,
@@ -154,6 +182,9 @@ pub struct Status {
     pub worker_restarts: u32,
     pub throughput: Throughput,
     pub llm: Option<GatewaySnapshot>,
+    /// With a PostgreSQL store: every node of the batch, queues and leases taken over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::store::ClusterView>,
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -177,7 +208,7 @@ pub async fn serve(state: Arc<DaemonState>, addr: SocketAddr) -> anyhow::Result<
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/status", get(|State(s): State<Arc<DaemonState>>| async move { axum::Json(s.status()) }))
+        .route("/status", get(|State(s): State<Arc<DaemonState>>| async move { axum::Json(s.status_with_cluster().await) }))
         .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move {

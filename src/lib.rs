@@ -13,6 +13,7 @@ pub mod export;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub mod node;
 pub mod output;
 pub mod progress;
 pub mod run;

@@ -220,6 +220,25 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Claim and commit units in a PostgreSQL store with many claimers at once, against the
+    /// bound its round trips set (give it an empty database: it adds units and removes them).
+    Store {
+        /// postgres://USER@HOST:PORT/DATABASE (default: GYMFORGE_STORE_URL, then store.url).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Config file (for store.url and store.password_file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Claimers at once, each on a connection of its own.
+        #[arg(long, default_value_t = 64)]
+        claimers: usize,
+        /// Length of each of the two measured phases.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive the LLM gateway against the simulated teacher on loopback at a requests-per-minute
     /// limit, with injected 429s, and report how much of the limit it used.
     Llm {
@@ -353,6 +372,15 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             let result = gymforge::bench::pipeline::run(bench, &|m: &str| display.status(m)).await;
             display.finish();
             print_bench(result?, json)
+        }
+        Command::Bench { what: BenchCommand::Store { store, config, claimers, seconds, json } } => {
+            anyhow::ensure!(claimers > 0 && seconds > 0, "--claimers and --seconds must be at least 1");
+            let config = load_config(config.as_deref())?;
+            let url = store_url(store.as_deref(), &config.store.url)?
+                .ok_or_else(|| anyhow::anyhow!("name the store: --store postgres://USER@HOST:PORT/DATABASE (or GYMFORGE_STORE_URL)"))?;
+            let target = gymforge::store::PgTarget::parse(&url)?;
+            let bench = gymforge::bench::store::BenchStore { target, password: config.store.password()?, claimers, seconds };
+            print_bench(gymforge::bench::store::run(bench).await?, json)
         }
         Command::Daemon { batch: args, listen } => {
             let mut config = batch.expect(READ_IN_MAIN);
@@ -544,6 +572,7 @@ fn resolve_paths(command: &mut Command) -> anyhow::Result<()> {
         Command::Sim { what: ServeCommand::Serve { config, .. } } | Command::Hub { what: ServeCommand::Serve { config, .. } } => {
             maybe(config)
         }
+        Command::Bench { what: BenchCommand::Store { config, .. } } => maybe(config),
         Command::Bench { .. } => Ok(()),
         Command::Cluster { what: ClusterCommand::Status { config, .. } } => maybe(config),
     }

@@ -425,6 +425,7 @@ pub async fn run_batch(
     status("running the pipeline");
     if let Some(d) = &daemon {
         d.gateway.set(services.llm.clone()).ok();
+        d.store.set(store.clone()).ok();
         d.set_phase("running");
     }
     let outcome = gymforge_actors::supervisor::run_pipeline_until(pipeline, drain).await;

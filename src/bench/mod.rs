@@ -3,6 +3,7 @@
 
 pub mod llm;
 pub mod pipeline;
+pub mod store;
 
 use serde_json::{Value, json};
 

@@ -23,14 +23,20 @@ use gymforge_actors::ports::{PortError, Store};
 use crate::config::StoreConfig;
 
 /// What a batch needs of its store beyond the pipeline's port.
+#[async_trait::async_trait]
 pub trait BatchStore: Store {
     /// When a unit was created, in milliseconds since the Unix epoch (the start of its trace).
     /// Called from synchronous telemetry code; `None` when it cannot be known there.
     fn created_unix_ms(&self, unit: &str) -> Option<u64>;
     /// Where the state is, for messages (no password).
     fn location(&self) -> String;
+    /// Where the shared batch stands, for a store that several nodes share.
+    async fn cluster_view(&self) -> Option<Result<ClusterView, PortError>> {
+        None
+    }
 }
 
+#[async_trait::async_trait]
 impl BatchStore for SqliteStore {
     fn created_unix_ms(&self, unit: &str) -> Option<u64> {
         self.unit_created_unix_ms(unit).ok().flatten()

@@ -253,9 +253,13 @@ impl PgStore {
         migrate(&mut client).await.with_context(|| format!("cannot prepare the store {where_}"))?;
         drop(client);
 
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-        let session: Arc<str> = format!("{host}-{}-{nanos:x}", std::process::id()).into();
+        // The node id; a second store in the same process (tests) gets a suffix.
+        static STORES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let session: Arc<str> = match STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => crate::node::id().into(),
+            n => format!("{}.{n}", crate::node::id()).into(),
+        };
+        let host = crate::node::host();
         let client = pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the store {where_}: {}", pool_error(&e)))?;
         client
             .execute(
@@ -311,6 +315,21 @@ impl PgStore {
         Ok(())
     }
 
+    /// Removes every unit whose id starts with `prefix`, with its results and claims (the
+    /// store bench's own units); returns how many.
+    pub async fn remove_units_with_prefix(&self, prefix: &str) -> Result<u64, PortError> {
+        let context = "removing units";
+        let mut client = self.client(context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(context, &e))?;
+        let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        for table in ["stage_results", "claims", "usage", "events"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE unit LIKE $1"), &[&pattern]).await.map_err(|e| self.err(context, &e))?;
+        }
+        let removed = tx.execute("DELETE FROM units WHERE id LIKE $1", &[&pattern]).await.map_err(|e| self.err(context, &e))?;
+        tx.commit().await.map_err(|e| self.err(context, &e))?;
+        Ok(removed)
+    }
+
     /// Locks the unit's row in `tx` and checks that no other session holds its claim; returns
     /// its stage and status, or `None` when there is no such unit.
     async fn lock_unit(
@@ -335,6 +354,7 @@ impl PgStore {
     }
 }
 
+#[async_trait::async_trait]
 impl super::BatchStore for PgStore {
     fn created_unix_ms(&self, unit: &str) -> Option<u64> {
         // A blocking read is possible only on a runtime with other threads to carry on.
@@ -356,6 +376,10 @@ impl super::BatchStore for PgStore {
 
     fn location(&self) -> String {
         format!("the PostgreSQL database {}", self.target.display())
+    }
+
+    async fn cluster_view(&self) -> Option<Result<ClusterView, PortError>> {
+        Some(self.cluster().await)
     }
 }
 

@@ -92,7 +92,8 @@ pub fn init_with_level(config: Option<&TelemetryConfig>, default_level: &str) ->
     RECORD_PROMPTS.set(config.is_some_and(|c| c.record_prompts)).ok();
     let resource = {
         let mut builder = opentelemetry_sdk::Resource::builder()
-            .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+            .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .with_attribute(opentelemetry::KeyValue::new("service.instance.id", crate::node::id()));
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             builder = builder.with_service_name("gymforge");
         }

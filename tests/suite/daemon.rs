@@ -16,18 +16,18 @@ fn gymforge() -> Command {
 }
 
 /// Asks the daemon to drain and exit, as a service manager does.
-fn sigterm(daemon: &std::process::Child) {
+pub(crate) fn sigterm(daemon: &std::process::Child) {
     let pid = rustix::process::Pid::from_child(daemon);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `(status code, body)` of a GET on loopback.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+pub(crate) async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let resp = gymforge::http::client_builder().build().unwrap().get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
     let code = resp.status().as_u16();
     Some((code, resp.text().await.ok()?))
 }
@@ -92,6 +92,7 @@ async fn the_daemon_serves_its_status_refuses_a_twin_drains_on_sigterm_and_resum
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(crate::common::Reaped)
         .unwrap();
 
     // Wait for real work: a topic passed and the daemon ready.
@@ -182,6 +183,7 @@ async fn without_a_target_the_daemon_keeps_a_bounded_window_rewrites_its_outputs
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(crate::common::Reaped)
         .unwrap();
 
     // Task units in progress never exceed twice the task-stage workers (1+2+2+2+1 by default).

@@ -272,8 +272,66 @@ async fn a_batch_runs_on_a_postgres_store_and_resumes_from_it() {
     let said = String::from_utf8_lossy(&table.stderr);
     assert!(!table.status.success() && said.contains("password") && !said.contains("wrong-password-1"), "{said}");
 
+    // The store bench refuses a database holding a batch, and leaves an empty one empty.
+    let bench = |url: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gymforge"))
+            .args(["bench", "store", "--claimers", "4", "--seconds", "1", "--json", "--store", url])
+            .env("GYMFORGE_STORE_PASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let refused = bench(&url);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("holds a batch"));
+    server.create_database("bench");
+    let measured = bench(&server.url("bench"));
+    let report: serde_json::Value = serde_json::from_slice(&measured.stdout).unwrap_or_else(|_| panic!("{measured:?}"));
+    assert!(report["cycles_per_second"].as_f64().unwrap() > 0.0 && report["units_removed"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["ratio_to_bound"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(server.psql("bench", "SELECT count(*) FROM units"), "0", "the bench removed its units");
+
     for file in crate::common::files_under(&out) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "{} holds the password", file.display());
     }
+}
+
+/// A daemon on a PostgreSQL store shows the cluster in `/status`: itself among the registered
+/// nodes, alive, with the slots it offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_shows_the_cluster_in_its_status() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start).await.unwrap();
+    server.create_database("daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::daemon::free_port();
+    let mut daemon = crate::common::Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gymforge"))
+            .args(["daemon", "--tasks", "1", "--rollouts", "1", "--listen", &format!("127.0.0.1:{port}"), "--store", &server.url("daemon")])
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .env("GYMFORGE_STORE_PASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let status: serde_json::Value = loop {
+        assert!(std::time::Instant::now() < deadline, "no cluster in /status");
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited early");
+        if let Some((200, body)) = crate::daemon::get(port, "/status").await {
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if status["cluster"].is_object() {
+                break status;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let node = status["node"].as_str().unwrap();
+    let nodes = status["cluster"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{status}");
+    assert_eq!((nodes[0]["session"].as_str(), nodes[0]["alive"].as_bool(), nodes[0]["slots"].as_i64()), (Some(node), Some(true), Some(2)));
+    assert!(!status.to_string().contains(PASSWORD));
+    crate::daemon::sigterm(&daemon);
+    assert!(tokio::task::block_in_place(|| daemon.wait()).unwrap().success());
 }

@@ -191,6 +191,29 @@ async fn a_run_exports_one_trace_per_unit_with_stage_llm_sandbox_and_step_spans_
     ] {
         assert!(names.contains(name), "metric {name} in {names:?}");
     }
+
+    // Every export, of traces and of metrics, names the one node it came from.
+    let nodes: BTreeSet<Option<String>> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, _, body)| match path.as_str() {
+            "/v1/traces" => {
+                ExportTraceServiceRequest::decode(body.as_slice()).unwrap().resource_spans.into_iter().map(|r| r.resource).collect()
+            }
+            "/v1/metrics" => {
+                ExportMetricsServiceRequest::decode(body.as_slice()).unwrap().resource_metrics.into_iter().map(|r| r.resource).collect()
+            }
+            _ => Vec::new(),
+        })
+        .map(|resource| match attr(&resource.unwrap_or_default().attributes, "service.instance.id") {
+            Some(any_value::Value::StringValue(id)) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let node = nodes.into_iter().next().flatten().expect("service.instance.id on every export");
+    assert!(node.split('-').count() >= 3, "host-pid-start: {node}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -229,17 +229,7 @@ impl PgStore {
     /// Connects to `target` with `password`, migrates the schema to [`SCHEMA_VERSION`] (or
     /// refuses a newer one) and starts renewing this session's leases.
     pub async fn connect(target: &PgTarget, password: Option<&str>, settings: &PgSettings) -> anyhow::Result<PgStore> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .user(&target.user)
-            .host(&target.host)
-            .port(target.port)
-            .dbname(&target.dbname)
-            .application_name("gymforge")
-            .connect_timeout(settings.connect_timeout);
-        if let Some(password) = password {
-            config.password(password);
-        }
+        let config = pg_config(target, password, settings.connect_timeout);
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size.max(1))
@@ -251,7 +241,6 @@ impl PgStore {
         let where_ = target.display();
         let mut client = pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the store {where_}: {}", pool_error(&e)))?;
         migrate(&mut client).await.with_context(|| format!("cannot prepare the store {where_}"))?;
-        drop(client);
 
         // The node id; a second store in the same process (tests) gets a suffix.
         static STORES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -260,7 +249,6 @@ impl PgStore {
             n => format!("{}.{n}", crate::node::id()).into(),
         };
         let host = crate::node::host();
-        let client = pool.get().await.map_err(|e| anyhow::anyhow!("cannot connect to the store {where_}: {}", pool_error(&e)))?;
         client
             .execute(
                 "INSERT INTO nodes (session, host, pid, version, slots) VALUES ($1, $2, $3, $4, $5)",
@@ -497,11 +485,7 @@ impl PgStore {
 /// Reads where a shared batch stands without joining it (`gymforge cluster status`): one
 /// connection, no registration, no migration (a schema other than this gymforge's is refused).
 pub async fn observe(target: &PgTarget, password: Option<&str>, lease: Duration) -> anyhow::Result<ClusterView> {
-    let mut config = tokio_postgres::Config::new();
-    config.user(&target.user).host(&target.host).port(target.port).dbname(&target.dbname).connect_timeout(Duration::from_secs(10));
-    if let Some(password) = password {
-        config.password(password);
-    }
+    let config = pg_config(target, password, Duration::from_secs(10));
     let where_ = target.display();
     let (client, connection) = config.connect(NoTls).await.map_err(|e| anyhow::anyhow!("{}", db_err(target, "connecting", &e)))?;
     let driver = tokio::spawn(connection);
@@ -520,6 +504,22 @@ pub async fn observe(target: &PgTarget, password: Option<&str>, lease: Duration)
     drop(client);
     driver.abort();
     view
+}
+
+/// How to reach `target`, as gymforge (the name the server's activity views show).
+fn pg_config(target: &PgTarget, password: Option<&str>, connect_timeout: Duration) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&target.user)
+        .host(&target.host)
+        .port(target.port)
+        .dbname(&target.dbname)
+        .application_name("gymforge")
+        .connect_timeout(connect_timeout);
+    if let Some(password) = password {
+        config.password(password);
+    }
+    config
 }
 
 fn pool_error(err: &deadpool_postgres::PoolError) -> String {

@@ -51,6 +51,10 @@ pub struct StoreConfig {
     pub lease_secs: u64,
     /// Connections this node keeps to the database at most.
     pub pool_size: u32,
+    /// The largest directory shared through the database, in MB.
+    pub max_artefact_mb: u64,
+    /// How often a node looks for work it can claim, in milliseconds.
+    pub pull_every_ms: u64,
 }
 
 impl StoreConfig {
@@ -326,6 +330,8 @@ impl Config {
         positive("run.rollouts", self.run.rollouts.into())?;
         positive("daemon.export_every_secs", self.daemon.export_every_secs)?;
         positive("store.pool_size", self.store.pool_size.into())?;
+        positive("store.max_artefact_mb", self.store.max_artefact_mb)?;
+        positive("store.pull_every_ms", self.store.pull_every_ms)?;
         if self.store.lease_secs < 3 {
             bail!("key `store.lease_secs` must be at least 3 (nodes renew every third of it)");
         }

@@ -51,10 +51,22 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "record")]
         replay: Option<PathBuf>,
     },
-    /// Re-export a run's outputs with options.
+    /// Re-export a run's outputs with options; with --store, write a shared batch's whole output
+    /// directory (MLGym tasks, trajectories, SFT data, report) from its PostgreSQL store, on any
+    /// machine, while the batch runs.
+    #[command(args_conflicts_with_subcommands = true)]
     Export {
         #[command(subcommand)]
-        what: ExportCommand,
+        what: Option<ExportCommand>,
+        /// postgres://USER@HOST:PORT/DATABASE (default: GYMFORGE_STORE_URL, then store.url).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Config file (for store.url and store.password_file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write the output directory.
+        #[arg(long, required_unless_present = "what")]
+        out: Option<PathBuf>,
     },
     /// Benchmarks that print ratios against bounds measured in the same run.
     Bench {
@@ -327,7 +339,21 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             };
             run(config, args.out, source).await
         }
-        Command::Export { what: ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget, keep_observations } } => {
+        Command::Export { what: None, store, config, out } => {
+            let mut config = load_config(config.as_deref())?;
+            config.store.url = store_url(store.as_deref(), &config.store.url)?.unwrap_or_default();
+            let out = out.expect("required without a subcommand");
+            let display = Display::new();
+            display.status("exporting from the store");
+            let written = gymforge::run::export_batch(&config, &out).await;
+            display.finish();
+            let (tasks, rollouts) = written?;
+            print_line(&format!("{}: {tasks} tasks and {rollouts} trajectories from the store", out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            what: Some(ExportCommand::Sft { out, file, beats_baseline, sharegpt, token_budget, keep_observations }), ..
+        } => {
             let db = gymforge::run::state_dir(&out).join("state.db");
             anyhow::ensure!(db.is_file(), "{} holds no gymforge run (no {})", out.display(), db.display());
             let store = gymforge::store::SqliteStore::open(&db)?;
@@ -560,9 +586,13 @@ fn resolve_paths(command: &mut Command) -> anyhow::Result<()> {
             maybe(replay)
         }
         Command::Daemon { batch: b, .. } => batch(b),
-        Command::Export { what: ExportCommand::Sft { out, file, .. } } => {
+        Command::Export { what: Some(ExportCommand::Sft { out, file, .. }), .. } => {
             one(out)?;
             maybe(file)
+        }
+        Command::Export { what: None, config, out, .. } => {
+            maybe(config)?;
+            maybe(out)
         }
         Command::Check { what: CheckCommand::Task { dir, config } } => {
             one(dir)?;

@@ -254,6 +254,8 @@ pub fn settings(config: &Config, work_root: PathBuf) -> Settings {
             stages: config.faults.stages.iter().filter_map(|s| Stage::parse(s)).collect(),
         },
         work_root,
+        artefact_limit_bytes: config.store.max_artefact_mb.saturating_mul(1_000_000),
+        pull_every: Duration::from_millis(config.store.pull_every_ms.max(10)),
     }
 }
 
@@ -406,6 +408,9 @@ pub async fn run_batch(
     let spent_usd: f64 = { store.usage().await.map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum() };
     let run_id = run_id(&*store).await?;
     let services = services(&config, llm_source, spent_usd, &state, status).await?;
+    // An export from the store on another machine labels the services as this run does.
+    let labels = serde_json::to_string(&services.labels).expect("serialisable");
+    store.set_meta(SERVICES_META, &labels).await.map_err(anyhow::Error::msg)?;
     let sft = crate::sft::SftOptions { keep_observations: config.agent.keep_observations as usize, ..Default::default() };
     let outputs = OutputDir::new(out.clone()).with_labels(services.labels).with_gateway(services.llm.clone()).with_sft(sft);
     let pipeline = Arc::new(Pipeline {
@@ -430,8 +435,35 @@ pub async fn run_batch(
     }
     let outcome = gymforge_actors::supervisor::run_pipeline_until(pipeline, drain).await;
     services.llm.log_summary();
+    store.leave().await;
     outcome.map_err(anyhow::Error::msg)?;
     Ok(BatchEnd { tally: tally(&*store, &config).await?, already_complete: false })
+}
+
+/// The store's meta key holding the run's [`crate::export::ServiceLabels`] as JSON.
+const SERVICES_META: &str = "services";
+
+/// `gymforge export --store`: writes the MLGym directory, trajectories, SFT data and report of a
+/// batch from its shared store into `out`, on any machine, while the batch runs. Returns the
+/// tasks and trajectories written.
+pub async fn export_batch(config: &Config, out: &Path) -> anyhow::Result<(usize, usize)> {
+    anyhow::ensure!(!config.store.url.is_empty(), "name the store: --store postgres://USER@HOST:PORT/DATABASE (or GYMFORGE_STORE_URL)");
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let state = state_dir(out);
+    let _lock = StateLock::acquire(&state)?;
+    let store = crate::store::open(&config.store, &state, 0).await?;
+    let labels = store.meta(SERVICES_META).await.map_err(anyhow::Error::msg)?.and_then(|text| serde_json::from_str(&text).ok());
+    let mut outputs = OutputDir::new(out.to_path_buf());
+    if let Some(labels) = labels {
+        outputs = outputs.with_labels(labels);
+    }
+    let wall = store.meta("wall_time_secs").await.map_err(anyhow::Error::msg)?.and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let outputs: Arc<dyn gymforge_actors::ports::Outputs> = Arc::new(outputs);
+    let work = gymforge_actors::paths::WorkPaths::new(state.join("work"));
+    let written = gymforge_actors::export::write_from_store(store.as_ref(), &outputs, &work, wall).await;
+    store.leave().await;
+    let inputs = written.map_err(anyhow::Error::msg)?;
+    Ok((inputs.tasks.len(), inputs.rollouts.len()))
 }
 
 /// One process at a time per output directory: an exclusive `flock` on `.gymforge/lock`, held

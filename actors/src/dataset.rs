@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::llm::ask_json;
 use crate::model::{DatasetChoice, DropReason, Outcome, Stage, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, DatasetCheck, PortError};
+use crate::ports::{ArtefactKind, ChatMessage, DatasetCheck, PortError};
 use crate::template::render;
 
 /// A proposal as the Hub port takes it, `owner/name` or `owner/name@revision`: models also
@@ -81,6 +81,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
                     let raw = p.paths().raw_dir(&unit.id);
                     crate::paths::fresh_dir(&raw).map_err(|e| PortError::Transient(format!("cannot prepare {}: {e}", raw.display())))?;
                     let staged = p.hub.download(&meta, &raw).await?;
+                    crate::artefacts::share(p, &unit.id, ArtefactKind::RawData).await?;
                     let choice = DatasetChoice { meta, rejected, staged };
                     return Ok(Outcome::Advance(choice.into()));
                 }

@@ -6,7 +6,7 @@
 use crate::llm::ask_json;
 use crate::model::{AcceptedTask, DatasetChoice, Outcome, Stage, TaskBundle, TopicIdea, Unit};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, PortError};
+use crate::ports::{ArtefactKind, ChatMessage, PortError};
 use crate::template::render;
 use crate::validate::{TaskCheck, check_bundle};
 
@@ -15,7 +15,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     let choice: DatasetChoice = crate::worker::stored(p, &unit.id).await?;
     let mut bundle: TaskBundle = crate::worker::stored(p, &unit.id).await?;
     let paths = p.paths();
-    let raw = paths.raw_dir(&unit.id);
+    let raw = crate::artefacts::fetch(p, &unit.id, ArtefactKind::RawData).await?;
     let rounds = p.settings.debug_rounds;
     for round in 1..=rounds {
         let work_dir = paths.round_dir(&unit.id, round);
@@ -39,6 +39,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
                 .map_err(|e| PortError::Transient(format!("cannot keep the accepted task: {e}")))?;
             crate::validate::write_bundle_dir(&bundle, &raw, &final_dir.join("bundle"))
                 .map_err(|e| PortError::Transient(format!("cannot keep the accepted bundle: {e}")))?;
+            crate::artefacts::share(p, &unit.id, ArtefactKind::PreparedTask).await?;
             let accepted = AcceptedTask {
                 task_id: format!("{}_{}", bundle.name, unit.id),
                 unit: unit.id.clone(),

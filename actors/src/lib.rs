@@ -7,6 +7,7 @@
 //! `ARCHITECTURE.md` at the repository root has the map.
 
 pub mod agent;
+pub mod artefacts;
 pub mod codegen;
 pub mod dataset;
 pub mod debug;

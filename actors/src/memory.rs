@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
-use crate::ports::{Event, PortError, Store, Usage, UsageRow};
+use crate::ports::{Event, PortError, Store, TaskPlan, Usage, UsageRow};
 
 #[derive(Default)]
 struct Data {
@@ -122,6 +122,20 @@ impl Store for MemoryStore {
         }
         *claimed = true;
         Ok(true)
+    }
+
+    async fn create_task_unit(&self, plan: &TaskPlan) -> Result<Option<Unit>, PortError> {
+        let mut data = self.lock();
+        let tasks = || data.units.values().map(|(u, _)| u).filter(|u| u.kind == UnitKind::Task);
+        let created = tasks().map(|u| u.seq + 1).max().unwrap_or(0);
+        let accepted = tasks().filter(|u| u.status == UnitStatus::Done).count() as u64;
+        let pending = tasks().filter(|u| u.status == UnitStatus::Pending).count() as u64;
+        if !plan.wants(created, accepted, pending, 1) {
+            return Ok(None);
+        }
+        let unit = Unit::pending(crate::supervisor::task_unit_id(created), UnitKind::Task, created, None, Stage::Topic);
+        data.units.insert(unit.id.clone(), (unit.clone(), false));
+        Ok(Some(unit))
     }
 
     async fn release(&self, unit: &str) -> Result<(), PortError> {

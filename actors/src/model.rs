@@ -104,6 +104,8 @@ pub enum DropReason {
     // The machinery.
     SandboxUnavailable,
     OutputUnwritable,
+    /// A directory to share through the store is over `store.max_artefact_mb`.
+    ArtefactTooLarge,
     /// Transient failures outlived the unit's attempts.
     TransientExhausted,
     /// The unit's worker crashed on every attempt.
@@ -118,7 +120,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 35] = [
+    pub const ALL: [DropReason; 36] = [
         DropReason::NearDuplicate,
         DropReason::NoVerifiedDataset,
         DropReason::BundleInvalid,
@@ -146,6 +148,7 @@ impl DropReason {
         DropReason::ReplayMissing,
         DropReason::SandboxUnavailable,
         DropReason::OutputUnwritable,
+        DropReason::ArtefactTooLarge,
         DropReason::TransientExhausted,
         DropReason::WorkerCrashed,
         DropReason::TopicFailed,
@@ -185,6 +188,7 @@ impl DropReason {
             DropReason::ReplayMissing => "replay_missing",
             DropReason::SandboxUnavailable => "sandbox_unavailable",
             DropReason::OutputUnwritable => "output_unwritable",
+            DropReason::ArtefactTooLarge => "artefact_too_large",
             DropReason::TransientExhausted => "transient_exhausted",
             DropReason::WorkerCrashed => "worker_crashed",
             DropReason::TopicFailed => "topic_failed",

@@ -38,6 +38,10 @@ pub struct Settings {
     pub export_every: Duration,
     /// Scratch space for staged data, debug rounds and rollout workspaces.
     pub work_root: PathBuf,
+    /// The largest directory shared through the store (`store.max_artefact_mb`).
+    pub artefact_limit_bytes: u64,
+    /// How often a node of a shared store pulls work from it.
+    pub pull_every: Duration,
 }
 
 #[derive(Clone, Debug)]

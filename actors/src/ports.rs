@@ -25,6 +25,10 @@ pub enum PortError {
     /// `llm_quota`, `llm_context_length`, `llm_bad_request`, `sandbox_unavailable`, ...).
     #[error("{reason}: {detail}")]
     Refused { reason: DropReason, detail: String },
+    /// This process no longer holds the unit: its lease expired and another node took the unit
+    /// over, or committed it. The unit is forgotten here, neither retried nor dropped.
+    #[error("{0}")]
+    LeaseLost(String),
 }
 
 impl PortError {
@@ -395,6 +399,79 @@ pub trait Store: Send + Sync {
     async fn events(&self) -> Result<Vec<Event>, PortError>;
     async fn meta(&self, key: &str) -> Result<Option<String>, PortError>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), PortError>;
+    /// Creates the batch's next task unit (in sequence order) when `plan` wants one, and returns
+    /// it. The rule is the store's, so that every node sharing it creates by the same count.
+    async fn create_task_unit(&self, plan: &TaskPlan) -> Result<Option<Unit>, PortError>;
+
+    // What only a store that several processes share needs; a store of one process has none of it.
+
+    /// Whether other processes work on this store's batch: units are then pulled from it with
+    /// [`Store::claim_next`] rather than queued by the process that made them, and the files a
+    /// later stage needs travel as artefacts.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Claims up to `limit` pending units at `stage` that no live lease holds, oldest first. At
+    /// the topic stage only the oldest pending unit is ever claimable: topics are settled in
+    /// creation order, as one process settles them.
+    async fn claim_next(&self, _stage: Stage, _limit: u32) -> Result<Vec<Unit>, PortError> {
+        Ok(Vec::new())
+    }
+    /// Pending units in the whole batch.
+    async fn pending_count(&self) -> Result<u64, PortError> {
+        Ok(0)
+    }
+    /// Keeps `bytes` (a packed directory, [`crate::artefacts`]) as the unit's artefact of
+    /// `kind`, content-addressed by its SHA-256, fenced like a commit.
+    async fn put_artefact(&self, _unit: &str, _kind: ArtefactKind, _bytes: &[u8]) -> Result<(), PortError> {
+        Ok(())
+    }
+    /// The SHA-256 of the unit's artefact of `kind`, if one is kept.
+    async fn artefact_digest(&self, _unit: &str, _kind: ArtefactKind) -> Result<Option<String>, PortError> {
+        Ok(None)
+    }
+    /// The unit's artefact of `kind`, checked against its digest, if one is kept.
+    async fn artefact(&self, _unit: &str, _kind: ArtefactKind) -> Result<Option<Vec<u8>>, PortError> {
+        Ok(None)
+    }
+}
+
+/// When the batch wants another task unit: while fewer than `window` task units are pending
+/// (per live node of a shared store), and, with a target (`tasks > 0`), while the accepted and
+/// pending task units fall short of it and fewer than `max_topics` were created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskPlan {
+    pub tasks: u32,
+    pub max_topics: u32,
+    pub window: u32,
+}
+
+impl TaskPlan {
+    /// The rule, given the batch's counts of task units: all created, accepted, and pending.
+    pub fn wants(&self, created: u64, accepted: u64, pending: u64, nodes: u64) -> bool {
+        if pending >= u64::from(self.window) * nodes.max(1) {
+            return false;
+        }
+        self.tasks == 0 || (accepted + pending < u64::from(self.tasks) && created < u64::from(self.max_topics))
+    }
+}
+
+/// The files of a unit that a later stage may run on another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArtefactKind {
+    /// The staged parquet files (dataset stage; the debug stage reads them).
+    RawData,
+    /// The accepted task's prepared directory (debug stage; export and rollouts read it).
+    PreparedTask,
+}
+
+impl ArtefactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtefactKind::RawData => "raw_data",
+            ArtefactKind::PreparedTask => "prepared_task",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,6 +497,15 @@ pub trait Outputs: Send + Sync {
     fn write_rollout(&self, rollout: &RolloutRecord) -> Result<(), PortError>;
     /// Writes `tasks.json`, `sft/train.jsonl` and `report.json`.
     fn finalize(&self, inputs: &FinalInputs) -> Result<(), PortError>;
+    /// Whether the task is written here already (another node of a shared store may have made
+    /// it); false has it written again.
+    fn has_task(&self, _task_id: &str) -> bool {
+        false
+    }
+    /// Whether the rollout's trajectory is written here already.
+    fn has_rollout(&self, _rollout: &RolloutRecord) -> bool {
+        false
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

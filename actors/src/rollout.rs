@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::paths::{PreparedTask, WORKSPACE, copy_files, fresh_dir};
 use crate::pipeline::Pipeline;
-use crate::ports::{ChatMessage, ChatRequest, Finish, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
+use crate::ports::{ArtefactKind, ChatMessage, ChatRequest, Finish, JobOutput, Mount, PortError, ResponseFormat, SandboxJob, Shell};
 use crate::template::render;
 use crate::validate::{evaluate_submission, format_scores, head_tail, parse_scores};
 use tracing::Instrument;
@@ -54,7 +54,7 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     let workspace = dir.join("workspace");
     // A rollout always restarts cleanly: its workspace is rebuilt from the starter code.
     fresh_dir(&dir).map_err(|e| io("cannot create the rollout directory", e))?;
-    let prepared = PreparedTask::new(p.paths().final_dir(&task_unit));
+    let prepared = PreparedTask::new(crate::artefacts::fetch(p, &task_unit, ArtefactKind::PreparedTask).await?);
     fresh_dir(&workspace.join("data")).map_err(|e| io("cannot create the workspace", e))?;
     copy_files(&prepared.starter(), &workspace).map_err(|e| io("cannot copy the starter code", e))?;
     let control = dir.join("commands");

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::model::{DropReason, Stage, Unit, UnitId, UnitKind, UnitStatus, Verdict};
 use crate::pipeline::{Pipeline, Progress, StageCounts};
-use crate::ports::{Event, EventKind, FinalInputs, PortError};
+use crate::ports::{Event, EventKind, FinalInputs, PortError, TaskPlan};
 use crate::worker::{StageWorker, WorkerArgs, WorkerMsg};
 
 /// How often the supervisor looks for workers stuck past their stage's deadline.
@@ -48,6 +48,8 @@ pub enum SupervisorMsg {
     CheckStuck,
     /// A periodic export ended.
     Exported,
+    /// Time for a node of a shared store to create and pull work (`Settings::pull_every`).
+    Pull,
 }
 
 /// How a run ended.
@@ -134,6 +136,8 @@ pub struct State {
     /// Units in a stage queue or in a worker's hands: a unit is scheduled at most once, however
     /// it came to be queued (created, resumed, grown, retried, after a crash).
     scheduled: HashSet<UnitId>,
+    /// Queued units this node pulled from a shared store, claimed already.
+    pulled: HashSet<UnitId>,
     retries_waiting: usize,
     restarts: u32,
     started: Instant,
@@ -151,6 +155,7 @@ pub struct State {
     ended_since_export: bool,
     export: Option<tokio::task::JoinHandle<()>>,
     stuck_timer: Option<tokio::task::JoinHandle<()>>,
+    pull_timer: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the pipeline until its target is met or its budget is spent, and returns the outcome.
@@ -193,6 +198,7 @@ impl Actor for Supervisor {
             tally: Tally::of(&units),
             live: HashMap::new(),
             scheduled: HashSet::new(),
+            pulled: HashSet::new(),
             retries_waiting: 0,
             restarts: 0,
             started: Instant::now(),
@@ -206,32 +212,25 @@ impl Actor for Supervisor {
             ended_since_export: false,
             export: None,
             stuck_timer: None,
+            pull_timer: None,
         };
         for stage in Stage::ALL {
             for _ in 0..p.workers_for(stage) {
                 state.spawn_worker(&myself, stage).await?;
             }
         }
-        // Resume: accepted tasks get any rollout units a crash kept them from creating, then
-        // every pending unit goes back to the queue of the stage it is at, in creation order.
-        let existing: HashSet<&str> = units.iter().map(|u| u.id.as_str()).collect();
-        let mut missing = Vec::new();
-        for task in units.iter().filter(|u| u.kind == UnitKind::Task && u.status == UnitStatus::Done) {
-            for index in 0..p.settings.rollouts {
-                if !existing.contains(rollout_unit_id(&task.id, index).as_str()) {
-                    missing.push((task.id.clone(), task.seq, index));
-                }
+        // Resume: every pending unit goes back to the queue of the stage it is at, in creation
+        // order (a node of a shared store pulls them instead), and accepted tasks get any
+        // rollout units a crash kept them from creating.
+        if !p.store.is_shared() {
+            let mut pending: Vec<Unit> = units.iter().filter(|u| u.status == UnitStatus::Pending).cloned().collect();
+            pending.sort_by_key(|u| (u.kind == UnitKind::Rollout, u.seq));
+            for unit in pending {
+                state.enqueue(unit.stage, unit.id.clone(), false);
+                state.live.insert(unit.id.clone(), unit);
             }
         }
-        let mut pending: Vec<Unit> = units.into_iter().filter(|u| u.status == UnitStatus::Pending).collect();
-        pending.sort_by_key(|u| (u.kind == UnitKind::Rollout, u.seq));
-        for unit in pending {
-            state.enqueue(unit.stage, unit.id.clone(), false);
-            state.live.insert(unit.id.clone(), unit);
-        }
-        for (task, seq, index) in missing {
-            state.create_rollout(&task, seq, index).await?;
-        }
+        state.create_missing_rollouts(&units).await?;
         Ok(state)
     }
 
@@ -245,17 +244,47 @@ impl Actor for Supervisor {
             });
         }
         state.stuck_timer = Some(myself.send_interval(STUCK_CHECK_EVERY, || SupervisorMsg::CheckStuck));
+        if state.p.store.is_shared() {
+            state.pull_timer = Some(myself.send_interval(state.p.settings.pull_every, || SupervisorMsg::Pull));
+        }
         state.step(&myself).await
     }
 
     async fn post_stop(&self, _: ActorRef<SupervisorMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
-        if let Some(timer) = state.stuck_timer.take() {
+        for timer in [state.stuck_timer.take(), state.pull_timer.take()].into_iter().flatten() {
             timer.abort();
         }
         Ok(())
     }
 
     async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
+        let handled = State::on_message(myself.clone(), msg, state).await;
+        state.fail_on(&myself, handled);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        let handled = State::on_supervision(myself.clone(), event, state).await;
+        state.fail_on(&myself, handled);
+        Ok(())
+    }
+}
+
+/// What the supervisor does with a message and with a worker's end; an error (the store failed)
+/// ends the run with its message.
+impl State {
+    fn fail_on(&mut self, myself: &ActorRef<SupervisorMsg>, handled: Result<(), ActorProcessingErr>) {
+        if let Err(e) = handled {
+            self.fail(myself, format!("the supervisor stopped: {e}"));
+        }
+    }
+
+    async fn on_message(myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Finished { worker, unit, verdict } => {
                 if let Some(stage) = state.worker_stage.get(&worker).copied() {
@@ -278,19 +307,16 @@ impl Actor for Supervisor {
                 let in_flight: usize = state.pools.values().map(|p| p.busy.len()).sum();
                 tracing::warn!(in_flight, "draining: no new work is started; waiting for the units in flight");
                 state.draining = true;
+                state.release_queued().await?;
             }
             SupervisorMsg::CheckStuck => state.kill_stuck_workers(),
             SupervisorMsg::Exported => state.export = None,
+            SupervisorMsg::Pull => return state.pull(&myself).await,
         }
         state.step(&myself).await
     }
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<SupervisorMsg>,
-        event: SupervisionEvent,
-        state: &mut State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn on_supervision(myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut State) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
@@ -310,10 +336,16 @@ impl Actor for Supervisor {
         if let Some(unit) = held {
             state.scheduled.remove(&unit);
             let store = &state.p.store;
-            store.release(&unit).await?;
             store.add_event(&Event { kind: EventKind::WorkerRestart, unit: unit.clone(), stage, detail: reason.clone() }).await?;
-            let attempts = store.record_attempt(&unit).await?;
-            if attempts >= state.p.settings.max_attempts {
+            let attempts = match store.record_attempt(&unit).await {
+                Ok(attempts) => Some(attempts),
+                // Another node holds the unit now: nothing to count here.
+                Err(PortError::LeaseLost(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if attempts.is_none() {
+                state.live.remove(&unit);
+            } else if let Some(attempts) = attempts.filter(|a| *a >= state.p.settings.max_attempts) {
                 let detail = format!("worker crashed {attempts} times; last: {reason}");
                 store.drop_unit(&unit, DropReason::WorkerCrashed, &detail).await?;
                 let verdict = Verdict::Dropped { reason: DropReason::WorkerCrashed, fatal: None };
@@ -321,7 +353,7 @@ impl Actor for Supervisor {
                     state.p.telemetry.stage_ended(u, stage, &verdict, Duration::ZERO);
                 }
                 state.apply(&myself, &unit, verdict).await?;
-            } else {
+            } else if let Some(attempts) = attempts {
                 if let Some(u) = state.live.get_mut(&unit) {
                     u.attempts = attempts;
                 }
@@ -385,7 +417,12 @@ impl State {
                 *self.tally.passed.entry(unit.stage).or_default() += 1;
                 unit.stage = stage;
                 unit.attempts = 0;
-                self.enqueue(stage, unit_id.to_string(), false);
+                if self.p.store.is_shared() {
+                    // Whichever node has a free worker pulls it.
+                    self.live.remove(unit_id);
+                } else {
+                    self.enqueue(stage, unit_id.to_string(), false);
+                }
             }
             Verdict::Advanced { next: None } => {
                 let unit = self.live.remove(unit_id).expect("present");
@@ -419,7 +456,10 @@ impl State {
                     self.fail(myself, message);
                 }
             }
-            Verdict::NotClaimed => {}
+            // Another node holds it: it is that node's now.
+            Verdict::NotClaimed => {
+                self.live.remove(unit_id);
+            }
             Verdict::Retry { attempts } => {
                 unit.attempts = attempts;
                 self.retries_waiting += 1;
@@ -431,14 +471,86 @@ impl State {
         Ok(())
     }
 
-    /// Creates (idempotently in the store) rollout `index` of an accepted task and queues it.
+    /// Creates (idempotently in the store) rollout `index` of an accepted task and queues it
+    /// (with a shared store, leaves it there for any node to pull).
     async fn create_rollout(&mut self, task: &str, task_seq: u64, index: u32) -> Result<(), PortError> {
         let id = rollout_unit_id(task, index);
         let unit = Unit::pending(id.clone(), UnitKind::Rollout, task_seq * 1000 + u64::from(index), Some(task.to_string()), Stage::Rollout);
         self.p.store.insert_unit(&unit).await?;
         self.tally.rollouts_created += 1;
-        self.enqueue(Stage::Rollout, id.clone(), false);
-        self.live.insert(id, unit);
+        if !self.p.store.is_shared() {
+            self.enqueue(Stage::Rollout, id.clone(), false);
+            self.live.insert(id, unit);
+        }
+        Ok(())
+    }
+
+    /// Creates the rollout units of accepted tasks that a crash kept from being created.
+    async fn create_missing_rollouts(&mut self, units: &[Unit]) -> Result<(), PortError> {
+        let existing: HashSet<&str> = units.iter().map(|u| u.id.as_str()).collect();
+        let mut missing = Vec::new();
+        for task in units.iter().filter(|u| u.kind == UnitKind::Task && u.status == UnitStatus::Done) {
+            for index in 0..self.p.settings.rollouts {
+                if !existing.contains(rollout_unit_id(&task.id, index).as_str()) {
+                    missing.push((task.id.clone(), task.seq, index));
+                }
+            }
+        }
+        for (task, seq, index) in missing {
+            self.create_rollout(&task, seq, index).await?;
+        }
+        Ok(())
+    }
+
+    /// A node of a shared store: creates the task units the batch wants, claims work for its
+    /// idle workers, and finishes when nothing is left in the whole batch.
+    async fn pull(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        if self.stopping || self.draining {
+            return Ok(());
+        }
+        self.top_up().await?;
+        for stage in Stage::ALL {
+            let pool = &self.pools[&stage];
+            let wanted = pool.idle.len().saturating_sub(pool.queue.len());
+            if wanted == 0 {
+                continue;
+            }
+            for unit in self.p.store.claim_next(stage, wanted as u32).await? {
+                if !self.live.contains_key(&unit.id) {
+                    self.enqueue(stage, unit.id.clone(), false);
+                    self.pulled.insert(unit.id.clone());
+                    self.live.insert(unit.id.clone(), unit);
+                }
+            }
+        }
+        let locally_idle = self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty());
+        if locally_idle && self.p.store.pending_count().await? == 0 {
+            // A node killed between accepting a task and creating its rollouts left them out.
+            let units = self.p.store.units().await?;
+            self.create_missing_rollouts(&units).await?;
+            if self.p.store.pending_count().await? == 0 {
+                self.publish(true);
+                self.finish(myself).await;
+                return Ok(());
+            }
+        }
+        self.step(myself).await
+    }
+
+    /// Gives back the claims on units queued here but not started, so other nodes take them
+    /// at once (a draining node of a shared store).
+    async fn release_queued(&mut self) -> Result<(), PortError> {
+        if !self.p.store.is_shared() {
+            return Ok(());
+        }
+        let queued: Vec<UnitId> = self.pools.values_mut().flat_map(|p| p.queue.drain(..)).collect();
+        for unit in queued {
+            if self.pulled.remove(&unit) {
+                self.p.store.release(&unit).await?;
+            }
+            self.scheduled.remove(&unit);
+            self.live.remove(&unit);
+        }
         Ok(())
     }
 
@@ -455,24 +567,23 @@ impl State {
 
     /// Creates task units, in order, while fewer than the window are in progress and the
     /// accepted plus in-progress tasks fall short of the target within the topic budget (or
-    /// forever, without a target).
+    /// forever, without a target): [`TaskPlan`], applied by the store to the whole batch.
     async fn top_up(&mut self) -> Result<(), PortError> {
-        let p = self.p.clone();
-        let s = &p.settings;
-        let window = self.task_window();
+        let s = &self.p.settings;
+        let plan = TaskPlan { tasks: s.tasks, max_topics: s.max_topics, window: self.task_window() };
+        let shared = self.p.store.is_shared();
         loop {
-            let in_progress = self.tasks_in_progress();
-            let live = self.tally.tasks_accepted + in_progress;
-            let wanted = s.forever() || (live < s.tasks && self.tally.tasks_created < u64::from(s.max_topics));
-            if in_progress >= window || !wanted {
+            // One process knows the counts already; the store is asked only when they say yes.
+            let (created, accepted) = (self.tally.tasks_created, u64::from(self.tally.tasks_accepted));
+            if !shared && !plan.wants(created, accepted, u64::from(self.tasks_in_progress()), 1) {
                 return Ok(());
             }
-            let seq = self.tally.tasks_created;
-            let unit = Unit::pending(task_unit_id(seq), UnitKind::Task, seq, None, Stage::Topic);
-            self.p.store.insert_unit(&unit).await?;
-            self.tally.tasks_created += 1;
-            self.enqueue(Stage::Topic, unit.id.clone(), false);
-            self.live.insert(unit.id.clone(), unit);
+            let Some(unit) = self.p.store.create_task_unit(&plan).await? else { return Ok(()) };
+            self.tally.tasks_created = self.tally.tasks_created.max(unit.seq + 1);
+            if !shared {
+                self.enqueue(Stage::Topic, unit.id.clone(), false);
+                self.live.insert(unit.id.clone(), unit);
+            }
         }
     }
 
@@ -511,12 +622,18 @@ impl State {
                     continue;
                 };
                 let worker = pool.idle.pop().expect("non-empty");
-                match worker.cast(WorkerMsg::Work(unit)) {
+                let claimed = self.pulled.remove(&unit_id);
+                match worker.cast(WorkerMsg::Work { unit, claimed }) {
                     Ok(()) => {
                         pool.busy.insert(worker.get_id(), Held { worker, unit: unit_id, since: Instant::now() });
                     }
                     // The worker is dying; its supervision event will replace it.
-                    Err(_) => pool.queue.push_front(unit_id),
+                    Err(_) => {
+                        if claimed {
+                            self.pulled.insert(unit_id.clone());
+                        }
+                        pool.queue.push_front(unit_id);
+                    }
                 }
             }
         }
@@ -536,13 +653,17 @@ impl State {
             self.fail(myself, msg);
             return Ok(());
         }
+        let shared = self.p.store.is_shared();
         let idle = if self.draining {
             self.pools.values().all(|p| p.busy.is_empty())
         } else {
             self.export_now_and_then(myself);
-            self.top_up().await?;
+            // A node of a shared store creates work and finishes on its pull ticks.
+            if !shared {
+                self.top_up().await?;
+            }
             self.dispatch();
-            self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty())
+            !shared && self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty())
         };
         self.publish(idle);
         if idle {

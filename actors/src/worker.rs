@@ -21,7 +21,8 @@ pub struct WorkerArgs {
 }
 
 pub enum WorkerMsg {
-    Work(Unit),
+    /// Work on the unit; `claimed` when the supervisor pulled it claimed from a shared store.
+    Work { unit: Unit, claimed: bool },
 }
 
 impl Actor for StageWorker {
@@ -34,9 +35,9 @@ impl Actor for StageWorker {
     }
 
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerArgs) -> Result<(), ActorProcessingErr> {
-        let WorkerMsg::Work(unit) = msg;
+        let WorkerMsg::Work { unit, claimed } = msg;
         // No work starts on a unit that is not claimed in the store first.
-        if !state.pipeline.store.claim(&unit.id, state.stage).await? {
+        if !claimed && !state.pipeline.store.claim(&unit.id, state.stage).await? {
             tracing::error!(unit = %unit.id, stage = %state.stage, "unit already claimed; not working on it twice");
             state.supervisor.cast(SupervisorMsg::Finished { worker: myself.get_id(), unit: unit.id, verdict: Verdict::NotClaimed })?;
             return Ok(());
@@ -44,7 +45,14 @@ impl Actor for StageWorker {
         inject_fault(&state.pipeline, state.stage, &unit)?;
         let span = state.pipeline.telemetry.stage_span(&unit, state.stage);
         let started = std::time::Instant::now();
-        let verdict = process(&state.pipeline, state.stage, &unit).instrument(span).await?;
+        let verdict = match process(&state.pipeline, state.stage, &unit).instrument(span).await {
+            // Another node holds the unit now: its work here is forgotten, not retried.
+            Err(PortError::LeaseLost(e)) => {
+                tracing::warn!(unit = %unit.id, stage = %state.stage, error = %e, "lease lost; leaving the unit to the node that holds it");
+                Verdict::NotClaimed
+            }
+            other => other?,
+        };
         state.pipeline.telemetry.stage_ended(&unit, state.stage, &verdict, started.elapsed());
         state.supervisor.cast(SupervisorMsg::Finished { worker: myself.get_id(), unit: unit.id, verdict })?;
         Ok(())
@@ -75,6 +83,7 @@ pub async fn process(p: &Pipeline, stage: Stage, unit: &Unit) -> Result<Verdict,
         // Named after the stage: the detail says what failed.
         Err(PortError::Permanent(e)) => drop(p, stage, unit, DropReason::stage_failed(stage), &e).await,
         Err(PortError::Refused { reason, detail }) => drop(p, stage, unit, reason, &detail).await,
+        Err(lost @ PortError::LeaseLost(_)) => Err(lost),
     }
 }
 

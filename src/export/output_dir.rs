@@ -156,6 +156,15 @@ impl Outputs for OutputDir {
         Ok(())
     }
 
+    fn has_task(&self, task_id: &str) -> bool {
+        // The task config is written last.
+        self.task_config_path(task_id).is_file()
+    }
+
+    fn has_rollout(&self, rollout: &RolloutRecord) -> bool {
+        self.run_dir(&rollout.run_name).is_ok_and(|dir| dir.join("results.json").is_file())
+    }
+
     fn finalize(&self, inputs: &FinalInputs) -> Result<(), PortError> {
         let path = self.tasks_index_path();
         write_atomic(&path, &to_pretty_json("tasks.json", &tasks_index(&inputs.tasks))?)

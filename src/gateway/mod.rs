@@ -282,6 +282,7 @@ fn finish_llm_span(span: &tracing::Span, endpoint: &Endpoint, result: &Result<Ch
                 PortError::Refused { reason, .. } => reason.as_str(),
                 PortError::Transient(_) => "transient",
                 PortError::Permanent(_) => "permanent",
+                PortError::LeaseLost(_) => "lease_lost",
             };
             span.record("otel.status_code", "ERROR");
             span.record("error.type", kind);

@@ -157,6 +157,7 @@ impl HubClient {
             PortError::Transient(m) => PortError::Transient(self.scrub(m)),
             PortError::Permanent(m) => PortError::Permanent(self.scrub(m)),
             PortError::Refused { reason, detail } => PortError::Refused { reason, detail: self.scrub(detail) },
+            PortError::LeaseLost(m) => PortError::LeaseLost(self.scrub(m)),
         }
     }
 

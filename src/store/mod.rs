@@ -34,6 +34,8 @@ pub trait BatchStore: Store {
     async fn cluster_view(&self) -> Option<Result<ClusterView, PortError>> {
         None
     }
+    /// A node leaving the batch cleanly: off the registry, its unstarted claims given back.
+    async fn leave(&self) {}
 }
 
 #[async_trait::async_trait]

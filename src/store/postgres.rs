@@ -10,9 +10,12 @@
 //!   process runs; a process that is killed, paused or cut off stops renewing, and once the lease
 //!   has expired any other session may claim the unit. Expiry is computed with the database's
 //!   clock, never a node's.
-//! - **Fencing.** Completing, dropping and counting an attempt are refused with
-//!   [`PortError::Permanent`] naming the lost lease when another session holds the unit's claim,
-//!   so a session whose lease was taken over can never commit over the one that took it.
+//! - **Fencing.** Completing, dropping, counting an attempt and keeping an artefact are refused
+//!   with [`PortError::LeaseLost`] when another session holds the unit's claim or the unit has
+//!   moved on, so a session whose lease was taken over can never commit over the one that took it.
+//! - **Pulling.** Nodes claim work with `FOR UPDATE SKIP LOCKED` ([`Store::claim_next`]), task
+//!   units are created under an advisory lock by one rule for the whole batch, and the files a
+//!   later stage needs are content-addressed blobs in 1 MiB chunks, checked on every read.
 //! - **Migrations.** The schema is versioned in `gymforge_schema`; migrations run in one
 //!   transaction under an advisory lock, so nodes starting together migrate once, and a
 //!   database migrated by a newer gymforge is refused with a message saying so.
@@ -28,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use gymforge_actors::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
-use gymforge_actors::ports::{Event, EventKind, PortError, Store, Usage, UsageRow};
+use gymforge_actors::ports::{ArtefactKind, Event, EventKind, PortError, Store, TaskPlan, Usage, UsageRow};
 use serde::Serialize;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -106,7 +109,39 @@ CREATE TABLE nodes (
 );
 ALTER TABLE claims ADD COLUMN took_over_from TEXT;
 ",
+    "
+CREATE TABLE blobs (
+    sha256     TEXT PRIMARY KEY,
+    size       BIGINT NOT NULL,
+    chunks     INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE blob_chunks (
+    sha256 TEXT NOT NULL REFERENCES blobs (sha256),
+    idx    INTEGER NOT NULL,
+    data   BYTEA NOT NULL,
+    PRIMARY KEY (sha256, idx)
+);
+CREATE TABLE artefacts (
+    unit       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    sha256     TEXT NOT NULL REFERENCES blobs (sha256),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (unit, kind)
+);
+CREATE INDEX units_pending ON units (stage, kind, seq) WHERE status = 'pending';
+ALTER TABLE nodes ADD COLUMN left_at TIMESTAMPTZ;
+",
 ];
+
+/// Artefacts are stored in chunks of this many bytes (one row each).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The advisory lock under which task units are counted and created.
+const CREATE_LOCK: i64 = 0x6766_7461_736b_7321;
+
+/// The columns [`unit_from_row`] reads, in its order.
+const UNIT_COLUMNS: &str = "u.id, u.kind, u.seq, u.parent, u.stage, u.status, u.attempts, u.drop_reason, u.drop_detail";
 
 /// The schema version this gymforge writes and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -318,6 +353,23 @@ impl PgStore {
         Ok(removed)
     }
 
+    async fn record_claim(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        unit: &str,
+        stage: Stage,
+        took_over_from: Option<&str>,
+        context: &str,
+    ) -> Result<(), PortError> {
+        tx.execute(
+            "INSERT INTO claims (unit, stage, session, took_over_from) VALUES ($1, $2, $3, $4)",
+            &[&unit, &stage.as_str(), &&*self.session, &took_over_from],
+        )
+        .await
+        .map_err(|e| self.err(context, &e))?;
+        Ok(())
+    }
+
     /// Locks the unit's row in `tx` and checks that no other session holds its claim; returns
     /// its stage and status, or `None` when there is no such unit.
     async fn lock_unit(
@@ -333,7 +385,7 @@ impl PgStore {
         let Some(row) = row else { return Ok(None) };
         let claim: Option<String> = row.get(2);
         if let Some(holder) = claim.filter(|c| **c != *self.session) {
-            return Err(PortError::Permanent(format!(
+            return Err(PortError::LeaseLost(format!(
                 "store {}: {context}: the lease was lost: session {holder} took the unit over",
                 self.target.display()
             )));
@@ -344,6 +396,21 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl super::BatchStore for PgStore {
+    async fn leave(&self) {
+        let left = async {
+            let client = self.pool.get().await.map_err(|e| pool_error(&e))?;
+            let session = &*self.session;
+            client
+                .execute("UPDATE units SET claim = NULL, lease_until = NULL WHERE claim = $1 AND status = 'pending'", &[&session])
+                .await
+                .and(client.execute("UPDATE nodes SET left_at = now() WHERE session = $1", &[&session]).await)
+                .map_err(|e| self.err("leaving the batch", &e).to_string())
+        };
+        if let Err(e) = left.await {
+            tracing::warn!(error = %e, "could not leave the batch cleanly; this node's leases expire on their own");
+        }
+    }
+
     fn created_unix_ms(&self, unit: &str) -> Option<u64> {
         // A blocking read is possible only on a runtime with other threads to carry on.
         let handle = tokio::runtime::Handle::try_current().ok()?;
@@ -379,8 +446,10 @@ pub struct NodeView {
     pub pid: i32,
     pub version: String,
     pub slots: i32,
-    /// Its heartbeat is younger than a lease.
+    /// It has not left and its heartbeat is younger than a lease.
     pub alive: bool,
+    /// It left the batch cleanly.
+    pub left: bool,
     pub heartbeat_age_secs: f64,
     /// Units it holds an unexpired lease on.
     pub units_in_flight: i64,
@@ -410,7 +479,11 @@ impl ClusterView {
         let _ =
             writeln!(out, "  {:<40} {:>7} {:>8} {:>5} {:>9} {:>10}  state", "node", "pid", "version", "slots", "in flight", "heartbeat");
         for n in &self.nodes {
-            let state = if n.alive { "alive" } else { "gone" };
+            let state = match (n.alive, n.left) {
+                (true, _) => "alive",
+                (false, true) => "left",
+                (false, false) => "gone",
+            };
             let _ = writeln!(
                 out,
                 "  {:<40} {:>7} {:>8} {:>5} {:>9} {:>9.1}s  {state}",
@@ -431,21 +504,22 @@ async fn cluster_view(client: &tokio_postgres::Client, lease: Duration) -> Resul
     let nodes = client
         .query(
             "SELECT n.session, n.host, n.pid, n.version, n.slots, extract(epoch FROM now() - n.heartbeat_at)::FLOAT8, \
-             (SELECT count(*) FROM units u WHERE u.claim = n.session AND u.status = 'pending' AND u.lease_until >= now()) \
-             FROM nodes n ORDER BY n.started_at, n.session",
+             (SELECT count(*) FROM units u WHERE u.claim = n.session AND u.status = 'pending' AND u.lease_until >= now()), \
+             n.left_at IS NOT NULL FROM nodes n ORDER BY n.started_at, n.session",
             &[],
         )
         .await?
         .iter()
         .map(|r| {
-            let age: f64 = r.get(5);
+            let (age, left): (f64, bool) = (r.get(5), r.get(7));
             NodeView {
                 session: r.get(0),
                 host: r.get(1),
                 pid: r.get(2),
                 version: r.get(3),
                 slots: r.get(4),
-                alive: age < lease.as_secs_f64(),
+                alive: !left && age < lease.as_secs_f64(),
+                left,
                 heartbeat_age_secs: age,
                 units_in_flight: r.get(6),
             }
@@ -683,8 +757,12 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
         match self.lock_unit(&tx, unit, &context).await? {
             None => return Err(PortError::Permanent(format!("store: {context}: no such unit"))),
+            // Another session took the unit over and committed it (or dropped it) meanwhile.
             Some((at, status)) if at != stage.as_str() || status != "pending" => {
-                return Err(PortError::Permanent(format!("store: {context}: the unit is {status} at stage {at}, not pending at {stage}")));
+                return Err(PortError::LeaseLost(format!(
+                    "store {}: {context}: the lease was lost: the unit is {status} at stage {at}, not pending at {stage}",
+                    self.target.display()
+                )));
             }
             Some(_) => {}
         }
@@ -767,14 +845,8 @@ impl Store for PgStore {
             )
             .await
             .map_err(|e| self.err(&context, &e))?;
-        if let Some(row) = &claimed {
-            let took_over_from: Option<String> = row.get(0);
-            tx.execute(
-                "INSERT INTO claims (unit, stage, session, took_over_from) VALUES ($1, $2, $3, $4)",
-                &[&unit, &stage.as_str(), &&*self.session, &took_over_from],
-            )
-            .await
-            .map_err(|e| self.err(&context, &e))?;
+        if let Some(took_over_from) = claimed.as_ref().map(|row| row.get::<_, Option<String>>(0)) {
+            self.record_claim(&tx, unit, stage, took_over_from.as_deref(), &context).await?;
         }
         tx.commit().await.map_err(|e| self.err(&context, &e))?;
         Ok(claimed.is_some())
@@ -898,6 +970,165 @@ impl Store for PgStore {
             .await
             .map_err(|e| self.err(&context, &e))?;
         Ok(())
+    }
+
+    async fn create_task_unit(&self, plan: &TaskPlan) -> Result<Option<Unit>, PortError> {
+        let context = "creating a task unit";
+        let mut client = self.client(context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(context, &e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK]).await.map_err(|e| self.err(context, &e))?;
+        let row = tx
+            .query_one(
+                "SELECT COALESCE(MAX(seq) + 1, 0), COUNT(*) FILTER (WHERE status = 'done'), \
+                 COUNT(*) FILTER (WHERE status = 'pending'), \
+                 (SELECT COUNT(*) FROM nodes WHERE left_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)) \
+                 FROM units WHERE kind = 'task'",
+                &[&self.lease.as_secs_f64()],
+            )
+            .await
+            .map_err(|e| self.err(context, &e))?;
+        let created = to_u64(row.get(0));
+        if !plan.wants(created, to_u64(row.get(1)), to_u64(row.get(2)), to_u64(row.get(3))) {
+            return Ok(None);
+        }
+        let unit = Unit::pending(gymforge_actors::supervisor::task_unit_id(created), UnitKind::Task, created, None, Stage::Topic);
+        tx.execute(
+            "INSERT INTO units (id, kind, seq, stage, status) VALUES ($1, 'task', $2, 'topic', 'pending')",
+            &[&unit.id, &to_i64(unit.seq)],
+        )
+        .await
+        .map_err(|e| self.err(context, &e))?;
+        tx.commit().await.map_err(|e| self.err(context, &e))?;
+        Ok(Some(unit))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn claim_next(&self, stage: Stage, limit: u32) -> Result<Vec<Unit>, PortError> {
+        let context = format!("claiming work at {stage}");
+        let mut client = self.client(&context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        // Topics are settled in creation order: only the oldest pending one is ever claimable,
+        // and only while no live lease holds it.
+        let picked = if stage == Stage::Topic {
+            "SELECT id, claim, lease_until FROM units WHERE kind = 'task' AND stage = $1 AND status = 'pending' \
+             ORDER BY seq LIMIT 1 FOR UPDATE"
+        } else {
+            "SELECT id, claim, lease_until FROM units WHERE stage = $1 AND status = 'pending' \
+             AND (claim IS NULL OR lease_until < now()) \
+             ORDER BY CASE kind WHEN 'task' THEN 0 ELSE 1 END, seq, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+        };
+        let limit = i64::from(if stage == Stage::Topic { 1 } else { limit });
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH picked AS ({picked}) \
+                     UPDATE units u SET claim = $3, lease_until = now() + make_interval(secs => $4), updated_at = now() \
+                     FROM picked WHERE u.id = picked.id AND (picked.claim IS NULL OR picked.lease_until < now()) \
+                     AND $2::BIGINT > 0 RETURNING {UNIT_COLUMNS}, picked.claim"
+                ),
+                &[&stage.as_str(), &limit, &&*self.session, &self.lease.as_secs_f64()],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        let mut units = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let unit = unit_from_row(row).map_err(|e| PortError::Permanent(format!("store: {context}: {e}")))?;
+            self.record_claim(&tx, &unit.id, stage, row.get::<_, Option<&str>>(9), &context).await?;
+            units.push(unit);
+        }
+        tx.commit().await.map_err(|e| self.err(&context, &e))?;
+        Ok(units)
+    }
+
+    async fn pending_count(&self) -> Result<u64, PortError> {
+        let context = "counting pending units";
+        let client = self.client(context).await?;
+        let row = client.query_one("SELECT COUNT(*) FROM units WHERE status = 'pending'", &[]).await.map_err(|e| self.err(context, &e))?;
+        Ok(to_u64(row.get(0)))
+    }
+
+    async fn put_artefact(&self, unit: &str, kind: ArtefactKind, bytes: &[u8]) -> Result<(), PortError> {
+        let context = format!("keeping the {} of {unit}", kind.as_str());
+        let digest = gymforge_actors::digest::sha256_hex(bytes);
+        let mut client = self.client(&context).await?;
+        let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
+        if self.lock_unit(&tx, unit, &context).await?.is_none() {
+            return Err(PortError::Permanent(format!("store: {context}: no such unit")));
+        }
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
+        let new = tx
+            .execute(
+                "INSERT INTO blobs (sha256, size, chunks) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+                &[&digest, &to_i64(bytes.len() as u64), &i32::try_from(chunks.len()).unwrap_or(i32::MAX)],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        if new == 1 {
+            for (idx, chunk) in chunks.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO blob_chunks (sha256, idx, data) VALUES ($1, $2, $3)",
+                    &[&digest, &i32::try_from(idx).unwrap_or(i32::MAX), chunk],
+                )
+                .await
+                .map_err(|e| self.err(&context, &e))?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO artefacts (unit, kind, sha256) VALUES ($1, $2, $3) \
+             ON CONFLICT (unit, kind) DO UPDATE SET sha256 = excluded.sha256, created_at = now()",
+            &[&unit, &kind.as_str(), &digest],
+        )
+        .await
+        .map_err(|e| self.err(&context, &e))?;
+        tx.commit().await.map_err(|e| self.err(&context, &e))
+    }
+
+    async fn artefact_digest(&self, unit: &str, kind: ArtefactKind) -> Result<Option<String>, PortError> {
+        let context = format!("looking up the {} of {unit}", kind.as_str());
+        let client = self.client(&context).await?;
+        let row = client
+            .query_opt("SELECT sha256 FROM artefacts WHERE unit = $1 AND kind = $2", &[&unit, &kind.as_str()])
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn artefact(&self, unit: &str, kind: ArtefactKind) -> Result<Option<Vec<u8>>, PortError> {
+        let context = format!("reading the {} of {unit}", kind.as_str());
+        let client = self.client(&context).await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT b.sha256, b.size, b.chunks FROM artefacts a JOIN blobs b ON b.sha256 = a.sha256 \
+                 WHERE a.unit = $1 AND a.kind = $2",
+                &[&unit, &kind.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e))?
+        else {
+            return Ok(None);
+        };
+        let (digest, size, chunks): (String, i64, i32) = (row.get(0), row.get(1), row.get(2));
+        let rows = client
+            .query("SELECT data FROM blob_chunks WHERE sha256 = $1 ORDER BY idx", &[&digest])
+            .await
+            .map_err(|e| self.err(&context, &e))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        for row in &rows {
+            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
+        }
+        let actual = gymforge_actors::digest::sha256_hex(&bytes);
+        if rows.len() != usize::try_from(chunks).unwrap_or(0) || to_i64(bytes.len() as u64) != size || actual != digest {
+            return Err(PortError::Permanent(format!(
+                "store {}: {context}: the blob is corrupt ({} of {chunks} chunks, {} of {size} bytes, sha256 {actual}, expected {digest})",
+                self.target.display(),
+                rows.len(),
+                bytes.len()
+            )));
+        }
+        Ok(Some(bytes))
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gymforge_actors::model::{DropReason, Stage, StageResult, Unit, UnitId, UnitKind, UnitStatus};
-use gymforge_actors::ports::{Event, EventKind, PortError, Store, Usage, UsageRow};
+use gymforge_actors::ports::{Event, EventKind, PortError, Store, TaskPlan, Usage, UsageRow};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{parse_payload, to_i64, to_u64};
@@ -93,6 +93,28 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 ";
+
+fn insert_unit(conn: &Connection, unit: &Unit) -> Result<(), PortError> {
+    conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO units \
+             (id, kind, seq, parent, stage, status, attempts, drop_reason, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW}, {NOW})"
+        ),
+        params![
+            unit.id,
+            unit.kind.as_str(),
+            to_i64(unit.seq),
+            unit.parent,
+            unit.stage.as_str(),
+            unit.status.as_str(),
+            unit.attempts,
+            unit.drop_reason.map(DropReason::as_str),
+        ],
+    )
+    .map_err(|e| db_err(&format!("inserting unit {}", unit.id), e))?;
+    Ok(())
+}
 
 /// Orders units: task units before rollout units, then by creation sequence.
 const UNIT_ORDER: &str = "CASE u.kind WHEN 'task' THEN 0 ELSE 1 END, u.seq, u.id";
@@ -259,27 +281,26 @@ impl SqliteStore {
     }
 
     pub fn insert_unit(&self, unit: &Unit) -> Result<(), PortError> {
+        insert_unit(&self.lock(), unit)
+    }
+
+    /// [`Store::create_task_unit`]: counted and inserted under the one connection's lock.
+    pub fn create_task_unit(&self, plan: &TaskPlan) -> Result<Option<Unit>, PortError> {
         let conn = self.lock();
-        conn.execute(
-            &format!(
-                "INSERT OR IGNORE INTO units \
-                 (id, kind, seq, parent, stage, status, attempts, drop_reason, created_at, \
-                  updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW}, {NOW})"
-            ),
-            params![
-                unit.id,
-                unit.kind.as_str(),
-                to_i64(unit.seq),
-                unit.parent,
-                unit.stage.as_str(),
-                unit.status.as_str(),
-                unit.attempts,
-                unit.drop_reason.map(DropReason::as_str),
-            ],
-        )
-        .map_err(|e| db_err(&format!("inserting unit {}", unit.id), e))?;
-        Ok(())
+        let (created, accepted, pending): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COALESCE(MAX(seq) + 1, 0), COUNT(*) FILTER (WHERE status = 'done'),                  COUNT(*) FILTER (WHERE status = 'pending') FROM units WHERE kind = 'task'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .map_err(|e| db_err("counting task units", e))?;
+        let created = to_u64(created);
+        if !plan.wants(created, to_u64(accepted), to_u64(pending), 1) {
+            return Ok(None);
+        }
+        let unit = Unit::pending(gymforge_actors::supervisor::task_unit_id(created), UnitKind::Task, created, None, Stage::Topic);
+        insert_unit(&conn, &unit)?;
+        Ok(Some(unit))
     }
 
     pub fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError> {
@@ -564,6 +585,11 @@ impl Store for SqliteStore {
     async fn insert_unit(&self, unit: &Unit) -> Result<(), PortError> {
         let unit = unit.clone();
         self.blocking(move |s| s.insert_unit(&unit)).await
+    }
+
+    async fn create_task_unit(&self, plan: &TaskPlan) -> Result<Option<Unit>, PortError> {
+        let plan = *plan;
+        self.blocking(move |s| s.create_task_unit(&plan)).await
     }
 
     async fn result(&self, unit: &str, stage: Stage) -> Result<Option<StageResult>, PortError> {

@@ -281,6 +281,8 @@ pub fn settings(tasks: u32, rollouts: u32) -> Settings {
         faults: Faults::default(),
         export_every: Duration::from_secs(60),
         work_root: PathBuf::from("/nonexistent/gymforge-supervisor-test"),
+        artefact_limit_bytes: u64::MAX,
+        pull_every: Duration::from_millis(500),
     }
 }
 

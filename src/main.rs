@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where to write the output directory.
-        #[arg(long, required_unless_present = "what")]
+        #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Benchmarks that print ratios against bounds measured in the same run.
@@ -342,7 +342,9 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
         Command::Export { what: None, store, config, out } => {
             let mut config = load_config(config.as_deref())?;
             config.store.url = store_url(store.as_deref(), &config.store.url)?.unwrap_or_default();
-            let out = out.expect("required without a subcommand");
+            let out = out.ok_or_else(|| {
+                anyhow::anyhow!("gymforge export writes a shared batch with --store URL --out DIR (or see: gymforge export sft --help)")
+            })?;
             let display = Display::new();
             display.status("exporting from the store");
             let written = gymforge::run::export_batch(&config, &out).await;

@@ -395,7 +395,7 @@ pub async fn run_batch(
     if !config.store.url.is_empty() {
         status("connecting to the store");
     }
-    let store = crate::store::open(&config.store, &state, config.pipeline.rollout_workers).await?;
+    let store = crate::store::open(&config.store, &state, Some(config.pipeline.rollout_workers)).await?;
     tracing::info!(store = %store.location(), "store open");
     check_resumable(&*store, &config, &out).await?;
     let before = tally(&*store, &config).await?;
@@ -451,7 +451,7 @@ pub async fn export_batch(config: &Config, out: &Path) -> anyhow::Result<(usize,
     std::fs::create_dir_all(out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let state = state_dir(out);
     let _lock = StateLock::acquire(&state)?;
-    let store = crate::store::open(&config.store, &state, 0).await?;
+    let store = crate::store::open(&config.store, &state, None).await?;
     let labels = store.meta(SERVICES_META).await.map_err(anyhow::Error::msg)?.and_then(|text| serde_json::from_str(&text).ok());
     let mut outputs = OutputDir::new(out.to_path_buf());
     if let Some(labels) = labels {

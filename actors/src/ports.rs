@@ -411,10 +411,11 @@ pub trait Store: Send + Sync {
     fn is_shared(&self) -> bool {
         false
     }
-    /// Claims up to `limit` pending units at `stage` that no live lease holds, oldest first. At
-    /// the topic stage only the oldest pending unit is ever claimable: topics are settled in
-    /// creation order, as one process settles them.
-    async fn claim_next(&self, _stage: Stage, _limit: u32) -> Result<Vec<Unit>, PortError> {
+    /// Claims up to `limit` pending units at `stage` that no live lease holds, oldest first,
+    /// but none of `held` (units this process has already). At the topic stage only the oldest
+    /// pending unit is ever claimable: topics are settled in creation order, as one process
+    /// settles them.
+    async fn claim_next(&self, _stage: Stage, _limit: u32, _held: &[UnitId]) -> Result<Vec<Unit>, PortError> {
         Ok(Vec::new())
     }
     /// Pending units in the whole batch.

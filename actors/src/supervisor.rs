@@ -515,12 +515,13 @@ impl State {
             if wanted == 0 {
                 continue;
             }
-            for unit in self.p.store.claim_next(stage, wanted as u32).await? {
-                if !self.live.contains_key(&unit.id) {
-                    self.enqueue(stage, unit.id.clone(), false);
-                    self.pulled.insert(unit.id.clone());
-                    self.live.insert(unit.id.clone(), unit);
-                }
+            // Not the units held here: a worker that committed a stage and has not reported yet
+            // still holds its unit.
+            let held: Vec<UnitId> = self.live.keys().cloned().collect();
+            for unit in self.p.store.claim_next(stage, wanted as u32, &held).await? {
+                self.enqueue(stage, unit.id.clone(), false);
+                self.pulled.insert(unit.id.clone());
+                self.live.insert(unit.id.clone(), unit);
             }
         }
         let locally_idle = self.retries_waiting == 0 && self.pools.values().all(|p| p.queue.is_empty() && p.busy.is_empty());

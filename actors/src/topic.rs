@@ -21,7 +21,8 @@ pub const NEAR_DUPLICATE_JACCARD: f64 = 0.6;
 pub const TAKEN_TITLES_SHOWN: usize = 60;
 
 /// The run's topic ideas, kept between units so a new idea costs the same whatever the number
-/// of earlier ones: read from the store once, then grown by each idea this process accepts.
+/// of earlier ones: read from the store once, then grown by each idea this process accepts
+/// (with a shared store, also by the ideas other nodes committed, read before each topic).
 #[derive(Default)]
 pub struct Ideas {
     known: tokio::sync::Mutex<Option<Known>>,
@@ -60,18 +61,16 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
     // this set is the same in every run with the same seed.
     let taken = {
         let mut known = p.ideas.known.lock().await;
-        let known = match &mut *known {
-            Some(known) => known,
-            empty => {
-                let mut loaded = Known { index: Index::default(), titles: Default::default() };
-                for (id, result) in p.store.results(Stage::Topic).await? {
-                    if let Some(idea) = TopicIdea::from_result(result) {
-                        loaded.add(&id, &idea);
-                    }
+        // Other nodes of a shared store settle topics too: their ideas are read each time.
+        let fresh = known.is_none() || p.store.is_shared();
+        let known = known.get_or_insert_with(|| Known { index: Index::default(), titles: Default::default() });
+        if fresh {
+            for (id, result) in p.store.results(Stage::Topic).await? {
+                if let Some(idea) = TopicIdea::from_result(result) {
+                    known.add(&id, &idea);
                 }
-                empty.insert(loaded)
             }
-        };
+        }
         let earlier: Vec<&String> = known.titles.range(..unit.id.clone()).rev().take(TAKEN_TITLES_SHOWN).map(|(_, t)| t).collect();
         if earlier.is_empty() {
             "(none yet)".to_string()

@@ -50,8 +50,9 @@ impl BatchStore for SqliteStore {
 }
 
 /// Opens the batch's store: `config.url`'s PostgreSQL database (registering this node with its
-/// `rollout_slots`), or else the SQLite file `state.db` in the run's state directory.
-pub async fn open(config: &StoreConfig, state: &Path, rollout_slots: u32) -> anyhow::Result<Arc<dyn BatchStore>> {
+/// `rollout_slots`; `None` for a reader that works on no unit), or else the SQLite file
+/// `state.db` in the run's state directory.
+pub async fn open(config: &StoreConfig, state: &Path, rollout_slots: Option<u32>) -> anyhow::Result<Arc<dyn BatchStore>> {
     if config.url.is_empty() {
         return Ok(Arc::new(SqliteStore::open(&state.join("state.db"))?));
     }

@@ -209,13 +209,14 @@ pub struct PgSettings {
     pub lease: Duration,
     /// How long a connection attempt or a wait for a pooled connection may take.
     pub connect_timeout: Duration,
-    /// Rollout slots this node offers, as the node registry shows them.
-    pub slots: u32,
+    /// Rollout slots this node offers, as the node registry shows them; `None`: not a node
+    /// (an export from the store), so not registered.
+    pub slots: Option<u32>,
 }
 
 impl Default for PgSettings {
     fn default() -> PgSettings {
-        PgSettings { pool_size: 8, lease: Duration::from_secs(30), connect_timeout: Duration::from_secs(10), slots: 0 }
+        PgSettings { pool_size: 8, lease: Duration::from_secs(30), connect_timeout: Duration::from_secs(10), slots: None }
     }
 }
 
@@ -284,19 +285,21 @@ impl PgStore {
             n => format!("{}.{n}", crate::node::id()).into(),
         };
         let host = crate::node::host();
-        client
-            .execute(
-                "INSERT INTO nodes (session, host, pid, version, slots) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &&*session,
-                    &host,
-                    &i32::try_from(std::process::id()).unwrap_or(i32::MAX),
-                    &env!("CARGO_PKG_VERSION"),
-                    &i32::try_from(settings.slots).unwrap_or(i32::MAX),
-                ],
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", db_err(target, "registering this node", &e)))?;
+        if let Some(slots) = settings.slots {
+            client
+                .execute(
+                    "INSERT INTO nodes (session, host, pid, version, slots) VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &&*session,
+                        &host,
+                        &i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+                        &env!("CARGO_PKG_VERSION"),
+                        &i32::try_from(slots).unwrap_or(i32::MAX),
+                    ],
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", db_err(target, "registering this node", &e)))?;
+        }
         drop(client);
         let renewal = tokio::spawn(renew_leases(pool.clone(), Arc::new(target.clone()), session.clone(), settings.lease));
         Ok(PgStore { pool, target: Arc::new(target.clone()), session, lease: settings.lease, _renewal: Arc::new(Renewal(renewal)) })
@@ -1006,7 +1009,7 @@ impl Store for PgStore {
         true
     }
 
-    async fn claim_next(&self, stage: Stage, limit: u32) -> Result<Vec<Unit>, PortError> {
+    async fn claim_next(&self, stage: Stage, limit: u32, held: &[UnitId]) -> Result<Vec<Unit>, PortError> {
         let context = format!("claiming work at {stage}");
         let mut client = self.client(&context).await?;
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
@@ -1017,7 +1020,7 @@ impl Store for PgStore {
              ORDER BY seq LIMIT 1 FOR UPDATE"
         } else {
             "SELECT id, claim, lease_until FROM units WHERE stage = $1 AND status = 'pending' \
-             AND (claim IS NULL OR lease_until < now()) \
+             AND (claim IS NULL OR lease_until < now()) AND id <> ALL($5::TEXT[]) \
              ORDER BY CASE kind WHEN 'task' THEN 0 ELSE 1 END, seq, id LIMIT $2 FOR UPDATE SKIP LOCKED"
         };
         let limit = i64::from(if stage == Stage::Topic { 1 } else { limit });
@@ -1027,9 +1030,9 @@ impl Store for PgStore {
                     "WITH picked AS ({picked}) \
                      UPDATE units u SET claim = $3, lease_until = now() + make_interval(secs => $4), updated_at = now() \
                      FROM picked WHERE u.id = picked.id AND (picked.claim IS NULL OR picked.lease_until < now()) \
-                     AND $2::BIGINT > 0 RETURNING {UNIT_COLUMNS}, picked.claim"
+                     AND picked.id <> ALL($5::TEXT[]) AND $2::BIGINT > 0 RETURNING {UNIT_COLUMNS}, picked.claim"
                 ),
-                &[&stage.as_str(), &limit, &&*self.session, &self.lease.as_secs_f64()],
+                &[&stage.as_str(), &limit, &&*self.session, &self.lease.as_secs_f64(), &held],
             )
             .await
             .map_err(|e| self.err(&context, &e))?;

@@ -11,6 +11,7 @@ mod aup;
 mod chaos;
 mod check;
 mod cli;
+mod cluster;
 mod daemon;
 mod deviations;
 mod e2e;

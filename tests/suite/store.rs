@@ -140,7 +140,7 @@ async fn the_sqlite_store_keeps_the_contract() {
 }
 
 fn settings(lease_secs: u64) -> PgSettings {
-    PgSettings { lease: Duration::from_secs(lease_secs), ..PgSettings::default() }
+    PgSettings { lease: Duration::from_secs(lease_secs), slots: Some(2), ..PgSettings::default() }
 }
 
 async fn connect(server: &TestPostgres, database: &str, lease_secs: u64) -> PgStore {

@@ -467,6 +467,14 @@ pub enum ArtefactKind {
 }
 
 impl ArtefactKind {
+    /// The stage that makes it (and keeps it before it commits).
+    pub fn made_by(self) -> Stage {
+        match self {
+            ArtefactKind::RawData => Stage::Dataset,
+            ArtefactKind::PreparedTask => Stage::Debug,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ArtefactKind::RawData => "raw_data",

@@ -79,7 +79,11 @@ pub async fn run(p: &Pipeline, unit: &Unit) -> Result<Outcome, PortError> {
         cwd: WORKSPACE.into(),
     };
     let record = run.agent_loop().await?;
-    p.outputs.write_rollout(&record)?;
+    // With a shared store this node may lose the unit before it commits: the trajectory is
+    // written only from the store (`export::write_from_store`), as the others see it.
+    if !p.store.is_shared() {
+        p.outputs.write_rollout(&record)?;
+    }
     Ok(Outcome::Advance(record.into()))
 }
 

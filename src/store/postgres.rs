@@ -373,25 +373,35 @@ impl PgStore {
         Ok(())
     }
 
-    /// Locks the unit's row in `tx` and checks that no other session holds its claim; returns
-    /// its stage and status, or `None` when there is no such unit.
+    /// Locks the unit's row in `tx` and checks that this session's lease on it never lapsed:
+    /// a lease that expired is lost, whether or not another session took the unit over since
+    /// (a paused process must not commit work whose timing it did not see). A commit of
+    /// `committing`'s result needs this session's claim; without a stage (dropping, counting an
+    /// attempt after the claim was given back) a unit no session claims passes. Returns its stage
+    /// and status, or `None` when there is no such unit.
     async fn lock_unit(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         unit: &str,
+        committing: Option<Stage>,
         context: &str,
     ) -> Result<Option<(String, String)>, PortError> {
         let row = tx
-            .query_opt("SELECT stage, status, claim FROM units WHERE id = $1 FOR UPDATE", &[&unit])
+            .query_opt("SELECT stage, status, claim, lease_until < now() FROM units WHERE id = $1 FOR UPDATE", &[&unit])
             .await
             .map_err(|e| self.err(context, &e))?;
         let Some(row) = row else { return Ok(None) };
-        let claim: Option<String> = row.get(2);
-        if let Some(holder) = claim.filter(|c| **c != *self.session) {
-            return Err(PortError::LeaseLost(format!(
-                "store {}: {context}: the lease was lost: session {holder} took the unit over",
-                self.target.display()
-            )));
+        let (claim, expired): (Option<String>, Option<bool>) = (row.get(2), row.get(3));
+        let lost = match claim {
+            Some(holder) if *holder != *self.session => Some(format!("session {holder} took the unit over")),
+            Some(_) if expired == Some(true) => Some("the lease expired before the commit".to_string()),
+            None if committing.is_some_and(|stage| row.get::<_, String>(0) == stage.as_str() && row.get::<_, String>(1) == "pending") => {
+                Some("no session holds the unit".to_string())
+            }
+            _ => None,
+        };
+        if let Some(why) = lost {
+            return Err(PortError::LeaseLost(format!("store {}: {context}: the lease was lost: {why}", self.target.display())));
         }
         Ok(Some((row.get(0), row.get(1))))
     }
@@ -644,7 +654,8 @@ async fn renew_leases(pool: Pool, target: Arc<PgTarget>, session: Arc<str>, leas
             Ok(client) => {
                 let leases = client
                     .execute(
-                        "UPDATE units SET lease_until = now() + make_interval(secs => $2) WHERE claim = $1 AND status = 'pending'",
+                        "UPDATE units SET lease_until = now() + make_interval(secs => $2) \
+                         WHERE claim = $1 AND status = 'pending' AND lease_until >= now()",
                         &[&&*session, &seconds],
                     )
                     .await;
@@ -758,7 +769,7 @@ impl Store for PgStore {
         let payload = result.to_json().to_string();
         let mut client = self.client(&context).await?;
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
-        match self.lock_unit(&tx, unit, &context).await? {
+        match self.lock_unit(&tx, unit, Some(stage), &context).await? {
             None => return Err(PortError::Permanent(format!("store: {context}: no such unit"))),
             // Another session took the unit over and committed it (or dropped it) meanwhile.
             Some((at, status)) if at != stage.as_str() || status != "pending" => {
@@ -795,7 +806,7 @@ impl Store for PgStore {
         let context = format!("dropping {unit}");
         let mut client = self.client(&context).await?;
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
-        match self.lock_unit(&tx, unit, &context).await?.map(|(_, status)| status) {
+        match self.lock_unit(&tx, unit, None, &context).await?.map(|(_, status)| status) {
             None => return Err(PortError::Permanent(format!("store: {context}: no such unit"))),
             Some(status) if status == "dropped" => return Ok(()),
             Some(status) if status == "done" => {
@@ -818,7 +829,7 @@ impl Store for PgStore {
         let context = format!("counting an attempt of {unit}");
         let mut client = self.client(&context).await?;
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
-        if self.lock_unit(&tx, unit, &context).await?.is_none() {
+        if self.lock_unit(&tx, unit, None, &context).await?.is_none() {
             return Err(PortError::Permanent(format!("store: {context}: no such unit")));
         }
         let row = tx
@@ -1058,7 +1069,7 @@ impl Store for PgStore {
         let digest = gymforge_actors::digest::sha256_hex(bytes);
         let mut client = self.client(&context).await?;
         let tx = client.transaction().await.map_err(|e| self.err(&context, &e))?;
-        if self.lock_unit(&tx, unit, &context).await?.is_none() {
+        if self.lock_unit(&tx, unit, Some(kind.made_by()), &context).await?.is_none() {
             return Err(PortError::Permanent(format!("store: {context}: no such unit")));
         }
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();

@@ -79,6 +79,7 @@ async fn keeps_the_contract(store: Arc<dyn Store>) {
     assert_eq!(store.result("t9", Stage::Topic).await.unwrap(), None);
 
     // The last stage marks the unit done; results list in unit order.
+    assert!(store.claim("t9", Stage::Topic).await.unwrap());
     store.complete_stage("t9", &topic("nine"), None).await.unwrap();
     assert_eq!(find(&*store, "t9").await.status, UnitStatus::Done);
     let results = store.results(Stage::Topic).await.unwrap();
@@ -120,6 +121,7 @@ async fn keeps_the_contract(store: Arc<dyn Store>) {
 
     // Concurrent completions of one stage: exactly one wins.
     store.insert_unit(&unit("t3", UnitKind::Task, 3, Stage::Topic)).await.unwrap();
+    assert!(store.claim("t3", Stage::Topic).await.unwrap());
     let racers: Vec<_> = (0..8)
         .map(|i| {
             let store = store.clone();
@@ -199,6 +201,18 @@ async fn the_postgres_store_keeps_the_contract_leases_fences_and_migrates() {
     assert_eq!(b.result("t1", Stage::Topic).await.unwrap(), Some(topic("taken over")));
     let history: Vec<String> = b.claim_history().await.unwrap().into_iter().map(|(_, _, session)| session).collect();
     assert_eq!(history, [a.session().to_string(), b.session().to_string()]);
+
+    // A lease that lapsed is lost even when no one took the unit over: renewals (every third
+    // of the 2 s lease) do not revive it, and its holder cannot commit.
+    a.insert_unit(&unit("t5", UnitKind::Task, 5, Stage::Topic)).await.unwrap();
+    assert!(a.claim("t5", Stage::Topic).await.unwrap());
+    a.expire_own_leases().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = a.complete_stage("t5", &topic("after a pause"), Some(Stage::Dataset)).await.unwrap_err();
+    assert!(refused.to_string().contains("the lease expired before the commit"), "{refused}");
+    assert!(matches!(refused, gymforge_actors::ports::PortError::LeaseLost(_)), "{refused:?}");
+    assert!(a.claim("t5", Stage::Topic).await.unwrap(), "the unit is claimable again");
+    a.complete_stage("t5", &topic("claimed again"), Some(Stage::Dataset)).await.unwrap();
     drop(stores);
 
     // A database migrated by a newer gymforge is refused, saying so.

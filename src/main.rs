@@ -263,6 +263,16 @@ enum BenchCommand {
         /// Fraction of requests the simulated teacher answers with 429 (and a retry-after-ms).
         #[arg(long, default_value_t = 0.1)]
         fault_429: f64,
+        /// Nodes sharing the limit through --store (the server then enforces the limit itself
+        /// and injects no 429 of its own).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// postgres://USER@HOST:PORT/DATABASE, with --nodes (default: GYMFORGE_STORE_URL).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Config file (for store.password_file), with --nodes.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -387,7 +397,16 @@ async fn dispatch(command: Command, batch: Option<Config>) -> anyhow::Result<Exi
             print_line(&format!("{}: {}", file.display(), summary.describe()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json } } => {
+        Command::Bench { what: BenchCommand::Llm { rpm, seconds, nodes, store, config, json, .. } } if nodes > 1 => {
+            anyhow::ensure!(rpm > 0, "--rpm must be at least 1");
+            let config = load_config(config.as_deref())?;
+            let url = store_url(store.as_deref(), &config.store.url)?
+                .ok_or_else(|| anyhow::anyhow!("--nodes shares the limit through a store: --store postgres://USER@HOST:PORT/DATABASE"))?;
+            let target = gymforge::store::PgTarget::parse(&url)?;
+            let bench = gymforge::bench::shared_llm::BenchSharedLlm { rpm, seconds, nodes, target, password: config.store.password()? };
+            print_bench(gymforge::bench::shared_llm::run(bench).await?, json)
+        }
+        Command::Bench { what: BenchCommand::Llm { rpm, seconds, fault_429, json, .. } } => {
             anyhow::ensure!(rpm > 0 && seconds > 0, "--rpm and --seconds must be at least 1");
             anyhow::ensure!((0.0..1.0).contains(&fault_429), "--fault-429 must be in [0, 1)");
             print_bench(gymforge::bench::llm::run(gymforge::bench::llm::BenchLlm { rpm, seconds, fault_429 }).await?, json)

@@ -408,6 +408,9 @@ pub async fn run_batch(
     let spent_usd: f64 = { store.usage().await.map_err(anyhow::Error::msg)?.iter().map(|row| row.usage.cost_usd).sum() };
     let run_id = run_id(&*store).await?;
     let services = services(&config, llm_source, spent_usd, &state, status).await?;
+    if let Some(shared) = store.shared_limits() {
+        services.llm.share_limits(shared);
+    }
     // An export from the store on another machine labels the services as this run does.
     let labels = serde_json::to_string(&services.labels).expect("serialisable");
     store.set_meta(SERVICES_META, &labels).await.map_err(anyhow::Error::msg)?;

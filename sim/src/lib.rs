@@ -25,6 +25,10 @@ pub struct SimConfig {
     /// 99th percentile of the response latency (a log-normal tail); at least `latency_ms`.
     pub latency_p99_ms: u64,
     pub buggy_draft_rate: f64,
+    /// Requests per minute the server itself allows (0: no limit): past it, in any 60 s
+    /// window, it answers 429 as a provider does, and counts the request `over_limit`.
+    #[serde(default)]
+    pub requests_per_minute: u32,
     pub faults: SimFaults,
 }
 
@@ -54,6 +58,6 @@ pub struct SimFaults {
 impl Default for SimConfig {
     /// A quiet simulator: no latency, no buggy drafts, no faults.
     fn default() -> Self {
-        SimConfig { seed: 0, latency_ms: 0, latency_p99_ms: 0, buggy_draft_rate: 0.0, faults: SimFaults::default() }
+        SimConfig { seed: 0, latency_ms: 0, latency_p99_ms: 0, buggy_draft_rate: 0.0, requests_per_minute: 0, faults: SimFaults::default() }
     }
 }

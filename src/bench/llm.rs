@@ -32,7 +32,7 @@ use crate::gateway::{Gateway, Source};
 const TARGET_UTILIZATION: f64 = 0.95;
 /// One core should drive this many requests per minute.
 const TARGET_RPM_PER_CORE: f64 = 10_000.0;
-const WORKERS: usize = 64;
+pub(super) const WORKERS: usize = 64;
 /// How long in-flight calls get to finish after the window closes.
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -42,11 +42,40 @@ pub struct BenchLlm {
     pub fault_429: f64,
 }
 
+/// Calls the workers made, answered and failed.
 #[derive(Default)]
-struct Tally {
-    accepted: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
+pub(super) struct Tally {
+    pub accepted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// [`WORKERS`] workers numbered from `first`, each sending topic prompts back to back through
+/// `gateway` until `deadline`.
+pub(super) fn spawn_workers(
+    gateway: &Arc<Gateway>,
+    tally: &Arc<Tally>,
+    prompts: &gymforge_actors::pipeline::Prompts,
+    first: usize,
+    deadline: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (first..first + WORKERS)
+        .map(|w| {
+            let (gateway, tally, prompts) = (gateway.clone(), tally.clone(), prompts.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let request = topic_request(&prompts, w, n);
+                    tally.accepted.fetch_add(1, Ordering::Relaxed);
+                    match gateway.chat(Stage::Topic, request).await {
+                        Ok(_) => tally.completed.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => tally.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect()
 }
 
 pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
@@ -56,21 +85,7 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     config.sim.faults = SimFaults { rate_429: b.fault_429, retry_after_ms: 200, ..SimFaults::default() };
     let (addr, server, counters) = gymforge_sim::teacher::serve_counted(config.sim.clone(), "127.0.0.1:0".parse()?).await?;
 
-    let endpoint = EndpointConfig {
-        base_url: format!("http://{addr}/v1"),
-        model: gymforge_sim::teacher::MODEL_ID.to_string(),
-        api_key_env: String::new(),
-        requests_per_minute: b.rpm,
-        input_tokens_per_minute: 100_000_000,
-        output_tokens_per_minute: 100_000_000,
-        max_concurrency: WORKERS as u32,
-        timeout_secs: 30,
-        input_price_per_mtok: 0.15,
-        output_price_per_mtok: 0.6,
-        context_tokens: None,
-        max_output_tokens: None,
-        structured_output: StructuredOutput::JsonSchema,
-    };
+    let endpoint = endpoint_config(addr, b.rpm);
     config.llm.endpoints = BTreeMap::from([("bench".to_string(), endpoint.clone())]);
     config.llm.routes.route_all("bench");
     let bases = BTreeMap::from([("bench".to_string(), endpoint.base_url.clone())]);
@@ -86,35 +101,7 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     let cpu_before = cpu_time();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(b.seconds);
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let (gateway, tally, prompts) = (gateway.clone(), tally.clone(), prompts.clone());
-        workers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                n += 1;
-                let taken = format!("- idea {w}-{n}");
-                let user = gymforge_actors::template::render(
-                    &prompts.topic_user,
-                    &[("domain", "botany"), ("task_type", "classification"), ("modality", "tabular"), ("twist", "none"), ("taken", &taken)],
-                )
-                .expect("the topic template renders");
-                let request = ChatRequest {
-                    unit: format!("bench-{w}-{n}"),
-                    messages: vec![ChatMessage::new("system", prompts.topic_system.clone()), ChatMessage::new("user", user)],
-                    max_tokens: 400,
-                    temperature: 0.7,
-                    response: ResponseFormat::Json { name: "topic_idea", schema: gymforge_actors::schemas::topic_idea().1 },
-                    seed: Some(n),
-                };
-                tally.accepted.fetch_add(1, Ordering::Relaxed);
-                match gateway.chat(Stage::Topic, request).await {
-                    Ok(_) => tally.completed.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => tally.failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let workers = spawn_workers(&gateway, &tally, &prompts, 0, deadline);
     tokio::time::sleep_until(deadline).await;
     let arrivals_in_window = counters.requests.load(Ordering::Relaxed);
     let completed_in_window = tally.completed.load(Ordering::Relaxed);
@@ -182,6 +169,43 @@ pub async fn run(b: BenchLlm) -> anyhow::Result<BenchReport> {
     );
     table.push_str(&super::targets_table(&targets));
     Ok(BenchReport { json, table, targets_met })
+}
+
+/// The bench's one endpoint: the simulated teacher at `addr`, with `rpm` as its request limit.
+pub(super) fn endpoint_config(addr: std::net::SocketAddr, rpm: u32) -> EndpointConfig {
+    EndpointConfig {
+        base_url: format!("http://{addr}/v1"),
+        model: gymforge_sim::teacher::MODEL_ID.to_string(),
+        api_key_env: String::new(),
+        requests_per_minute: rpm,
+        input_tokens_per_minute: 100_000_000,
+        output_tokens_per_minute: 100_000_000,
+        max_concurrency: WORKERS as u32,
+        timeout_secs: 30,
+        input_price_per_mtok: 0.15,
+        output_price_per_mtok: 0.6,
+        context_tokens: None,
+        max_output_tokens: None,
+        structured_output: StructuredOutput::JsonSchema,
+    }
+}
+
+/// Request `n` of worker `w`: a topic prompt, different every time.
+pub(super) fn topic_request(prompts: &gymforge_actors::pipeline::Prompts, w: usize, n: u64) -> ChatRequest {
+    let taken = format!("- idea {w}-{n}");
+    let user = gymforge_actors::template::render(
+        &prompts.topic_user,
+        &[("domain", "botany"), ("task_type", "classification"), ("modality", "tabular"), ("twist", "none"), ("taken", &taken)],
+    )
+    .expect("the topic template renders");
+    ChatRequest {
+        unit: format!("bench-{w}-{n}"),
+        messages: vec![ChatMessage::new("system", prompts.topic_system.clone()), ChatMessage::new("user", user)],
+        max_tokens: 400,
+        temperature: 0.7,
+        response: ResponseFormat::Json { name: "topic_idea", schema: gymforge_actors::schemas::topic_idea().1 },
+        seed: Some(n),
+    }
 }
 
 /// User plus system CPU time of this process (all its threads): the process CPU-time clock,

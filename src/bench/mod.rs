@@ -3,6 +3,7 @@
 
 pub mod llm;
 pub mod pipeline;
+pub mod shared_llm;
 pub mod store;
 
 use serde_json::{Value, json};

@@ -25,6 +25,7 @@ use super::classify::{Failure, classify_status, describe_transport_error, snippe
 use super::limits::{AdaptiveConcurrency, Admission, Circuit, CircuitSnapshot, ConcurrencySnapshot, Cooldown};
 use super::lock;
 use super::record::{Exchange, Recorder};
+use super::shared::{Ask, Rates, SharedLimits};
 use crate::config::{EndpointConfig, LlmConfig, StructuredOutput};
 
 /// Gateway-wide retry and circuit policy (from `[llm]`).
@@ -114,7 +115,15 @@ pub struct Endpoint {
     pub stats: Stats,
     recorder: Option<std::sync::Arc<Recorder>>,
     dispatch_log: Mutex<Option<DispatchLog>>,
+    /// The provider's limits, for the budgets a cluster shares.
+    rates: Rates,
+    /// Set when the batch's store is shared: the cluster's budgets for this endpoint.
+    shared: std::sync::OnceLock<std::sync::Arc<dyn SharedLimits>>,
 }
+
+/// How long a node keeps asking a store that fails for a shared admission before the request
+/// fails as transient.
+const SHARED_ADMISSION_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 struct CompletionResponse {
@@ -236,7 +245,39 @@ impl Endpoint {
             stats: Stats::default(),
             recorder,
             dispatch_log: Mutex::new(None),
+            rates: Rates {
+                requests_per_minute: cfg.requests_per_minute,
+                input_tokens_per_minute: cfg.input_tokens_per_minute,
+                output_tokens_per_minute: cfg.output_tokens_per_minute,
+            },
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on also within the cluster's budgets for this endpoint.
+    pub fn share_limits(&self, shared: std::sync::Arc<dyn SharedLimits>) {
+        self.shared.set(shared).ok();
+    }
+
+    /// Waits for the cluster's admission of one request, if the limits are shared.
+    async fn admit_shared(&self, ask: Ask) -> Result<(), Failure> {
+        let Some(shared) = self.shared.get() else { return Ok(()) };
+        let mut failing_since = None;
+        loop {
+            let wait = match shared.admit(&self.name, &self.rates, ask).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => wait,
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > SHARED_ADMISSION_PATIENCE {
+                        return Err(Failure::Transient { detail: format!("no admission from the shared store: {e}"), wait: None });
+                    }
+                    tracing::warn!(endpoint = %self.name, error = %e, "cannot reach the cluster's LLM limits; asking again");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::time::sleep(wait.clamp(Duration::from_millis(5), Duration::from_secs(1))).await;
+        }
     }
 
     /// Starts keeping the dispatch log (benchmarks only; it grows with every request).
@@ -484,6 +525,11 @@ impl Endpoint {
                     let pause = wait.unwrap_or(self.policy.cooldown_without_hint);
                     let now = Instant::now();
                     let until = self.cooldown.extend(pause);
+                    if let Some(shared) = self.shared.get() {
+                        if let Err(e) = shared.cool_down(&self.name, pause).await {
+                            tracing::warn!(endpoint = %self.name, error = %e, "cannot share the cooldown with the cluster");
+                        }
+                    }
                     self.log_dispatch(|log| log.cooldowns.push((now, until)));
                     self.stats.cooldowns.fetch_add(1, Ordering::Relaxed);
                     (text, Duration::ZERO)
@@ -540,6 +586,7 @@ impl Endpoint {
             take(&self.rpm, 1).await;
             take(&self.input_tpm, input).await;
             take(&self.output_tpm, output_estimate).await;
+            self.admit_shared(Ask { input_tokens: u64::from(input), output_tokens: u64::from(output_estimate) }).await?;
         }
         let cleared = self.cooldown.clear().await;
         self.log_dispatch(|log| log.dispatched.push(cleared));

@@ -12,11 +12,13 @@
 //! | `classify`   | status codes and headers to rate limit / transient / permanent      |
 //! | `tokens`     | prompt token estimates with a real tokenizer                        |
 //! | `record`     | `--record` and `--replay` files                                     |
+//! | `shared`     | the limits several nodes share through the store                    |
 
 pub mod classify;
 pub mod endpoint;
 pub mod limits;
 pub mod record;
+pub mod shared;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,11 +55,17 @@ pub struct Gateway {
     replay: Option<Replayer>,
 }
 
-/// The run's dollar budget (0: none). Spending before a resume counts.
+/// The run's dollar budget (0: none). Spending before a resume counts, and with a shared store
+/// every node's spending (read from the store at most once a second).
 struct RunBudget {
     limit_usd: f64,
     spent_usd: Mutex<f64>,
+    shared: std::sync::OnceLock<Arc<dyn shared::SharedLimits>>,
+    read_at: Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How often a node reads what the whole batch has spent.
+const SHARED_SPENDING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The gateway as `/status` and report.json's `llm.gateway` show it.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
@@ -105,7 +113,41 @@ impl Gateway {
             let endpoint = endpoints.get(name).ok_or_else(|| anyhow::anyhow!("llm.routes.{stage}: endpoint `{name}` was not started"))?;
             routes.insert(stage, endpoint.clone());
         }
-        Ok(Gateway { endpoints, routes, budget: RunBudget { limit_usd: cfg.run_budget_usd, spent_usd: Mutex::new(spent_usd) }, replay })
+        let budget = RunBudget {
+            limit_usd: cfg.run_budget_usd,
+            spent_usd: Mutex::new(spent_usd),
+            shared: Default::default(),
+            read_at: Mutex::new(None),
+        };
+        Ok(Gateway { endpoints, routes, budget, replay })
+    }
+
+    /// Spends the cluster's budgets from now on: each endpoint's requests, tokens and cooldown,
+    /// and the run's dollars, shared with every node of the batch.
+    pub fn share_limits(&self, shared: Arc<dyn shared::SharedLimits>) {
+        for endpoint in self.endpoints.values() {
+            endpoint.share_limits(shared.clone());
+        }
+        self.budget.shared.set(shared).ok();
+    }
+
+    /// Brings the spending up to what the whole batch spent, at most once a second.
+    async fn read_shared_spending(&self) {
+        let Some(shared) = self.budget.shared.get().filter(|_| self.budget.limit_usd > 0.0) else { return };
+        {
+            let mut read_at = lock(&self.budget.read_at);
+            if read_at.is_some_and(|at| at.elapsed() < SHARED_SPENDING_EVERY) {
+                return;
+            }
+            *read_at = Some(tokio::time::Instant::now());
+        }
+        match shared.spent_usd().await {
+            Ok(all) => {
+                let mut spent = lock(&self.budget.spent_usd);
+                *spent = spent.max(all);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read what the batch spent; the budget counts this node's spending"),
+        }
     }
 
     /// The endpoints stages are routed to, by name.
@@ -179,6 +221,7 @@ impl Gateway {
 #[async_trait]
 impl Llm for Gateway {
     async fn chat(&self, stage: Stage, request: ChatRequest) -> Result<ChatReply, PortError> {
+        self.read_shared_spending().await;
         self.check_budget()?;
         let endpoint = self.route(stage)?;
         let span = llm_span(endpoint, stage, &request);

@@ -36,6 +36,10 @@ pub trait BatchStore: Store {
     }
     /// A node leaving the batch cleanly: off the registry, its unstarted claims given back.
     async fn leave(&self) {}
+    /// The LLM budgets the nodes of a shared store spend together.
+    fn shared_limits(&self) -> Option<Arc<dyn crate::gateway::shared::SharedLimits>> {
+        None
+    }
 }
 
 #[async_trait::async_trait]

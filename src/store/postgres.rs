@@ -131,6 +131,13 @@ CREATE TABLE artefacts (
 );
 CREATE INDEX units_pending ON units (stage, kind, seq) WHERE status = 'pending';
 ALTER TABLE nodes ADD COLUMN left_at TIMESTAMPTZ;
+CREATE TABLE llm_shares (
+    endpoint       TEXT PRIMARY KEY,
+    requests_tat   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    input_tat      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    output_tat     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    cooldown_until TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 ",
 ];
 
@@ -329,6 +336,14 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
+    /// Removes an endpoint's shared LLM budgets (a bench's own endpoint).
+    pub async fn forget_shared_limits(&self, endpoint: &str) -> Result<(), PortError> {
+        let context = "removing shared LLM budgets";
+        let client = self.client(context).await?;
+        client.execute("DELETE FROM llm_shares WHERE endpoint = $1", &[&endpoint]).await.map_err(|e| self.err(context, &e))?;
+        Ok(())
+    }
+
     /// Makes every lease of this session expire now, as if its process had stopped renewing
     /// long ago (for tests of take-overs and fencing).
     pub async fn expire_own_leases(&self) -> Result<(), PortError> {
@@ -407,8 +422,100 @@ impl PgStore {
     }
 }
 
+/// One admission under an endpoint's shared budgets (see [`crate::gateway::shared`]): each
+/// budget's theoretical arrival time, pushed to now when it lies behind, must lie no further
+/// ahead than its tolerance; then every budget advances by what the request costs. Returns
+/// whether it was admitted and, when not, the seconds until it could be.
+const ADMIT: &str = "
+WITH s AS (
+    SELECT endpoint, GREATEST(requests_tat, now()) AS r, GREATEST(input_tat, now()) AS i,
+           GREATEST(output_tat, now()) AS o, cooldown_until AS c
+    FROM llm_shares WHERE endpoint = $1 FOR UPDATE
+), d AS (
+    SELECT s.*, s.r - now() - make_interval(secs => $2) AS wait_r, s.i - now() - make_interval(secs => $3) AS wait_i,
+           s.o - now() - make_interval(secs => $4) AS wait_o, s.c - now() AS wait_c
+    FROM s
+), ok AS (
+    SELECT d.*, GREATEST(d.wait_r, d.wait_i, d.wait_o, d.wait_c) <= interval '0' AS admitted FROM d
+), advanced AS (
+    UPDATE llm_shares l SET requests_tat = ok.r + make_interval(secs => $5), input_tat = ok.i + make_interval(secs => $6),
+           output_tat = ok.o + make_interval(secs => $7)
+    FROM ok WHERE l.endpoint = ok.endpoint AND ok.admitted
+    RETURNING 1
+)
+SELECT admitted, extract(epoch FROM GREATEST(wait_r, wait_i, wait_o, wait_c, interval '0'))::FLOAT8 FROM ok";
+
+#[async_trait::async_trait]
+impl crate::gateway::shared::SharedLimits for PgStore {
+    async fn admit(
+        &self,
+        endpoint: &str,
+        rates: &crate::gateway::shared::Rates,
+        ask: crate::gateway::shared::Ask,
+    ) -> Result<Option<Duration>, String> {
+        use crate::gateway::shared::Rates;
+        let context = format!("admitting a request to {endpoint}");
+        // Seconds per request or token; 0 (no limit) never advances its budget.
+        let per = |per_minute: u32| if per_minute == 0 { 0.0 } else { 60.0 / f64::from(per_minute) };
+        let request_tolerance = f64::from(rates.request_burst() - 1) * per(rates.requests_per_minute);
+        let input_tolerance = Rates::token_burst(rates.input_tokens_per_minute) as f64 * per(rates.input_tokens_per_minute);
+        let output_tolerance = Rates::token_burst(rates.output_tokens_per_minute) as f64 * per(rates.output_tokens_per_minute);
+        let costs = [
+            per(rates.requests_per_minute),
+            ask.input_tokens as f64 * per(rates.input_tokens_per_minute),
+            ask.output_tokens as f64 * per(rates.output_tokens_per_minute),
+        ];
+        let client = self.client(&context).await.map_err(|e| e.to_string())?;
+        for _ in 0..2 {
+            let row = client
+                .query_opt(ADMIT, &[&endpoint, &request_tolerance, &input_tolerance, &output_tolerance, &costs[0], &costs[1], &costs[2]])
+                .await
+                .map_err(|e| self.err(&context, &e).to_string())?;
+            match row {
+                Some(row) if row.get::<_, bool>(0) => return Ok(None),
+                Some(row) => return Ok(Some(Duration::from_secs_f64(row.get::<_, f64>(1).max(0.0)))),
+                None => {
+                    client
+                        .execute("INSERT INTO llm_shares (endpoint) VALUES ($1) ON CONFLICT (endpoint) DO NOTHING", &[&endpoint])
+                        .await
+                        .map_err(|e| self.err(&context, &e).to_string())?;
+                }
+            }
+        }
+        Err(format!("store {}: {context}: the endpoint's row is missing", self.target.display()))
+    }
+
+    async fn cool_down(&self, endpoint: &str, pause: Duration) -> Result<(), String> {
+        let context = format!("sharing a cooldown of {endpoint}");
+        let client = self.client(&context).await.map_err(|e| e.to_string())?;
+        client
+            .execute(
+                "INSERT INTO llm_shares (endpoint, cooldown_until) VALUES ($1, now() + make_interval(secs => $2)) \
+                 ON CONFLICT (endpoint) DO UPDATE SET cooldown_until = GREATEST(llm_shares.cooldown_until, excluded.cooldown_until)",
+                &[&endpoint, &pause.as_secs_f64()],
+            )
+            .await
+            .map_err(|e| self.err(&context, &e).to_string())?;
+        Ok(())
+    }
+
+    async fn spent_usd(&self) -> Result<f64, String> {
+        let context = "reading what the batch spent";
+        let client = self.client(context).await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one("SELECT COALESCE(SUM(cost_usd), 0)::FLOAT8 FROM usage", &[])
+            .await
+            .map_err(|e| self.err(context, &e).to_string())?;
+        Ok(row.get(0))
+    }
+}
+
 #[async_trait::async_trait]
 impl super::BatchStore for PgStore {
+    fn shared_limits(&self) -> Option<Arc<dyn crate::gateway::shared::SharedLimits>> {
+        Some(Arc::new(self.clone()))
+    }
+
     async fn leave(&self) {
         let left = async {
             let client = self.pool.get().await.map_err(|e| pool_error(&e))?;

@@ -213,6 +213,44 @@ async fn the_postgres_store_keeps_the_contract_leases_fences_and_migrates() {
     assert!(matches!(refused, gymforge_actors::ports::PortError::LeaseLost(_)), "{refused:?}");
     assert!(a.claim("t5", Stage::Topic).await.unwrap(), "the unit is claimable again");
     a.complete_stage("t5", &topic("claimed again"), Some(Stage::Dataset)).await.unwrap();
+
+    // Three nodes admitting requests to one endpoint as fast as it lets them never pass its
+    // requests per minute together (one second's burst aside); a cooldown one node shares
+    // pauses the others; the batch's spending is every node's.
+    use gymforge::gateway::shared::{Ask, Rates, SharedLimits};
+    let rates = Rates { requests_per_minute: 6000, input_tokens_per_minute: 100_000_000, output_tokens_per_minute: 100_000_000 };
+    let ask = Ask { input_tokens: 100, output_tokens: 10 };
+    let started = std::time::Instant::now();
+    let admitters: Vec<_> = stores[..3]
+        .iter()
+        .map(|store| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0u32;
+                while started.elapsed() < Duration::from_secs(2) {
+                    match store.admit("e", &rates, ask).await.unwrap() {
+                        None => admitted += 1,
+                        Some(wait) => tokio::time::sleep(wait).await,
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for admitter in admitters {
+        admitted += admitter.await.unwrap();
+    }
+    let allowed = 100.0 * started.elapsed().as_secs_f64() + f64::from(rates.request_burst());
+    assert!(f64::from(admitted) <= allowed + 1.0, "{admitted} requests admitted where the limit allows {allowed:.0}");
+    assert!(admitted > 0);
+    a.cool_down("e", Duration::from_secs(3)).await.unwrap();
+    let wait = b.admit("e", &rates, ask).await.unwrap().expect("the endpoint is cooling down for every node");
+    assert!(wait > Duration::from_secs(2), "{wait:?}");
+    let usage = Usage { calls: 1, input_tokens: 1, output_tokens: 1, cost_usd: 0.25 };
+    a.add_usage("t1", Stage::Topic, "e", "m", &usage).await.unwrap();
+    b.add_usage("t5", Stage::Topic, "e", "m", &usage).await.unwrap();
+    assert!((a.spent_usd().await.unwrap() - 0.5).abs() < 1e-9, "every node's spending counts");
     drop(stores);
 
     // A database migrated by a newer gymforge is refused, saying so.

@@ -122,6 +122,11 @@ pub struct Counters {
     /// the client had sent before the 429 reached it).
     pub arrivals_during_cooldown: AtomicU64,
     cooldown_until: std::sync::Mutex<Option<Instant>>,
+    /// Requests refused for passing the server's own requests per minute.
+    pub over_limit: AtomicU64,
+    /// When each request arrived, kept only while the server enforces a limit (for the
+    /// sliding-window rates a bench reports).
+    arrivals: std::sync::Mutex<Vec<Instant>>,
 }
 
 impl Counters {
@@ -140,6 +145,31 @@ impl Counters {
         *c = Some(c.map_or(until, |u| u.max(until)));
     }
 
+    /// Records a request arriving now and says whether it passes `per_minute` in the last 60 s
+    /// of arrivals (each request counts, refused or not, as providers count them); refused ones
+    /// are counted. The record keeps the last million arrivals.
+    pub fn within_limit(&self, per_minute: u32) -> bool {
+        const KEPT: usize = 1_000_000;
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        if arrivals.len() >= KEPT {
+            arrivals.drain(..KEPT / 2);
+        }
+        arrivals.push(now);
+        let recent = arrivals.iter().rev().take_while(|a| now.duration_since(**a) < Duration::from_secs(60)).count();
+        // The one arriving now is in the list already.
+        let within = recent <= per_minute as usize;
+        if !within {
+            self.over_limit.fetch_add(1, Ordering::Relaxed);
+        }
+        within
+    }
+
+    /// When every request arrived (kept while a limit is enforced).
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn injected(&self, fault: Fault) {
         self.faults[fault as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -152,6 +182,7 @@ impl Counters {
             "answered": self.answered.load(Ordering::Relaxed),
             "faults": faults,
             "arrivals_during_cooldown": self.arrivals_during_cooldown.load(Ordering::Relaxed),
+            "over_limit": self.over_limit.load(Ordering::Relaxed),
         })
     }
 }

@@ -149,6 +149,11 @@ fn tokens(chars: usize) -> u64 {
 
 async fn chat_completions(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     let n = sim.counters.arrive();
+    if sim.cfg.requests_per_minute > 0 && !sim.counters.within_limit(sim.cfg.requests_per_minute) {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "simulated provider limit: too many requests per minute", "rate_limit_error");
+        r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        return r;
+    }
     let fault = Fault::draw(&sim.cfg.faults, sim.cfg.seed, n);
     if let Some(fault) = fault {
         sim.counters.injected(fault);

@@ -457,11 +457,14 @@ impl crate::gateway::shared::SharedLimits for PgStore {
         let context = format!("admitting a request to {endpoint}");
         // Seconds per request or token; 0 (no limit) never advances its budget.
         let per = |per_minute: u32| if per_minute == 0 { 0.0 } else { 60.0 / f64::from(per_minute) };
-        let request_tolerance = f64::from(rates.request_burst() - 1) * per(rates.requests_per_minute);
         let input_tolerance = Rates::token_burst(rates.input_tokens_per_minute) as f64 * per(rates.input_tokens_per_minute);
         let output_tolerance = Rates::token_burst(rates.output_tokens_per_minute) as f64 * per(rates.output_tokens_per_minute);
+        // The steady rate leaves room for the burst, so that no 60 s window holds more than the
+        // provider's requests per minute: (rpm - burst + 1) steady plus burst - 1 at once.
+        let steady_rpm = rates.requests_per_minute.saturating_sub(rates.request_burst() - 1).max(1);
+        let request_tolerance = f64::from(rates.request_burst() - 1) * per(steady_rpm);
         let costs = [
-            per(rates.requests_per_minute),
+            per(steady_rpm),
             ask.input_tokens as f64 * per(rates.input_tokens_per_minute),
             ask.output_tokens as f64 * per(rates.output_tokens_per_minute),
         ];

@@ -190,11 +190,8 @@ fn unpack_entries(body: &[u8], staging: &Path, corrupt: &dyn Fn(&str) -> PortErr
         rest = tail;
         Ok(head)
     };
-    loop {
-        let kind = match take(1) {
-            Ok(k) => k[0],
-            Err(_) => break,
-        };
+    while let Ok(kind) = take(1) {
+        let kind = kind[0];
         let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
         let name = std::str::from_utf8(take(len)?).map_err(|_| corrupt("a name is not UTF-8"))?;
         let relative = Path::new(name);

@@ -525,10 +525,10 @@ impl Endpoint {
                     let pause = wait.unwrap_or(self.policy.cooldown_without_hint);
                     let now = Instant::now();
                     let until = self.cooldown.extend(pause);
-                    if let Some(shared) = self.shared.get() {
-                        if let Err(e) = shared.cool_down(&self.name, pause).await {
-                            tracing::warn!(endpoint = %self.name, error = %e, "cannot share the cooldown with the cluster");
-                        }
+                    if let Some(shared) = self.shared.get()
+                        && let Err(e) = shared.cool_down(&self.name, pause).await
+                    {
+                        tracing::warn!(endpoint = %self.name, error = %e, "cannot share the cooldown with the cluster");
                     }
                     self.log_dispatch(|log| log.cooldowns.push((now, until)));
                     self.stats.cooldowns.fetch_add(1, Ordering::Relaxed);

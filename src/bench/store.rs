@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gymforge_actors::model::{Stage, TopicIdea, TopicSample, Unit, UnitKind, UnitStatus};
+use gymforge_actors::model::{Stage, TopicIdea, TopicSample, Unit, UnitKind};
 use gymforge_actors::ports::Store;
 use serde_json::json;
 
@@ -91,17 +91,7 @@ pub async fn run(b: BenchStore) -> anyhow::Result<BenchReport> {
     let cycles = rate(b.claimers, b.seconds, move |claimer, i| {
         let (s, id) = (s.clone(), format!("{PREFIX}{run}-{claimer}-{i}"));
         async move {
-            let unit = Unit {
-                id: id.clone(),
-                kind: UnitKind::Task,
-                seq: i,
-                parent: None,
-                stage: Stage::Topic,
-                status: UnitStatus::Pending,
-                attempts: 0,
-                drop_reason: None,
-                drop_detail: None,
-            };
+            let unit = Unit::pending(id.clone(), UnitKind::Task, i, None, Stage::Topic);
             s.insert_unit(&unit).await.map_err(anyhow::Error::msg)?;
             anyhow::ensure!(s.claim(&id, Stage::Topic).await.map_err(anyhow::Error::msg)?, "{id} could not be claimed");
             let sample = TopicSample { domain: "bench".into(), task_type: "t".into(), modality: "m".into(), twist: "w".into() };

@@ -663,17 +663,7 @@ mod tests {
     use serde_json::json;
 
     fn task(id: &str, seq: u64) -> Unit {
-        Unit {
-            id: id.to_string(),
-            kind: UnitKind::Task,
-            seq,
-            parent: None,
-            stage: Stage::Topic,
-            status: UnitStatus::Pending,
-            attempts: 0,
-            drop_reason: None,
-            drop_detail: None,
-        }
+        Unit::pending(id.to_string(), UnitKind::Task, seq, None, Stage::Topic)
     }
 
     fn rollout(id: &str, seq: u64, parent: &str) -> Unit {
